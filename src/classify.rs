@@ -1,0 +1,275 @@
+//! The *decision*: is the outcome of one attempt worth another attempt? (SPEC §4)
+
+use std::error::Error as StdError;
+use std::io;
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::IdempotencyKey;
+
+/// What to do with the outcome of one attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Decision {
+    /// Try again with the same key, if the policy, deadline and budget allow.
+    Retry,
+    /// Stop here: a response goes back to the caller as `Ok`, an error as `Err`.
+    Final,
+}
+
+/// The outcome of one attempt, as seen by a [`Classifier`] and by the
+/// [`on_retry`](crate::IdempotentClientBuilder::on_retry) hook.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) key: &'a IdempotencyKey,
+    pub(crate) number: u32,
+    pub(crate) outcome: Outcome<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome<'a> {
+    Response {
+        status: StatusCode,
+        headers: &'a HeaderMap,
+    },
+    Error(&'a reqwest::Error),
+}
+
+impl<'a> Attempt<'a> {
+    /// The request's method.
+    #[must_use]
+    pub fn method(&self) -> &'a Method {
+        self.method
+    }
+
+    /// The operation's key, the same on every attempt.
+    #[must_use]
+    pub fn idempotency_key(&self) -> &'a IdempotencyKey {
+        self.key
+    }
+
+    /// Which attempt this was, starting at 1.
+    #[must_use]
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// The response status, when a complete response arrived.
+    #[must_use]
+    pub fn status(&self) -> Option<StatusCode> {
+        match self.outcome {
+            Outcome::Response { status, .. } => Some(status),
+            Outcome::Error(_) => None,
+        }
+    }
+
+    /// The response headers, when a complete response arrived.
+    #[must_use]
+    pub fn headers(&self) -> Option<&'a HeaderMap> {
+        match self.outcome {
+            Outcome::Response { headers, .. } => Some(headers),
+            Outcome::Error(_) => None,
+        }
+    }
+
+    /// The transport error, when no complete response arrived (timeout, refused
+    /// connection, connection reset or closed mid-response, ...).
+    #[must_use]
+    pub fn error(&self) -> Option<&'a reqwest::Error> {
+        match self.outcome {
+            Outcome::Error(e) => Some(e),
+            Outcome::Response { .. } => None,
+        }
+    }
+
+    /// Whether the attempt ran out of time.
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        self.error().is_some_and(reqwest::Error::is_timeout)
+    }
+
+    /// Whether this attempt may have executed on the server even though no usable
+    /// answer came back: anything but a refused connection, a 408 or a 429.
+    pub(crate) fn may_have_executed(&self) -> bool {
+        match self.outcome {
+            Outcome::Response { status, .. } => {
+                status.is_server_error() || status == StatusCode::CONFLICT
+            }
+            // A connect error (refused, DNS, TLS handshake) means no byte of the request
+            // was sent. Anything later may have reached the server.
+            Outcome::Error(e) => !e.is_connect(),
+        }
+    }
+}
+
+/// Decides whether an attempt's outcome is retried. Implemented for every
+/// `Fn(&Attempt<'_>) -> Decision + Send + Sync + 'static`.
+///
+/// Fall back to [`default_classifier`] for the cases you do not want to change:
+///
+/// ```
+/// use http::StatusCode;
+/// use idempotent_retry::{default_classifier, Attempt, Decision, IdempotentClient};
+///
+/// let client = IdempotentClient::builder()
+///     .classifier(|attempt: &Attempt<'_>| match attempt.status() {
+///         // This API answers 404 for a few ms after a write: worth another try.
+///         Some(StatusCode::NOT_FOUND) => Decision::Retry,
+///         // We know this server answers 500 only for bad input: never retry it.
+///         Some(StatusCode::INTERNAL_SERVER_ERROR) => Decision::Final,
+///         _ => default_classifier(attempt),
+///     })
+///     .build()?;
+/// # Ok::<(), idempotent_retry::Error>(())
+/// ```
+pub trait Classifier: Send + Sync + 'static {
+    /// The decision for one attempt's outcome.
+    fn classify(&self, attempt: &Attempt<'_>) -> Decision;
+}
+
+impl<F> Classifier for F
+where
+    F: Fn(&Attempt<'_>) -> Decision + Send + Sync + 'static,
+{
+    fn classify(&self, attempt: &Attempt<'_>) -> Decision {
+        self(attempt)
+    }
+}
+
+pub(crate) type SharedClassifier = Arc<dyn Classifier>;
+
+/// The crate's own decision (SPEC §4): retry a status for which
+/// [`is_retryable_status`] holds and an error for which [`is_retryable_error`] holds;
+/// everything else is final.
+#[must_use]
+pub fn default_classifier(attempt: &Attempt<'_>) -> Decision {
+    let retry = match attempt.outcome {
+        Outcome::Response { status, .. } => is_retryable_status(status),
+        Outcome::Error(e) => is_retryable_error(e),
+    };
+    if retry {
+        Decision::Retry
+    } else {
+        Decision::Final
+    }
+}
+
+/// 408, 409 (same key still in flight), 429, 500, 502, 503 and 504.
+///
+/// ```
+/// use http::StatusCode;
+/// use idempotent_retry::is_retryable_status;
+/// assert!(is_retryable_status(StatusCode::SERVICE_UNAVAILABLE));
+/// assert!(!is_retryable_status(StatusCode::UNPROCESSABLE_ENTITY));
+/// ```
+#[must_use]
+pub fn is_retryable_status(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::REQUEST_TIMEOUT
+            | StatusCode::CONFLICT
+            | StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::INTERNAL_SERVER_ERROR
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// Whether a transport error is worth retrying: a timeout, a failed connect, or a
+/// connection that was reset or closed before the response was complete.
+///
+/// Walks the whole `source()` chain and looks at types (`reqwest::Error`,
+/// `hyper::Error`, `std::io::Error` kinds), never at message text. Every failure to
+/// connect counts (refused, DNS, TLS handshake), since no byte of the request was sent;
+/// redirect-policy errors and request-building errors are not retried.
+#[must_use]
+pub fn is_retryable_error(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(err) = current {
+        if let Some(e) = err.downcast_ref::<reqwest::Error>() {
+            if e.is_timeout() || e.is_connect() {
+                return true;
+            }
+        } else if let Some(e) = err.downcast_ref::<hyper::Error>() {
+            if e.is_incomplete_message() || e.is_canceled() || e.is_closed() || e.is_timeout() {
+                return true;
+            }
+        } else if let Some(e) = err.downcast_ref::<io::Error>() {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::NotConnected
+                    | io::ErrorKind::TimedOut
+            ) {
+                return true;
+            }
+        }
+        current = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_statuses_are_exactly_the_spec_list() {
+        let retried: Vec<u16> = (100..600)
+            .filter_map(|c| StatusCode::from_u16(c).ok())
+            .filter(|s| is_retryable_status(*s))
+            .map(|s| s.as_u16())
+            .collect();
+        assert_eq!(retried, [408, 409, 429, 500, 502, 503, 504]);
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapper")]
+    struct Wrapper(#[source] io::Error);
+
+    #[test]
+    fn walks_the_source_chain() {
+        let reset = Wrapper(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert!(is_retryable_error(&reset));
+        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+        assert!(is_retryable_error(&eof));
+        let denied = Wrapper(io::Error::from(io::ErrorKind::PermissionDenied));
+        assert!(!is_retryable_error(&denied));
+        let bad_data = Wrapper(io::Error::from(io::ErrorKind::InvalidData));
+        assert!(!is_retryable_error(&bad_data));
+    }
+
+    #[test]
+    fn decision_follows_status() {
+        let headers = HeaderMap::new();
+        let key = IdempotencyKey::new_v4();
+        let attempt = |status| Attempt {
+            method: &Method::POST,
+            key: &key,
+            number: 1,
+            outcome: Outcome::Response {
+                status,
+                headers: &headers,
+            },
+        };
+        assert_eq!(
+            default_classifier(&attempt(StatusCode::BAD_GATEWAY)),
+            Decision::Retry
+        );
+        assert_eq!(
+            default_classifier(&attempt(StatusCode::CREATED)),
+            Decision::Final
+        );
+        assert!(attempt(StatusCode::INTERNAL_SERVER_ERROR).may_have_executed());
+        assert!(attempt(StatusCode::CONFLICT).may_have_executed());
+        assert!(!attempt(StatusCode::TOO_MANY_REQUESTS).may_have_executed());
+        assert!(!attempt(StatusCode::REQUEST_TIMEOUT).may_have_executed());
+    }
+}

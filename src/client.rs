@@ -1,0 +1,390 @@
+//! The client and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use reqwest::{IntoUrl, Method};
+
+use crate::budget::TokenBucket;
+use crate::classify::SharedClassifier;
+use crate::{
+    Attempt, Classifier, Error, IdempotentRequestBuilder, KeyFormat, RetryBudget, RetryPolicy,
+};
+
+/// The header the key travels in unless [`IdempotentClientBuilder::key_header`] says
+/// otherwise: `Idempotency-Key`, as in the IETF draft and Stripe's API.
+pub const DEFAULT_KEY_HEADER: &str = "idempotency-key";
+
+/// Default time for one attempt, connect to last byte of the response.
+const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) type RetryHook = Arc<dyn Fn(&Attempt<'_>, Duration) + Send + Sync>;
+
+/// An HTTP client whose requests carry one idempotency key per logical operation and
+/// are retried safely with it.
+///
+/// Cheap to clone: clones share the connection pool and the retry budget. Build one and
+/// reuse it, as with `reqwest::Client`.
+///
+/// ```
+/// use idempotent_retry::IdempotentClient;
+///
+/// let client = IdempotentClient::new();
+/// let request = client.post_idempotent("http://127.0.0.1:8080/orders");
+/// # drop(request);
+/// ```
+#[derive(Clone)]
+pub struct IdempotentClient {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) http: reqwest::Client,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) attempt_timeout: Duration,
+    pub(crate) key_header: HeaderName,
+    pub(crate) key_format: KeyFormat,
+    pub(crate) budget: TokenBucket,
+    pub(crate) classifier: Option<SharedClassifier>,
+    pub(crate) on_retry: Option<RetryHook>,
+}
+
+impl IdempotentClient {
+    /// A client with the defaults of [`IdempotentClientBuilder`].
+    ///
+    /// # Panics
+    ///
+    /// Like `reqwest::Client::new`, if the TLS backend cannot be initialised. Use
+    /// [`IdempotentClient::builder`] to get that as an error instead.
+    #[must_use]
+    pub fn new() -> Self {
+        IdempotentClientBuilder::new().assemble(reqwest::Client::new())
+    }
+
+    /// A builder to configure the retry policy, timeouts, key header and more.
+    pub fn builder() -> IdempotentClientBuilder {
+        IdempotentClientBuilder::new()
+    }
+
+    /// Starts a `POST`: one logical operation, one key, retried with it.
+    pub fn post_idempotent<U: IntoUrl>(&self, url: U) -> IdempotentRequestBuilder {
+        self.request_idempotent(Method::POST, url)
+    }
+
+    /// Starts a `PUT`.
+    pub fn put_idempotent<U: IntoUrl>(&self, url: U) -> IdempotentRequestBuilder {
+        self.request_idempotent(Method::PUT, url)
+    }
+
+    /// Starts a `PATCH`.
+    pub fn patch_idempotent<U: IntoUrl>(&self, url: U) -> IdempotentRequestBuilder {
+        self.request_idempotent(Method::PATCH, url)
+    }
+
+    /// Starts a `DELETE`.
+    pub fn delete_idempotent<U: IntoUrl>(&self, url: U) -> IdempotentRequestBuilder {
+        self.request_idempotent(Method::DELETE, url)
+    }
+
+    /// Starts a request with any method. It carries a key like the others.
+    ///
+    /// ```
+    /// use idempotent_retry::{reqwest::Method, IdempotentClient};
+    /// let client = IdempotentClient::new();
+    /// let request = client.request_idempotent(Method::POST, "http://127.0.0.1:8080/refunds");
+    /// # drop(request);
+    /// ```
+    pub fn request_idempotent<U: IntoUrl>(&self, method: Method, url: U) -> IdempotentRequestBuilder {
+        let request = self.inner.http.request(method.clone(), url);
+        IdempotentRequestBuilder::new(self.clone(), method, request)
+    }
+}
+
+impl Default for IdempotentClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for IdempotentClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.inner;
+        f.debug_struct("IdempotentClient")
+            .field("policy", &inner.policy)
+            .field("attempt_timeout", &inner.attempt_timeout)
+            .field("key_header", &inner.key_header)
+            .field("key_format", &inner.key_format)
+            .field("budget", &inner.budget)
+            .field("classifier", &inner.classifier.is_some())
+            .field("on_retry", &inner.on_retry.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures an [`IdempotentClient`]. Setters never fail; [`build`](Self::build)
+/// reports anything that cannot work.
+///
+/// # Default
+///
+/// | setting | default |
+/// |---|---|
+/// | `retry_policy` | [`RetryPolicy::default`] (3 attempts, 500 ms base, full jitter, 30 s deadline) |
+/// | `attempt_timeout` | 10 s per attempt, connect to last byte (shrunk to what remains of the deadline) |
+/// | `key_header` | `Idempotency-Key` |
+/// | `key_format` | [`KeyFormat::Bare`] |
+/// | `retry_budget` | [`RetryBudget::default`] (capacity 500, retry 5, timeout 10, refund 1) |
+/// | `classifier` | [`default_classifier`](crate::default_classifier) |
+/// | `reqwest_client` | `reqwest::Client::builder().build()` |
+#[must_use]
+pub struct IdempotentClientBuilder {
+    http: Option<reqwest::Client>,
+    policy: RetryPolicy,
+    attempt_timeout: Duration,
+    key_header: Result<HeaderName, String>,
+    key_format: KeyFormat,
+    budget: RetryBudget,
+    classifier: Option<SharedClassifier>,
+    on_retry: Option<RetryHook>,
+}
+
+impl Default for IdempotentClientBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl IdempotentClientBuilder {
+    /// A builder with the defaults above.
+    pub fn new() -> Self {
+        Self {
+            http: None,
+            policy: RetryPolicy::default(),
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            key_header: Ok(HeaderName::from_static(DEFAULT_KEY_HEADER)),
+            key_format: KeyFormat::default(),
+            budget: RetryBudget::default(),
+            classifier: None,
+            on_retry: None,
+        }
+    }
+
+    /// The retry policy for every request of this client (a request can override it).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_retry::{IdempotentClient, RetryPolicy};
+    /// let client = IdempotentClient::builder()
+    ///     .retry_policy(RetryPolicy::exponential().max_attempts(5).deadline(Duration::from_secs(10)))
+    ///     .build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Time for one attempt, from connecting to the last byte of the response.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_retry::IdempotentClient;
+    /// let client = IdempotentClient::builder().attempt_timeout(Duration::from_secs(2)).build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// Sends requests through your own `reqwest::Client` (proxies, TLS roots, pools).
+    /// Its own `timeout`, if any, still applies; ours is set on each attempt.
+    ///
+    /// ```
+    /// use idempotent_retry::{reqwest, IdempotentClient};
+    /// let http = reqwest::Client::builder().user_agent("shop/1.0").build()?;
+    /// let client = IdempotentClient::builder().reqwest_client(http).build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn reqwest_client(mut self, client: reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
+    }
+
+    /// The header the key is sent in. Any valid header name.
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// let client = IdempotentClient::builder().key_header("X-Idempotency-Key").build()?;
+    /// assert!(IdempotentClient::builder().key_header("bad header").build().is_err());
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn key_header<K>(mut self, name: K) -> Self
+    where
+        HeaderName: TryFrom<K>,
+        <HeaderName as TryFrom<K>>::Error: fmt::Display,
+    {
+        self.key_header =
+            HeaderName::try_from(name).map_err(|e| format!("key_header is not a valid header name: {e}"));
+        self
+    }
+
+    /// Bare key (the default) or IETF structured string (`"…"`).
+    ///
+    /// ```
+    /// use idempotent_retry::{IdempotentClient, KeyFormat};
+    /// let client = IdempotentClient::builder().key_format(KeyFormat::StructuredString).build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn key_format(mut self, format: KeyFormat) -> Self {
+        self.key_format = format;
+        self
+    }
+
+    /// The retry budget shared by all operations of the client;
+    /// [`RetryBudget::unlimited`] turns it off.
+    ///
+    /// ```
+    /// use idempotent_retry::{IdempotentClient, RetryBudget};
+    /// let client = IdempotentClient::builder().retry_budget(RetryBudget::new().capacity(50)).build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Replaces the retry decision; fall back to
+    /// [`default_classifier`](crate::default_classifier) for what you do not change.
+    /// See [`Classifier`] for an example.
+    pub fn classifier(mut self, classifier: impl Classifier) -> Self {
+        self.classifier = Some(Arc::new(classifier));
+        self
+    }
+
+    /// Called before each retry's sleep with the failed attempt and the delay chosen
+    /// (backoff or `Retry-After`): a place for metrics. Keep it quick; it runs inline.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use idempotent_retry::IdempotentClient;
+    ///
+    /// let retries = Arc::new(AtomicU64::new(0));
+    /// let counter = retries.clone();
+    /// let client = IdempotentClient::builder()
+    ///     .on_retry(move |attempt, delay| {
+    ///         counter.fetch_add(1, Ordering::Relaxed);
+    ///         eprintln!("attempt {} failed ({:?}), next in {delay:?}", attempt.number(), attempt.status());
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn on_retry<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Attempt<'_>, Duration) + Send + Sync + 'static,
+    {
+        self.on_retry = Some(Arc::new(hook));
+        self
+    }
+
+    /// Checks the settings and builds the client.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming the setting: an invalid retry policy
+    /// ([`RetryPolicy::validate`]), a zero `attempt_timeout`, an invalid `key_header`, or
+    /// a reqwest client that could not be built.
+    pub fn build(mut self) -> Result<IdempotentClient, Error> {
+        self.policy.validate()?;
+        if self.attempt_timeout.is_zero() {
+            return Err(config("attempt_timeout must be greater than zero"));
+        }
+        if let Err(reason) = &self.key_header {
+            return Err(config(reason.clone()));
+        }
+        let http = match self.http.take() {
+            Some(http) => http,
+            None => reqwest::Client::builder()
+                .build()
+                .map_err(|source| Error::InvalidConfig {
+                    reason: "could not build the default reqwest client".to_owned(),
+                    source: Some(source),
+                })?,
+        };
+        Ok(self.assemble(http))
+    }
+
+    /// The client from settings already known to be valid.
+    fn assemble(self, http: reqwest::Client) -> IdempotentClient {
+        IdempotentClient {
+            inner: Arc::new(Inner {
+                http,
+                policy: self.policy,
+                attempt_timeout: self.attempt_timeout,
+                key_header: self
+                    .key_header
+                    .unwrap_or_else(|_| HeaderName::from_static(DEFAULT_KEY_HEADER)),
+                key_format: self.key_format,
+                budget: TokenBucket::new(self.budget),
+                classifier: self.classifier,
+                on_retry: self.on_retry,
+            }),
+        }
+    }
+}
+
+fn config(reason: impl Into<String>) -> Error {
+    Error::InvalidConfig {
+        reason: reason.into(),
+        source: None,
+    }
+}
+
+impl fmt::Debug for IdempotentClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotentClientBuilder")
+            .field("policy", &self.policy)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("key_header", &self.key_header)
+            .field("key_format", &self.key_format)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_rejects_bad_settings() {
+        let cases = [
+            (
+                IdempotentClient::builder().retry_policy(RetryPolicy::exponential().max_attempts(0)),
+                "max_attempts",
+            ),
+            (
+                IdempotentClient::builder().attempt_timeout(Duration::ZERO),
+                "attempt_timeout",
+            ),
+            (IdempotentClient::builder().key_header("no spaces"), "key_header"),
+            (IdempotentClient::builder().key_header(""), "key_header"),
+        ];
+        for (builder, needle) in cases {
+            let err = builder.build().unwrap_err();
+            assert!(matches!(err, Error::InvalidConfig { .. }));
+            assert!(err.to_string().contains(needle), "{err} lacks {needle}");
+        }
+    }
+
+    #[test]
+    fn client_is_send_sync_and_cheap_to_clone() {
+        fn assert_bounds<T: Send + Sync + Clone + 'static>() {}
+        assert_bounds::<IdempotentClient>();
+        let a = IdempotentClient::new();
+        let b = a.clone();
+        assert!(Arc::ptr_eq(&a.inner, &b.inner));
+    }
+}

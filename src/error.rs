@@ -1,0 +1,220 @@
+//! The crate's one error type (SPEC §6).
+
+use std::fmt;
+
+use http::StatusCode;
+
+use crate::{IdempotencyKey, IdempotentResponse};
+
+/// Everything that can go wrong, in one type.
+///
+/// Errors from [`send`](crate::IdempotentRequestBuilder::send) carry the operation's
+/// [key](Error::idempotency_key), how many [attempts](Error::attempts) were made, and
+/// whether the [outcome is unknown](Error::is_outcome_unknown). When it is, some attempt
+/// may have executed on the server: keep the key and retry the *same* operation later
+/// with [`idempotency_key`](crate::IdempotentRequestBuilder::idempotency_key), and the
+/// server's idempotency store makes sure it happens once.
+///
+/// ```no_run
+/// # async fn run(client: idempotent_retry::IdempotentClient) {
+/// # let order = ();
+/// # fn persist(_: &idempotent_retry::IdempotencyKey) {}
+/// match client.post_idempotent("https://api.example/orders").json(&order).send().await {
+///     Ok(resp) => println!("{} after {} attempt(s)", resp.status(), resp.attempts()),
+///     Err(e) if e.is_outcome_unknown() => {
+///         // The order may exist. Resume later with the same key, never a new one.
+///         persist(e.idempotency_key().expect("send() errors carry the key"));
+///     }
+///     Err(e) => eprintln!("not placed, safe to give up or start over: {e}"),
+/// }
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A key given by the caller is not 1 to 255 visible ASCII characters. Nothing was sent.
+    #[error("invalid idempotency key: {reason}")]
+    InvalidKey {
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A builder was given settings that cannot work together. Nothing was sent.
+    #[error("invalid configuration: {reason}")]
+    InvalidConfig {
+        /// Which setting, and why.
+        reason: String,
+        /// The underlying error, when reqwest refused to build its client.
+        #[source]
+        source: Option<reqwest::Error>,
+    },
+
+    /// The request could not be built (bad URL, body that failed to serialize, bad
+    /// header, a key that cannot be sent in the chosen form). Nothing was sent.
+    #[error("request with idempotency key {key} not sent: {reason}")]
+    InvalidRequest {
+        /// The operation's key.
+        key: IdempotencyKey,
+        /// What is wrong with the request.
+        reason: String,
+        /// The underlying error, when reqwest reported it.
+        #[source]
+        source: Option<reqwest::Error>,
+    },
+
+    /// The operation ended without a final response.
+    #[error(
+        "operation with idempotency key {key} failed after {attempts} attempt(s): {reason}{}",
+        if *outcome_unknown { "; outcome unknown, retry later with the same key" } else { "" }
+    )]
+    Failed {
+        /// The operation's key, the same on every attempt.
+        key: IdempotencyKey,
+        /// Attempts made, the first one included.
+        attempts: u32,
+        /// Why no further attempt was made.
+        reason: GiveUpReason,
+        /// `true` when some attempt may have executed on the server (a timeout, a
+        /// connection lost after sending, a 5xx or a 409). `false` only when no attempt
+        /// can have executed (refused connections, 408, 429).
+        outcome_unknown: bool,
+        /// The last attempt's response, when it got one (for example the last 503).
+        last_response: Option<Box<IdempotentResponse>>,
+        /// The last attempt's transport error, when it got no response.
+        #[source]
+        source: Option<reqwest::Error>,
+    },
+
+    /// The response body could not be decoded as the requested JSON type.
+    #[error("response body for idempotency key {key} is not the expected JSON")]
+    Decode {
+        /// The operation's key.
+        key: IdempotencyKey,
+        /// The decoding error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Why an operation stopped retrying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GiveUpReason {
+    /// Every attempt the policy allows was made.
+    AttemptsExhausted,
+    /// Waiting for another attempt would have passed the deadline.
+    DeadlineExceeded,
+    /// The client's retry budget could not pay for another retry.
+    BudgetExhausted,
+    /// The last outcome is an error the classifier does not retry.
+    NotRetryable,
+}
+
+impl fmt::Display for GiveUpReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::AttemptsExhausted => "all attempts used",
+            Self::DeadlineExceeded => "deadline reached",
+            Self::BudgetExhausted => "retry budget exhausted",
+            Self::NotRetryable => "error is not retryable",
+        })
+    }
+}
+
+impl Error {
+    /// The operation's key, for every error that comes from `send()` or from decoding
+    /// its response.
+    #[must_use]
+    pub fn idempotency_key(&self) -> Option<&IdempotencyKey> {
+        match self {
+            Self::InvalidRequest { key, .. } | Self::Failed { key, .. } | Self::Decode { key, .. } => {
+                Some(key)
+            }
+            Self::InvalidKey { .. } | Self::InvalidConfig { .. } => None,
+        }
+    }
+
+    /// Attempts made; 0 when the error was found before any I/O.
+    #[must_use]
+    pub fn attempts(&self) -> u32 {
+        match self {
+            Self::Failed { attempts, .. } => *attempts,
+            _ => 0,
+        }
+    }
+
+    /// Whether some attempt may have executed on the server. If so, keep the key and
+    /// retry the same operation later with it.
+    #[must_use]
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            Self::Failed {
+                outcome_unknown: true,
+                ..
+            }
+        )
+    }
+
+    /// Whether the last attempt ran out of time.
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Failed { source: Some(e), .. } if e.is_timeout())
+    }
+
+    /// Why the operation stopped retrying, for [`Error::Failed`].
+    #[must_use]
+    pub fn give_up_reason(&self) -> Option<GiveUpReason> {
+        match self {
+            Self::Failed { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    /// The last attempt's response, when it got one.
+    #[must_use]
+    pub fn last_response(&self) -> Option<&IdempotentResponse> {
+        match self {
+            Self::Failed {
+                last_response: Some(r),
+                ..
+            } => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The last attempt's status, when it got a response.
+    #[must_use]
+    pub fn status(&self) -> Option<StatusCode> {
+        self.last_response().map(IdempotentResponse::status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_is_send_sync_static() {
+        fn assert_bounds<T: Send + Sync + 'static + std::error::Error>() {}
+        assert_bounds::<Error>();
+    }
+
+    #[test]
+    fn display_tells_what_to_do() {
+        let err = Error::Failed {
+            key: IdempotencyKey::parse("k-1").unwrap(),
+            attempts: 3,
+            reason: GiveUpReason::AttemptsExhausted,
+            outcome_unknown: true,
+            last_response: None,
+            source: None,
+        };
+        let text = err.to_string();
+        assert!(text.contains("k-1") && text.contains("3 attempt"), "{text}");
+        assert!(text.contains("retry later with the same key"), "{text}");
+        assert!(err.is_outcome_unknown());
+        assert_eq!(err.attempts(), 3);
+        assert_eq!(err.give_up_reason(), Some(GiveUpReason::AttemptsExhausted));
+    }
+}

@@ -1,0 +1,134 @@
+//! Safe retries for HTTP calls that must happen exactly once.
+//!
+//! `idempotent-retry` wraps [`reqwest`] so that a `POST` for a payment, an order or a
+//! provisioning step can be retried over a network that drops, stalls and fails, without
+//! ever running twice on a server that honours idempotency keys (Stripe, Adyen, and
+//! servers following the IETF draft "The Idempotency-Key HTTP Header Field").
+//!
+//! # Quick start
+//!
+//! ```
+//! use std::time::Duration;
+//! use idempotent_retry::{IdempotentClient, Jitter, RetryPolicy};
+//! # use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let server = MockServer::start().await;
+//! # Mock::given(method("POST")).respond_with(ResponseTemplate::new(503))
+//! #     .up_to_n_times(1).with_priority(1).mount(&server).await;
+//! # Mock::given(method("POST")).respond_with(ResponseTemplate::new(201)
+//! #     .set_body_json(serde_json::json!({"id": "ord_1"}))).mount(&server).await;
+//! # let url = format!("{}/orders", server.uri());
+//! let client = IdempotentClient::builder()
+//!     .retry_policy(
+//!         RetryPolicy::exponential()
+//!             .max_attempts(5)
+//!             .initial_delay(Duration::from_millis(10))
+//!             .jitter(Jitter::Full)
+//!             .deadline(Duration::from_secs(10)),
+//!     )
+//!     .attempt_timeout(Duration::from_secs(2))
+//!     .build()?;
+//!
+//! // One logical operation: one key, minted here and sent on every attempt.
+//! let resp = client
+//!     .post_idempotent(&url)
+//!     .json(&serde_json::json!({ "sku": "tea", "qty": 2 }))
+//!     .send()
+//!     .await?;
+//!
+//! assert_eq!(resp.status(), 201);
+//! assert_eq!(resp.attempts(), 2); // the first attempt got a 503
+//! println!("created with key {}", resp.idempotency_key());
+//! let order: serde_json::Value = resp.json().await?;
+//! # assert_eq!(order["id"], "ord_1");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Keys
+//!
+//! Each call to [`send`](IdempotentRequestBuilder::send) is one logical operation. It
+//! gets one [`IdempotencyKey`], minted before the first attempt from the OS CSPRNG
+//! (UUIDv4 through the `uuid` crate and `getrandom`) and sent unchanged on every attempt
+//! in the `Idempotency-Key` header. Supply your own with
+//! [`idempotency_key`](IdempotentRequestBuilder::idempotency_key) to resume an operation
+//! later; bad keys are rejected before any I/O. The header name and the value form
+//! ([`KeyFormat`]) are configurable.
+//!
+//! # When it retries
+//!
+//! Timeouts, failed connects, connections reset or closed before the whole response
+//! arrived, and statuses 408, 409, 429, 500, 502, 503 and 504 ([`default_classifier`]).
+//! Any other response is returned as `Ok`, as reqwest would. A `Retry-After` header
+//! (seconds or HTTP-date) replaces the backoff delay, up to
+//! [`RetryPolicy::max_retry_after`]. Replace the decision with a [`Classifier`].
+//!
+//! # How long it waits
+//!
+//! [`RetryPolicy`]: exponential backoff with [`Jitter`] (none, full, equal,
+//! decorrelated), a cap per delay, and a deadline for the whole operation: no sleep that
+//! would end past it, and the last attempt's timeout shrinks to what remains.
+//! [`RetryPolicy::delays`] shows the schedule; a seed makes it deterministic.
+//!
+//! # How much it retries
+//!
+//! A [`RetryBudget`] shared by one client caps retry traffic when a dependency is down:
+//! retries spend tokens, successes refund them.
+//!
+//! # When it gives up
+//!
+//! [`Error`] says why, carries the key and the number of attempts, and tells whether the
+//! outcome is unknown ([`Error::is_outcome_unknown`]): if some attempt may have executed,
+//! keep the key and retry the same operation later with it.
+//!
+//! # Observability
+//!
+//! With [`tracing`]: a `debug` span per operation (method, URL, key), a `debug` event per
+//! attempt, an `info` event per retry and a `warn` event when giving up. Keys appear only
+//! in the `debug` span. [`IdempotentClientBuilder::on_retry`] is a hook for metrics.
+//!
+//! # Cargo features
+//!
+//! | feature | default | what it does |
+//! |---|---|---|
+//! | `default-tls` | yes | reqwest's default TLS (rustls), for `https://` URLs |
+//! | `native-tls` | no | the platform's TLS library instead |
+//! | `http2` | yes | HTTP/2 in the default reqwest client |
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.85, the same as reqwest 0.13.
+
+mod backoff;
+mod budget;
+mod classify;
+mod client;
+mod error;
+mod key;
+mod request;
+mod response;
+mod retry;
+mod retry_after;
+mod rng;
+
+pub use backoff::{Delays, Jitter, RetryPolicy};
+pub use budget::RetryBudget;
+pub use classify::{
+    Attempt, Classifier, Decision, default_classifier, is_retryable_error, is_retryable_status,
+};
+pub use client::{DEFAULT_KEY_HEADER, IdempotentClient, IdempotentClientBuilder};
+pub use error::{Error, GiveUpReason};
+pub use key::{IdempotencyKey, KeyFormat};
+pub use request::IdempotentRequestBuilder;
+pub use response::IdempotentResponse;
+
+/// The reqwest this crate is built on, for [`IdempotentClientBuilder::reqwest_client`]
+/// and types such as `reqwest::Method` and `reqwest::StatusCode`.
+pub use reqwest;
+
+/// The README's examples, compiled and run as doctests so that they cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

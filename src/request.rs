@@ -1,0 +1,306 @@
+//! The request builder: reqwest's, restricted to what can be replayed, plus the key.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::Method;
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::{Error, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPolicy};
+
+/// One logical operation being put together. Nothing is sent until
+/// [`send`](Self::send); the key is fixed when `send` starts and never changes after.
+///
+/// Mirrors `reqwest::RequestBuilder`, except that bodies must be replayable: there is no
+/// way to attach a stream, so every retry sends the same bytes.
+///
+/// ```
+/// use std::time::Duration;
+/// use idempotent_retry::{IdempotencyKey, IdempotentClient, RetryPolicy};
+///
+/// let client = IdempotentClient::new();
+/// let request = client
+///     .post_idempotent("http://127.0.0.1:8080/payments")
+///     .bearer_auth("sk_test_123")
+///     .header("x-request-source", "checkout")
+///     .query(&[("expand", "customer")])
+///     .json(&serde_json::json!({ "amount": 1999, "currency": "eur" }))
+///     .timeout(Duration::from_secs(3))
+///     .retry_policy(RetryPolicy::exponential().max_attempts(5))
+///     .idempotency_key(IdempotencyKey::parse("payment-7f3a")?);
+/// # drop(request);
+/// # Ok::<(), idempotent_retry::Error>(())
+/// ```
+#[must_use = "a request does nothing until you `.send().await` it"]
+pub struct IdempotentRequestBuilder {
+    client: IdempotentClient,
+    method: Method,
+    request: reqwest::RequestBuilder,
+    key: Option<IdempotencyKey>,
+    policy: Option<RetryPolicy>,
+    timeout: Option<Duration>,
+}
+
+impl IdempotentRequestBuilder {
+    pub(crate) fn new(client: IdempotentClient, method: Method, request: reqwest::RequestBuilder) -> Self {
+        Self {
+            client,
+            method,
+            request,
+            key: None,
+            policy: None,
+            timeout: None,
+        }
+    }
+
+    fn map(mut self, f: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder) -> Self {
+        self.request = f(self.request);
+        self
+    }
+
+    /// Adds a header. An invalid name or value is reported by `send`, before any I/O.
+    /// The key header itself is set with [`idempotency_key`](Self::idempotency_key).
+    ///
+    /// ```
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// let request = client.post_idempotent("http://127.0.0.1:8080/orders").header("x-tenant", "acme");
+    /// # drop(request);
+    /// ```
+    pub fn header<K, V>(self, name: K, value: V) -> Self
+    where
+        HeaderName: TryFrom<K>,
+        <HeaderName as TryFrom<K>>::Error: Into<http::Error>,
+        HeaderValue: TryFrom<V>,
+        <HeaderValue as TryFrom<V>>::Error: Into<http::Error>,
+    {
+        self.map(|r| r.header(name, value))
+    }
+
+    /// Adds several headers.
+    ///
+    /// ```
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// let mut headers = http::HeaderMap::new();
+    /// headers.insert("x-tenant", http::HeaderValue::from_static("acme"));
+    /// let request = client.post_idempotent("http://127.0.0.1:8080/orders").headers(headers);
+    /// # drop(request);
+    /// ```
+    pub fn headers(self, headers: HeaderMap) -> Self {
+        self.map(|r| r.headers(headers))
+    }
+
+    /// Serializes `json` as the body and sets `Content-Type: application/json`. A value
+    /// that fails to serialize is reported by `send`, before any I/O.
+    ///
+    /// ```
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// #[derive(serde::Serialize)]
+    /// struct Order { sku: &'static str, qty: u32 }
+    /// let request = client
+    ///     .post_idempotent("http://127.0.0.1:8080/orders")
+    ///     .json(&Order { sku: "tea", qty: 2 });
+    /// # drop(request);
+    /// ```
+    pub fn json<T: Serialize + ?Sized>(self, json: &T) -> Self {
+        self.map(|r| r.json(json))
+    }
+
+    /// Serializes `form` as `application/x-www-form-urlencoded`.
+    ///
+    /// ```
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// let request = client
+    ///     .post_idempotent("http://127.0.0.1:8080/charges")
+    ///     .form(&[("amount", "2000"), ("currency", "usd")]);
+    /// # drop(request);
+    /// ```
+    pub fn form<T: Serialize + ?Sized>(self, form: &T) -> Self {
+        self.map(|r| r.form(form))
+    }
+
+    /// Appends query parameters to the URL.
+    ///
+    /// ```
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// let request = client.post_idempotent("http://127.0.0.1:8080/orders").query(&[("dry_run", "true")]);
+    /// # drop(request);
+    /// ```
+    pub fn query<T: Serialize + ?Sized>(self, query: &T) -> Self {
+        self.map(|r| r.query(query))
+    }
+
+    /// Sets the body to these bytes. Only in-memory bodies are accepted, so that every
+    /// attempt can send them again; a stream does not compile:
+    ///
+    /// ```compile_fail
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// let stream = reqwest::Body::from("not replayable once wrapped");
+    /// client.post_idempotent("http://127.0.0.1:8080/upload").body(stream);
+    /// ```
+    ///
+    /// ```
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// let request = client.post_idempotent("http://127.0.0.1:8080/upload").body("raw payload");
+    /// # drop(request);
+    /// ```
+    pub fn body(self, body: impl Into<Bytes>) -> Self {
+        let body: Bytes = body.into();
+        self.map(|r| r.body(body))
+    }
+
+    /// Sets `Authorization: Bearer <token>`.
+    ///
+    /// ```
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// let request = client.post_idempotent("http://127.0.0.1:8080/orders").bearer_auth("sk_test_123");
+    /// # drop(request);
+    /// ```
+    pub fn bearer_auth<T: fmt::Display>(self, token: T) -> Self {
+        self.map(|r| r.bearer_auth(token))
+    }
+
+    /// Sets `Authorization: Basic …`.
+    ///
+    /// ```
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// let request = client
+    ///     .post_idempotent("http://127.0.0.1:8080/orders")
+    ///     .basic_auth("shop", Some("secret"));
+    /// # drop(request);
+    /// ```
+    pub fn basic_auth<U: fmt::Display, P: fmt::Display>(self, username: U, password: Option<P>) -> Self {
+        self.map(|r| r.basic_auth(username, password))
+    }
+
+    /// Time for each attempt of this request, instead of the client's `attempt_timeout`.
+    /// The deadline still bounds the whole operation.
+    ///
+    /// ```
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// let request = client
+    ///     .post_idempotent("http://127.0.0.1:8080/orders")
+    ///     .timeout(std::time::Duration::from_millis(800));
+    /// # drop(request);
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Uses a key you chose or persisted (for example to resume an operation whose
+    /// outcome was unknown) instead of minting a new one. It is sent verbatim.
+    ///
+    /// ```
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// use idempotent_retry::IdempotencyKey;
+    /// let key: IdempotencyKey = "order-1234".parse()?;
+    /// let request = client.post_idempotent("http://127.0.0.1:8080/orders").idempotency_key(key);
+    /// # drop(request);
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn idempotency_key(mut self, key: IdempotencyKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// A retry policy for this request only.
+    ///
+    /// ```
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// use idempotent_retry::RetryPolicy;
+    /// let request = client
+    ///     .post_idempotent("http://127.0.0.1:8080/orders")
+    ///     .retry_policy(RetryPolicy::none());
+    /// # drop(request);
+    /// ```
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Sends the operation: mints its key (unless one was given), then makes attempts
+    /// until one gets a final response or the policy, deadline or budget says stop.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::InvalidRequest`] before any I/O: bad URL, header or body; an invalid
+    ///   per-request policy or timeout; the key header set by hand; a key the
+    ///   structured-string form cannot carry.
+    /// - [`Error::Failed`] when attempts stopped without a final response. Check
+    ///   [`Error::is_outcome_unknown`] to learn whether to resume later with the key.
+    ///
+    /// Responses the classifier calls final (2xx, 3xx, 4xx other than 408/409/429 by
+    /// default) are `Ok`, whatever their status, as with reqwest.
+    pub async fn send(self) -> Result<IdempotentResponse, Error> {
+        let Self {
+            client,
+            method,
+            request,
+            key,
+            policy,
+            timeout,
+        } = self;
+        let inner = &*client.inner;
+        // The one place a key is minted: once per operation, before the first attempt.
+        let key = key.unwrap_or_else(IdempotencyKey::new_v4);
+        let invalid = |key: IdempotencyKey, reason: String, source| Error::InvalidRequest {
+            key,
+            reason,
+            source,
+        };
+
+        let policy = policy.unwrap_or(inner.policy);
+        if let Err(e) = policy.validate() {
+            return Err(invalid(key, e.to_string(), None));
+        }
+        let timeout = timeout.unwrap_or(inner.attempt_timeout);
+        if timeout.is_zero() {
+            return Err(invalid(key, "timeout must be greater than zero".into(), None));
+        }
+        let mut request = match request.build() {
+            Ok(request) => request,
+            Err(e) => return Err(invalid(key, "could not build the request".into(), Some(e))),
+        };
+        if request.headers().contains_key(&inner.key_header) {
+            let reason = format!(
+                "the {} header was set by hand; pass the key with .idempotency_key() instead",
+                inner.key_header
+            );
+            return Err(invalid(key, reason, None));
+        }
+        let value = match key.header_value(inner.key_format) {
+            Ok(value) => value,
+            Err(reason) => return Err(invalid(key, reason, None)),
+        };
+        request.headers_mut().insert(inner.key_header.clone(), value);
+        if request.try_clone().is_none() {
+            // Unreachable through this builder, which only accepts in-memory bodies.
+            return Err(invalid(key, "the body cannot be replayed".into(), None));
+        }
+
+        let span = tracing::debug_span!(
+            "idempotent_request",
+            method = %method,
+            url = %request.url(),
+            idempotency_key = %key,
+        );
+        crate::retry::run(inner, request, key, policy, timeout)
+            .instrument(span)
+            .await
+    }
+}
+
+impl fmt::Debug for IdempotentRequestBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotentRequestBuilder")
+            .field("method", &self.method)
+            .field("request", &self.request)
+            .field("key", &self.key)
+            .field("policy", &self.policy)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}

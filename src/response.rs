@@ -1,0 +1,111 @@
+//! The final response of an operation.
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode, Version};
+use serde::de::DeserializeOwned;
+
+use crate::{Error, IdempotencyKey};
+
+/// The header with which idempotent servers (Stripe, our mock) mark a stored response
+/// answered again for a repeated key.
+const REPLAYED: &str = "idempotent-replayed";
+
+/// The response that ended an operation, with the key and attempts that led to it.
+///
+/// The body is already read: an attempt only counts as answered once its whole
+/// response arrived, so a connection that breaks mid-body is retried like any other
+/// lost response. The body is buffered in memory.
+#[derive(Debug, Clone)]
+pub struct IdempotentResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) url: reqwest::Url,
+    pub(crate) body: Bytes,
+    pub(crate) key: IdempotencyKey,
+    pub(crate) attempts: u32,
+}
+
+impl IdempotentResponse {
+    /// The status code.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The response headers.
+    #[must_use]
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The HTTP version.
+    #[must_use]
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The final URL, after redirects.
+    #[must_use]
+    pub fn url(&self) -> &reqwest::Url {
+        &self.url
+    }
+
+    /// The key sent on every attempt of this operation.
+    #[must_use]
+    pub fn idempotency_key(&self) -> &IdempotencyKey {
+        &self.key
+    }
+
+    /// Attempts made, the first one included.
+    #[must_use]
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Whether the server says this is a stored response answered again for a key it
+    /// had already executed (`Idempotent-Replayed: true`, as Stripe and the bundled mock
+    /// server send), rather than a fresh execution.
+    #[must_use]
+    pub fn is_replay(&self) -> bool {
+        self.headers
+            .get(REPLAYED)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+    }
+
+    /// Deserializes the body as JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] if the body is not valid JSON for `T`.
+    pub async fn json<T: DeserializeOwned>(self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|source| Error::Decode {
+            key: self.key,
+            source,
+        })
+    }
+
+    /// The body as text. Invalid UTF-8 sequences become U+FFFD.
+    pub async fn text(self) -> Result<String, Error> {
+        Ok(match String::from_utf8(self.body.into()) {
+            Ok(text) => text,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+    }
+
+    /// The body as bytes.
+    pub async fn bytes(self) -> Result<Bytes, Error> {
+        Ok(self.body)
+    }
+
+    /// The response as an `http::Response`. `reqwest::Response` converts from it with
+    /// `From` if you need one.
+    #[must_use]
+    pub fn into_inner(self) -> http::Response<Bytes> {
+        let mut response = http::Response::new(self.body);
+        *response.status_mut() = self.status;
+        *response.version_mut() = self.version;
+        *response.headers_mut() = self.headers;
+        response
+    }
+}
