@@ -362,7 +362,6 @@ impl Backoff {
         self.previous = delay;
         delay
     }
-
 }
 
 /// Nanoseconds to a `Duration` in `[0, max]`, total over every `f64` (NaN included), so
@@ -422,7 +421,12 @@ mod tests {
                 .max_attempts(50)
                 .multiplier(m)
                 .deadline(Duration::MAX);
-            for jitter in [Jitter::None, Jitter::Full, Jitter::Equal, Jitter::Decorrelated] {
+            for jitter in [
+                Jitter::None,
+                Jitter::Full,
+                Jitter::Equal,
+                Jitter::Decorrelated,
+            ] {
                 assert!(p.jitter(jitter).delays().all(|d| d <= p.max_delay));
             }
         }
@@ -449,7 +453,9 @@ mod tests {
 
     #[test]
     fn unseeded_schedules_differ() {
-        let p = RetryPolicy::exponential().max_attempts(20).deadline(Duration::MAX);
+        let p = RetryPolicy::exponential()
+            .max_attempts(20)
+            .deadline(Duration::MAX);
         let a: Vec<_> = p.delays().collect();
         let b: Vec<_> = p.delays().collect();
         assert_ne!(a, b);

@@ -96,7 +96,11 @@ impl IdempotentClient {
     /// let request = client.request_idempotent(Method::POST, "http://127.0.0.1:8080/refunds");
     /// # drop(request);
     /// ```
-    pub fn request_idempotent<U: IntoUrl>(&self, method: Method, url: U) -> IdempotentRequestBuilder {
+    pub fn request_idempotent<U: IntoUrl>(
+        &self,
+        method: Method,
+        url: U,
+    ) -> IdempotentRequestBuilder {
         let request = self.inner.http.request(method.clone(), url);
         IdempotentRequestBuilder::new(self.clone(), method, request)
     }
@@ -225,8 +229,8 @@ impl IdempotentClientBuilder {
         HeaderName: TryFrom<K>,
         <HeaderName as TryFrom<K>>::Error: fmt::Display,
     {
-        self.key_header =
-            HeaderName::try_from(name).map_err(|e| format!("key_header is not a valid header name: {e}"));
+        self.key_header = HeaderName::try_from(name)
+            .map_err(|e| format!("key_header is not a valid header name: {e}"));
         self
     }
 
@@ -362,14 +366,18 @@ mod tests {
     fn build_rejects_bad_settings() {
         let cases = [
             (
-                IdempotentClient::builder().retry_policy(RetryPolicy::exponential().max_attempts(0)),
+                IdempotentClient::builder()
+                    .retry_policy(RetryPolicy::exponential().max_attempts(0)),
                 "max_attempts",
             ),
             (
                 IdempotentClient::builder().attempt_timeout(Duration::ZERO),
                 "attempt_timeout",
             ),
-            (IdempotentClient::builder().key_header("no spaces"), "key_header"),
+            (
+                IdempotentClient::builder().key_header("no spaces"),
+                "key_header",
+            ),
             (IdempotentClient::builder().key_header(""), "key_header"),
         ];
         for (builder, needle) in cases {

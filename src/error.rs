@@ -127,9 +127,9 @@ impl Error {
     #[must_use]
     pub fn idempotency_key(&self) -> Option<&IdempotencyKey> {
         match self {
-            Self::InvalidRequest { key, .. } | Self::Failed { key, .. } | Self::Decode { key, .. } => {
-                Some(key)
-            }
+            Self::InvalidRequest { key, .. }
+            | Self::Failed { key, .. }
+            | Self::Decode { key, .. } => Some(key),
             Self::InvalidKey { .. } | Self::InvalidConfig { .. } => None,
         }
     }

@@ -191,7 +191,16 @@ mod tests {
     #[test]
     fn rejects_bad_keys() {
         let long = "a".repeat(256);
-        for bad in ["", " ", "a b", "tab\there", "new\nline", "caf\u{e9}", "\u{7f}", &long] {
+        for bad in [
+            "",
+            " ",
+            "a b",
+            "tab\there",
+            "new\nline",
+            "caf\u{e9}",
+            "\u{7f}",
+            &long,
+        ] {
             assert!(
                 matches!(IdempotencyKey::parse(bad), Err(Error::InvalidKey { .. })),
                 "{bad:?} was accepted"

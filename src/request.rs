@@ -45,7 +45,11 @@ pub struct IdempotentRequestBuilder {
 }
 
 impl IdempotentRequestBuilder {
-    pub(crate) fn new(client: IdempotentClient, method: Method, request: reqwest::RequestBuilder) -> Self {
+    pub(crate) fn new(
+        client: IdempotentClient,
+        method: Method,
+        request: reqwest::RequestBuilder,
+    ) -> Self {
         Self {
             client,
             method,
@@ -171,7 +175,11 @@ impl IdempotentRequestBuilder {
     ///     .basic_auth("shop", Some("secret"));
     /// # drop(request);
     /// ```
-    pub fn basic_auth<U: fmt::Display, P: fmt::Display>(self, username: U, password: Option<P>) -> Self {
+    pub fn basic_auth<U: fmt::Display, P: fmt::Display>(
+        self,
+        username: U,
+        password: Option<P>,
+    ) -> Self {
         self.map(|r| r.basic_auth(username, password))
     }
 
@@ -258,7 +266,11 @@ impl IdempotentRequestBuilder {
         }
         let timeout = timeout.unwrap_or(inner.attempt_timeout);
         if timeout.is_zero() {
-            return Err(invalid(key, "timeout must be greater than zero".into(), None));
+            return Err(invalid(
+                key,
+                "timeout must be greater than zero".into(),
+                None,
+            ));
         }
         let mut request = match request.build() {
             Ok(request) => request,
@@ -275,7 +287,9 @@ impl IdempotentRequestBuilder {
             Ok(value) => value,
             Err(reason) => return Err(invalid(key, reason, None)),
         };
-        request.headers_mut().insert(inner.key_header.clone(), value);
+        request
+            .headers_mut()
+            .insert(inner.key_header.clone(), value);
         if request.try_clone().is_none() {
             // Unreachable through this builder, which only accepts in-memory bodies.
             return Err(invalid(key, "the body cannot be replayed".into(), None));

@@ -75,7 +75,13 @@ pub(crate) async fn run(
         let attempt_timeout = remaining.map_or(timeout, |r| r.min(timeout));
         if let (Some(previous), true) = (last.take(), attempt_timeout.is_zero()) {
             // The sleep was checked against the deadline, but timers may overshoot.
-            return Err(give_up(key, attempts, GiveUpReason::DeadlineExceeded, outcome_unknown, previous));
+            return Err(give_up(
+                key,
+                attempts,
+                GiveUpReason::DeadlineExceeded,
+                outcome_unknown,
+                previous,
+            ));
         }
         let Some(mut request) = template.try_clone() else {
             // `send` checked that the body is replayable before calling us.
@@ -123,7 +129,13 @@ pub(crate) async fn run(
                 }
                 Err(e) => {
                     outcome_unknown |= executed;
-                    let err = give_up(key, attempts, GiveUpReason::NotRetryable, outcome_unknown, Err(e));
+                    let err = give_up(
+                        key,
+                        attempts,
+                        GiveUpReason::NotRetryable,
+                        outcome_unknown,
+                        Err(e),
+                    );
                     warn!(attempt = attempts, error = %err, "giving up");
                     Err(err)
                 }
@@ -134,7 +146,11 @@ pub(crate) async fn run(
         // Advance the schedule on every retry, even when Retry-After overrides it, so the
         // n-th retry always draws the n-th delay.
         let backoff_delay = backoff.next_delay();
-        let delay = match result.as_ref().ok().and_then(|r| r.headers.get(RETRY_AFTER)) {
+        let delay = match result
+            .as_ref()
+            .ok()
+            .and_then(|r| r.headers.get(RETRY_AFTER))
+        {
             Some(value) => crate::retry_after::parse(value, SystemTime::now())
                 .map_or(backoff_delay, |hint| hint.min(policy.max_retry_after)),
             None => backoff_delay,
@@ -177,7 +193,10 @@ fn give_up(
     last: AttemptResult,
 ) -> Error {
     let (last_response, source) = match last {
-        Ok(received) => (Some(Box::new(received.into_response(key.clone(), attempts))), None),
+        Ok(received) => (
+            Some(Box::new(received.into_response(key.clone(), attempts))),
+            None,
+        ),
         Err(e) => (None, Some(e)),
     };
     Error::Failed {

@@ -53,7 +53,11 @@ mod tests {
             "Sunday, 06-Nov-94 08:49:37 GMT",
             "Sun Nov  6 08:49:37 1994",
         ] {
-            assert_eq!(parse_str(form, now), Some(Duration::from_secs(60)), "{form}");
+            assert_eq!(
+                parse_str(form, now),
+                Some(Duration::from_secs(60)),
+                "{form}"
+            );
         }
     }
 
@@ -69,7 +73,16 @@ mod tests {
     #[test]
     fn garbage_is_ignored() {
         let now = SystemTime::now();
-        for bad in ["", "-1", "+5", "1.5", "soon", "5s", "0x10", "Sun, 32 Nov 1994 08:49:37 GMT"] {
+        for bad in [
+            "",
+            "-1",
+            "+5",
+            "1.5",
+            "soon",
+            "5s",
+            "0x10",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+        ] {
             assert_eq!(parse_str(bad, now), None, "{bad:?}");
         }
         let opaque = HeaderValue::from_bytes(b"\xff\xfe").unwrap();

@@ -1,0 +1,191 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use idempotent_retry::{
+    IdempotentClient, IdempotentClientBuilder, Jitter, RetryBudget, RetryPolicy,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A policy with millisecond delays, no jitter and a generous deadline, so that tests
+/// are fast and their schedules exact.
+pub fn fast_policy() -> RetryPolicy {
+    RetryPolicy::exponential()
+        .max_attempts(5)
+        .initial_delay(Duration::from_millis(5))
+        .multiplier(2.0)
+        .max_delay(Duration::from_millis(20))
+        .jitter(Jitter::None)
+        .deadline(Duration::from_secs(10))
+}
+
+pub fn fast_builder() -> IdempotentClientBuilder {
+    IdempotentClient::builder()
+        .retry_policy(fast_policy())
+        .attempt_timeout(Duration::from_secs(5))
+        .retry_budget(RetryBudget::unlimited())
+}
+
+pub fn fast_client() -> IdempotentClient {
+    fast_builder().build().expect("valid test configuration")
+}
+
+/// The `Idempotency-Key` of every request a wiremock server received, in order.
+pub async fn keys_received(server: &wiremock::MockServer) -> Vec<Option<String>> {
+    header_received(server, "idempotency-key").await
+}
+
+pub async fn header_received(server: &wiremock::MockServer, name: &str) -> Vec<Option<String>> {
+    server
+        .received_requests()
+        .await
+        .expect("request recording is on")
+        .iter()
+        .map(|r| r.headers.get(name).map(|v| v.to_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// What the scripted server does with one connection.
+#[derive(Clone, Copy, Debug)]
+pub enum Action {
+    /// Answer with this status and a small JSON body, then close.
+    Respond(u16),
+    /// Send the status line, headers and half the body, then reset the connection.
+    ResetMidResponse,
+    /// Read the request and close the connection without a byte of response.
+    CloseWithoutResponse,
+    /// Read the request and answer only after this long.
+    RespondAfter(u16, Duration),
+}
+
+/// One request the scripted server read.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub at: Instant,
+    pub key: Option<String>,
+}
+
+/// A raw HTTP/1.1 server on 127.0.0.1 that gives each connection the next scripted
+/// action (the last one repeats), answering with `Connection: close` so that each
+/// attempt arrives on a new connection. Stops when dropped.
+pub struct ScriptedServer {
+    pub addr: std::net::SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedServer {
+    pub async fn start(script: Vec<Action>) -> Self {
+        assert!(!script.is_empty());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            for n in 0.. {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let action = script[n.min(script.len() - 1)];
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let _ = serve(stream, action, log).await;
+                });
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ScriptedServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    action: Action,
+    log: Arc<Mutex<Vec<Seen>>>,
+) -> std::io::Result<()> {
+    let head = read_request(&mut stream).await?;
+    let key = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("idempotency-key: ")
+                .or_else(|| l.strip_prefix("Idempotency-Key: "))
+        })
+        .map(|k| k.trim().to_owned());
+    log.lock().unwrap().push(Seen {
+        at: Instant::now(),
+        key,
+    });
+    let respond = |status: u16| {
+        let body = format!("{{\"status\":{status}}}");
+        format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    match action {
+        Action::Respond(status) => stream.write_all(respond(status).as_bytes()).await?,
+        Action::RespondAfter(status, delay) => {
+            tokio::time::sleep(delay).await;
+            stream.write_all(respond(status).as_bytes()).await?;
+        }
+        Action::ResetMidResponse => {
+            stream
+                .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 100\r\n\r\n{\"partial\":")
+                .await?;
+            stream.flush().await?;
+            // Zero linger turns the close into a TCP RST.
+            stream.set_zero_linger()?;
+        }
+        Action::CloseWithoutResponse => {}
+    }
+    Ok(())
+}
+
+/// Reads one request's head and its `content-length` body; returns the head.
+async fn read_request(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(head)
+}

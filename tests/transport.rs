@@ -1,0 +1,158 @@
+//! Transport failures wiremock cannot produce, and the deadline, against a raw scripted
+//! HTTP server over loopback.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use idempotent_retry::{GiveUpReason, RetryPolicy};
+use support::{Action, ScriptedServer, fast_builder, fast_client, fast_policy};
+
+fn assert_same_key(seen: &[support::Seen], expected_len: usize) {
+    assert_eq!(seen.len(), expected_len, "{seen:?}");
+    let first = seen[0].key.clone().expect("key sent");
+    assert!(
+        seen.iter()
+            .all(|s| s.key.as_deref() == Some(first.as_str())),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn reset_mid_response_and_close_without_response_are_retried_with_one_key() {
+    let server = ScriptedServer::start(vec![
+        Action::ResetMidResponse,
+        Action::CloseWithoutResponse,
+        Action::Respond(201),
+    ])
+    .await;
+    let resp = fast_client()
+        .post_idempotent(server.url("/orders"))
+        .json(&serde_json::json!({"sku": "tea"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.attempts(), 3);
+    assert_same_key(&server.seen(), 3);
+    assert_eq!(resp.text().await.unwrap(), "{\"status\":201}");
+}
+
+#[tokio::test]
+async fn lost_responses_leave_the_outcome_unknown() {
+    let server = ScriptedServer::start(vec![Action::ResetMidResponse]).await;
+    let err = fast_builder()
+        .retry_policy(fast_policy().max_attempts(3))
+        .build()
+        .unwrap()
+        .post_idempotent(server.url("/orders"))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.attempts(), 3);
+    assert!(
+        err.is_outcome_unknown(),
+        "the server read the request; it may have executed it"
+    );
+    assert_eq!(err.give_up_reason(), Some(GiveUpReason::AttemptsExhausted));
+    assert_same_key(&server.seen(), 3);
+}
+
+#[tokio::test]
+async fn no_attempt_starts_after_the_deadline() {
+    let server = ScriptedServer::start(vec![Action::Respond(503)]).await;
+    let deadline = Duration::from_millis(300);
+    let policy = RetryPolicy::exponential()
+        .max_attempts(100)
+        .initial_delay(Duration::from_millis(40))
+        .multiplier(1.0)
+        .max_delay(Duration::from_millis(40))
+        .jitter(idempotent_retry::Jitter::None)
+        .deadline(deadline);
+    let started = Instant::now();
+    let err = fast_builder()
+        .retry_policy(policy)
+        .build()
+        .unwrap()
+        .post_idempotent(server.url("/orders"))
+        .send()
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    let seen = server.seen();
+
+    assert_eq!(err.give_up_reason(), Some(GiveUpReason::DeadlineExceeded));
+    assert_eq!(err.attempts() as usize, seen.len());
+    assert!(
+        seen.len() >= 2,
+        "it did retry within the deadline: {}",
+        seen.len()
+    );
+    assert!(
+        seen.len() <= 8,
+        "40 ms apart, at most 8 attempts fit in 300 ms: {}",
+        seen.len()
+    );
+    // An attempt starts before the deadline; it reaches the server a loopback connect later.
+    let connect_slack = Duration::from_millis(10);
+    for s in &seen {
+        assert!(
+            s.at < started + deadline + connect_slack,
+            "an attempt arrived {:?} after the start",
+            s.at - started
+        );
+    }
+    // It gave up when the next sleep would have crossed the deadline (give or take a
+    // timer tick), instead of running 100 attempts 40 ms apart, which takes 4 s.
+    assert!(
+        elapsed < deadline + Duration::from_millis(50),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_last_attempt_timeout_shrinks_to_the_deadline() {
+    let server =
+        ScriptedServer::start(vec![Action::RespondAfter(201, Duration::from_secs(5))]).await;
+    let started = Instant::now();
+    let err = fast_builder()
+        .attempt_timeout(Duration::from_secs(30))
+        .retry_policy(fast_policy().deadline(Duration::from_millis(200)))
+        .build()
+        .unwrap()
+        .post_idempotent(server.url("/slow"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(
+        err.is_outcome_unknown(),
+        "a timed-out request may still execute"
+    );
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(server.seen().len(), 1);
+    // Bounded by the 200 ms deadline, not the 30 s attempt timeout nor the 5 s server.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn timeouts_then_success_return_the_result() {
+    let server = ScriptedServer::start(vec![
+        Action::RespondAfter(201, Duration::from_secs(5)),
+        Action::RespondAfter(201, Duration::from_secs(5)),
+        Action::Respond(201),
+    ])
+    .await;
+    let resp = fast_client()
+        .post_idempotent(server.url("/orders"))
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((resp.status().as_u16(), resp.attempts()), (201, 3));
+    assert_same_key(&server.seen(), 3);
+}
