@@ -94,8 +94,11 @@
 //! | feature | default | what it does |
 //! |---|---|---|
 //! | `default-tls` | yes | reqwest's default TLS (rustls), for `https://` URLs |
-//! | `native-tls` | no | the platform's TLS library instead |
 //! | `http2` | yes | HTTP/2 in the default reqwest client |
+//!
+//! For another TLS stack (native-tls, custom roots), turn `default-tls` off, enable it
+//! on your own `reqwest` dependency, and pass your client to
+//! [`IdempotentClientBuilder::reqwest_client`].
 //!
 //! # Minimum supported Rust version
 //!

@@ -139,9 +139,9 @@ impl IdempotentRequestBuilder {
     /// Sets the body to these bytes. Only in-memory bodies are accepted, so that every
     /// attempt can send them again; a stream does not compile:
     ///
-    /// ```compile_fail
+    /// ```compile_fail,E0277
     /// # let client = idempotent_retry::IdempotentClient::new();
-    /// let stream = reqwest::Body::from("not replayable once wrapped");
+    /// let stream = idempotent_retry::reqwest::Body::from("not replayable once wrapped");
     /// client.post_idempotent("http://127.0.0.1:8080/upload").body(stream);
     /// ```
     ///

@@ -1,4 +1,5 @@
 //! The client against wiremock over loopback: exact per-attempt scripts.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests panic on purpose.
 
 mod support;
 
@@ -43,8 +44,10 @@ fn assert_one_key(keys: &[Option<String>], expected_len: usize) -> String {
 }
 
 /// Records the delay chosen before each retry.
+type Delays = Arc<Mutex<Vec<Duration>>>;
+
 fn delay_recorder() -> (
-    Arc<Mutex<Vec<Duration>>>,
+    Delays,
     impl Fn(&Attempt<'_>, Duration) + Send + Sync + 'static,
 ) {
     let delays = Arc::new(Mutex::new(Vec::new()));

@@ -1,5 +1,6 @@
 //! Transport failures wiremock cannot produce, and the deadline, against a raw scripted
 //! HTTP server over loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests panic on purpose.
 
 mod support;
 
