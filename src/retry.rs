@@ -157,7 +157,9 @@ pub(crate) async fn run(
         };
         let stop = if attempts >= policy.max_attempts {
             Some(GiveUpReason::AttemptsExhausted)
-        } else if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+        } else if deadline
+            .is_some_and(|d| Instant::now().checked_add(delay).is_none_or(|end| end >= d))
+        {
             Some(GiveUpReason::DeadlineExceeded)
         } else if !inner.budget.try_withdraw(timed_out) {
             Some(GiveUpReason::BudgetExhausted)

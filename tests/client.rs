@@ -709,3 +709,23 @@ async fn default_client_uses_documented_defaults() {
     assert_eq!(resp.attempts(), 2);
     assert!(delays.lock().unwrap()[0] <= Duration::from_millis(500));
 }
+
+#[tokio::test]
+async fn enormous_delays_end_at_the_deadline_without_panicking() {
+    let server = server_failing(ResponseTemplate::new(503), 100).await;
+    let err = fast_builder()
+        .retry_policy(
+            fast_policy()
+                .initial_delay(Duration::MAX)
+                .max_delay(Duration::MAX)
+                .deadline(Duration::from_secs(5)),
+        )
+        .build()
+        .unwrap()
+        .post_idempotent(server.uri())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.give_up_reason(), Some(GiveUpReason::DeadlineExceeded));
+    assert_eq!(err.attempts(), 1);
+}

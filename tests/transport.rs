@@ -94,21 +94,20 @@ async fn no_attempt_starts_after_the_deadline() {
         "40 ms apart, at most 8 attempts fit in 300 ms: {}",
         seen.len()
     );
-    // An attempt starts before the deadline; it reaches the server a loopback connect later.
-    let connect_slack = Duration::from_millis(10);
+    // The server records an attempt when it has read the request, which on a loaded
+    // 2-core machine can lag the client's start by tens of milliseconds. Without the
+    // deadline the run would go on for 100 attempts 40 ms apart (4 s), so a 100 ms
+    // allowance still tells the two apart.
+    let slack = Duration::from_millis(100);
     for s in &seen {
+        let at = s.at - started;
         assert!(
-            s.at < started + deadline + connect_slack,
-            "an attempt arrived {:?} after the start",
-            s.at - started
+            at < deadline + slack,
+            "an attempt arrived {at:?} after the start"
         );
     }
-    // It gave up when the next sleep would have crossed the deadline (give or take a
-    // timer tick), instead of running 100 attempts 40 ms apart, which takes 4 s.
-    assert!(
-        elapsed < deadline + Duration::from_millis(50),
-        "{elapsed:?}"
-    );
+    // It gave up when the next sleep would have crossed the deadline.
+    assert!(elapsed < deadline + slack, "{elapsed:?}");
 }
 
 #[tokio::test]
