@@ -83,16 +83,18 @@ async fn no_attempt_starts_after_the_deadline() {
     let seen = server.seen();
 
     assert_eq!(err.give_up_reason(), Some(GiveUpReason::DeadlineExceeded));
-    assert_eq!(err.attempts() as usize, seen.len());
+    // An attempt started with a few milliseconds left may time out before its request
+    // is even written, so the server can see fewer attempts than the client made.
+    assert!(seen.len() <= err.attempts() as usize);
     assert!(
         seen.len() >= 2,
         "it did retry within the deadline: {}",
         seen.len()
     );
     assert!(
-        seen.len() <= 8,
+        err.attempts() <= 8,
         "40 ms apart, at most 8 attempts fit in 300 ms: {}",
-        seen.len()
+        err.attempts()
     );
     // The server records an attempt when it has read the request, which on a loaded
     // 2-core machine can lag the client's start by tens of milliseconds. Without the

@@ -70,33 +70,53 @@ pub struct Seen {
 
 /// A raw HTTP/1.1 server on 127.0.0.1 that gives each connection the next scripted
 /// action (the last one repeats), answering with `Connection: close` so that each
-/// attempt arrives on a new connection. Stops when dropped.
+/// attempt arrives on a new connection. It runs on its own thread and runtime, so the
+/// times it records do not wait for the test's runtime, and it stops when dropped.
 pub struct ScriptedServer {
     pub addr: std::net::SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ScriptedServer {
     pub async fn start(script: Vec<Action>) -> Self {
         assert!(!script.is_empty());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        let task = tokio::spawn(async move {
-            for n in 0.. {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let action = script[n.min(script.len() - 1)];
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let _ = serve(stream, action, log).await;
-                });
-            }
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).unwrap();
+                for n in 0.. {
+                    let stream = tokio::select! {
+                        _ = &mut stopped => return,
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, _)) => stream,
+                            Err(_) => return,
+                        },
+                    };
+                    let action = script[n.min(script.len() - 1)];
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        let _ = serve(stream, action, log).await;
+                    });
+                }
+            });
         });
-        Self { addr, seen, task }
+        Self {
+            addr,
+            seen,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -110,7 +130,12 @@ impl ScriptedServer {
 
 impl Drop for ScriptedServer {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
