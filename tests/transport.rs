@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use idempotent_retry::{GiveUpReason, RetryPolicy};
@@ -37,6 +38,38 @@ async fn reset_mid_response_and_close_without_response_are_retried_with_one_key(
     assert_eq!(resp.attempts(), 3);
     assert_same_key(&server.seen(), 3);
     assert_eq!(resp.text().await.unwrap(), "{\"status\":201}");
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_with_the_same_key() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // Nothing listens on `addr` now: the first attempt is refused. The server comes up
+    // during the first backoff, so the second attempt reaches it.
+    let server = Arc::new(Mutex::new(None));
+    let slot = server.clone();
+    let resp = fast_builder()
+        .on_retry(move |attempt, _| {
+            assert!(attempt.error().is_some_and(|e| e.is_connect()));
+            slot.lock()
+                .unwrap()
+                .get_or_insert_with(|| ScriptedServer::bind(addr, vec![Action::Respond(201)]));
+        })
+        .build()
+        .unwrap()
+        .post_idempotent(format!("http://{addr}/orders"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((resp.status().as_u16(), resp.attempts()), (201, 2));
+    let seen = server.lock().unwrap().as_ref().unwrap().seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].key.as_deref(),
+        Some(resp.idempotency_key().as_str())
+    );
 }
 
 #[tokio::test]

@@ -81,8 +81,13 @@ pub struct ScriptedServer {
 
 impl ScriptedServer {
     pub async fn start(script: Vec<Action>) -> Self {
+        Self::bind("127.0.0.1:0".parse().unwrap(), script)
+    }
+
+    /// Like `start`, on a chosen address, without needing a runtime (callable from a hook).
+    pub fn bind(addr: std::net::SocketAddr, script: Vec<Action>) -> Self {
         assert!(!script.is_empty());
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let std_listener = std::net::TcpListener::bind(addr).unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
