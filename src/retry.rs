@@ -75,13 +75,9 @@ pub(crate) async fn run(
         let attempt_timeout = remaining.map_or(timeout, |r| r.min(timeout));
         if let (Some(previous), true) = (last.take(), attempt_timeout.is_zero()) {
             // The sleep was checked against the deadline, but timers may overshoot.
-            return Err(give_up(
-                key,
-                attempts,
-                GiveUpReason::DeadlineExceeded,
-                outcome_unknown,
-                previous,
-            ));
+            let reason = GiveUpReason::DeadlineExceeded;
+            warn!(attempts, %reason, outcome_unknown, "giving up");
+            return Err(give_up(key, attempts, reason, outcome_unknown, previous));
         }
         let Some(mut request) = template.try_clone() else {
             // `send` checked that the body is replayable before calling us.
@@ -121,27 +117,13 @@ pub(crate) async fn run(
         let executed = attempt.may_have_executed();
         let timed_out = attempt.is_timeout();
 
-        if decision == Decision::Final {
-            return match result {
-                Ok(received) => {
-                    inner.budget.deposit();
-                    Ok(received.into_response(key, attempts))
-                }
-                Err(e) => {
-                    outcome_unknown |= executed;
-                    let err = give_up(
-                        key,
-                        attempts,
-                        GiveUpReason::NotRetryable,
-                        outcome_unknown,
-                        Err(e),
-                    );
-                    warn!(attempt = attempts, error = %err, "giving up");
-                    Err(err)
-                }
-            };
-        }
         outcome_unknown |= executed;
+        if decision == Decision::Final {
+            if let Ok(received) = result {
+                inner.budget.deposit();
+                return Ok(received.into_response(key, attempts));
+            }
+        }
 
         // Advance the schedule on every retry, even when Retry-After overrides it, so the
         // n-th retry always draws the n-th delay.
@@ -155,7 +137,9 @@ pub(crate) async fn run(
                 .map_or(backoff_delay, |hint| hint.min(policy.max_retry_after)),
             None => backoff_delay,
         };
-        let stop = if attempts >= policy.max_attempts {
+        let stop = if decision == Decision::Final {
+            Some(GiveUpReason::NotRetryable)
+        } else if attempts >= policy.max_attempts {
             Some(GiveUpReason::AttemptsExhausted)
         } else if deadline
             .is_some_and(|d| Instant::now().checked_add(delay).is_none_or(|end| end >= d))
@@ -167,9 +151,9 @@ pub(crate) async fn run(
             None
         };
         if let Some(reason) = stop {
-            let err = give_up(key, attempts, reason, outcome_unknown, result);
-            warn!(attempt = attempts, error = %err, "giving up");
-            return Err(err);
+            // Fields, not the error's Display: that names the key, which stays at debug.
+            warn!(attempts, %reason, outcome_unknown, "giving up");
+            return Err(give_up(key, attempts, reason, outcome_unknown, result));
         }
 
         if let Some(hook) = &inner.on_retry {

@@ -628,7 +628,6 @@ async fn the_builder_mirrors_reqwest() {
 
 #[tokio::test]
 async fn a_custom_classifier_overrides_and_falls_back() {
-    let server = server_failing(ResponseTemplate::new(404), 1).await;
     let client = fast_builder()
         .classifier(|a: &Attempt<'_>| match a.status() {
             Some(s) if s == 404 => Decision::Retry,
@@ -637,28 +636,15 @@ async fn a_custom_classifier_overrides_and_falls_back() {
         })
         .build()
         .unwrap();
-    let resp = client.post_idempotent(server.uri()).send().await.unwrap();
-    assert_eq!(
-        (resp.status().as_u16(), resp.attempts()),
-        (201, 2),
-        "404 retried"
-    );
-
-    let server = server_failing(ResponseTemplate::new(500), 1).await;
-    let resp = client.post_idempotent(server.uri()).send().await.unwrap();
-    assert_eq!(
-        (resp.status().as_u16(), resp.attempts()),
-        (500, 1),
-        "500 made final"
-    );
-
-    let server = server_failing(ResponseTemplate::new(503), 1).await;
-    let resp = client.post_idempotent(server.uri()).send().await.unwrap();
-    assert_eq!(
-        (resp.status().as_u16(), resp.attempts()),
-        (201, 2),
-        "default for 503"
-    );
+    for (first, want, why) in [
+        (404, (201, 2), "404 retried by the override"),
+        (500, (500, 1), "500 made final by the override"),
+        (503, (201, 2), "503 left to the default"),
+    ] {
+        let server = server_failing(ResponseTemplate::new(first), 1).await;
+        let resp = client.post_idempotent(server.uri()).send().await.unwrap();
+        assert_eq!((resp.status().as_u16(), resp.attempts()), want, "{why}");
+    }
 }
 
 #[tokio::test]
@@ -728,4 +714,51 @@ async fn enormous_delays_end_at_the_deadline_without_panicking() {
         .unwrap_err();
     assert_eq!(err.give_up_reason(), Some(GiveUpReason::DeadlineExceeded));
     assert_eq!(err.attempts(), 1);
+}
+
+/// A `tracing` subscriber that writes plain text into a buffer, for the current thread.
+fn capture_logs(level: tracing::Level) -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+    #[derive(Clone)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let sink = Sink(buffer.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    (buffer, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn keys_are_logged_only_at_debug_level() {
+    for (level, key_visible) in [(tracing::Level::INFO, false), (tracing::Level::DEBUG, true)] {
+        let (logs, _guard) = capture_logs(level);
+        let server = server_failing(ResponseTemplate::new(503), 100).await;
+        let key = IdempotencyKey::new_v4();
+        fast_builder()
+            .retry_policy(fast_policy().max_attempts(2))
+            .build()
+            .unwrap()
+            .post_idempotent(server.uri())
+            .idempotency_key(key.clone())
+            .send()
+            .await
+            .unwrap_err();
+        let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("retrying") && text.contains("giving up"),
+            "{level}: {text}"
+        );
+        assert_eq!(text.contains(key.as_str()), key_visible, "{level}: {text}");
+    }
 }
