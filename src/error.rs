@@ -85,6 +85,17 @@ pub enum Error {
         source: Option<reqwest::Error>,
     },
 
+    /// The mock server could not start (feature `mock`).
+    #[cfg(feature = "mock")]
+    #[error("mock server: {reason}")]
+    MockServer {
+        /// What failed.
+        reason: String,
+        /// The I/O error behind it.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+
     /// The response body could not be decoded as the requested JSON type.
     #[error("response body for idempotency key {key} is not the expected JSON")]
     Decode {
@@ -130,7 +141,7 @@ impl Error {
             Self::InvalidRequest { key, .. }
             | Self::Failed { key, .. }
             | Self::Decode { key, .. } => Some(key),
-            Self::InvalidKey { .. } | Self::InvalidConfig { .. } => None,
+            _ => None,
         }
     }
 

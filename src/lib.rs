@@ -110,6 +110,8 @@ mod classify;
 mod client;
 mod error;
 mod key;
+#[cfg(feature = "mock")]
+pub mod mock;
 mod request;
 mod response;
 mod retry;

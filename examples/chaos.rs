@@ -1,0 +1,2 @@
+//! Placeholder; the chaos demo comes next.
+fn main() {}

@@ -1,0 +1,143 @@
+//! `idempotent-mock-server`: the bundled idempotent mock server as a program, for
+//! clients in any language. Prints the address it listens on, then serves until killed.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use idempotent_retry::mock::{MockServer, MockServerBuilder, parse_duration};
+
+const USAGE: &str = "\
+usage: idempotent-mock-server [options]
+
+  --addr ADDR              listen address (default 127.0.0.1:0, a free port)
+  --seed N                 seed for random faults (default 0)
+  --fault-rate R           share of POST/PATCH requests given a random fault,
+                           spread over all six kinds (0 to 1, default 0)
+  --require-key            answer 400 to POST/PATCH without Idempotency-Key
+  --key-ttl DURATION       how long completed keys are remembered (default 24h)
+  --processing-delay DUR   time spent inside each operation (default 0ms)
+  --max-keys N             most keys stored at once (default 100000)
+  -h, --help               this text
+
+Durations are a whole number and a unit: 250ms, 2s, 5m, 24h.
+Admin: GET /__admin/stats, POST /__admin/faults, POST /__admin/reset.";
+
+fn main() -> ExitCode {
+    match parse(std::env::args().skip(1)) {
+        Ok(Some(builder)) => run(builder),
+        Ok(None) => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("idempotent-mock-server: {message}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(builder: MockServerBuilder) -> ExitCode {
+    let server = match builder.start_blocking() {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("idempotent-mock-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("listening on {}", server.uri());
+    // The server runs on its own threads; this one only has to stay alive.
+    loop {
+        std::thread::park();
+    }
+}
+
+/// The builder the arguments describe, `None` for `--help`, or what is wrong.
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<MockServerBuilder>, String> {
+    let mut builder = MockServer::builder();
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        builder = match flag.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--addr" => {
+                let text = value()?;
+                builder.addr(
+                    text.parse::<SocketAddr>()
+                        .map_err(|e| format!("--addr {text}: {e}"))?,
+                )
+            }
+            "--seed" => builder.seed(number(&flag, &value()?)?),
+            "--fault-rate" => {
+                let text = value()?;
+                let rate: f64 = text
+                    .parse()
+                    .map_err(|_| format!("--fault-rate {text}: not a number"))?;
+                if !(0.0..=1.0).contains(&rate) {
+                    return Err(format!("--fault-rate {text}: must be between 0 and 1"));
+                }
+                builder.fault_rate(rate)
+            }
+            "--require-key" => builder.require_key(true),
+            "--key-ttl" => builder.key_ttl(duration(&flag, &value()?)?),
+            "--processing-delay" => builder.processing_delay(duration(&flag, &value()?)?),
+            "--max-keys" => builder.max_keys(number(&flag, &value()?)?),
+            other => return Err(format!("unknown option {other}")),
+        };
+    }
+    Ok(Some(builder))
+}
+
+fn number<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T, String> {
+    text.parse()
+        .map_err(|_| format!("{flag} {text}: not a whole number"))
+}
+
+fn duration(flag: &str, text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|e| format!("{flag}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Option<MockServerBuilder>, String> {
+        parse(list.iter().map(|s| (*s).to_owned()))
+    }
+
+    #[test]
+    fn accepts_every_flag() {
+        let parsed = args(&[
+            "--addr",
+            "127.0.0.1:0",
+            "--seed",
+            "7",
+            "--fault-rate",
+            "0.3",
+            "--require-key",
+            "--key-ttl",
+            "1h",
+            "--processing-delay",
+            "250ms",
+            "--max-keys",
+            "10",
+        ]);
+        assert!(matches!(parsed, Ok(Some(_))));
+        assert!(matches!(args(&["--help"]), Ok(None)));
+    }
+
+    #[test]
+    fn rejects_bad_flags_with_a_reason() {
+        for (list, needle) in [
+            (&["--bogus"][..], "unknown option"),
+            (&["--seed"][..], "needs a value"),
+            (&["--seed", "x"][..], "not a whole number"),
+            (&["--fault-rate", "1.5"][..], "between 0 and 1"),
+            (&["--fault-rate", "lots"][..], "not a number"),
+            (&["--key-ttl", "forever"][..], "--key-ttl"),
+            (&["--addr", "localhost"][..], "--addr"),
+        ] {
+            let err = args(list).err().unwrap_or_default();
+            assert!(err.contains(needle), "{list:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! Fault injection: what can go wrong on the wire, scripted or drawn at random.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use http::StatusCode;
+use serde::Deserialize;
+
+use crate::rng::SplitMix64;
+
+/// Something that goes wrong with one POST/PATCH request.
+///
+/// *Before processing* faults answer without executing anything. *After processing*
+/// faults let the operation execute and store its result, then spoil the answer: that
+/// is the lost-response case idempotency keys exist for. Faults change what goes on the
+/// wire; they never make a stored key execute again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Answer with this status (a `problem+json` body) without executing.
+    StatusBeforeProcessing(StatusCode),
+    /// Execute and store, then answer with this status instead of the result.
+    StatusAfterProcessing(StatusCode),
+    /// Execute and store, then wait this long before answering (the client times out).
+    DelayAfterProcessing(Duration),
+    /// Close the connection without answering and without executing.
+    DropBeforeProcessing,
+    /// Execute and store, then close the connection without answering.
+    DropAfterProcessing,
+    /// Answer `429 Too Many Requests` with `Retry-After` (whole seconds, rounded up),
+    /// without executing.
+    RateLimited {
+        /// The wait the server asks for.
+        retry_after: Duration,
+    },
+}
+
+impl Fault {
+    /// One of each kind, with the parameters the random plan uses by default: 503
+    /// before, 500 after, `delay` after, drops, and 429 asking for `retry_after`.
+    #[must_use]
+    pub fn all_kinds(delay: Duration, retry_after: Duration) -> [Fault; 6] {
+        [
+            Fault::StatusBeforeProcessing(StatusCode::SERVICE_UNAVAILABLE),
+            Fault::StatusAfterProcessing(StatusCode::INTERNAL_SERVER_ERROR),
+            Fault::DelayAfterProcessing(delay),
+            Fault::DropBeforeProcessing,
+            Fault::DropAfterProcessing,
+            Fault::RateLimited { retry_after },
+        ]
+    }
+
+    /// Whether the fault acts before the operation executes.
+    pub(crate) fn is_before_processing(&self) -> bool {
+        matches!(
+            self,
+            Fault::StatusBeforeProcessing(_)
+                | Fault::DropBeforeProcessing
+                | Fault::RateLimited { .. }
+        )
+    }
+}
+
+/// Faults drawn at random, each with its own probability per request, from a seed.
+#[derive(Clone, Debug)]
+pub(crate) struct RandomFaults {
+    rng: SplitMix64,
+    /// Cumulative probabilities: a draw below `bound` picks `fault`.
+    table: Vec<(f64, Fault)>,
+}
+
+impl RandomFaults {
+    /// `None` with a reason when a rate is not in `[0, 1]` or they add up past 1.
+    pub(crate) fn new(seed: u64, rates: &[(Fault, f64)]) -> Result<Self, String> {
+        let mut total = 0.0;
+        let mut table = Vec::with_capacity(rates.len());
+        for (fault, rate) in rates {
+            if !(0.0..=1.0).contains(rate) {
+                return Err(format!(
+                    "fault rate {rate} for {fault:?} is not between 0 and 1"
+                ));
+            }
+            total += rate;
+            table.push((total, fault.clone()));
+        }
+        if total > 1.0 + 1e-9 {
+            return Err(format!("fault rates add up to {total}, more than 1"));
+        }
+        Ok(Self {
+            rng: SplitMix64::new(seed),
+            table,
+        })
+    }
+
+    fn draw(&mut self) -> Option<Fault> {
+        let u = self.rng.unit();
+        self.table
+            .iter()
+            .find(|(bound, _)| u < *bound)
+            .map(|(_, fault)| fault.clone())
+    }
+}
+
+/// Scripted faults first, in order; then the random plan, if any.
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    pub(crate) scripted: VecDeque<Fault>,
+    pub(crate) random: Option<RandomFaults>,
+}
+
+impl Faults {
+    pub(crate) fn inject(&mut self, fault: Fault, times: usize) {
+        self.scripted.extend(std::iter::repeat_n(fault, times));
+    }
+
+    pub(crate) fn next(&mut self) -> Option<Fault> {
+        self.scripted
+            .pop_front()
+            .or_else(|| self.random.as_mut().and_then(RandomFaults::draw))
+    }
+}
+
+/// The body of `POST /__admin/faults`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FaultRequest {
+    fault: String,
+    #[serde(default = "one")]
+    times: usize,
+    status: Option<u16>,
+    delay: Option<String>,
+    retry_after: Option<String>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Most faults one admin call may queue, so a typo cannot allocate without limit.
+const MAX_TIMES: usize = 1_000_000;
+
+impl FaultRequest {
+    /// The fault and how many times to inject it, or why the request is wrong.
+    pub(crate) fn into_fault(self) -> Result<(Fault, usize), String> {
+        if self.times > MAX_TIMES {
+            return Err(format!("times is {}; at most {MAX_TIMES}", self.times));
+        }
+        let status = || -> Result<StatusCode, String> {
+            let code = self
+                .status
+                .ok_or_else(|| format!("{} needs \"status\"", self.fault))?;
+            StatusCode::from_u16(code)
+                .ok()
+                .filter(|s| s.as_u16() >= 200)
+                .ok_or_else(|| format!("status {code} is not a final HTTP status (200..=999)"))
+        };
+        let duration = |field: &Option<String>, name: &str| -> Result<Duration, String> {
+            let text = field
+                .as_deref()
+                .ok_or_else(|| format!("{} needs \"{name}\"", self.fault))?;
+            parse_duration(text).map_err(|e| format!("{name}: {e}"))
+        };
+        let fault = match self.fault.as_str() {
+            "status_before_processing" => Fault::StatusBeforeProcessing(status()?),
+            "status_after_processing" => Fault::StatusAfterProcessing(status()?),
+            "delay_after_processing" => {
+                Fault::DelayAfterProcessing(duration(&self.delay, "delay")?)
+            }
+            "drop_before_processing" => Fault::DropBeforeProcessing,
+            "drop_after_processing" => Fault::DropAfterProcessing,
+            "rate_limited" => Fault::RateLimited {
+                retry_after: duration(&self.retry_after, "retry_after")?,
+            },
+            other => {
+                return Err(format!(
+                    "unknown fault {other:?}; expected one of status_before_processing, \
+                     status_after_processing, delay_after_processing, drop_before_processing, \
+                     drop_after_processing, rate_limited"
+                ));
+            }
+        };
+        Ok((fault, self.times))
+    }
+}
+
+/// Parses `250ms`, `2s`, `5m`, `24h` (a whole number and a unit).
+///
+/// ```
+/// use std::time::Duration;
+/// use idempotent_retry::mock::parse_duration;
+/// assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+/// assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+/// assert!(parse_duration("soon").is_err());
+/// ```
+///
+/// # Errors
+///
+/// A message saying what is wrong, for anything else.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit; use ms, s, m or h"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let per_unit = match unit {
+        "ms" => Duration::from_millis(1),
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return Err(format!("{text:?} has an unknown unit; use ms, s, m or h")),
+    };
+    u32::try_from(n)
+        .ok()
+        .and_then(|n| per_unit.checked_mul(n))
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration(" 90s "), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        for bad in ["", "ms", "5", "5 s", "-5s", "1.5s", "5d", "99999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn request(json: &str) -> Result<(Fault, usize), String> {
+        serde_json::from_str::<FaultRequest>(json)
+            .map_err(|e| e.to_string())?
+            .into_fault()
+    }
+
+    #[test]
+    fn admin_json_for_every_kind() {
+        assert_eq!(
+            request(r#"{"fault": "drop_after_processing", "times": 2}"#),
+            Ok((Fault::DropAfterProcessing, 2))
+        );
+        assert_eq!(
+            request(r#"{"fault": "status_after_processing", "status": 503, "times": 1}"#),
+            Ok((
+                Fault::StatusAfterProcessing(StatusCode::SERVICE_UNAVAILABLE),
+                1
+            ))
+        );
+        assert_eq!(
+            request(r#"{"fault": "delay_after_processing", "delay": "500ms"}"#),
+            Ok((Fault::DelayAfterProcessing(Duration::from_millis(500)), 1))
+        );
+        assert_eq!(
+            request(r#"{"fault": "rate_limited", "retry_after": "1s", "times": 3}"#),
+            Ok((
+                Fault::RateLimited {
+                    retry_after: Duration::from_secs(1)
+                },
+                3
+            ))
+        );
+        assert_eq!(
+            request(r#"{"fault": "status_before_processing", "status": 502}"#),
+            Ok((Fault::StatusBeforeProcessing(StatusCode::BAD_GATEWAY), 1))
+        );
+        assert_eq!(
+            request(r#"{"fault": "drop_before_processing"}"#),
+            Ok((Fault::DropBeforeProcessing, 1))
+        );
+    }
+
+    #[test]
+    fn admin_json_errors_say_what_is_wrong() {
+        for (json, needle) in [
+            (r#"{"fault": "explode"}"#, "unknown fault"),
+            (
+                r#"{"fault": "status_after_processing"}"#,
+                "needs \"status\"",
+            ),
+            (
+                r#"{"fault": "status_after_processing", "status": 99}"#,
+                "not a final",
+            ),
+            (
+                r#"{"fault": "delay_after_processing", "delay": "soon"}"#,
+                "delay",
+            ),
+            (r#"{"fault": "rate_limited"}"#, "retry_after"),
+            (
+                r#"{"fault": "drop_after_processing", "times": 99999999}"#,
+                "at most",
+            ),
+            (
+                r#"{"fault": "drop_after_processing", "color": "red"}"#,
+                "unknown field",
+            ),
+            (r#"{"times": 1}"#, "missing field"),
+            (r#"[1, 2]"#, "invalid type"),
+        ] {
+            let err = request(json).unwrap_err();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn scripted_faults_come_first_and_in_order() {
+        let mut faults = Faults {
+            random: Some(RandomFaults::new(1, &[(Fault::DropBeforeProcessing, 1.0)]).unwrap()),
+            ..Faults::default()
+        };
+        faults.inject(Fault::DropAfterProcessing, 2);
+        faults.inject(Fault::StatusBeforeProcessing(StatusCode::BAD_GATEWAY), 1);
+        assert_eq!(faults.next(), Some(Fault::DropAfterProcessing));
+        assert_eq!(faults.next(), Some(Fault::DropAfterProcessing));
+        assert_eq!(
+            faults.next(),
+            Some(Fault::StatusBeforeProcessing(StatusCode::BAD_GATEWAY))
+        );
+        assert_eq!(faults.next(), Some(Fault::DropBeforeProcessing));
+    }
+
+    #[test]
+    fn random_plan_is_seeded_and_follows_rates() {
+        let rates = [
+            (Fault::DropBeforeProcessing, 0.2),
+            (Fault::DropAfterProcessing, 0.1),
+        ];
+        let draws = |seed| {
+            let mut plan = RandomFaults::new(seed, &rates).unwrap();
+            (0..10_000).map(|_| plan.draw()).collect::<Vec<_>>()
+        };
+        let a = draws(9);
+        assert_eq!(a, draws(9));
+        assert_ne!(a, draws(10));
+        let before = a
+            .iter()
+            .filter(|f| **f == Some(Fault::DropBeforeProcessing))
+            .count();
+        let after = a
+            .iter()
+            .filter(|f| **f == Some(Fault::DropAfterProcessing))
+            .count();
+        assert!((1_800..2_200).contains(&before), "{before}");
+        assert!((850..1_150).contains(&after), "{after}");
+        assert!(
+            RandomFaults::new(
+                1,
+                &[
+                    (Fault::DropAfterProcessing, 0.7),
+                    (Fault::DropBeforeProcessing, 0.7)
+                ]
+            )
+            .is_err()
+        );
+        assert!(RandomFaults::new(1, &[(Fault::DropAfterProcessing, -0.1)]).is_err());
+    }
+}

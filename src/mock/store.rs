@@ -1,0 +1,281 @@
+//! The idempotency store: what the mock server remembers about each key, decided under
+//! one lock so that two requests with one key can never both execute.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+/// A key within its caller's scope (the `Authorization` header value): one caller can
+/// never reach another's stored response, even with a guessed key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ScopedKey {
+    pub(crate) scope: Option<Bytes>,
+    pub(crate) key: Box<str>,
+}
+
+/// A response kept for replay.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+#[derive(Debug)]
+enum State {
+    InFlight,
+    Done(Arc<Stored>),
+}
+
+#[derive(Debug)]
+struct Entry {
+    fingerprint: u64,
+    /// Position in `order`, to tell a live queue entry from one left behind by removal.
+    seq: u64,
+    created: Instant,
+    state: State,
+}
+
+/// What to do with a request that carries a key.
+#[derive(Debug)]
+pub(crate) enum Begin {
+    /// First sight of the key (or it expired): it is now in flight; execute, then
+    /// [`Store::complete`].
+    Execute,
+    /// Completed earlier with the same fingerprint: answer this again.
+    Replay(Arc<Stored>),
+    /// Another request with this key is executing.
+    InFlight,
+    /// The key was used for a different request (method, path or body).
+    Mismatch,
+    /// Every stored key is in flight and the store is at its bound.
+    Full,
+}
+
+#[derive(Debug)]
+pub(crate) struct Store {
+    map: HashMap<Arc<ScopedKey>, Entry>,
+    /// Keys in creation order. With one TTL for all, the front is both the oldest and
+    /// the first to expire, so eviction is a pop from the front.
+    order: VecDeque<(Arc<ScopedKey>, u64)>,
+    next_seq: u64,
+    ttl: Duration,
+    capacity: usize,
+}
+
+impl Store {
+    pub(crate) fn new(ttl: Duration, capacity: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            next_seq: 0,
+            ttl,
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+
+    fn expired(&self, entry: &Entry, now: Instant) -> bool {
+        matches!(entry.state, State::Done(_))
+            && now.saturating_duration_since(entry.created) >= self.ttl
+    }
+
+    /// Decides, atomically for `key`, what a request with this fingerprint gets.
+    pub(crate) fn begin(&mut self, key: &ScopedKey, fingerprint: u64, now: Instant) -> Begin {
+        if let Some(entry) = self.map.get(key) {
+            if !self.expired(entry, now) {
+                if entry.fingerprint != fingerprint {
+                    return Begin::Mismatch;
+                }
+                return match &entry.state {
+                    State::InFlight => Begin::InFlight,
+                    State::Done(stored) => Begin::Replay(stored.clone()),
+                };
+            }
+            self.map.remove(key);
+        }
+        if !self.make_room(now) {
+            return Begin::Full;
+        }
+        let key = Arc::new(key.clone());
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.order.push_back((key.clone(), seq));
+        self.map.insert(
+            key,
+            Entry {
+                fingerprint,
+                seq,
+                created: now,
+                state: State::InFlight,
+            },
+        );
+        Begin::Execute
+    }
+
+    /// Stores the result of an execution that [`Store::begin`] allowed.
+    pub(crate) fn complete(&mut self, key: &ScopedKey, stored: Arc<Stored>) {
+        if let Some(entry) = self.map.get_mut(key) {
+            entry.state = State::Done(stored);
+        }
+    }
+
+    /// Drops expired and stale entries from the front, then evicts the oldest completed
+    /// entries until one more fits. In-flight keys are never evicted: forgetting one
+    /// would let its retry execute a second time. `false` if only in-flight keys remain.
+    fn make_room(&mut self, now: Instant) -> bool {
+        while let Some((key, seq)) = self.order.front() {
+            match self.map.get(&**key) {
+                Some(entry) if entry.seq == *seq && !self.expired(entry, now) => break,
+                Some(entry) if entry.seq == *seq => {
+                    let key = key.clone();
+                    self.map.remove(&key);
+                }
+                _ => {}
+            }
+            self.order.pop_front();
+        }
+        let mut rotations = self.order.len();
+        while self.map.len() >= self.capacity {
+            let Some((key, seq)) = self.order.pop_front() else {
+                return false;
+            };
+            match self.map.get(&key) {
+                Some(entry) if entry.seq == seq && matches!(entry.state, State::InFlight) => {
+                    if rotations == 0 {
+                        self.order.push_front((key, seq));
+                        return false;
+                    }
+                    rotations -= 1;
+                    self.order.push_back((key, seq));
+                }
+                Some(entry) if entry.seq == seq => {
+                    self.map.remove(&key);
+                }
+                _ => {}
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(scope: Option<&'static str>, k: &str) -> ScopedKey {
+        ScopedKey {
+            scope: scope.map(|s| Bytes::from_static(s.as_bytes())),
+            key: k.into(),
+        }
+    }
+
+    fn stored(body: &'static str) -> Arc<Stored> {
+        Arc::new(Stored {
+            status: StatusCode::CREATED,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(body.as_bytes()),
+        })
+    }
+
+    #[test]
+    fn first_executes_then_in_flight_then_replays() {
+        let mut store = Store::new(Duration::from_secs(60), 10);
+        let now = Instant::now();
+        let k = key(None, "a");
+        assert!(matches!(store.begin(&k, 1, now), Begin::Execute));
+        assert!(matches!(store.begin(&k, 1, now), Begin::InFlight));
+        assert!(matches!(store.begin(&k, 2, now), Begin::Mismatch));
+        store.complete(&k, stored("x"));
+        match store.begin(&k, 1, now) {
+            Begin::Replay(s) => assert_eq!(s.body, "x"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(store.begin(&k, 2, now), Begin::Mismatch));
+    }
+
+    #[test]
+    fn scopes_are_separate() {
+        let mut store = Store::new(Duration::from_secs(60), 10);
+        let now = Instant::now();
+        assert!(matches!(
+            store.begin(&key(Some("Bearer a"), "k"), 1, now),
+            Begin::Execute
+        ));
+        assert!(matches!(
+            store.begin(&key(Some("Bearer b"), "k"), 1, now),
+            Begin::Execute
+        ));
+        assert!(matches!(
+            store.begin(&key(None, "k"), 1, now),
+            Begin::Execute
+        ));
+    }
+
+    #[test]
+    fn expired_keys_execute_again_but_in_flight_ones_never_expire() {
+        let mut store = Store::new(Duration::from_secs(10), 10);
+        let t0 = Instant::now();
+        let (done, running) = (key(None, "done"), key(None, "running"));
+        store.begin(&done, 1, t0);
+        store.complete(&done, stored("x"));
+        store.begin(&running, 1, t0);
+        let later = t0 + Duration::from_secs(11);
+        assert!(matches!(store.begin(&done, 1, later), Begin::Execute));
+        assert!(matches!(store.begin(&running, 1, later), Begin::InFlight));
+    }
+
+    #[test]
+    fn bound_evicts_oldest_completed_and_never_in_flight() {
+        let mut store = Store::new(Duration::from_secs(3600), 3);
+        let now = Instant::now();
+        let keys: Vec<_> = (0..3).map(|i| key(None, &format!("k{i}"))).collect();
+        for k in &keys {
+            store.begin(k, 1, now);
+        }
+        // All three in flight: no room, and none of them is forgotten.
+        assert!(matches!(
+            store.begin(&key(None, "new"), 1, now),
+            Begin::Full
+        ));
+        assert_eq!(store.len(), 3);
+        store.complete(&keys[1], stored("1"));
+        store.complete(&keys[2], stored("2"));
+        // k0 is oldest but in flight: k1 goes instead.
+        assert!(matches!(
+            store.begin(&key(None, "new"), 1, now),
+            Begin::Execute
+        ));
+        assert_eq!(store.len(), 3);
+        assert!(matches!(store.begin(&keys[0], 1, now), Begin::InFlight));
+        assert!(matches!(store.begin(&keys[2], 1, now), Begin::Replay(_)));
+    }
+
+    #[test]
+    fn many_keys_stay_within_the_bound() {
+        let mut store = Store::new(Duration::from_secs(3600), 100);
+        let now = Instant::now();
+        for i in 0..10_000 {
+            let k = key(None, &i.to_string());
+            assert!(matches!(store.begin(&k, 1, now), Begin::Execute));
+            store.complete(&k, stored("x"));
+            assert!(store.len() <= 100);
+            assert!(
+                store.order.len() <= 200,
+                "queue grows: {}",
+                store.order.len()
+            );
+        }
+    }
+}

@@ -1,0 +1,674 @@
+//! The bundled mock server over real sockets: its idempotency rules, faults, read-back,
+//! and the client against it end to end.
+#![cfg(feature = "mock")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests panic on purpose.
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use idempotent_retry::mock::{Fault, MockServer};
+use idempotent_retry::{IdempotencyKey, RetryPolicy};
+use serde_json::{Value, json};
+use support::{fast_builder, fast_policy};
+
+/// A plain reqwest POST with a key and no retries.
+async fn post(
+    http: &reqwest::Client,
+    server: &MockServer,
+    key: Option<&str>,
+    body: &Value,
+) -> reqwest::Response {
+    let mut request = http
+        .post(format!("{}/orders", server.uri()))
+        .timeout(Duration::from_secs(5))
+        .json(body);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    request.send().await.unwrap()
+}
+
+async fn problem_of(resp: reqwest::Response) -> (StatusCode, Value) {
+    let status = resp.status();
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16());
+    assert!(
+        body["title"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
+    (status, body)
+}
+
+#[tokio::test]
+async fn first_request_executes_and_echoes() {
+    let server = MockServer::start().await;
+    let http = reqwest::Client::new();
+    let resp = post(&http, &server, Some("k1"), &json!({"sku": "tea", "qty": 2})).await;
+    assert_eq!(resp.status(), 201);
+    assert!(resp.headers().get("idempotent-replayed").is_none());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["path"], "/orders");
+    assert_eq!(body["body"], json!({"sku": "tea", "qty": 2}));
+    assert!(body["id"].is_u64());
+    assert_eq!(server.executions(), 1);
+    assert_eq!(server.executions_for("k1"), 1);
+}
+
+#[tokio::test]
+async fn a_replay_is_byte_identical() {
+    let server = MockServer::start().await;
+    let http = reqwest::Client::new();
+    let first = post(&http, &server, Some("k1"), &json!({"a": 1})).await;
+    let (first_headers, first_body) = (first.headers().clone(), first.bytes().await.unwrap());
+    let again = post(&http, &server, Some("k1"), &json!({"a": 1})).await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    for (name, value) in &first_headers {
+        if name != "content-length" {
+            assert_eq!(again.headers().get(name), Some(value), "{name}");
+        }
+    }
+    assert_eq!(again.bytes().await.unwrap(), first_body);
+    assert_eq!((server.executions(), server.replays()), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_requests_with_one_key_execute_once() {
+    let server = MockServer::builder()
+        .processing_delay(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("{}/orders", server.uri());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let request = client
+            .post(&url)
+            .header("idempotency-key", "same")
+            .json(&json!({"n": 1}));
+        tasks.spawn(async move { request.send().await.unwrap().status().as_u16() });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = tasks.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&201));
+    assert_eq!(server.executions(), 1);
+    assert_eq!(server.executions_for("same"), 1);
+    let created = statuses.iter().filter(|s| **s == 201).count() as u64;
+    assert_eq!(created, 1 + server.replays());
+    assert_eq!(server.conflicts(), 100 - created);
+}
+
+#[tokio::test]
+async fn a_key_reused_for_another_request_is_422() {
+    let server = MockServer::start().await;
+    let http = reqwest::Client::new();
+    post(&http, &server, Some("k"), &json!({"a": 1})).await;
+    let (status, _) = problem_of(post(&http, &server, Some("k"), &json!({"a": 2})).await).await;
+    assert_eq!(status, 422);
+    let other_path = reqwest::Client::new()
+        .post(format!("{}/elsewhere", server.uri()))
+        .header("idempotency-key", "k")
+        .json(&json!({"a": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_path.status(), 422);
+    assert_eq!((server.executions(), server.mismatches()), (1, 2));
+}
+
+#[tokio::test]
+async fn missing_and_bad_keys_are_400() {
+    let server = MockServer::builder()
+        .require_key(true)
+        .start()
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let (status, body) = problem_of(post(&http, &server, None, &json!({})).await).await;
+    assert_eq!(status, 400);
+    assert!(body["detail"].as_str().unwrap().contains("idempotency-key"));
+    let long = "k".repeat(256);
+    // (`"unterminated` would be a valid bare key: quotes are visible ASCII.)
+    for bad in [
+        "",
+        "has space",
+        "\"bad\\escape\"",
+        "\"in\"side\"",
+        long.as_str(),
+    ] {
+        let (status, _) = problem_of(post(&http, &server, Some(bad), &json!({})).await).await;
+        assert_eq!(status, 400, "{bad:?}");
+    }
+    let non_ascii = reqwest::Client::new()
+        .post(server.uri())
+        .header(
+            "idempotency-key",
+            http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(non_ascii.status(), 400);
+    assert_eq!(server.executions(), 0);
+    // The server keeps serving good requests.
+    assert_eq!(
+        post(&http, &server, Some("fine"), &json!({}))
+            .await
+            .status(),
+        201
+    );
+}
+
+#[tokio::test]
+async fn structured_and_bare_keys_are_the_same_key() {
+    let server = MockServer::start().await;
+    let http = reqwest::Client::new();
+    assert_eq!(
+        post(&http, &server, Some("abc"), &json!({})).await.status(),
+        201
+    );
+    let again = post(&http, &server, Some("\"abc\""), &json!({})).await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(server.executions(), 1);
+}
+
+#[tokio::test]
+async fn oversized_and_invalid_bodies_are_rejected_without_executing() {
+    let server = MockServer::builder()
+        .max_body_bytes(100)
+        .start()
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let big = json!({"pad": "x".repeat(200)});
+    let (status, _) = problem_of(post(&http, &server, Some("big"), &big).await).await;
+    assert_eq!(status, 413);
+    let invalid = reqwest::Client::new()
+        .post(server.uri())
+        .header("idempotency-key", "bad-json")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    let (status, _) = problem_of(invalid).await;
+    assert_eq!(status, 400);
+    assert_eq!(server.executions(), 0);
+    // Neither request left its key in flight.
+    assert_eq!(
+        post(&http, &server, Some("bad-json"), &json!({}))
+            .await
+            .status(),
+        201
+    );
+}
+
+#[tokio::test]
+async fn form_bodies_are_echoed_as_objects() {
+    let server = MockServer::start().await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/charges", server.uri()))
+        .header("idempotency-key", "f")
+        .form(&[("amount", "10"), ("currency", "eur")])
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["body"], json!({"amount": "10", "currency": "eur"}));
+}
+
+#[tokio::test]
+async fn keys_are_scoped_by_authorization() {
+    let server = MockServer::start().await;
+    let send = |auth: &'static str, body: Value| {
+        let url = server.uri();
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .header("authorization", auth)
+                .header("idempotency-key", "guessable-1")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let replayed = resp.headers().contains_key("idempotent-replayed");
+            (resp.json::<Value>().await.unwrap(), replayed)
+        }
+    };
+    let (alice, _) = send("Bearer alice", json!({"card": "alice"})).await;
+    let (mallory, replayed) = send("Bearer mallory", json!({"card": "alice"})).await;
+    assert!(
+        !replayed,
+        "another scope must not see alice's stored response"
+    );
+    assert_ne!(alice["id"], mallory["id"]);
+    let (alice_again, replayed) = send("Bearer alice", json!({"card": "alice"})).await;
+    assert!(replayed);
+    assert_eq!(alice_again, alice);
+    assert_eq!(server.executions(), 2);
+}
+
+#[tokio::test]
+async fn expired_keys_execute_again() {
+    let ttl = Duration::from_millis(50);
+    let server = MockServer::builder().key_ttl(ttl).start().await.unwrap();
+    let http = reqwest::Client::new();
+    post(&http, &server, Some("k"), &json!({})).await;
+    assert_eq!(
+        post(&http, &server, Some("k"), &json!({})).await.headers()["idempotent-replayed"],
+        "true"
+    );
+    // Past the TTL by definition: the store compares against the time the key was stored.
+    tokio::time::sleep(ttl * 2).await;
+    let again = post(&http, &server, Some("k"), &json!({})).await;
+    assert!(again.headers().get("idempotent-replayed").is_none());
+    assert_eq!(server.executions_for("k"), 2);
+}
+
+#[tokio::test]
+async fn the_store_bound_holds() {
+    let server = MockServer::builder().max_keys(50).start().await.unwrap();
+    let http = reqwest::Client::new();
+    for i in 0..500 {
+        assert_eq!(
+            post(&http, &server, Some(&format!("key-{i}")), &json!({}))
+                .await
+                .status(),
+            201
+        );
+    }
+    assert_eq!(server.executions(), 500);
+    assert!(server.stats().stored_keys <= 50, "{:?}", server.stats());
+    // The newest keys are still remembered.
+    assert_eq!(
+        post(&http, &server, Some("key-499"), &json!({}))
+            .await
+            .headers()["idempotent-replayed"],
+        "true"
+    );
+}
+
+#[tokio::test]
+async fn each_fault_does_what_it_says_on_the_wire() {
+    let server = MockServer::start().await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let send = |key: &'static str| {
+        client
+            .post(server.uri())
+            .header("idempotency-key", key)
+            .json(&json!({}))
+            .send()
+    };
+    let cases: Vec<(Fault, u64)> = vec![
+        (Fault::StatusBeforeProcessing(StatusCode::BAD_GATEWAY), 0),
+        (
+            Fault::StatusAfterProcessing(StatusCode::INTERNAL_SERVER_ERROR),
+            1,
+        ),
+        (Fault::DelayAfterProcessing(Duration::from_secs(2)), 1),
+        (Fault::DropBeforeProcessing, 0),
+        (Fault::DropAfterProcessing, 1),
+        (
+            Fault::RateLimited {
+                retry_after: Duration::from_millis(1500),
+            },
+            0,
+        ),
+    ];
+    for (n, (fault, executed)) in cases.into_iter().enumerate() {
+        server.reset();
+        server.inject(fault.clone(), 1);
+        let key: &'static str = ["k0", "k1", "k2", "k3", "k4", "k5"][n];
+        let result = send(key).await;
+        match &fault {
+            Fault::StatusBeforeProcessing(s) | Fault::StatusAfterProcessing(s) => {
+                assert_eq!(result.unwrap().status(), *s)
+            }
+            Fault::RateLimited { .. } => {
+                let resp = result.unwrap();
+                assert_eq!(resp.status(), 429);
+                assert_eq!(resp.headers()["retry-after"], "2", "rounded up");
+            }
+            Fault::DelayAfterProcessing(_) => assert!(result.unwrap_err().is_timeout()),
+            _ => assert!(result.is_err(), "{fault:?} should close the connection"),
+        }
+        assert_eq!(server.executions(), executed, "{fault:?}");
+        // The next request (no fault left) gets the stored result, or executes now.
+        let resp = send(key).await.unwrap();
+        assert_eq!(resp.status(), 201, "{fault:?}");
+        assert_eq!(
+            resp.headers().contains_key("idempotent-replayed"),
+            executed == 1,
+            "{fault:?}"
+        );
+        assert_eq!(server.executions(), 1, "{fault:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_client_gets_exactly_once_through_every_fault() {
+    let server = MockServer::start().await;
+    let client = fast_builder()
+        .attempt_timeout(Duration::from_millis(200))
+        .retry_policy(fast_policy().max_retry_after(Duration::from_millis(10)))
+        .build()
+        .unwrap();
+    for fault in Fault::all_kinds(Duration::from_secs(1), Duration::from_secs(1)) {
+        server.reset();
+        server.inject(fault.clone(), 2);
+        let resp = client
+            .post_idempotent(format!("{}/orders", server.uri()))
+            .json(&json!({"fault": format!("{fault:?}")}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{fault:?}: {e}"));
+        assert_eq!(resp.status(), 201, "{fault:?}");
+        assert_eq!(resp.attempts(), 3, "{fault:?}");
+        let key = resp.idempotency_key().as_str().to_owned();
+        assert_eq!(server.executions_for(&key), 1, "{fault:?}");
+        assert_eq!(server.executions(), 1, "{fault:?}");
+        assert!(server.duplicates().is_empty());
+        let after = !matches!(
+            fault,
+            Fault::StatusBeforeProcessing(_)
+                | Fault::DropBeforeProcessing
+                | Fault::RateLimited { .. }
+        );
+        assert_eq!(resp.is_replay(), after, "{fault:?}");
+        let created: Value = resp.json().await.unwrap();
+        assert_eq!(created["path"], "/orders");
+        // Every attempt the server logged carried the one key.
+        let logged: Vec<_> = server.requests().into_iter().map(|r| r.key).collect();
+        assert_eq!(logged, vec![Some(key); 3], "{fault:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_stored_result_survives_a_client_that_gave_up() {
+    let server = MockServer::builder()
+        .processing_delay(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
+    let key = IdempotencyKey::new_v4();
+    let err = fast_builder()
+        .attempt_timeout(Duration::from_millis(50))
+        .retry_policy(RetryPolicy::none())
+        .build()
+        .unwrap()
+        .post_idempotent(server.uri())
+        .idempotency_key(key.clone())
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout() && err.is_outcome_unknown());
+    // The operation goes on without its client; a retry meanwhile is told to wait (409)
+    // and, once it is done, gets the stored result.
+    let resp = fast_builder()
+        .retry_policy(
+            fast_policy()
+                .max_attempts(20)
+                .initial_delay(Duration::from_millis(50))
+                .max_delay(Duration::from_millis(50)),
+        )
+        .build()
+        .unwrap()
+        .post_idempotent(server.uri())
+        .idempotency_key(key.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.is_replay());
+    assert!(
+        resp.attempts() >= 2,
+        "the first resumed attempt met the key in flight"
+    );
+    assert_eq!(server.executions_for(key.as_str()), 1);
+    assert!(server.conflicts() >= 1);
+}
+
+#[tokio::test]
+async fn the_request_log_and_reset() {
+    let server = MockServer::start().await;
+    let http = reqwest::Client::new();
+    post(&http, &server, Some("logged"), &json!({})).await;
+    let patch = reqwest::Client::new()
+        .patch(format!("{}/items/7", server.uri()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), 201);
+    let log = server.requests();
+    assert_eq!(log.len(), 2);
+    assert_eq!(
+        (
+            log[0].method.as_str(),
+            log[0].path.as_str(),
+            log[0].key.as_deref()
+        ),
+        ("POST", "/orders", Some("logged"))
+    );
+    assert_eq!(
+        (
+            log[1].method.as_str(),
+            log[1].path.as_str(),
+            log[1].key.as_deref()
+        ),
+        ("PATCH", "/items/7", None)
+    );
+    assert!(log[0].at <= log[1].at);
+    server.reset();
+    assert_eq!(server.stats().requests, 0);
+    assert!(server.requests().is_empty());
+    assert_eq!(
+        post(&http, &server, Some("logged"), &json!({}))
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(server.executions(), 1);
+}
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let server = MockServer::start().await;
+    let http = reqwest::Client::new();
+    let admin = |path: &str| format!("{}/__admin/{path}", server.uri());
+    for (body, queued) in [
+        (json!({"fault": "drop_after_processing", "times": 2}), 2),
+        (
+            json!({"fault": "status_after_processing", "status": 503, "times": 1}),
+            3,
+        ),
+        (
+            json!({"fault": "delay_after_processing", "delay": "500ms", "times": 1}),
+            4,
+        ),
+        (
+            json!({"fault": "rate_limited", "retry_after": "1s", "times": 1}),
+            5,
+        ),
+    ] {
+        let resp = http.post(admin("faults")).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{body}");
+        assert_eq!(resp.json::<Value>().await.unwrap()["queued"], queued);
+    }
+    for bad in [
+        json!({"fault": "explode"}),
+        json!({"fault": "rate_limited"}),
+        json!("drop"),
+    ] {
+        let resp = http.post(admin("faults")).json(&bad).send().await.unwrap();
+        assert_eq!(problem_of(resp).await.0, 400, "{bad}");
+    }
+    let stats: Value = http
+        .get(admin("stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["faults_queued"], 5);
+    assert_eq!(stats["executions"], 0);
+    assert_eq!(stats["duplicates"], json!([]));
+    assert_eq!(
+        http.post(admin("reset")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(server.stats().faults_queued, 0);
+    assert_eq!(
+        http.get(admin("nothing")).send().await.unwrap().status(),
+        404
+    );
+    assert_eq!(
+        http.get(format!("{}/orders", server.uri()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+}
+
+#[test]
+fn works_from_a_plain_test_and_stops_on_drop() {
+    let server = MockServer::builder().start_blocking().unwrap();
+    let addr = server.address();
+    std::net::TcpStream::connect(addr).unwrap();
+    drop(server);
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still listening after drop"
+    );
+}
+
+#[test]
+fn bad_builder_settings_are_errors() {
+    let over = MockServer::builder().fault_rates([
+        (Fault::DropAfterProcessing, 0.8),
+        (Fault::DropBeforeProcessing, 0.8),
+    ]);
+    assert!(matches!(
+        over.start_blocking(),
+        Err(idempotent_retry::Error::InvalidConfig { .. })
+    ));
+    assert!(
+        MockServer::builder()
+            .key_header("bad header")
+            .start_blocking()
+            .is_err()
+    );
+    let taken = MockServer::builder().start_blocking().unwrap();
+    let clash = MockServer::builder().addr(taken.address()).start_blocking();
+    assert!(matches!(
+        clash,
+        Err(idempotent_retry::Error::MockServer { .. })
+    ));
+}
+
+/// Kills the child process even when an assertion fails first.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_standalone_binary_serves_and_takes_admin_faults() {
+    use std::io::BufRead;
+    let mut child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_idempotent-mock-server"))
+            .args([
+                "--addr",
+                "127.0.0.1:0",
+                "--require-key",
+                "--key-ttl",
+                "1h",
+                "--seed",
+                "3",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    assert!(base.starts_with("http://127.0.0.1:"), "{line}");
+
+    let http = reqwest::Client::new();
+    let no_key = http
+        .post(format!("{base}/orders"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_key.status(), 400, "--require-key");
+    // Each POST takes the next queued fault, so queue it only now.
+    let fault = json!({"fault": "drop_after_processing", "times": 1});
+    let resp = http
+        .post(format!("{base}/__admin/faults"))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let resp = fast_builder()
+        .build()
+        .unwrap()
+        .post_idempotent(format!("{base}/orders"))
+        .json(&json!({"sku": "tea"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), resp.attempts(), resp.is_replay()),
+        (201, 2, true)
+    );
+
+    let stats: Value = http
+        .get(format!("{base}/__admin/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["executions"], 1);
+    assert_eq!(stats["replays"], 1);
+    assert_eq!(stats["duplicates"], json!([]));
+}
+
+#[test]
+fn the_binary_rejects_bad_flags() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_idempotent-mock-server"))
+        .args(["--fault-rate", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("between 0 and 1"));
+}
