@@ -1,8 +1,8 @@
 //! One POST, one idempotency key, retried through a 503 and a lost response.
 //!
-//! Starts a local HTTP server (wiremock on 127.0.0.1) that answers the first request
-//! with 503, holds the second past the client's attempt timeout, and creates the order
-//! on the third. Prints what the client decided and what the server received.
+//! Starts the bundled mock server, which answers the first attempt with 503 (nothing
+//! executed) and executes the second but answers too late for the client's timeout (a
+//! lost response). The third attempt gets the stored result, not a second execution.
 //!
 //! ```text
 //! cargo run --example demo
@@ -11,36 +11,22 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use http::StatusCode;
+use idempotent_retry::mock::{Fault, MockServer};
 use idempotent_retry::{IdempotentClient, Jitter, RetryPolicy};
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, ResponseTemplate};
 
 #[tokio::main]
 async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "0"))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_millis(1_500)))
-        .up_to_n_times(1)
-        .with_priority(2)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(201)
-                .set_body_json(serde_json::json!({"id": "ord_1", "status": "created"})),
-        )
-        .mount(&server)
-        .await;
+    server.inject(
+        Fault::StatusBeforeProcessing(StatusCode::SERVICE_UNAVAILABLE),
+        1,
+    );
+    server.inject(Fault::DelayAfterProcessing(Duration::from_millis(1_500)), 1);
 
     println!("idempotent-retry demo: one POST, one key, retried through faults");
     println!(
-        "server {}: 503, then an answer slower than the 300 ms attempt timeout, then 201\n",
+        "mock server {}: 503 first, then an answer slower than the 300 ms attempt timeout\n",
         server.uri()
     );
 
@@ -72,38 +58,43 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
         .json(&serde_json::json!({"sku": "tea", "qty": 2}))
         .send()
         .await?;
-    println!("  attempt {} -> {}\n", resp.attempts(), resp.status());
+    let replay = if resp.is_replay() {
+        " (stored result replayed)"
+    } else {
+        ""
+    };
+    println!(
+        "  attempt {} -> {}{replay}\n",
+        resp.attempts(),
+        resp.status()
+    );
 
-    let requests = server.received_requests().await.unwrap_or_default();
+    let requests = server.requests();
     println!("server received {} requests:", requests.len());
-    let mut keys = Vec::new();
     for (n, request) in requests.iter().enumerate() {
-        let key = request
-            .headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("<none>")
-            .to_owned();
+        let key = request.key.as_deref().unwrap_or("<none>");
         println!(
             "  #{} {} {}  Idempotency-Key: {key}",
             n + 1,
             request.method,
-            request.url.path()
+            request.path
         );
-        keys.push(key);
     }
-
     let key = resp.idempotency_key().to_string();
-    let attempts = resp.attempts();
-    let status = resp.status();
+    let one_key = requests
+        .iter()
+        .all(|r| r.key.as_deref() == Some(key.as_str()));
+    let executions = server.executions_for(&key);
+
+    let (status, attempts) = (resp.status(), resp.attempts());
     let body: serde_json::Value = resp.json().await?;
     println!("\nresult: {status} after {attempts} attempts, body {body}");
-    let one_key = keys.len() == attempts as usize && keys.iter().all(|k| *k == key);
     println!(
         "one key on every attempt: {}",
         if one_key { "yes" } else { "NO" }
     );
-    Ok(if one_key {
+    println!("server executions of the operation: {executions}");
+    Ok(if one_key && executions == 1 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

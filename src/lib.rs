@@ -9,17 +9,16 @@
 //!
 //! ```
 //! use std::time::Duration;
+//! use idempotent_retry::mock::{Fault, MockServer};
 //! use idempotent_retry::{IdempotentClient, Jitter, RetryPolicy};
-//! # use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let server = MockServer::start().await;
-//! # Mock::given(method("POST")).respond_with(ResponseTemplate::new(503))
-//! #     .up_to_n_times(1).with_priority(1).mount(&server).await;
-//! # Mock::given(method("POST")).respond_with(ResponseTemplate::new(201)
-//! #     .set_body_json(serde_json::json!({"id": "ord_1"}))).mount(&server).await;
-//! # let url = format!("{}/orders", server.uri());
+//! // The bundled idempotent server, with its first answer lost after the work was done.
+//! let server = MockServer::start().await;
+//! server.inject(Fault::DropAfterProcessing, 1);
+//! let url = format!("{}/orders", server.uri());
+//!
 //! let client = IdempotentClient::builder()
 //!     .retry_policy(
 //!         RetryPolicy::exponential()
@@ -39,10 +38,11 @@
 //!     .await?;
 //!
 //! assert_eq!(resp.status(), 201);
-//! assert_eq!(resp.attempts(), 2); // the first attempt got a 503
-//! println!("created with key {}", resp.idempotency_key());
+//! assert_eq!(resp.attempts(), 2); // the first answer was lost
+//! assert!(resp.is_replay()); // the second attempt got the stored result...
+//! assert_eq!(server.executions(), 1); // ...of the one execution
 //! let order: serde_json::Value = resp.json().await?;
-//! # assert_eq!(order["id"], "ord_1");
+//! assert_eq!(order["path"], "/orders");
 //! # Ok(())
 //! # }
 //! ```
@@ -89,12 +89,21 @@
 //! attempt, an `info` event per retry and a `warn` event when giving up. Keys appear only
 //! in the `debug` span. [`IdempotentClientBuilder::on_retry`] is a hook for metrics.
 //!
+//! # Testing with the mock server
+//!
+//! [`mock::MockServer`] is an idempotent HTTP server with fault injection that runs in
+//! your test process (feature `mock`, on by default): point your code at its `uri()`,
+//! inject lost responses, drops, 5xx and 429, and read back how many times each
+//! operation executed. The `idempotent-mock-server` binary serves the same engine to
+//! clients in any language.
+//!
 //! # Cargo features
 //!
 //! | feature | default | what it does |
 //! |---|---|---|
 //! | `default-tls` | yes | reqwest's default TLS (rustls), for `https://` URLs |
 //! | `http2` | yes | HTTP/2 in the default reqwest client |
+//! | `mock` | yes | [`mock::MockServer`] and the `idempotent-mock-server` binary (hyper server) |
 //!
 //! For another TLS stack (native-tls, custom roots), turn `default-tls` off, enable it
 //! on your own `reqwest` dependency, and pass your client to
