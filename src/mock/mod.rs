@@ -150,13 +150,17 @@ impl MockServer {
         self.shared.executions()
     }
 
-    /// How many times the operation with this key executed (all scopes together).
+    /// How many times the operation with this key executed (all scopes together), for
+    /// keys the server still remembers: within `max_keys`, and counting a re-execution
+    /// after the key's TTL.
     #[must_use]
     pub fn executions_for(&self, key: &str) -> u64 {
         self.shared.executions_for(key)
     }
 
-    /// Keys executed more than once, sorted. Empty when idempotency held.
+    /// Keys executed more than once, sorted. Empty when idempotency held. (A key that
+    /// executes again after being evicted by `max_keys` cannot be told apart from a new
+    /// one, as on a real server.)
     #[must_use]
     pub fn duplicates(&self) -> Vec<String> {
         self.shared.duplicates()
@@ -222,6 +226,7 @@ impl Drop for MockServer {
 /// | `max_body_bytes` | 1 MiB |
 /// | `max_keys` | 100,000 stored keys (expired evicted first, then oldest completed) |
 /// | `max_log` | the last 100,000 requests |
+/// | `header_read_timeout` | 10 s to send a request's headers |
 /// | `key_header` | `Idempotency-Key` |
 /// | random faults | none; `fault_rate` spreads a rate over all six kinds |
 /// | `addr` | `127.0.0.1:0` (a free port) |
@@ -253,6 +258,7 @@ pub struct MockServerBuilder {
     max_body_bytes: usize,
     max_keys: usize,
     max_log: usize,
+    header_read_timeout: Duration,
     key_header: Result<HeaderName, String>,
     seed: u64,
     rates: Vec<(Fault, f64)>,
@@ -268,6 +274,7 @@ impl Default for MockServerBuilder {
             max_body_bytes: 1024 * 1024,
             max_keys: 100_000,
             max_log: 100_000,
+            header_read_timeout: Duration::from_secs(10),
             key_header: Ok(HeaderName::from_static(crate::DEFAULT_KEY_HEADER)),
             seed: 0,
             rates: Vec::new(),
@@ -310,6 +317,13 @@ impl MockServerBuilder {
     /// Most requests kept in the read-back log (older ones are dropped).
     pub fn max_log(mut self, requests: usize) -> Self {
         self.max_log = requests;
+        self
+    }
+
+    /// How long a client may take to send a request's headers before the connection is
+    /// closed (a defence against slowloris-style half requests).
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
         self
     }
 
@@ -410,11 +424,12 @@ impl MockServerBuilder {
                 random,
             },
         ));
+        let header_read_timeout = self.header_read_timeout;
         let (shutdown, stopped) = tokio::sync::oneshot::channel();
         let state = shared.clone();
         let thread = std::thread::Builder::new()
             .name("idempotent-mock-server".into())
-            .spawn(move || runtime.block_on(serve(listener, state, stopped)))
+            .spawn(move || runtime.block_on(serve(listener, state, stopped, header_read_timeout)))
             .map_err(io_error("could not start its thread"))?;
         Ok(MockServer {
             addr,
@@ -430,6 +445,7 @@ async fn serve(
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
+    header_read_timeout: Duration,
 ) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         return;
@@ -437,7 +453,7 @@ async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     // A client that never finishes its headers is cut off instead of holding a task.
     http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(header_read_timeout)
         .auto_date_header(false);
     loop {
         let stream = tokio::select! {

@@ -1,6 +1,6 @@
 //! The mock server's HTTP side: one handler for operations, one for `/__admin/…`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,12 +44,17 @@ pub(crate) struct Config {
     pub(crate) key_header: HeaderName,
 }
 
-/// Read-back data: executions per key and the request log.
+/// Read-back data beyond the store: the request log and the keys that executed twice.
 #[derive(Debug, Default)]
 struct Book {
-    per_key: HashMap<ScopedKey, u64>,
     log: VecDeque<ReceivedRequest>,
+    /// Key → executions, for keys that executed more than once. Empty when idempotency
+    /// held; capped at [`MAX_DUPLICATES`] keys so hostile input cannot grow it forever.
+    duplicates: BTreeMap<String, u64>,
 }
+
+/// Most distinct duplicate keys remembered (there should be none).
+const MAX_DUPLICATES: usize = 10_000;
 
 /// Everything the handlers share.
 #[derive(Debug)]
@@ -95,23 +100,11 @@ impl Shared {
     }
 
     pub(crate) fn executions_for(&self, key: &str) -> u64 {
-        lock(&self.book)
-            .per_key
-            .iter()
-            .filter(|(k, _)| &*k.key == key)
-            .map(|(_, n)| n)
-            .sum()
+        lock(&self.store).executions_for(key)
     }
 
     pub(crate) fn duplicates(&self) -> Vec<String> {
-        let mut keys: Vec<String> = lock(&self.book)
-            .per_key
-            .iter()
-            .filter(|(_, n)| **n > 1)
-            .map(|(k, _)| k.key.to_string())
-            .collect();
-        keys.sort();
-        keys
+        lock(&self.book).duplicates.keys().cloned().collect()
     }
 
     pub(crate) fn requests(&self) -> Vec<ReceivedRequest> {
@@ -335,8 +328,14 @@ async fn execute(
         });
         shared.executions.fetch_add(1, Ordering::AcqRel);
         if let Some(key) = key {
-            lock(&shared.store).complete(&key, stored.clone());
-            *lock(&shared.book).per_key.entry(key).or_insert(0) += 1;
+            let executions = lock(&shared.store).complete(&key, stored.clone());
+            if executions > 1 {
+                let mut book = lock(&shared.book);
+                if book.duplicates.len() < MAX_DUPLICATES || book.duplicates.contains_key(&*key.key)
+                {
+                    book.duplicates.insert(key.key.to_string(), executions);
+                }
+            }
         }
         stored
     });

@@ -37,6 +37,8 @@ struct Entry {
     seq: u64,
     created: Instant,
     state: State,
+    /// Times this key executed, carried over when an expired key executes again.
+    executions: u64,
 }
 
 /// What to do with a request that carries a key.
@@ -93,6 +95,7 @@ impl Store {
 
     /// Decides, atomically for `key`, what a request with this fingerprint gets.
     pub(crate) fn begin(&mut self, key: &ScopedKey, fingerprint: u64, now: Instant) -> Begin {
+        let mut executions = 0;
         if let Some(entry) = self.map.get(key) {
             if !self.expired(entry, now) {
                 if entry.fingerprint != fingerprint {
@@ -103,9 +106,9 @@ impl Store {
                     State::Done(stored) => Begin::Replay(stored.clone()),
                 };
             }
-            self.map.remove(key);
+            executions = self.map.remove(key).map_or(0, |e| e.executions);
         }
-        if !self.make_room(now) {
+        if !self.make_room() {
             return Begin::Full;
         }
         let key = Arc::new(key.clone());
@@ -119,30 +122,42 @@ impl Store {
                 seq,
                 created: now,
                 state: State::InFlight,
+                executions,
             },
         );
         Begin::Execute
     }
 
-    /// Stores the result of an execution that [`Store::begin`] allowed.
-    pub(crate) fn complete(&mut self, key: &ScopedKey, stored: Arc<Stored>) {
-        if let Some(entry) = self.map.get_mut(key) {
-            entry.state = State::Done(stored);
+    /// Stores the result of an execution that [`Store::begin`] allowed; returns how many
+    /// times the key has now executed.
+    pub(crate) fn complete(&mut self, key: &ScopedKey, stored: Arc<Stored>) -> u64 {
+        match self.map.get_mut(key) {
+            Some(entry) => {
+                entry.state = State::Done(stored);
+                entry.executions += 1;
+                entry.executions
+            }
+            None => 1,
         }
     }
 
-    /// Drops expired and stale entries from the front, then evicts the oldest completed
-    /// entries until one more fits. In-flight keys are never evicted: forgetting one
-    /// would let its retry execute a second time. `false` if only in-flight keys remain.
-    fn make_room(&mut self, now: Instant) -> bool {
+    /// Executions of every stored key with this text, all scopes together.
+    pub(crate) fn executions_for(&self, key: &str) -> u64 {
+        self.map
+            .iter()
+            .filter(|(k, _)| &*k.key == key)
+            .map(|(_, e)| e.executions)
+            .sum()
+    }
+
+    /// Evicts until one more key fits: the front of `order` first, which is the oldest
+    /// and so the most expired. In-flight keys are never evicted: forgetting one would
+    /// let its retry execute a second time. `false` if only in-flight keys remain.
+    fn make_room(&mut self) -> bool {
+        // Entries whose key was removed and stored again are stale: drop them for free.
         while let Some((key, seq)) = self.order.front() {
-            match self.map.get(&**key) {
-                Some(entry) if entry.seq == *seq && !self.expired(entry, now) => break,
-                Some(entry) if entry.seq == *seq => {
-                    let key = key.clone();
-                    self.map.remove(&key);
-                }
-                _ => {}
+            if self.map.get(&**key).is_some_and(|e| e.seq == *seq) {
+                break;
             }
             self.order.pop_front();
         }
@@ -233,6 +248,12 @@ mod tests {
         store.begin(&running, 1, t0);
         let later = t0 + Duration::from_secs(11);
         assert!(matches!(store.begin(&done, 1, later), Begin::Execute));
+        assert_eq!(
+            store.complete(&done, stored("y")),
+            2,
+            "the re-execution is counted"
+        );
+        assert_eq!(store.executions_for("done"), 2);
         assert!(matches!(store.begin(&running, 1, later), Begin::InFlight));
     }
 
