@@ -226,7 +226,7 @@ impl Drop for MockServer {
 /// | `max_body_bytes` | 1 MiB |
 /// | `max_keys` | 100,000 stored keys (expired evicted first, then oldest completed) |
 /// | `max_log` | the last 100,000 requests |
-/// | `header_read_timeout` | 10 s to send a request's headers |
+/// | `header_read_timeout` | 30 s to send a request's headers (also the keep-alive idle limit) |
 /// | `key_header` | `Idempotency-Key` |
 /// | random faults | none; `fault_rate` spreads a rate over all six kinds |
 /// | `addr` | `127.0.0.1:0` (a free port) |
@@ -274,7 +274,7 @@ impl Default for MockServerBuilder {
             max_body_bytes: 1024 * 1024,
             max_keys: 100_000,
             max_log: 100_000,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             key_header: Ok(HeaderName::from_static(crate::DEFAULT_KEY_HEADER)),
             seed: 0,
             rates: Vec::new(),
@@ -321,7 +321,8 @@ impl MockServerBuilder {
     }
 
     /// How long a client may take to send a request's headers before the connection is
-    /// closed (a defence against slowloris-style half requests).
+    /// closed (a defence against slowloris-style half requests). It also bounds how long
+    /// an idle keep-alive connection stays open between requests.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout;
         self
