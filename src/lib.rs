@@ -142,6 +142,29 @@ pub use response::IdempotentResponse;
 /// and types such as `reqwest::Method` and `reqwest::StatusCode`.
 pub use reqwest;
 
+/// Entry points for the `cargo fuzz` targets in `fuzz/` (feature `fuzzing`). Not part
+/// of the public API: no stability promise.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// `Retry-After` parsing, against a fixed "now".
+    pub fn retry_after(bytes: &[u8]) -> Option<std::time::Duration> {
+        let value = http::HeaderValue::from_bytes(bytes).ok()?;
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        crate::retry_after::parse(&value, now)
+    }
+
+    /// The mock server's key header decoding (bare or structured string).
+    pub fn decode_key(bytes: &[u8]) -> Option<Result<crate::IdempotencyKey, String>> {
+        crate::mock::fuzzing::decode_key(bytes)
+    }
+
+    /// The mock server's `POST /__admin/faults` body parsing.
+    pub fn fault_request(bytes: &[u8]) -> Option<Result<(crate::mock::Fault, usize), String>> {
+        crate::mock::fuzzing::fault_request(bytes)
+    }
+}
+
 /// The README's examples, compiled and run as doctests so that they cannot drift.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

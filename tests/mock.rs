@@ -672,3 +672,47 @@ fn the_binary_rejects_bad_flags() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("between 0 and 1"));
 }
+
+#[tokio::test]
+async fn guessed_keys_from_another_scope_neither_replay_nor_reveal() {
+    let server = MockServer::start().await;
+    let http = reqwest::Client::new();
+    let send = |auth: &'static str, key: String, body: Value| {
+        http.post(format!("{}/payments", server.uri()))
+            .header("authorization", auth)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    for n in 0..20 {
+        let body = json!({"to": "alice", "n": n});
+        let resp = send("Bearer alice", format!("pay-{n}"), body)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+    // Mallory sends alice's exact keys, half with her own body, half with alice's.
+    for n in 0..20 {
+        let body = if n % 2 == 0 {
+            json!({"to": "mallory"})
+        } else {
+            json!({"to": "alice", "n": n})
+        };
+        let resp = send("Bearer mallory", format!("pay-{n}"), body.clone())
+            .await
+            .unwrap();
+        // A 409 or 422 would tell mallory the key exists; a replay would leak the result.
+        assert_eq!(resp.status(), 201);
+        assert!(!resp.headers().contains_key("idempotent-replayed"));
+        let created: Value = resp.json().await.unwrap();
+        assert_eq!(
+            created["body"], body,
+            "mallory got someone else's stored body"
+        );
+    }
+    assert_eq!(
+        server.replays() + server.conflicts() + server.mismatches(),
+        0
+    );
+    assert_eq!(server.executions(), 40);
+}

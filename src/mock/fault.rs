@@ -360,3 +360,58 @@ mod tests {
         assert!(RandomFaults::new(1, &[(Fault::DropAfterProcessing, -0.1)]).is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz_by_property {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn field() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u16>().prop_map(serde_json::Value::from),
+            "[a-z_]{0,30}".prop_map(serde_json::Value::from),
+            "[0-9]{1,12}(ms|s|m|h|d|)".prop_map(serde_json::Value::from),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn admin_json_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(request) = serde_json::from_slice::<FaultRequest>(&bytes) {
+                let _ = request.into_fault();
+            }
+        }
+
+        #[test]
+        fn admin_json_never_panics_on_near_misses(
+            fault in prop_oneof![
+                Just("status_before_processing"), Just("status_after_processing"),
+                Just("delay_after_processing"), Just("drop_before_processing"),
+                Just("drop_after_processing"), Just("rate_limited"), Just("bogus"),
+            ],
+            fields in proptest::collection::vec((prop_oneof![Just("times"), Just("status"), Just("delay"), Just("retry_after"), Just("other")], field()), 0..5),
+        ) {
+            let mut object = serde_json::Map::new();
+            object.insert("fault".into(), fault.into());
+            for (name, value) in fields {
+                object.insert(name.into(), value);
+            }
+            let text = serde_json::Value::Object(object).to_string();
+            if let Ok(request) = serde_json::from_str::<FaultRequest>(&text) {
+                if let Ok((_, times)) = request.into_fault() {
+                    prop_assert!(times <= MAX_TIMES);
+                }
+            }
+        }
+
+        #[test]
+        fn durations_never_panic_and_round_trip(text in "\\PC{0,20}", n in 0u32..100_000, unit in 0usize..4) {
+            let _ = parse_duration(&text);
+            let (suffix, per) = [("ms", 1u64), ("s", 1_000), ("m", 60_000), ("h", 3_600_000)][unit];
+            let parsed = parse_duration(&format!("{n}{suffix}")).unwrap();
+            prop_assert_eq!(parsed, Duration::from_millis(u64::from(n) * per));
+        }
+    }
+}

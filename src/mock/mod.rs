@@ -58,6 +58,20 @@ pub use fault::{Fault, parse_duration};
 
 use crate::Error;
 use fault::{Faults, RandomFaults};
+
+/// Internal parsers, for the crate's `fuzzing` module.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing {
+    pub(crate) fn decode_key(bytes: &[u8]) -> Option<Result<crate::IdempotencyKey, String>> {
+        let value = http::HeaderValue::from_bytes(bytes).ok()?;
+        Some(super::server::decode_key(&value))
+    }
+
+    pub(crate) fn fault_request(bytes: &[u8]) -> Option<Result<(super::Fault, usize), String>> {
+        let request = serde_json::from_slice::<super::fault::FaultRequest>(bytes).ok()?;
+        Some(request.into_fault())
+    }
+}
 use server::{Config, Shared};
 
 /// One request the server received (POST/PATCH, admin requests excluded).

@@ -399,7 +399,7 @@ async fn fail_after(
 }
 
 /// The key from its header, bare or as an RFC 8941 string (`"…"`, with `\"` and `\\`).
-fn decode_key(value: &HeaderValue) -> Result<IdempotencyKey, String> {
+pub(crate) fn decode_key(value: &HeaderValue) -> Result<IdempotencyKey, String> {
     let bytes = value.as_bytes();
     let text = match bytes {
         [b'"', inner @ .., b'"'] => {
@@ -531,5 +531,70 @@ async fn admin(shared: &Shared, path: &str, request: Request<Incoming>) -> Respo
             "No such admin endpoint",
             "use GET /__admin/stats, POST /__admin/faults or POST /__admin/reset",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode(bytes: &[u8]) -> Option<Result<IdempotencyKey, String>> {
+        HeaderValue::from_bytes(bytes).ok().map(|v| decode_key(&v))
+    }
+
+    #[test]
+    fn decodes_both_forms() {
+        assert_eq!(decode(b"abc").unwrap().unwrap().as_str(), "abc");
+        assert_eq!(decode(b"\"abc\"").unwrap().unwrap().as_str(), "abc");
+        assert_eq!(
+            decode(b"\"a\\\"b\\\\c\"").unwrap().unwrap().as_str(),
+            "a\"b\\c"
+        );
+        for bad in [&b"\"\""[..], b"\"a\\x\"", b"\"a\"b\"", b"\"a\\\"", b""] {
+            assert!(
+                decode(bad).unwrap().is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    /// Structured-string encoding as a client would do it, escapes included.
+    fn quote(key: &str) -> String {
+        let mut out = String::from("\"");
+        for c in key.chars() {
+            if matches!(c, '"' | '\\') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+        out
+    }
+
+    proptest! {
+        // Fuzzing by property: arbitrary bytes never panic the decoder, and whatever it
+        // accepts is a valid key.
+        #[test]
+        fn decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Some(Ok(key)) = decode(&bytes) {
+                prop_assert!(IdempotencyKey::parse(key.as_str()).is_ok());
+            }
+        }
+
+        #[test]
+        fn quoted_keys_round_trip(key in "[!-~]{1,200}") {
+            let decoded = decode(quote(&key).as_bytes()).unwrap().unwrap();
+            prop_assert_eq!(decoded.as_str(), key.as_str());
+        }
+
+        #[test]
+        fn echo_never_panics(body in proptest::collection::vec(any::<u8>(), 0..200), kind in 0usize..4) {
+            let content_type = ["application/json", "application/x-www-form-urlencoded", "text/plain", "application/problem+json; charset=utf-8"][kind];
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            let _ = echo_body(&headers, &Bytes::from(body));
+        }
     }
 }
