@@ -290,7 +290,7 @@ impl IdempotentRequestBuilder {
         request
             .headers_mut()
             .insert(inner.key_header.clone(), value);
-        if request.try_clone().is_none() {
+        if request.body().is_some_and(|b| b.as_bytes().is_none()) {
             // Unreachable through this builder, which only accepts in-memory bodies.
             return Err(invalid(key, "the body cannot be replayed".into(), None));
         }
