@@ -75,6 +75,8 @@ pub struct Run {
     pub elapsed: Duration,
     /// Responses that were not 2xx.
     pub non_2xx: u64,
+    /// CPU time the servers (every thread but the main one) used during the run.
+    pub server_cpu: Duration,
 }
 
 impl Run {
@@ -89,8 +91,8 @@ impl Run {
 pub enum Keys {
     /// No key header.
     None,
-    /// A new key for every request: `{prefix}-{n}`.
-    Unique(&'static str),
+    /// A new key for every request: `k-{base + n}` for the run's n-th request.
+    Unique(u64),
     /// One key per connection, sent again and again: after the first, replays.
     PerConnection(&'static str),
 }
@@ -107,6 +109,7 @@ pub async fn load(
     total: u64,
 ) -> Run {
     let next = Arc::new(AtomicU64::new(0));
+    let cpu_before = server_cpu();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for conn in 0..connections {
@@ -132,8 +135,8 @@ pub async fn load(
                 .expect("write to vec");
                 match keys {
                     Keys::None => {}
-                    Keys::Unique(prefix) => {
-                        write!(out, "idempotency-key: {prefix}-{n}\r\n").expect("write")
+                    Keys::Unique(base) => {
+                        write!(out, "idempotency-key: k-{}\r\n", base + n).expect("write")
                     }
                     Keys::PerConnection(prefix) => {
                         write!(out, "idempotency-key: {prefix}-conn-{conn}\r\n").expect("write")
@@ -156,6 +159,7 @@ pub async fn load(
         latencies: Vec::with_capacity(total as usize),
         elapsed: Duration::ZERO,
         non_2xx: 0,
+        server_cpu: Duration::ZERO,
     };
     while let Some(done) = tasks.join_next().await {
         let (latencies, non_2xx) = done.expect("load task");
@@ -163,6 +167,7 @@ pub async fn load(
         run.non_2xx += non_2xx;
     }
     run.elapsed = started.elapsed();
+    run.server_cpu = server_cpu().saturating_sub(cpu_before);
     run
 }
 
@@ -224,4 +229,27 @@ pub fn flag<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// benchmarks still work.
 pub fn quick() -> bool {
     std::env::args().any(|a| a == "--quick")
+}
+
+/// CPU time used so far by every thread of this process except the main one (which
+/// runs the load generator or the clients): the servers' cost, whatever the load
+/// generator's. Linux `/proc` clock ticks (10 ms), so use it over runs of seconds.
+pub fn server_cpu() -> Duration {
+    let pid = std::process::id().to_string();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let ticks: u64 = tasks
+        .filter_map(Result::ok)
+        .filter(|task| task.file_name().to_str() != Some(pid.as_str()))
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .map(|stat| {
+            // Fields after the parenthesised name; utime and stime are the 14th and 15th.
+            let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+            field(11).unwrap_or(0) + field(12).unwrap_or(0)
+        })
+        .sum();
+    Duration::from_millis(ticks * 10)
 }
