@@ -1,0 +1,143 @@
+//! Memory per stored key and allocations per request, counted by a global allocator
+//! wrapper (`stats_alloc`), so the figures are exact bytes, not RSS estimates.
+//!
+//! ```text
+//! cargo bench --bench memory            # 100,000 keys
+//! cargo bench --bench memory -- --quick # 10,000 keys
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark stops on any failure.
+
+mod support;
+
+use std::alloc::System;
+use std::time::Duration;
+
+use idempotent_retry::IdempotentClient;
+use idempotent_retry::mock::MockServer;
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, Stats, StatsAlloc};
+use support::{Keys, load};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Bytes still allocated now, counted from the start of the process.
+fn live_bytes() -> i64 {
+    let s = GLOBAL.stats();
+    s.bytes_allocated as i64 - s.bytes_deallocated as i64 + s.bytes_reallocated as i64
+}
+
+/// Lets connection tasks on the servers' threads finish and free their buffers.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+async fn per_key(keys: u64, body: &str, label: &str, builder: impl Fn() -> MockServer) {
+    let server = builder();
+    // Warm up: runtime, connection buffers and the first table sizes.
+    load(server.address(), "/orders", body, Keys::Unique(0), 64, 1_000).await;
+    settle().await;
+    let before = live_bytes();
+    let run = load(server.address(), "/orders", body, Keys::Unique(1_000), 64, keys).await;
+    assert_eq!(run.non_2xx, 0);
+    settle().await;
+    let after = live_bytes();
+    let stats = server.stats();
+    assert_eq!(stats.stored_keys as u64, keys + 1_000, "nothing evicted");
+    let per_key = (after - before) as f64 / keys as f64;
+    println!(
+        "| {label} | {keys} | {:.1} | {per_key:.0} |",
+        (after - before) as f64 / (1024.0 * 1024.0),
+    );
+}
+
+fn per_request(label: &str, requests: u64, change: Stats) {
+    println!(
+        "| {label} | {:.1} | {:.0} |",
+        change.allocations as f64 / requests as f64,
+        change.bytes_allocated as f64 / requests as f64,
+    );
+}
+
+fn main() {
+    let quick = support::quick();
+    let keys: u64 = if quick { 10_000 } else { 100_000 };
+    let requests: u64 = if quick { 2_000 } else { 20_000 };
+    let body = support::body_200();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        println!("### Memory per stored key (200-byte JSON bodies; live heap bytes, exact)\n");
+        println!("| configuration | keys added | heap growth MiB | bytes per key |");
+        println!("|---|---:|---:|---:|");
+        let bound = (2 * keys) as usize;
+        per_key(keys, &body, "store only (`max_log(0)`)", || {
+            MockServer::builder()
+                .max_keys(bound)
+                .max_log(0)
+                .start_blocking()
+                .unwrap()
+        })
+        .await;
+        per_key(keys, &body, "defaults (request log on)", || {
+            MockServer::builder()
+                .max_keys(bound)
+                .start_blocking()
+                .unwrap()
+        })
+        .await;
+
+        println!("\n### Allocations per request, whole process (server + load)\n");
+        println!("| what | allocations / request | bytes allocated / request |");
+        println!("|---|---:|---:|");
+        let bare = support::bare_hyper(1);
+        let mock = MockServer::builder()
+            .max_keys(1_000_000)
+            .start_blocking()
+            .unwrap();
+        // Raw-TCP load: the load generator itself allocates nothing per request.
+        for (label, addr, keys) in [
+            ("raw-TCP load → bare hyper", bare, Keys::None),
+            ("raw-TCP load → mock, new keys", mock.address(), Keys::Unique(0)),
+            (
+                "raw-TCP load → mock, replays",
+                mock.address(),
+                Keys::PerConnection("r"),
+            ),
+        ] {
+            load(addr, "/orders", &body, keys, 16, 500).await;
+            let keys = match keys {
+                Keys::Unique(_) => Keys::Unique(1_000),
+                other => other,
+            };
+            let region = Region::new(GLOBAL);
+            load(addr, "/orders", &body, keys, 16, requests).await;
+            per_request(label, requests, region.change());
+        }
+
+        let url = format!("http://{bare}/orders");
+        let raw = reqwest::Client::new();
+        let ours = IdempotentClient::new();
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for which in ["raw reqwest → bare hyper", "IdempotentClient → bare hyper"] {
+            let send = || async {
+                if which.starts_with("raw") {
+                    let r = raw.post(&url).json(&value).send().await.unwrap();
+                    r.bytes().await.unwrap();
+                } else {
+                    let r = ours.post_idempotent(&url).json(&value).send().await.unwrap();
+                    r.bytes().await.unwrap();
+                }
+            };
+            for _ in 0..200 {
+                send().await;
+            }
+            let region = Region::new(GLOBAL);
+            for _ in 0..requests / 4 {
+                send().await;
+            }
+            per_request(which, requests / 4, region.change());
+        }
+    });
+}
