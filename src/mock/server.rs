@@ -11,6 +11,7 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::fault::{Fault, FaultRequest, Faults};
@@ -153,8 +154,14 @@ impl Shared {
         }
     }
 
-    fn record(&self, method: &Method, path: &str, key: Option<String>) {
+    /// Counts a request and logs it, unless the log is off (`max_log` 0): then the key
+    /// is not even copied.
+    fn record(&self, method: &Method, path: &str, key: impl FnOnce() -> Option<String>) {
         self.requests.fetch_add(1, Ordering::AcqRel);
+        if self.config.max_log == 0 {
+            return;
+        }
+        let key = key();
         let mut book = lock(&self.book);
         if book.log.len() >= self.config.max_log {
             book.log.pop_front();
@@ -188,12 +195,11 @@ pub(crate) async fn handle(
     let (parts, body) = request.into_parts();
     let raw_key = parts.headers.get(&shared.config.key_header);
     let key = raw_key.map(decode_key);
-    let logged_key = match (&key, raw_key) {
+    shared.record(&method, &path, || match (&key, raw_key) {
         (Some(Ok(k)), _) => Some(k.as_str().to_owned()),
         (_, Some(raw)) => Some(String::from_utf8_lossy(raw.as_bytes()).into_owned()),
         (_, None) => None,
-    };
-    shared.record(&method, &path, logged_key);
+    });
 
     let fault = lock(&shared.faults).next();
     if let Some(fault) = fault.as_ref().filter(|f| f.is_before_processing()) {
@@ -251,12 +257,12 @@ pub(crate) async fn handle(
                     .headers
                     .get(AUTHORIZATION)
                     .map(|v| Bytes::copy_from_slice(v.as_bytes())),
-                key: key.as_str().into(),
+                key: key.into_boxed_str(),
             };
             let fingerprint = fingerprint(&method, &path, &body);
-            let begin = lock(&shared.store).begin(&scoped, fingerprint, Instant::now());
+            let begin = lock(&shared.store).begin(scoped, fingerprint, Instant::now());
             match begin {
-                Begin::Execute => (
+                Begin::Execute(scoped) => (
                     execute(shared.clone(), Some(scoped), path, echo).await?,
                     false,
                 ),
@@ -305,48 +311,53 @@ pub(crate) async fn handle(
     fail_after(fault, stored_response(&stored, replayed)).await
 }
 
-/// Runs the operation in its own task, so that it completes and is stored even if the
-/// client disconnects and hyper drops this request's future.
+/// Runs the operation so that it completes and is stored even if the client
+/// disconnects and hyper drops this request's future: inline when there is no
+/// processing delay (nothing awaits between [`Store::begin`] and [`Store::complete`], so
+/// nothing can cut it short), otherwise in its own task.
 async fn execute(
     shared: Arc<Shared>,
-    key: Option<ScopedKey>,
+    key: Option<Arc<ScopedKey>>,
     path: String,
-    echo: Value,
+    echo: Echo,
 ) -> Result<Arc<Stored>, Dropped> {
+    if shared.config.processing_delay.is_zero() {
+        return Ok(finish(&shared, key.as_deref(), &path, &echo));
+    }
     let task = tokio::spawn(async move {
-        if !shared.config.processing_delay.is_zero() {
-            tokio::time::sleep(shared.config.processing_delay).await;
-        }
-        let id = shared.next_id.fetch_add(1, Ordering::AcqRel);
-        let body = json!({ "id": id, "path": path, "body": echo });
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let stored = Arc::new(Stored {
-            status: StatusCode::CREATED,
-            headers,
-            body: Bytes::from(body.to_string()),
-        });
-        shared.executions.fetch_add(1, Ordering::AcqRel);
-        if let Some(key) = key {
-            let executions = lock(&shared.store).complete(&key, stored.clone());
-            if executions > 1 {
-                let mut book = lock(&shared.book);
-                if book.duplicates.len() < MAX_DUPLICATES || book.duplicates.contains_key(&*key.key)
-                {
-                    book.duplicates.insert(key.key.to_string(), executions);
-                }
-            }
-        }
-        stored
+        tokio::time::sleep(shared.config.processing_delay).await;
+        finish(&shared, key.as_deref(), &path, &echo)
     });
     // A join error means the runtime is shutting down: the connection goes with it.
     task.await.map_err(|_| Dropped)
 }
 
+/// The operation itself: create the resource, store the answer under the key.
+fn finish(shared: &Shared, key: Option<&ScopedKey>, path: &str, echo: &Echo) -> Arc<Stored> {
+    let id = shared.next_id.fetch_add(1, Ordering::AcqRel);
+    let stored = Arc::new(Stored {
+        status: StatusCode::CREATED,
+        body: echo.created(id, path),
+    });
+    shared.executions.fetch_add(1, Ordering::AcqRel);
+    if let Some(key) = key {
+        let executions = lock(&shared.store).complete(key, stored.clone());
+        if executions > 1 {
+            let mut book = lock(&shared.book);
+            if book.duplicates.len() < MAX_DUPLICATES || book.duplicates.contains_key(&*key.key) {
+                book.duplicates.insert(key.key.to_string(), executions);
+            }
+        }
+    }
+    stored
+}
+
 fn stored_response(stored: &Stored, replayed: bool) -> Response<Body> {
     let mut response = Response::new(Full::new(stored.body.clone()));
     *response.status_mut() = stored.status;
-    *response.headers_mut() = stored.headers.clone();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if replayed {
         response
             .headers_mut()
@@ -418,16 +429,51 @@ pub(crate) fn decode_key(value: &HeaderValue) -> Result<IdempotencyKey, String> 
             }
             out
         }
-        _ => String::from_utf8_lossy(bytes).into_owned(),
+        _ => match std::str::from_utf8(bytes) {
+            Ok(text) => return IdempotencyKey::parse(text).map_err(|e| e.to_string()),
+            Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+        },
     };
     IdempotencyKey::parse(&text).map_err(|e| e.to_string())
 }
 
+/// What the created resource echoes of the request body.
+#[derive(Debug)]
+enum Echo {
+    /// Validated JSON text, echoed as it came: no parse tree is built.
+    Json(Bytes),
+    /// Anything else, converted.
+    Value(Value),
+}
+
+impl Echo {
+    /// The created resource: `{"body":…,"id":…,"path":…}`.
+    fn created(&self, id: u64, path: &str) -> Bytes {
+        let echo_len = match self {
+            Echo::Json(raw) => raw.len(),
+            Echo::Value(_) => 64,
+        };
+        let mut out = Vec::with_capacity(32 + echo_len + path.len());
+        out.extend_from_slice(b"{\"body\":");
+        match self {
+            Echo::Json(raw) => out.extend_from_slice(raw),
+            Echo::Value(value) => out.extend_from_slice(value.to_string().as_bytes()),
+        }
+        out.extend_from_slice(format!(",\"id\":{id},\"path\":").as_bytes());
+        out.extend_from_slice(Value::from(path).to_string().as_bytes());
+        out.push(b'}');
+        Bytes::from(out)
+    }
+}
+
 /// What the created resource echoes: JSON as JSON, forms as an object, other text as a
-/// string, nothing as `null`.
-fn echo_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, String> {
+/// string (or as JSON if it is JSON), nothing as `null`.
+fn echo_body(headers: &HeaderMap, body: &Bytes) -> Result<Echo, String> {
+    let raw_json = || {
+        serde_json::from_slice::<&RawValue>(body).map(|raw| Echo::Json(body.slice_ref(raw.get().as_bytes())))
+    };
     if body.is_empty() {
-        return Ok(Value::Null);
+        return Ok(Echo::Value(Value::Null));
     }
     let content_type = headers
         .get(CONTENT_TYPE)
@@ -441,19 +487,20 @@ fn echo_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, String> {
         })
         .unwrap_or_default();
     if content_type == "application/json" || content_type.ends_with("+json") {
-        serde_json::from_slice(body).map_err(|e| format!("the body is not valid JSON: {e}"))
+        raw_json().map_err(|e| format!("the body is not valid JSON: {e}"))
     } else if content_type == "application/x-www-form-urlencoded" {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
             .map_err(|e| format!("the body is not a valid form: {e}"))?;
-        Ok(Value::Object(
+        Ok(Echo::Value(Value::Object(
             pairs
                 .into_iter()
                 .map(|(k, v)| (k, Value::String(v)))
                 .collect(),
-        ))
+        )))
     } else {
-        Ok(serde_json::from_slice(body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned())))
+        Ok(raw_json().unwrap_or_else(|_| {
+            Echo::Value(Value::String(String::from_utf8_lossy(body).into_owned()))
+        }))
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 
 /// A key within its caller's scope (the `Authorization` header value): one caller can
 /// never reach another's stored response, even with a guessed key.
@@ -16,11 +16,11 @@ pub(crate) struct ScopedKey {
     pub(crate) key: Box<str>,
 }
 
-/// A response kept for replay.
+/// A response kept for replay. Its body is always JSON: the content type is implied,
+/// which saves a header map per stored key.
 #[derive(Debug)]
 pub(crate) struct Stored {
     pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
 }
 
@@ -45,8 +45,8 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) enum Begin {
     /// First sight of the key (or it expired): it is now in flight; execute, then
-    /// [`Store::complete`].
-    Execute,
+    /// [`Store::complete`] with this key.
+    Execute(Arc<ScopedKey>),
     /// Completed earlier with the same fingerprint: answer this again.
     Replay(Arc<Stored>),
     /// Another request with this key is executing.
@@ -94,9 +94,9 @@ impl Store {
     }
 
     /// Decides, atomically for `key`, what a request with this fingerprint gets.
-    pub(crate) fn begin(&mut self, key: &ScopedKey, fingerprint: u64, now: Instant) -> Begin {
+    pub(crate) fn begin(&mut self, key: ScopedKey, fingerprint: u64, now: Instant) -> Begin {
         let mut executions = 0;
-        if let Some(entry) = self.map.get(key) {
+        if let Some(entry) = self.map.get(&key) {
             if !self.expired(entry, now) {
                 if entry.fingerprint != fingerprint {
                     return Begin::Mismatch;
@@ -106,17 +106,17 @@ impl Store {
                     State::Done(stored) => Begin::Replay(stored.clone()),
                 };
             }
-            executions = self.map.remove(key).map_or(0, |e| e.executions);
+            executions = self.map.remove(&key).map_or(0, |e| e.executions);
         }
         if !self.make_room() {
             return Begin::Full;
         }
-        let key = Arc::new(key.clone());
+        let key = Arc::new(key);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.order.push_back((key.clone(), seq));
         self.map.insert(
-            key,
+            key.clone(),
             Entry {
                 fingerprint,
                 seq,
@@ -125,7 +125,7 @@ impl Store {
                 executions,
             },
         );
-        Begin::Execute
+        Begin::Execute(key)
     }
 
     /// Stores the result of an execution that [`Store::begin`] allowed; returns how many
@@ -199,7 +199,6 @@ mod tests {
     fn stored(body: &'static str) -> Arc<Stored> {
         Arc::new(Stored {
             status: StatusCode::CREATED,
-            headers: HeaderMap::new(),
             body: Bytes::from_static(body.as_bytes()),
         })
     }
@@ -209,15 +208,15 @@ mod tests {
         let mut store = Store::new(Duration::from_secs(60), 10);
         let now = Instant::now();
         let k = key(None, "a");
-        assert!(matches!(store.begin(&k, 1, now), Begin::Execute));
-        assert!(matches!(store.begin(&k, 1, now), Begin::InFlight));
-        assert!(matches!(store.begin(&k, 2, now), Begin::Mismatch));
+        assert!(matches!(store.begin(k.clone(), 1, now), Begin::Execute(_)));
+        assert!(matches!(store.begin(k.clone(), 1, now), Begin::InFlight));
+        assert!(matches!(store.begin(k.clone(), 2, now), Begin::Mismatch));
         store.complete(&k, stored("x"));
-        match store.begin(&k, 1, now) {
+        match store.begin(k.clone(), 1, now) {
             Begin::Replay(s) => assert_eq!(s.body, "x"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(store.begin(&k, 2, now), Begin::Mismatch));
+        assert!(matches!(store.begin(k.clone(), 2, now), Begin::Mismatch));
     }
 
     #[test]
@@ -225,16 +224,16 @@ mod tests {
         let mut store = Store::new(Duration::from_secs(60), 10);
         let now = Instant::now();
         assert!(matches!(
-            store.begin(&key(Some("Bearer a"), "k"), 1, now),
-            Begin::Execute
+            store.begin(key(Some("Bearer a"), "k"), 1, now),
+            Begin::Execute(_)
         ));
         assert!(matches!(
-            store.begin(&key(Some("Bearer b"), "k"), 1, now),
-            Begin::Execute
+            store.begin(key(Some("Bearer b"), "k"), 1, now),
+            Begin::Execute(_)
         ));
         assert!(matches!(
-            store.begin(&key(None, "k"), 1, now),
-            Begin::Execute
+            store.begin(key(None, "k"), 1, now),
+            Begin::Execute(_)
         ));
     }
 
@@ -243,18 +242,18 @@ mod tests {
         let mut store = Store::new(Duration::from_secs(10), 10);
         let t0 = Instant::now();
         let (done, running) = (key(None, "done"), key(None, "running"));
-        store.begin(&done, 1, t0);
+        store.begin(done.clone(), 1, t0);
         store.complete(&done, stored("x"));
-        store.begin(&running, 1, t0);
+        store.begin(running.clone(), 1, t0);
         let later = t0 + Duration::from_secs(11);
-        assert!(matches!(store.begin(&done, 1, later), Begin::Execute));
+        assert!(matches!(store.begin(done.clone(), 1, later), Begin::Execute(_)));
         assert_eq!(
             store.complete(&done, stored("y")),
             2,
             "the re-execution is counted"
         );
         assert_eq!(store.executions_for("done"), 2);
-        assert!(matches!(store.begin(&running, 1, later), Begin::InFlight));
+        assert!(matches!(store.begin(running.clone(), 1, later), Begin::InFlight));
     }
 
     #[test]
@@ -263,11 +262,11 @@ mod tests {
         let now = Instant::now();
         let keys: Vec<_> = (0..3).map(|i| key(None, &format!("k{i}"))).collect();
         for k in &keys {
-            store.begin(k, 1, now);
+            store.begin(k.clone(), 1, now);
         }
         // All three in flight: no room, and none of them is forgotten.
         assert!(matches!(
-            store.begin(&key(None, "new"), 1, now),
+            store.begin(key(None, "new"), 1, now),
             Begin::Full
         ));
         assert_eq!(store.len(), 3);
@@ -275,12 +274,12 @@ mod tests {
         store.complete(&keys[2], stored("2"));
         // k0 is oldest but in flight: k1 goes instead.
         assert!(matches!(
-            store.begin(&key(None, "new"), 1, now),
-            Begin::Execute
+            store.begin(key(None, "new"), 1, now),
+            Begin::Execute(_)
         ));
         assert_eq!(store.len(), 3);
-        assert!(matches!(store.begin(&keys[0], 1, now), Begin::InFlight));
-        assert!(matches!(store.begin(&keys[2], 1, now), Begin::Replay(_)));
+        assert!(matches!(store.begin(keys[0].clone(), 1, now), Begin::InFlight));
+        assert!(matches!(store.begin(keys[2].clone(), 1, now), Begin::Replay(_)));
     }
 
     #[test]
@@ -289,7 +288,7 @@ mod tests {
         let now = Instant::now();
         for i in 0..10_000 {
             let k = key(None, &i.to_string());
-            assert!(matches!(store.begin(&k, 1, now), Begin::Execute));
+            assert!(matches!(store.begin(k.clone(), 1, now), Begin::Execute(_)));
             store.complete(&k, stored("x"));
             assert!(store.len() <= 100);
             assert!(
