@@ -51,7 +51,12 @@ fn simulate(jitter: Jitter) -> Outcome {
         .collect();
     // (time of the call in µs, client), earliest first; arrivals spread evenly.
     let mut queue: BinaryHeap<Reverse<(u128, u64)>> = (0..CLIENTS)
-        .map(|i| Reverse((ARRIVALS.as_micros() * u128::from(i) / u128::from(CLIENTS), i)))
+        .map(|i| {
+            Reverse((
+                ARRIVALS.as_micros() * u128::from(i) / u128::from(CLIENTS),
+                i,
+            ))
+        })
         .collect();
     let mut calls_per_bucket: Vec<u32> = Vec::new();
     let mut served_per_bucket: Vec<u32> = Vec::new();

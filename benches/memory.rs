@@ -34,10 +34,26 @@ async fn settle() {
 async fn per_key(keys: u64, body: &str, label: &str, builder: impl Fn() -> MockServer) {
     let server = builder();
     // Warm up: runtime, connection buffers and the first table sizes.
-    load(server.address(), "/orders", body, Keys::Unique(0), 64, 1_000).await;
+    load(
+        server.address(),
+        "/orders",
+        body,
+        Keys::Unique(0),
+        64,
+        1_000,
+    )
+    .await;
     settle().await;
     let before = live_bytes();
-    let run = load(server.address(), "/orders", body, Keys::Unique(1_000), 64, keys).await;
+    let run = load(
+        server.address(),
+        "/orders",
+        body,
+        Keys::Unique(1_000),
+        64,
+        keys,
+    )
+    .await;
     assert_eq!(run.non_2xx, 0);
     settle().await;
     let after = live_bytes();
@@ -99,7 +115,11 @@ fn main() {
         // Raw-TCP load: the load generator itself allocates nothing per request.
         for (label, addr, keys) in [
             ("raw-TCP load → bare hyper", bare, Keys::None),
-            ("raw-TCP load → mock, new keys", mock.address(), Keys::Unique(0)),
+            (
+                "raw-TCP load → mock, new keys",
+                mock.address(),
+                Keys::Unique(0),
+            ),
             (
                 "raw-TCP load → mock, replays",
                 mock.address(),
@@ -126,7 +146,12 @@ fn main() {
                     let r = raw.post(&url).json(&value).send().await.unwrap();
                     r.bytes().await.unwrap();
                 } else {
-                    let r = ours.post_idempotent(&url).json(&value).send().await.unwrap();
+                    let r = ours
+                        .post_idempotent(&url)
+                        .json(&value)
+                        .send()
+                        .await
+                        .unwrap();
                     r.bytes().await.unwrap();
                 }
             };

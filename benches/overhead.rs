@@ -30,6 +30,8 @@ struct Order {
 #[derive(Clone)]
 enum Client {
     Raw(reqwest::Client),
+    /// Raw reqwest with a per-request timeout, as every attempt of ours has.
+    RawTimeout(reqwest::Client),
     Ours(IdempotentClient),
     Retry(ClientWithMiddleware),
 }
@@ -38,6 +40,7 @@ impl Client {
     fn name(&self) -> &'static str {
         match self {
             Client::Raw(_) => "raw reqwest",
+            Client::RawTimeout(_) => "raw reqwest + timeout",
             Client::Ours(_) => "IdempotentClient",
             Client::Retry(_) => "reqwest-retry",
         }
@@ -47,6 +50,17 @@ impl Client {
         match self {
             Client::Raw(c) => {
                 let response = c.post(url).json(order).send().await.unwrap();
+                assert_eq!(response.status(), 201);
+                response.bytes().await.unwrap()
+            }
+            Client::RawTimeout(c) => {
+                let response = c
+                    .post(url)
+                    .json(order)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(response.status(), 201);
                 response.bytes().await.unwrap()
             }
@@ -134,7 +148,7 @@ fn report(title: &str, clients: &[Client], tallies: &mut [Tally]) {
 
 fn main() {
     let quick = support::quick();
-    let (rounds, seq_batch, conc_per_task) = if quick { (2, 50, 5) } else { (20, 500, 40) };
+    let (rounds, seq_batch, conc_per_task) = if quick { (2, 50, 5) } else { (200, 50, 4) };
     const TASKS: usize = 64;
 
     // The server gets one core, the clients (one thread, taking turns) the other.
@@ -147,6 +161,7 @@ fn main() {
     runtime.block_on(async {
         let clients = [
             Client::Raw(reqwest::Client::new()),
+            Client::RawTimeout(reqwest::Client::new()),
             Client::Ours(IdempotentClient::new()),
             Client::Retry(
                 reqwest_middleware::ClientBuilder::new(reqwest::Client::new())

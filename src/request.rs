@@ -301,9 +301,10 @@ impl IdempotentRequestBuilder {
             url = %request.url(),
             idempotency_key = %key,
         );
-        crate::retry::run(inner, request, key, policy, timeout)
-            .instrument(span)
-            .await
+        // Boxed: the retry loop's state (reqwest's response future, the body, the sleep)
+        // is several KiB; inline it would be copied on every move of the caller's future
+        // and make every future that awaits `send` that much bigger.
+        Box::pin(crate::retry::run(inner, request, key, policy, timeout).instrument(span)).await
     }
 }
 

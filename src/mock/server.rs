@@ -470,7 +470,8 @@ impl Echo {
 /// string (or as JSON if it is JSON), nothing as `null`.
 fn echo_body(headers: &HeaderMap, body: &Bytes) -> Result<Echo, String> {
     let raw_json = || {
-        serde_json::from_slice::<&RawValue>(body).map(|raw| Echo::Json(body.slice_ref(raw.get().as_bytes())))
+        serde_json::from_slice::<&RawValue>(body)
+            .map(|raw| Echo::Json(body.slice_ref(raw.get().as_bytes())))
     };
     if body.is_empty() {
         return Ok(Echo::Value(Value::Null));

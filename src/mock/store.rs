@@ -246,14 +246,20 @@ mod tests {
         store.complete(&done, stored("x"));
         store.begin(running.clone(), 1, t0);
         let later = t0 + Duration::from_secs(11);
-        assert!(matches!(store.begin(done.clone(), 1, later), Begin::Execute(_)));
+        assert!(matches!(
+            store.begin(done.clone(), 1, later),
+            Begin::Execute(_)
+        ));
         assert_eq!(
             store.complete(&done, stored("y")),
             2,
             "the re-execution is counted"
         );
         assert_eq!(store.executions_for("done"), 2);
-        assert!(matches!(store.begin(running.clone(), 1, later), Begin::InFlight));
+        assert!(matches!(
+            store.begin(running.clone(), 1, later),
+            Begin::InFlight
+        ));
     }
 
     #[test]
@@ -265,10 +271,7 @@ mod tests {
             store.begin(k.clone(), 1, now);
         }
         // All three in flight: no room, and none of them is forgotten.
-        assert!(matches!(
-            store.begin(key(None, "new"), 1, now),
-            Begin::Full
-        ));
+        assert!(matches!(store.begin(key(None, "new"), 1, now), Begin::Full));
         assert_eq!(store.len(), 3);
         store.complete(&keys[1], stored("1"));
         store.complete(&keys[2], stored("2"));
@@ -278,8 +281,14 @@ mod tests {
             Begin::Execute(_)
         ));
         assert_eq!(store.len(), 3);
-        assert!(matches!(store.begin(keys[0].clone(), 1, now), Begin::InFlight));
-        assert!(matches!(store.begin(keys[2].clone(), 1, now), Begin::Replay(_)));
+        assert!(matches!(
+            store.begin(keys[0].clone(), 1, now),
+            Begin::InFlight
+        ));
+        assert!(matches!(
+            store.begin(keys[2].clone(), 1, now),
+            Begin::Replay(_)
+        ));
     }
 
     #[test]
