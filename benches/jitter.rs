@@ -39,15 +39,9 @@ fn simulate(jitter: Jitter) -> Outcome {
         .max_delay(Duration::from_secs(5))
         .deadline(Duration::from_secs(600))
         .jitter(jitter);
-    // Each client's whole schedule: its sleeps after 1, 2, … failures.
+    // Each client's schedule: its sleeps after 1, 2, … failures.
     let mut schedules: Vec<_> = (0..CLIENTS)
-        .map(|i| {
-            policy
-                .jitter_seed(0x5eed_0000 + i)
-                .delays()
-                .collect::<Vec<_>>()
-                .into_iter()
-        })
+        .map(|i| policy.jitter_seed(0x5eed_0000 + i).delays())
         .collect();
     // (time of the call in µs, client), earliest first; arrivals spread evenly.
     let mut queue: BinaryHeap<Reverse<(u128, u64)>> = (0..CLIENTS)

@@ -12,10 +12,9 @@ mod support;
 use std::alloc::System;
 use std::time::Duration;
 
-use idempotent_retry::IdempotentClient;
 use idempotent_retry::mock::MockServer;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, Stats, StatsAlloc};
-use support::{Keys, load};
+use support::{Client, Keys, load, order};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -79,11 +78,7 @@ fn main() {
     let keys: u64 = if quick { 10_000 } else { 100_000 };
     let requests: u64 = if quick { 2_000 } else { 20_000 };
     let body = support::body_200();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    support::runtime().block_on(async {
         println!("### Memory per stored key (200-byte JSON bodies; live heap bytes, exact)\n");
         println!("| configuration | keys added | heap growth MiB | bytes per key |");
         println!("|---|---:|---:|---:|");
@@ -137,32 +132,18 @@ fn main() {
         }
 
         let url = format!("http://{bare}/orders");
-        let raw = reqwest::Client::new();
-        let ours = IdempotentClient::new();
-        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
-        for which in ["raw reqwest → bare hyper", "IdempotentClient → bare hyper"] {
-            let send = || async {
-                if which.starts_with("raw") {
-                    let r = raw.post(&url).json(&value).send().await.unwrap();
-                    r.bytes().await.unwrap();
-                } else {
-                    let r = ours
-                        .post_idempotent(&url)
-                        .json(&value)
-                        .send()
-                        .await
-                        .unwrap();
-                    r.bytes().await.unwrap();
-                }
-            };
+        let order = order();
+        let clients = Client::all().into_iter();
+        for client in clients.filter(|c| matches!(c, Client::Raw(_) | Client::Ours(_))) {
             for _ in 0..200 {
-                send().await;
+                client.post(&url, &order).await;
             }
             let region = Region::new(GLOBAL);
             for _ in 0..requests / 4 {
-                send().await;
+                client.post(&url, &order).await;
             }
-            per_request(which, requests / 4, region.change());
+            let label = format!("{} → bare hyper", client.name());
+            per_request(&label, requests / 4, region.change());
         }
     });
 }

@@ -14,41 +14,34 @@ mod support;
 use std::net::SocketAddr;
 
 use idempotent_retry::mock::MockServer;
-use support::{Keys, Run, load, quantile, us};
+use support::{Keys, Run, load};
 
 struct Target {
     name: &'static str,
     addr: SocketAddr,
     keys: Keys,
-    tally: Vec<Run>,
+    runs: Run,
 }
 
-fn summary(runs: &mut [Run]) -> (f64, f64, f64, u64, f64) {
-    let mut all: Vec<_> = runs.iter().flat_map(|r| r.latencies.clone()).collect();
-    all.sort_unstable();
-    let n = all.len() as f64;
-    let secs: f64 = runs.iter().map(|r| r.elapsed.as_secs_f64()).sum();
-    let non_2xx = runs.iter().map(|r| r.non_2xx).sum();
-    let cpu: f64 = runs.iter().map(|r| r.server_cpu.as_secs_f64()).sum();
-    (
-        n / secs,
-        us(quantile(&all, 0.5)),
-        us(quantile(&all, 0.99)),
-        non_2xx,
-        cpu * 1e6 / n,
-    )
+impl Target {
+    fn new(name: &'static str, addr: SocketAddr, keys: Keys) -> Self {
+        Self {
+            name,
+            addr,
+            keys,
+            runs: Run::default(),
+        }
+    }
 }
 
-fn line(label: &str, run: &mut Run) {
-    run.latencies.sort_unstable();
+/// One table row: requests, rate, median and p99.
+fn line(label: &str, mut run: Run) {
+    assert_eq!(run.non_2xx, 0, "{label}: every request should succeed");
+    let s = run.summary();
     println!(
         "| {label} | {} | {:.0} | {:.1} | {:.1} |",
-        run.latencies.len(),
-        run.rate(),
-        us(quantile(&run.latencies, 0.5)),
-        us(quantile(&run.latencies, 0.99)),
+        s.requests, s.rate, s.p50_us, s.p99_us
     );
-    assert_eq!(run.non_2xx, 0, "{label}: every request should succeed");
 }
 
 async fn throughput(quick: bool, body: &str) {
@@ -70,37 +63,22 @@ async fn throughput(quick: bool, body: &str) {
             .await;
     }
     let bare = support::bare_hyper(2);
+    const WIREMOCK: usize = 2;
+    const BARE: usize = 4;
     let mut targets = [
-        Target {
-            name: "idempotent mock, new keys",
-            addr: mock.address(),
-            keys: Keys::Unique(0),
-            tally: vec![],
-        },
-        Target {
-            name: "idempotent mock, replays",
-            addr: mock.address(),
-            keys: Keys::PerConnection("replay"),
-            tally: vec![],
-        },
-        Target {
-            name: "wiremock 0.6 (default)",
-            addr: *wiremock.address(),
-            keys: Keys::None,
-            tally: vec![],
-        },
-        Target {
-            name: "wiremock 0.6 (recording off)",
-            addr: *wiremock_quiet.address(),
-            keys: Keys::None,
-            tally: vec![],
-        },
-        Target {
-            name: "bare hyper (ceiling)",
-            addr: bare,
-            keys: Keys::None,
-            tally: vec![],
-        },
+        Target::new("idempotent mock, new keys", mock.address(), Keys::Unique(0)),
+        Target::new(
+            "idempotent mock, replays",
+            mock.address(),
+            Keys::PerConnection("replay"),
+        ),
+        Target::new("wiremock 0.6 (default)", *wiremock.address(), Keys::None),
+        Target::new(
+            "wiremock 0.6 (recording off)",
+            *wiremock_quiet.address(),
+            Keys::None,
+        ),
+        Target::new("bare hyper (ceiling)", bare, Keys::None),
     ];
     // Warm-up, then interleaved rounds.
     for t in &targets {
@@ -108,13 +86,14 @@ async fn throughput(quick: bool, body: &str) {
     }
     for round in 0..rounds {
         for i in 0..targets.len() {
-            let t = &mut targets[(i + round) % 5];
+            let n = targets.len();
+            let t = &mut targets[(i + round) % n];
             let keys = match t.keys {
                 Keys::Unique(_) => Keys::Unique(10_000_000 + round as u64 * per_run),
                 other => other,
             };
             let run = load(t.addr, "/orders", body, keys, 64, per_run).await;
-            t.tally.push(run);
+            t.runs.merge(run);
         }
     }
     println!(
@@ -124,20 +103,27 @@ async fn throughput(quick: bool, body: &str) {
         "| server | requests/s | median µs | p99 µs | server CPU µs/request | requests/s vs wiremock | vs bare hyper | CPU/request: wiremock ÷ this | bare hyper ÷ this |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let rates: Vec<_> = targets
-        .iter_mut()
-        .map(|t| (t.name, summary(&mut t.tally)))
-        .collect();
-    let (wiremock_rate, wiremock_cpu) = (rates[2].1.0, rates[2].1.4);
-    let (bare_rate, bare_cpu) = (rates[4].1.0, rates[4].1.4);
-    for (name, (rate, p50, p99, non_2xx, cpu)) in &rates {
-        assert_eq!(*non_2xx, 0, "{name}: every request should succeed");
+    for t in &targets {
+        assert_eq!(
+            t.runs.non_2xx, 0,
+            "{}: every request should succeed",
+            t.name
+        );
+    }
+    let summaries: Vec<_> = targets.iter_mut().map(|t| t.runs.summary()).collect();
+    let (wiremock, bare) = (&summaries[WIREMOCK], &summaries[BARE]);
+    for (t, s) in targets.iter().zip(&summaries) {
+        let cpu = s.server_cpu_us_per_request;
         println!(
-            "| {name} | {rate:.0} | {p50:.1} | {p99:.1} | {cpu:.1} | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
-            rate / wiremock_rate,
-            rate / bare_rate,
-            wiremock_cpu / cpu,
-            bare_cpu / cpu,
+            "| {} | {:.0} | {:.1} | {:.1} | {cpu:.1} | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
+            t.name,
+            s.rate,
+            s.p50_us,
+            s.p99_us,
+            s.rate / wiremock.rate,
+            s.rate / bare.rate,
+            wiremock.server_cpu_us_per_request / cpu,
+            bare.server_cpu_us_per_request / cpu,
         );
     }
     let stats = mock.stats();
@@ -179,7 +165,7 @@ async fn growth(quick: bool, body: &str) {
         assert_eq!(fill.non_2xx, 0);
         next_key += level.saturating_sub(filled);
         let stored = mock.stats().stored_keys;
-        let mut replays = load(
+        let replays = load(
             mock.address(),
             "/orders",
             body,
@@ -188,10 +174,10 @@ async fn growth(quick: bool, body: &str) {
             probe,
         )
         .await;
-        line(&format!("{stored} | replays"), &mut replays);
+        line(&format!("{stored} | replays"), replays);
         // At most doubling the store, so each level is measured near its size.
         let inserts = probe.min(level);
-        let mut new = load(
+        let new = load(
             mock.address(),
             "/orders",
             body,
@@ -200,7 +186,7 @@ async fn growth(quick: bool, body: &str) {
             inserts,
         )
         .await;
-        line(&format!("{stored} | new keys"), &mut new);
+        line(&format!("{stored} | new keys"), new);
         next_key += inserts;
         filled = mock.stats().stored_keys as u64;
     }
@@ -212,7 +198,7 @@ async fn growth(quick: bool, body: &str) {
     let mock = MockServer::builder().start().await.unwrap();
     let mut next_key = 0;
     for connections in [1usize, 4, 16, 64, 256] {
-        let mut run = load(
+        let run = load(
             mock.address(),
             "/orders",
             body,
@@ -222,19 +208,14 @@ async fn growth(quick: bool, body: &str) {
         )
         .await;
         next_key += probe;
-        line(&connections.to_string(), &mut run);
+        line(&connections.to_string(), run);
     }
 }
 
 fn main() {
     let quick = support::quick();
     let body = support::body_200();
-    // The load generator runs on this one thread; the servers on their own threads.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    support::runtime().block_on(async {
         println!(
             "mock server: POST /orders with a 200-byte JSON body, raw-TCP keep-alive load from one thread"
         );

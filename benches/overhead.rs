@@ -10,100 +10,22 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::Bytes;
-use idempotent_retry::IdempotentClient;
-use reqwest_middleware::ClientWithMiddleware;
-use reqwest_retry::{RetryTransientMiddleware, policies::ExponentialBackoff};
-use serde::Serialize;
-use support::{quantile, us};
+use support::{Client, Run, order};
 
-/// The request body: about 200 bytes of JSON, built by each client from this value.
-#[derive(Serialize)]
-struct Order {
-    sku: &'static str,
-    quantity: u32,
-    note: String,
-}
-
-#[derive(Clone)]
-enum Client {
-    Raw(reqwest::Client),
-    /// Raw reqwest with a per-request timeout, as every attempt of ours has.
-    RawTimeout(reqwest::Client),
-    Ours(IdempotentClient),
-    Retry(ClientWithMiddleware),
-}
-
-impl Client {
-    fn name(&self) -> &'static str {
-        match self {
-            Client::Raw(_) => "raw reqwest",
-            Client::RawTimeout(_) => "raw reqwest + timeout",
-            Client::Ours(_) => "IdempotentClient",
-            Client::Retry(_) => "reqwest-retry",
-        }
-    }
-
-    async fn post(&self, url: &str, order: &Order) -> Bytes {
-        match self {
-            Client::Raw(c) => {
-                let response = c.post(url).json(order).send().await.unwrap();
-                assert_eq!(response.status(), 201);
-                response.bytes().await.unwrap()
-            }
-            Client::RawTimeout(c) => {
-                let response = c
-                    .post(url)
-                    .json(order)
-                    .timeout(Duration::from_secs(10))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 201);
-                response.bytes().await.unwrap()
-            }
-            Client::Ours(c) => {
-                let response = c.post_idempotent(url).json(order).send().await.unwrap();
-                assert_eq!(response.status(), 201);
-                response.bytes().await.unwrap()
-            }
-            Client::Retry(c) => {
-                let response = c.post(url).json(order).send().await.unwrap();
-                assert_eq!(response.status(), 201);
-                response.bytes().await.unwrap()
-            }
-        }
-    }
-}
-
-#[derive(Default)]
-struct Tally {
-    latencies: Vec<Duration>,
-    elapsed: Duration,
-}
-
-fn order() -> Order {
-    Order {
-        sku: "tea-earl-grey-250g",
-        quantity: 2,
-        note: "x".repeat(150),
-    }
-}
-
-async fn sequential(client: &Client, url: &str, n: usize, tally: &mut Tally) {
+async fn sequential(client: &Client, url: &str, n: usize, runs: &mut Run) {
     let order = order();
     let started = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
         client.post(url, &order).await;
-        tally.latencies.push(t.elapsed());
+        runs.latencies.push(t.elapsed());
     }
-    tally.elapsed += started.elapsed();
+    runs.elapsed += started.elapsed();
 }
 
-async fn concurrent(client: &Client, url: &str, tasks: usize, per_task: usize, tally: &mut Tally) {
+async fn concurrent(client: &Client, url: &str, tasks: usize, per_task: usize, runs: &mut Run) {
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..tasks {
@@ -120,28 +42,27 @@ async fn concurrent(client: &Client, url: &str, tasks: usize, per_task: usize, t
         });
     }
     while let Some(latencies) = set.join_next().await {
-        tally.latencies.extend(latencies.unwrap());
+        runs.latencies.extend(latencies.unwrap());
     }
-    tally.elapsed += started.elapsed();
+    runs.elapsed += started.elapsed();
 }
 
-fn report(title: &str, clients: &[Client], tallies: &mut [Tally]) {
+fn report(title: &str, clients: &[Client], runs: &mut [Run]) {
     println!("\n### {title}\n");
     println!("| client | requests | median µs | p99 µs | requests/s | median / raw |");
     println!("|---|---:|---:|---:|---:|---:|");
-    let mut raw_median = None;
-    for (client, tally) in clients.iter().zip(tallies.iter_mut()) {
-        tally.latencies.sort_unstable();
-        let median = quantile(&tally.latencies, 0.5);
-        let raw = *raw_median.get_or_insert(median);
+    let summaries: Vec<_> = runs.iter_mut().map(Run::summary).collect();
+    // The first client is raw reqwest: the baseline.
+    let raw = summaries[0].p50_us;
+    for (client, s) in clients.iter().zip(&summaries) {
         println!(
             "| {} | {} | {:.1} | {:.1} | {:.0} | {:.3} |",
             client.name(),
-            tally.latencies.len(),
-            us(median),
-            us(quantile(&tally.latencies, 0.99)),
-            tally.latencies.len() as f64 / tally.elapsed.as_secs_f64(),
-            median.as_secs_f64() / raw.as_secs_f64(),
+            s.requests,
+            s.p50_us,
+            s.p99_us,
+            s.rate,
+            s.p50_us / raw,
         );
     }
 }
@@ -154,30 +75,15 @@ fn main() {
     // The server gets one core, the clients (one thread, taking turns) the other.
     let addr = support::bare_hyper(1);
     let url = format!("http://{addr}/orders");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let clients = [
-            Client::Raw(reqwest::Client::new()),
-            Client::RawTimeout(reqwest::Client::new()),
-            Client::Ours(IdempotentClient::new()),
-            Client::Retry(
-                reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-                    .with(RetryTransientMiddleware::new_with_policy(
-                        ExponentialBackoff::builder().build_with_max_retries(2),
-                    ))
-                    .build(),
-            ),
-        ];
+    support::runtime().block_on(async {
+        let clients = Client::all();
         // Warm up: connections open, allocator and caches settled.
         for client in &clients {
-            concurrent(client, &url, TASKS, 20, &mut Tally::default()).await;
+            concurrent(client, &url, TASKS, 20, &mut Run::default()).await;
         }
 
-        let mut seq: Vec<Tally> = clients.iter().map(|_| Tally::default()).collect();
-        let mut conc: Vec<Tally> = clients.iter().map(|_| Tally::default()).collect();
+        let mut seq: Vec<Run> = clients.iter().map(|_| Run::default()).collect();
+        let mut conc: Vec<Run> = clients.iter().map(|_| Run::default()).collect();
         for round in 0..rounds {
             // Rotate who goes first so no client always follows the same one.
             for i in 0..clients.len() {

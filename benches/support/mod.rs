@@ -67,7 +67,8 @@ pub fn bare_hyper(threads: usize) -> SocketAddr {
     addr
 }
 
-/// What a load run measured.
+/// What a load run measured; runs of one target in interleaved rounds are merged.
+#[derive(Default)]
 pub struct Run {
     /// One latency per completed request.
     pub latencies: Vec<Duration>,
@@ -79,11 +80,50 @@ pub struct Run {
     pub server_cpu: Duration,
 }
 
+/// A run's figures, for tables.
+pub struct Summary {
+    /// Completed requests.
+    pub requests: usize,
+    /// Completed requests per second of wall time.
+    pub rate: f64,
+    /// Median latency, µs.
+    pub p50_us: f64,
+    /// 99th-percentile latency, µs.
+    pub p99_us: f64,
+    /// Servers' CPU time per request, µs.
+    pub server_cpu_us_per_request: f64,
+}
+
 impl Run {
-    /// Completed requests per second.
-    pub fn rate(&self) -> f64 {
-        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    /// Adds another run of the same target.
+    pub fn merge(&mut self, other: Run) {
+        self.latencies.extend(other.latencies);
+        self.elapsed += other.elapsed;
+        self.non_2xx += other.non_2xx;
+        self.server_cpu += other.server_cpu;
     }
+
+    /// Sorts the latencies and reads the figures off them.
+    pub fn summary(&mut self) -> Summary {
+        self.latencies.sort_unstable();
+        let requests = self.latencies.len();
+        Summary {
+            requests,
+            rate: requests as f64 / self.elapsed.as_secs_f64(),
+            p50_us: us(quantile(&self.latencies, 0.5)),
+            p99_us: us(quantile(&self.latencies, 0.99)),
+            server_cpu_us_per_request: us(self.server_cpu) / requests as f64,
+        }
+    }
+}
+
+/// The runtime the benchmarks drive their load or clients from: one thread, so that
+/// the servers, on their own threads, get the other core.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// How each request's idempotency key is chosen.
@@ -157,9 +197,7 @@ pub async fn load(
     }
     let mut run = Run {
         latencies: Vec::with_capacity(total as usize),
-        elapsed: Duration::ZERO,
-        non_2xx: 0,
-        server_cpu: Duration::ZERO,
+        ..Run::default()
     };
     while let Some(done) = tasks.join_next().await {
         let (latencies, non_2xx) = done.expect("load task");
@@ -215,16 +253,6 @@ pub fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// A flag's value from the command line (`--name value`), or the default.
-pub fn flag<T: std::str::FromStr>(name: &str, default: T) -> T {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// True when `cargo bench` was asked for a quick run (`-- --quick`), e.g. to check the
 /// benchmarks still work.
 pub fn quick() -> bool {
@@ -252,4 +280,87 @@ pub fn server_cpu() -> Duration {
         })
         .sum();
     Duration::from_millis(ticks * 10)
+}
+
+/// The request body: about 200 bytes of JSON, built by each client from this value.
+#[derive(serde::Serialize)]
+pub struct Order {
+    sku: &'static str,
+    quantity: u32,
+    note: String,
+}
+
+/// The HTTP clients compared, each making a POST the way its users would.
+#[derive(Clone)]
+pub enum Client {
+    /// Plain reqwest: the baseline.
+    Raw(reqwest::Client),
+    /// Raw reqwest with a per-request timeout, as every attempt of ours has.
+    RawTimeout(reqwest::Client),
+    /// This crate.
+    Ours(idempotent_retry::IdempotentClient),
+    /// reqwest-middleware with reqwest-retry's transient-error retries.
+    Retry(reqwest_middleware::ClientWithMiddleware),
+}
+
+impl Client {
+    /// Its name in tables.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Client::Raw(_) => "raw reqwest",
+            Client::RawTimeout(_) => "raw reqwest + timeout",
+            Client::Ours(_) => "IdempotentClient",
+            Client::Retry(_) => "reqwest-retry",
+        }
+    }
+
+    /// One POST, its `201` checked and its body read, as a caller would.
+    pub async fn post(&self, url: &str, order: &Order) -> bytes::Bytes {
+        let response = match self {
+            Client::Raw(c) => c.post(url).json(order).send().await.unwrap(),
+            Client::RawTimeout(c) => c
+                .post(url)
+                .json(order)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .unwrap(),
+            Client::Retry(c) => c.post(url).json(order).send().await.unwrap(),
+            Client::Ours(c) => {
+                let response = c.post_idempotent(url).json(order).send().await.unwrap();
+                assert_eq!(response.status(), 201);
+                return response.bytes().await.unwrap();
+            }
+        };
+        assert_eq!(response.status(), 201);
+        response.bytes().await.unwrap()
+    }
+}
+
+/// The request body every client sends.
+pub fn order() -> Order {
+    Order {
+        sku: "tea-earl-grey-250g",
+        quantity: 2,
+        note: "x".repeat(150),
+    }
+}
+
+impl Client {
+    /// The four clients, raw reqwest first, each with its own connection pool.
+    pub fn all() -> Vec<Client> {
+        use reqwest_retry::{RetryTransientMiddleware, policies::ExponentialBackoff};
+        vec![
+            Client::Raw(reqwest::Client::new()),
+            Client::RawTimeout(reqwest::Client::new()),
+            Client::Ours(idempotent_retry::IdempotentClient::new()),
+            Client::Retry(
+                reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+                    .with(RetryTransientMiddleware::new_with_policy(
+                        ExponentialBackoff::builder().build_with_max_retries(2),
+                    ))
+                    .build(),
+            ),
+        ]
+    }
 }
