@@ -49,6 +49,7 @@ async fn first_request_executes_and_echoes() {
     let resp = post(&http, &server, Some("k1"), &json!({"sku": "tea", "qty": 2})).await;
     assert_eq!(resp.status(), 201);
     assert!(resp.headers().get("idempotent-replayed").is_none());
+    assert_eq!(resp.headers()["content-type"], "application/json");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["path"], "/orders");
     assert_eq!(body["body"], json!({"sku": "tea", "qty": 2}));
@@ -66,6 +67,7 @@ async fn a_replay_is_byte_identical() {
     let again = post(&http, &server, Some("k1"), &json!({"a": 1})).await;
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.headers()["content-type"], "application/json");
     for (name, value) in &first_headers {
         if name != "content-length" {
             assert_eq!(again.headers().get(name), Some(value), "{name}");
@@ -211,6 +213,57 @@ async fn oversized_and_invalid_bodies_are_rejected_without_executing() {
             .status(),
         201
     );
+}
+
+#[tokio::test]
+async fn every_kind_of_body_is_echoed() {
+    let server = MockServer::start().await;
+    let http = reqwest::Client::new();
+    let cases: [(&str, Option<&str>, &str, Value); 6] = [
+        // JSON is echoed as sent, whitespace and all.
+        (
+            "json",
+            Some("application/json"),
+            r#"{"a": 1,  "b":[1, 2]}"#,
+            json!({"a": 1, "b": [1, 2]}),
+        ),
+        (
+            "patch",
+            Some("application/merge-patch+json; charset=utf-8"),
+            r#"{"a":null}"#,
+            json!({"a": null}),
+        ),
+        // Untyped or text bodies: JSON if they parse as JSON, else a string.
+        ("untyped", None, "[1,2]", json!([1, 2])),
+        (
+            "text",
+            Some("text/plain"),
+            r#"say "hi" \ bye"#,
+            json!(r#"say "hi" \ bye"#),
+        ),
+        ("number-text", Some("text/plain"), "42", json!(42)),
+        ("empty", Some("application/json"), "", Value::Null),
+    ];
+    for (key, content_type, body, echoed) in cases {
+        let mut request = http
+            .post(format!("{}/orders", server.uri()))
+            .header("idempotency-key", key)
+            .body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status(), 201, "{key}");
+        assert_eq!(resp.headers()["content-type"], "application/json", "{key}");
+        let raw = resp.text().await.unwrap();
+        if key == "json" {
+            assert!(raw.starts_with(&format!(r#"{{"body":{body},"#)), "{raw}");
+        }
+        let created: Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(created["body"], echoed, "{key}: {raw}");
+        assert_eq!(created["path"], "/orders", "{key}");
+        assert!(created["id"].is_u64(), "{key}");
+    }
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! The mock server's HTTP side: one handler for operations, one for `/__admin/…`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,8 +27,8 @@ pub(crate) type Body = Full<Bytes>;
 #[derive(Debug)]
 pub(crate) struct Dropped;
 
-impl std::fmt::Display for Dropped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Dropped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("connection dropped by an injected fault")
     }
 }
@@ -427,12 +429,10 @@ pub(crate) fn decode_key(value: &HeaderValue) -> Result<IdempotencyKey, String> 
                 };
                 out.push(char::from(c));
             }
-            out
+            Cow::Owned(out)
         }
-        _ => match std::str::from_utf8(bytes) {
-            Ok(text) => return IdempotencyKey::parse(text).map_err(|e| e.to_string()),
-            Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-        },
+        // Borrowed, without a copy, when the bytes are UTF-8 (every valid key is).
+        _ => String::from_utf8_lossy(bytes),
     };
     IdempotencyKey::parse(&text).map_err(|e| e.to_string())
 }
@@ -441,38 +441,32 @@ pub(crate) fn decode_key(value: &HeaderValue) -> Result<IdempotencyKey, String> 
 #[derive(Debug)]
 enum Echo {
     /// Validated JSON text, echoed as it came: no parse tree is built.
-    Json(Bytes),
+    Json(Box<RawValue>),
     /// Anything else, converted.
     Value(Value),
+}
+
+impl fmt::Display for Echo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Echo::Json(raw) => f.write_str(raw.get()),
+            Echo::Value(value) => value.fmt(f),
+        }
+    }
 }
 
 impl Echo {
     /// The created resource: `{"body":…,"id":…,"path":…}`.
     fn created(&self, id: u64, path: &str) -> Bytes {
-        let echo_len = match self {
-            Echo::Json(raw) => raw.len(),
-            Echo::Value(_) => 64,
-        };
-        let mut out = Vec::with_capacity(32 + echo_len + path.len());
-        out.extend_from_slice(b"{\"body\":");
-        match self {
-            Echo::Json(raw) => out.extend_from_slice(raw),
-            Echo::Value(value) => out.extend_from_slice(value.to_string().as_bytes()),
-        }
-        out.extend_from_slice(format!(",\"id\":{id},\"path\":").as_bytes());
-        out.extend_from_slice(Value::from(path).to_string().as_bytes());
-        out.push(b'}');
-        Bytes::from(out)
+        let path = Value::from(path);
+        Bytes::from(format!(r#"{{"body":{self},"id":{id},"path":{path}}}"#))
     }
 }
 
 /// What the created resource echoes: JSON as JSON, forms as an object, other text as a
 /// string (or as JSON if it is JSON), nothing as `null`.
 fn echo_body(headers: &HeaderMap, body: &Bytes) -> Result<Echo, String> {
-    let raw_json = || {
-        serde_json::from_slice::<&RawValue>(body)
-            .map(|raw| Echo::Json(body.slice_ref(raw.get().as_bytes())))
-    };
+    let raw_json = || serde_json::from_slice::<Box<RawValue>>(body).map(Echo::Json);
     if body.is_empty() {
         return Ok(Echo::Value(Value::Null));
     }
