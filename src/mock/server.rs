@@ -2,7 +2,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,8 +26,8 @@ pub(crate) type Body = Full<Bytes>;
 #[derive(Debug)]
 pub(crate) struct Dropped;
 
-impl fmt::Display for Dropped {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("connection dropped by an injected fault")
     }
 }
@@ -440,33 +439,36 @@ pub(crate) fn decode_key(value: &HeaderValue) -> Result<IdempotencyKey, String> 
 /// What the created resource echoes of the request body.
 #[derive(Debug)]
 enum Echo {
-    /// Validated JSON text, echoed as it came: no parse tree is built.
-    Json(Box<RawValue>),
+    /// The body itself, validated as JSON: echoed as it came, with no parse tree and no
+    /// copy (replays, which echo nothing, pay only the validation).
+    Json(Bytes),
     /// Anything else, converted.
     Value(Value),
-}
-
-impl fmt::Display for Echo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Echo::Json(raw) => f.write_str(raw.get()),
-            Echo::Value(value) => value.fmt(f),
-        }
-    }
 }
 
 impl Echo {
     /// The created resource: `{"body":…,"id":…,"path":…}`.
     fn created(&self, id: u64, path: &str) -> Bytes {
+        let echo = match self {
+            // Validated JSON is UTF-8, so this borrows.
+            Echo::Json(raw) => String::from_utf8_lossy(raw),
+            Echo::Value(value) => Cow::Owned(value.to_string()),
+        };
         let path = Value::from(path);
-        Bytes::from(format!(r#"{{"body":{self},"id":{id},"path":{path}}}"#))
+        let mut text = format!(r#"{{"body":{echo},"id":{id},"path":{path}}}"#);
+        // Stored for the key's lifetime: spare capacity would cost ~180 bytes per key.
+        text.shrink_to_fit();
+        Bytes::from(text)
     }
 }
 
 /// What the created resource echoes: JSON as JSON, forms as an object, other text as a
 /// string (or as JSON if it is JSON), nothing as `null`.
 fn echo_body(headers: &HeaderMap, body: &Bytes) -> Result<Echo, String> {
-    let raw_json = || serde_json::from_slice::<Box<RawValue>>(body).map(Echo::Json);
+    let raw_json = || {
+        serde_json::from_slice::<&RawValue>(body)
+            .map(|raw| Echo::Json(body.slice_ref(raw.get().as_bytes())))
+    };
     if body.is_empty() {
         return Ok(Echo::Value(Value::Null));
     }
