@@ -101,8 +101,8 @@ impl IdempotentClient {
         method: Method,
         url: U,
     ) -> IdempotentRequestBuilder {
-        let request = self.inner.http.request(method.clone(), url);
-        IdempotentRequestBuilder::new(self.clone(), method, request)
+        let request = self.inner.http.request(method, url);
+        IdempotentRequestBuilder::new(self.clone(), request)
     }
 }
 

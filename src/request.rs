@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::Method;
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::retry::{Operation, Template};
 use crate::{Error, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPolicy};
 
 /// One logical operation being put together. Nothing is sent until
@@ -37,7 +37,6 @@ use crate::{Error, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPo
 #[must_use = "a request does nothing until you `.send().await` it"]
 pub struct IdempotentRequestBuilder {
     client: IdempotentClient,
-    method: Method,
     request: reqwest::RequestBuilder,
     key: Option<IdempotencyKey>,
     policy: Option<RetryPolicy>,
@@ -45,14 +44,9 @@ pub struct IdempotentRequestBuilder {
 }
 
 impl IdempotentRequestBuilder {
-    pub(crate) fn new(
-        client: IdempotentClient,
-        method: Method,
-        request: reqwest::RequestBuilder,
-    ) -> Self {
+    pub(crate) fn new(client: IdempotentClient, request: reqwest::RequestBuilder) -> Self {
         Self {
             client,
-            method,
             request,
             key: None,
             policy: None,
@@ -232,6 +226,9 @@ impl IdempotentRequestBuilder {
     /// Sends the operation: mints its key (unless one was given), then makes attempts
     /// until one gets a final response or the policy, deadline or budget says stop.
     ///
+    /// The request is checked and the key fixed when `send` is called; nothing goes on
+    /// the wire until the returned future is awaited.
+    ///
     /// # Errors
     ///
     /// - [`Error::InvalidRequest`] before any I/O: bad URL, header or body; an invalid
@@ -242,10 +239,27 @@ impl IdempotentRequestBuilder {
     ///
     /// Responses the classifier calls final (2xx, 3xx, 4xx other than 408/409/429 by
     /// default) are `Ok`, whatever their status, as with reqwest.
-    pub async fn send(self) -> Result<IdempotentResponse, Error> {
+    pub fn send(self) -> impl Future<Output = Result<IdempotentResponse, Error>> + Send + 'static {
+        let operation = self.prepare().map(|operation| {
+            let span = tracing::debug_span!(
+                "idempotent_request",
+                method = %operation.template.method(),
+                url = %operation.template.url(),
+                idempotency_key = %operation.key,
+            );
+            // Boxed: the retry loop's state is most of 1 KiB. The caller's future holds
+            // one pointer, so moving it costs nothing, and nothing is allocated when
+            // `prepare` already failed.
+            Box::pin(operation.run().instrument(span))
+        });
+        async move { operation?.await }
+    }
+
+    /// Everything `send` decides before any I/O: the key, the policy, the timeout and a
+    /// request that every attempt can send again.
+    fn prepare(self) -> Result<Operation, Error> {
         let Self {
             client,
-            method,
             request,
             key,
             policy,
@@ -276,42 +290,39 @@ impl IdempotentRequestBuilder {
             Ok(request) => request,
             Err(e) => return Err(invalid(key, "could not build the request".into(), Some(e))),
         };
-        if request.headers().contains_key(&inner.key_header) {
+        let value = match key.header_value(inner.key_format) {
+            Ok(value) => value,
+            Err(reason) => return Err(invalid(key, reason, None)),
+        };
+        // One lookup: insert, and refuse if the caller had set the header already.
+        if request
+            .headers_mut()
+            .insert(inner.key_header.clone(), value)
+            .is_some()
+        {
             let reason = format!(
                 "the {} header was set by hand; pass the key with .idempotency_key() instead",
                 inner.key_header
             );
             return Err(invalid(key, reason, None));
         }
-        let value = match key.header_value(inner.key_format) {
-            Ok(value) => value,
-            Err(reason) => return Err(invalid(key, reason, None)),
-        };
-        request
-            .headers_mut()
-            .insert(inner.key_header.clone(), value);
-        if request.body().is_some_and(|b| b.as_bytes().is_none()) {
+        let Some(template) = Template::new(request) else {
             // Unreachable through this builder, which only accepts in-memory bodies.
             return Err(invalid(key, "the body cannot be replayed".into(), None));
-        }
-
-        let span = tracing::debug_span!(
-            "idempotent_request",
-            method = %method,
-            url = %request.url(),
-            idempotency_key = %key,
-        );
-        // Boxed: the retry loop's state (reqwest's response future, the body, the sleep)
-        // is several KiB; inline it would be copied on every move of the caller's future
-        // and make every future that awaits `send` that much bigger.
-        Box::pin(crate::retry::run(inner, request, key, policy, timeout).instrument(span)).await
+        };
+        Ok(Operation {
+            client,
+            template,
+            key,
+            policy,
+            timeout,
+        })
     }
 }
 
 impl fmt::Debug for IdempotentRequestBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotentRequestBuilder")
-            .field("method", &self.method)
             .field("request", &self.request)
             .field("key", &self.key)
             .field("policy", &self.policy)

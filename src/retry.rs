@@ -2,14 +2,15 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
-use http::{HeaderMap, StatusCode, Version, header::RETRY_AFTER};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, StatusCode, Version, header::RETRY_AFTER};
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::classify::{Attempt, Decision, Outcome, default_classifier};
-use crate::client::Inner;
-use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentResponse, RetryPolicy};
+use crate::{
+    Error, GiveUpReason, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPolicy,
+};
 
 /// A complete response to one attempt: headers and the whole body.
 struct Received {
@@ -36,138 +37,228 @@ impl Received {
 
 type AttemptResult = Result<Received, reqwest::Error>;
 
-/// One attempt: an answer counts only once its last byte arrived, so a connection lost
-/// mid-body is a lost response like any other. `request.timeout` bounds all of it.
-async fn execute(http: &reqwest::Client, request: reqwest::Request) -> AttemptResult {
-    let mut response = http.execute(request).await?;
-    let status = response.status();
-    let version = response.version();
-    let headers = std::mem::take(response.headers_mut());
-    let url = response.url().clone();
-    let body = response.bytes().await?;
+/// One attempt, from reqwest's pending response: an answer counts only once its last
+/// byte arrived, so a connection lost mid-body is a lost response like any other. The
+/// request's timeout bounds all of it. (Takes the pending response, not the request, so
+/// that its future does not keep the request's room for its whole life.)
+async fn execute(
+    pending: impl Future<Output = Result<reqwest::Response, reqwest::Error>>,
+) -> AttemptResult {
+    let mut response = pending.await?;
+    let body = match read_body(&mut response).await {
+        Ok(body) => body,
+        Err(e) => return Err(e.with_url(response.url().clone())),
+    };
     Ok(Received {
-        status,
-        version,
-        headers,
-        url,
+        status: response.status(),
+        version: response.version(),
+        headers: std::mem::take(response.headers_mut()),
+        url: response.url().clone(),
         body,
     })
 }
 
-/// Runs one operation. `template` already carries the key header and has a replayable
-/// body; `policy` and `timeout` are validated.
-pub(crate) async fn run(
-    inner: &Inner,
-    template: reqwest::Request,
-    key: IdempotencyKey,
-    policy: RetryPolicy,
-    timeout: Duration,
-) -> Result<IdempotentResponse, Error> {
-    let deadline = Instant::now().checked_add(policy.deadline);
-    let method = template.method().clone();
-    let mut backoff = Backoff::new(&policy);
-    let mut attempts: u32 = 0;
-    let mut outcome_unknown = false;
-    let mut last: Option<AttemptResult> = None;
+/// The whole body. Chunk by chunk rather than `Response::bytes`, whose future is about
+/// 1 KiB: it would sit in every operation's state and push it past the allocator's
+/// small-object cache. A body that arrives in one chunk is kept without copying.
+async fn read_body(response: &mut reqwest::Response) -> Result<Bytes, reqwest::Error> {
+    let Some(first) = response.chunk().await? else {
+        return Ok(Bytes::new());
+    };
+    let Some(second) = response.chunk().await? else {
+        return Ok(first);
+    };
+    let mut body = BytesMut::with_capacity(first.len() + second.len());
+    body.extend_from_slice(&first);
+    body.extend_from_slice(&second);
+    while let Some(chunk) = response.chunk().await? {
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
 
-    loop {
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let attempt_timeout = remaining.map_or(timeout, |r| r.min(timeout));
-        if let (Some(previous), true) = (last.take(), attempt_timeout.is_zero()) {
-            // The sleep was checked against the deadline, but timers may overshoot.
-            let reason = GiveUpReason::DeadlineExceeded;
-            warn!(attempts, %reason, outcome_unknown, "giving up");
-            return Err(give_up(key, attempts, reason, outcome_unknown, previous));
+/// What every attempt sends. Each attempt is put together from these pieces rather
+/// than with `reqwest::Request::try_clone`, for two reasons found by profiling: a cloned
+/// header map has no spare room, so the default headers reqwest adds to every request
+/// made it reallocate; and `try_clone` allocates an extension map only to replace it.
+pub(crate) struct Template {
+    /// Method, URL, headers (the key header included) and version; no body.
+    request: reqwest::Request,
+    /// The body, shared by every attempt without copying.
+    body: Option<Bytes>,
+}
+
+/// Header slots left free in each attempt's map for the headers reqwest adds itself
+/// (`accept`, `user-agent` and any default headers of the client).
+const ROOM_FOR_CLIENT_HEADERS: usize = 4;
+
+impl Template {
+    /// `None` if the body is a stream, which cannot be sent twice.
+    pub(crate) fn new(mut request: reqwest::Request) -> Option<Self> {
+        let body = match request.body_mut().take() {
+            Some(body) => Some(Bytes::copy_from_slice(body.as_bytes()?)),
+            None => None,
+        };
+        Some(Self { request, body })
+    }
+
+    pub(crate) fn method(&self) -> &Method {
+        self.request.method()
+    }
+
+    pub(crate) fn url(&self) -> &reqwest::Url {
+        self.request.url()
+    }
+
+    /// A fresh copy for one attempt, bounded by `timeout`.
+    fn attempt(&self, timeout: Duration) -> reqwest::Request {
+        let template = &self.request;
+        let mut request = reqwest::Request::new(template.method().clone(), template.url().clone());
+        let headers = request.headers_mut();
+        headers.reserve(template.headers().len() + ROOM_FOR_CLIENT_HEADERS);
+        for (name, value) in template.headers() {
+            headers.append(name.clone(), value.clone());
         }
-        let Some(mut request) = template.try_clone() else {
-            // `send` checked that the body is replayable before calling us.
-            return Err(Error::InvalidRequest {
-                key,
-                reason: "the body cannot be replayed".into(),
-                source: None,
-            });
-        };
-        *request.timeout_mut() = Some(attempt_timeout);
-        let result = execute(&inner.http, request).await;
-        attempts += 1;
+        *request.version_mut() = template.version();
+        *request.body_mut() = self.body.clone().map(reqwest::Body::from);
+        *request.timeout_mut() = Some(timeout);
+        request
+    }
+}
 
-        let attempt = Attempt {
-            method: &method,
-            key: &key,
-            number: attempts,
-            outcome: match &result {
-                Ok(r) => Outcome::Response {
-                    status: r.status,
-                    headers: &r.headers,
-                },
-                Err(e) => Outcome::Error(e),
-            },
-        };
-        let decision = match &inner.classifier {
-            Some(classifier) => classifier.classify(&attempt),
-            None => default_classifier(&attempt),
-        };
-        debug!(
-            attempt = attempts,
-            status = attempt.status().map(|s| s.as_u16()),
-            error = attempt.error().map(tracing::field::display),
-            ?decision,
-            "attempt finished"
-        );
-        let executed = attempt.may_have_executed();
-        let timed_out = attempt.is_timeout();
+/// One operation, checked and ready: `send` has validated everything in it.
+pub(crate) struct Operation {
+    pub(crate) client: IdempotentClient,
+    pub(crate) template: Template,
+    pub(crate) key: IdempotencyKey,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) timeout: Duration,
+}
 
-        outcome_unknown |= executed;
-        if decision == Decision::Final {
-            if let Ok(received) = result {
-                inner.budget.deposit();
-                return Ok(received.into_response(key, attempts));
+impl Operation {
+    /// Makes attempts until one gets a final response or the policy, deadline or budget
+    /// says stop.
+    ///
+    /// Fields are used in place rather than moved into locals, and what only retries
+    /// need (the schedule, the previous outcome, the sleep) is boxed when first needed:
+    /// this future is allocated once per operation and is smallest that way.
+    #[allow(clippy::manual_async_fn)] // On purpose: see the comment inside.
+    pub(crate) fn run(self) -> impl Future<Output = Result<IdempotentResponse, Error>> + Send {
+        // An async block rather than an async fn: the fn would move `self` into a second
+        // copy of itself inside its state; the block uses the captured one in place.
+        async move {
+            let inner = &*self.client.inner;
+            let policy = &self.policy;
+            let deadline = Instant::now().checked_add(policy.deadline);
+            let mut backoff: Option<Box<Backoff>> = None;
+            let mut attempts: u32 = 0;
+            let mut outcome_unknown = false;
+            let mut last: Option<Box<AttemptResult>> = None;
+
+            loop {
+                let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let attempt_timeout = remaining.map_or(self.timeout, |r| r.min(self.timeout));
+                if let (Some(previous), true) = (last.take(), attempt_timeout.is_zero()) {
+                    // The sleep was checked against the deadline, but timers may overshoot.
+                    let reason = GiveUpReason::DeadlineExceeded;
+                    warn!(attempts, %reason, outcome_unknown, "giving up");
+                    return Err(give_up(
+                        self.key,
+                        attempts,
+                        reason,
+                        outcome_unknown,
+                        *previous,
+                    ));
+                }
+                // A block, so that nothing of this attempt is kept across the sleep.
+                let delay = {
+                    let request = self.template.attempt(attempt_timeout);
+                    let result = execute(inner.http.execute(request)).await;
+                    attempts += 1;
+
+                    let attempt = Attempt {
+                        method: self.template.method(),
+                        key: &self.key,
+                        number: attempts,
+                        outcome: match &result {
+                            Ok(r) => Outcome::Response {
+                                status: r.status,
+                                headers: &r.headers,
+                            },
+                            Err(e) => Outcome::Error(e),
+                        },
+                    };
+                    let decision = match &inner.classifier {
+                        Some(classifier) => classifier.classify(&attempt),
+                        None => default_classifier(&attempt),
+                    };
+                    debug!(
+                        attempt = attempts,
+                        status = attempt.status().map(|s| s.as_u16()),
+                        error = attempt.error().map(tracing::field::display),
+                        ?decision,
+                        "attempt finished"
+                    );
+                    let executed = attempt.may_have_executed();
+                    let timed_out = attempt.is_timeout();
+
+                    outcome_unknown |= executed;
+                    if decision == Decision::Final {
+                        if let Ok(received) = result {
+                            inner.budget.deposit();
+                            return Ok(received.into_response(self.key, attempts));
+                        }
+                    }
+
+                    // Advance the schedule on every retry, even when Retry-After overrides it, so
+                    // the n-th retry always draws the n-th delay.
+                    let backoff_delay = backoff
+                        .get_or_insert_with(|| Box::new(Backoff::new(policy)))
+                        .next_delay();
+                    let delay = match result
+                        .as_ref()
+                        .ok()
+                        .and_then(|r| r.headers.get(RETRY_AFTER))
+                    {
+                        Some(value) => crate::retry_after::parse(value, SystemTime::now())
+                            .map_or(backoff_delay, |hint| hint.min(policy.max_retry_after)),
+                        None => backoff_delay,
+                    };
+                    let stop = if decision == Decision::Final {
+                        Some(GiveUpReason::NotRetryable)
+                    } else if attempts >= policy.max_attempts {
+                        Some(GiveUpReason::AttemptsExhausted)
+                    } else if deadline.is_some_and(|d| {
+                        Instant::now().checked_add(delay).is_none_or(|end| end >= d)
+                    }) {
+                        Some(GiveUpReason::DeadlineExceeded)
+                    } else if !inner.budget.try_withdraw(timed_out) {
+                        Some(GiveUpReason::BudgetExhausted)
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = stop {
+                        // Fields, not the error's Display: that names the key, which stays at debug.
+                        warn!(attempts, %reason, outcome_unknown, "giving up");
+                        return Err(give_up(self.key, attempts, reason, outcome_unknown, result));
+                    }
+
+                    if let Some(hook) = &inner.on_retry {
+                        hook(&attempt, delay);
+                    }
+                    info!(
+                        attempt = attempts,
+                        status = attempt.status().map(|s| s.as_u16()),
+                        error = attempt.error().map(tracing::field::display),
+                        delay_ms = delay.as_millis() as u64,
+                        "retrying"
+                    );
+                    last = Some(Box::new(result));
+                    delay
+                };
+                Box::pin(tokio::time::sleep(delay)).await;
             }
         }
-
-        // Advance the schedule on every retry, even when Retry-After overrides it, so the
-        // n-th retry always draws the n-th delay.
-        let backoff_delay = backoff.next_delay();
-        let delay = match result
-            .as_ref()
-            .ok()
-            .and_then(|r| r.headers.get(RETRY_AFTER))
-        {
-            Some(value) => crate::retry_after::parse(value, SystemTime::now())
-                .map_or(backoff_delay, |hint| hint.min(policy.max_retry_after)),
-            None => backoff_delay,
-        };
-        let stop = if decision == Decision::Final {
-            Some(GiveUpReason::NotRetryable)
-        } else if attempts >= policy.max_attempts {
-            Some(GiveUpReason::AttemptsExhausted)
-        } else if deadline
-            .is_some_and(|d| Instant::now().checked_add(delay).is_none_or(|end| end >= d))
-        {
-            Some(GiveUpReason::DeadlineExceeded)
-        } else if !inner.budget.try_withdraw(timed_out) {
-            Some(GiveUpReason::BudgetExhausted)
-        } else {
-            None
-        };
-        if let Some(reason) = stop {
-            // Fields, not the error's Display: that names the key, which stays at debug.
-            warn!(attempts, %reason, outcome_unknown, "giving up");
-            return Err(give_up(key, attempts, reason, outcome_unknown, result));
-        }
-
-        if let Some(hook) = &inner.on_retry {
-            hook(&attempt, delay);
-        }
-        info!(
-            attempt = attempts,
-            status = attempt.status().map(|s| s.as_u16()),
-            error = attempt.error().map(tracing::field::display),
-            delay_ms = delay.as_millis() as u64,
-            "retrying"
-        );
-        last = Some(result);
-        tokio::time::sleep(delay).await;
     }
 }
 

@@ -41,6 +41,30 @@ async fn reset_mid_response_and_close_without_response_are_retried_with_one_key(
 }
 
 #[tokio::test]
+async fn bodies_in_any_number_of_chunks_arrive_whole() {
+    // The client reads the body chunk by chunk: none, one, two and more must all come
+    // back exactly as sent.
+    let cases: [&'static [&'static str]; 4] = [
+        &[],
+        &["{\"id\":1}"],
+        &["{\"id\":", "2}"],
+        &["{\"id\"", ":", "3,\"note\":\"", "four chunks\"}"],
+    ];
+    for chunks in cases {
+        let server = ScriptedServer::start(vec![Action::RespondChunked(chunks)]).await;
+        let resp = fast_client()
+            .post_idempotent(server.url("/orders"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        assert_eq!(resp.attempts(), 1);
+        assert_eq!(resp.text().await.unwrap(), chunks.concat(), "{chunks:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_refused_connection_is_retried_with_the_same_key() {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

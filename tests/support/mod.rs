@@ -59,6 +59,9 @@ pub enum Action {
     CloseWithoutResponse,
     /// Read the request and answer only after this long.
     RespondAfter(u16, Duration),
+    /// Answer `201` with a chunked body: these chunks, each written and flushed on its
+    /// own, 2 ms apart, then the last chunk.
+    RespondChunked(&'static [&'static str]),
 }
 
 /// One request the scripted server read.
@@ -181,6 +184,18 @@ async fn serve(
             stream.flush().await?;
             // Zero linger turns the close into a TCP RST.
             stream.set_zero_linger()?;
+        }
+        Action::RespondChunked(chunks) => {
+            stream
+                .write_all(b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+                .await?;
+            for chunk in chunks {
+                stream.flush().await?;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+                stream.write_all(framed.as_bytes()).await?;
+            }
+            stream.write_all(b"0\r\n\r\n").await?;
         }
         Action::CloseWithoutResponse => {}
     }
