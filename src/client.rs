@@ -42,6 +42,11 @@ pub struct IdempotentClient {
 
 pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
+    /// The total timeout built into `http`, when we built it: attempts with exactly
+    /// this timeout leave it unset on the request. Setting it per request makes reqwest
+    /// allocate an extension map for every attempt, which profiling showed as a good
+    /// part of the per-request cost.
+    pub(crate) http_timeout: Option<Duration>,
     pub(crate) policy: RetryPolicy,
     pub(crate) attempt_timeout: Duration,
     pub(crate) key_header: HeaderName,
@@ -60,7 +65,12 @@ impl IdempotentClient {
     /// [`IdempotentClient::builder`] to get that as an error instead.
     #[must_use]
     pub fn new() -> Self {
-        IdempotentClientBuilder::new().assemble(reqwest::Client::new())
+        match IdempotentClientBuilder::new().build() {
+            Ok(client) => client,
+            // The defaults are valid, so only reqwest's TLS initialisation can fail here,
+            // where `reqwest::Client::new` panics too (see `# Panics`).
+            Err(e) => panic!("could not build the default client: {e}"),
+        }
     }
 
     /// A builder to configure the retry policy, timeouts, key header and more.
@@ -140,7 +150,7 @@ impl fmt::Debug for IdempotentClient {
 /// | `key_format` | [`KeyFormat::Bare`] |
 /// | `retry_budget` | [`RetryBudget::default`] (capacity 500, retry 5, timeout 10, refund 1) |
 /// | `classifier` | [`default_classifier`](crate::default_classifier) |
-/// | `reqwest_client` | `reqwest::Client::builder().build()` |
+/// | `reqwest_client` | `reqwest::Client::builder().timeout(attempt_timeout).build()` (the attempt timeout built in, so attempts that use it exactly need not set it per request) |
 #[must_use]
 pub struct IdempotentClientBuilder {
     http: Option<reqwest::Client>,
@@ -308,23 +318,23 @@ impl IdempotentClientBuilder {
         if let Err(reason) = &self.key_header {
             return Err(config(reason.clone()));
         }
-        let http = match self.http.take() {
-            Some(http) => http,
-            None => reqwest::Client::builder()
-                .build()
-                .map_err(|source| Error::InvalidConfig {
-                    reason: "could not build the default reqwest client".to_owned(),
-                    source: Some(source),
-                })?,
+        let (http, http_timeout) = match self.http.take() {
+            Some(http) => (http, None),
+            None => {
+                let http = reqwest::Client::builder()
+                    .timeout(self.attempt_timeout)
+                    .build()
+                    .map_err(|source| Error::InvalidConfig {
+                        reason: "could not build the default reqwest client".to_owned(),
+                        source: Some(source),
+                    })?;
+                (http, Some(self.attempt_timeout))
+            }
         };
-        Ok(self.assemble(http))
-    }
-
-    /// The client from settings already known to be valid.
-    fn assemble(self, http: reqwest::Client) -> IdempotentClient {
-        IdempotentClient {
+        Ok(IdempotentClient {
             inner: Arc::new(Inner {
                 http,
+                http_timeout,
                 policy: self.policy,
                 attempt_timeout: self.attempt_timeout,
                 key_header: self
@@ -335,7 +345,7 @@ impl IdempotentClientBuilder {
                 classifier: self.classifier,
                 on_retry: self.on_retry,
             }),
-        }
+        })
     }
 }
 

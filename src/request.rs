@@ -39,7 +39,8 @@ pub struct IdempotentRequestBuilder {
     client: IdempotentClient,
     request: reqwest::RequestBuilder,
     key: Option<IdempotencyKey>,
-    policy: Option<RetryPolicy>,
+    /// Boxed: an override is rare, and the builder is moved at every chained call.
+    policy: Option<Box<RetryPolicy>>,
     timeout: Option<Duration>,
 }
 
@@ -219,7 +220,7 @@ impl IdempotentRequestBuilder {
     /// # drop(request);
     /// ```
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
-        self.policy = Some(policy);
+        self.policy = Some(Box::new(policy));
         self
     }
 
@@ -274,8 +275,8 @@ impl IdempotentRequestBuilder {
             source,
         };
 
-        let policy = policy.unwrap_or(inner.policy);
-        if let Err(e) = policy.validate() {
+        // The client's own policy was validated when it was built.
+        if let Some(Err(e)) = policy.as_deref().map(RetryPolicy::validate) {
             return Err(invalid(key, e.to_string(), None));
         }
         let timeout = timeout.unwrap_or(inner.attempt_timeout);

@@ -110,8 +110,9 @@ impl Template {
         self.request.url()
     }
 
-    /// A fresh copy for one attempt, bounded by `timeout`.
-    fn attempt(&self, timeout: Duration) -> reqwest::Request {
+    /// A fresh copy for one attempt, bounded by `timeout`. `client_timeout` is the one
+    /// the reqwest client applies to requests that set none.
+    fn attempt(&self, timeout: Duration, client_timeout: Option<Duration>) -> reqwest::Request {
         let template = &self.request;
         let mut request = reqwest::Request::new(template.method().clone(), template.url().clone());
         let headers = request.headers_mut();
@@ -121,7 +122,9 @@ impl Template {
         }
         *request.version_mut() = template.version();
         *request.body_mut() = self.body.clone().map(reqwest::Body::from);
-        *request.timeout_mut() = Some(timeout);
+        if client_timeout != Some(timeout) {
+            *request.timeout_mut() = Some(timeout);
+        }
         request
     }
 }
@@ -131,7 +134,8 @@ pub(crate) struct Operation {
     pub(crate) client: IdempotentClient,
     pub(crate) template: Template,
     pub(crate) key: IdempotencyKey,
-    pub(crate) policy: RetryPolicy,
+    /// A per-request policy; `None` for the client's.
+    pub(crate) policy: Option<Box<RetryPolicy>>,
     pub(crate) timeout: Duration,
 }
 
@@ -148,7 +152,7 @@ impl Operation {
         // copy of itself inside its state; the block uses the captured one in place.
         async move {
             let inner = &*self.client.inner;
-            let policy = &self.policy;
+            let policy = self.policy.as_deref().unwrap_or(&inner.policy);
             let deadline = Instant::now().checked_add(policy.deadline);
             let mut backoff: Option<Box<Backoff>> = None;
             let mut attempts: u32 = 0;
@@ -172,7 +176,7 @@ impl Operation {
                 }
                 // A block, so that nothing of this attempt is kept across the sleep.
                 let delay = {
-                    let request = self.template.attempt(attempt_timeout);
+                    let request = self.template.attempt(attempt_timeout, inner.http_timeout);
                     let result = execute(inner.http.execute(request)).await;
                     attempts += 1;
 

@@ -215,3 +215,45 @@ async fn timeouts_then_success_return_the_result() {
     assert_eq!((resp.status().as_u16(), resp.attempts()), (201, 3));
     assert_same_key(&server.seen(), 3);
 }
+
+#[tokio::test]
+async fn the_client_attempt_timeout_bounds_each_attempt_with_our_reqwest_client_or_yours() {
+    // Two ways the timeout reaches reqwest: built into the reqwest client we make (when
+    // no per-request timeout or deadline shrinks it), or set on each request (a client
+    // you bring). Both must cut a stalled attempt short.
+    let clients = [
+        ("our reqwest client", fast_builder()),
+        (
+            "your reqwest client",
+            fast_builder().reqwest_client(idempotent_retry::reqwest::Client::new()),
+        ),
+    ];
+    for (which, builder) in clients {
+        let server = ScriptedServer::start(vec![
+            Action::RespondAfter(201, Duration::from_secs(5)),
+            Action::Respond(201),
+        ])
+        .await;
+        let started = Instant::now();
+        let resp = builder
+            .attempt_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap()
+            .post_idempotent(server.url("/orders"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            (resp.status().as_u16(), resp.attempts()),
+            (201, 2),
+            "{which}"
+        );
+        assert_same_key(&server.seen(), 2);
+        // Bounded by the 100 ms attempt timeout, not the 5 s the server stalls.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{which}: {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -297,10 +297,17 @@ pub enum Client {
     Raw(reqwest::Client),
     /// Raw reqwest with a per-request timeout, as every attempt of ours has.
     RawTimeout(reqwest::Client),
+    /// Raw reqwest with a per-request timeout and a fresh UUIDv4 key header: one
+    /// attempt of what this crate does, written by hand. The floor for any client that
+    /// bounds each attempt and mints keys from the OS.
+    RawKeyed(reqwest::Client),
     /// This crate.
     Ours(idempotent_retry::IdempotentClient),
     /// reqwest-middleware with reqwest-retry's transient-error retries.
     Retry(reqwest_middleware::ClientWithMiddleware),
+    /// reqwest-retry as it must be used for safe POST retries: a timeout on each attempt
+    /// and one key per operation, minted before the retry layer.
+    RetryKeyed(reqwest_middleware::ClientWithMiddleware),
 }
 
 impl Client {
@@ -309,8 +316,10 @@ impl Client {
         match self {
             Client::Raw(_) => "raw reqwest",
             Client::RawTimeout(_) => "raw reqwest + timeout",
+            Client::RawKeyed(_) => "raw reqwest + timeout + key",
             Client::Ours(_) => "IdempotentClient",
             Client::Retry(_) => "reqwest-retry",
+            Client::RetryKeyed(_) => "reqwest-retry + timeout + key",
         }
     }
 
@@ -325,7 +334,23 @@ impl Client {
                 .send()
                 .await
                 .unwrap(),
+            Client::RawKeyed(c) => c
+                .post(url)
+                .json(order)
+                .timeout(Duration::from_secs(10))
+                .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+                .send()
+                .await
+                .unwrap(),
             Client::Retry(c) => c.post(url).json(order).send().await.unwrap(),
+            Client::RetryKeyed(c) => c
+                .post(url)
+                .json(order)
+                .timeout(Duration::from_secs(10))
+                .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+                .send()
+                .await
+                .unwrap(),
             Client::Ours(c) => {
                 let response = c.post_idempotent(url).json(order).send().await.unwrap();
                 assert_eq!(response.status(), 201);
@@ -347,20 +372,23 @@ pub fn order() -> Order {
 }
 
 impl Client {
-    /// The four clients, raw reqwest first, each with its own connection pool.
+    /// The six clients, raw reqwest first, each with its own connection pool.
     pub fn all() -> Vec<Client> {
         use reqwest_retry::{RetryTransientMiddleware, policies::ExponentialBackoff};
+        let retrying = || {
+            reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+                .with(RetryTransientMiddleware::new_with_policy(
+                    ExponentialBackoff::builder().build_with_max_retries(2),
+                ))
+                .build()
+        };
         vec![
             Client::Raw(reqwest::Client::new()),
             Client::RawTimeout(reqwest::Client::new()),
+            Client::RawKeyed(reqwest::Client::new()),
             Client::Ours(idempotent_retry::IdempotentClient::new()),
-            Client::Retry(
-                reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-                    .with(RetryTransientMiddleware::new_with_policy(
-                        ExponentialBackoff::builder().build_with_max_retries(2),
-                    ))
-                    .build(),
-            ),
+            Client::Retry(retrying()),
+            Client::RetryKeyed(retrying()),
         ]
     }
 }
