@@ -6,6 +6,11 @@
 //! cargo bench --bench overhead            # full run, about a minute
 //! cargo bench --bench overhead -- --quick # a smoke run
 //! ```
+//!
+//! `-- --profile NAME N` makes N sequential requests with one client only (`raw`,
+//! `raw-timeout`, `raw-keyed`, `ours`, `retry`, `retry-keyed`) and prints nothing: a
+//! fixed workload to run under `valgrind --tool=callgrind` and count instructions per
+//! request (BENCHMARKS.md says how).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark stops on any failure.
 
 mod support;
@@ -67,7 +72,27 @@ fn report(title: &str, clients: &[Client], runs: &mut [Run]) {
     }
 }
 
+/// `--profile NAME N`, when given.
+fn profile_args() -> Option<(String, usize)> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == "--profile")?;
+    let name = args.get(at + 1).expect("--profile NAME N").clone();
+    let n = args.get(at + 2).and_then(|n| n.parse().ok());
+    Some((name, n.expect("--profile NAME N: N requests")))
+}
+
 fn main() {
+    if let Some((name, n)) = profile_args() {
+        let addr = support::bare_hyper(1);
+        let url = format!("http://{addr}/orders");
+        support::runtime().block_on(async {
+            let clients = Client::all();
+            let client = clients.iter().find(|c| c.slug() == name);
+            let client = client.unwrap_or_else(|| panic!("no client called {name}"));
+            sequential(client, &url, n, &mut Run::default()).await;
+        });
+        return;
+    }
     let quick = support::quick();
     let (rounds, seq_batch, conc_per_task) = if quick { (2, 50, 5) } else { (200, 50, 4) };
     const TASKS: usize = 64;

@@ -323,6 +323,18 @@ impl Client {
         }
     }
 
+    /// Its name on the command line (`--profile NAME N`).
+    pub fn slug(&self) -> &'static str {
+        match self {
+            Client::Raw(_) => "raw",
+            Client::RawTimeout(_) => "raw-timeout",
+            Client::RawKeyed(_) => "raw-keyed",
+            Client::Ours(_) => "ours",
+            Client::Retry(_) => "retry",
+            Client::RetryKeyed(_) => "retry-keyed",
+        }
+    }
+
     /// One POST, its `201` checked and its body read, as a caller would.
     pub async fn post(&self, url: &str, order: &Order) -> bytes::Bytes {
         let response = match self {
