@@ -85,9 +85,20 @@
 //!
 //! # Observability
 //!
-//! With [`tracing`]: a `debug` span per operation (method, URL, key), a `debug` event per
-//! attempt, an `info` event per retry and a `warn` event when giving up. Keys appear only
-//! in the `debug` span. [`IdempotentClientBuilder::on_retry`] is a hook for metrics.
+//! With [`tracing`], under the OpenTelemetry HTTP semantic conventions' field names, so an
+//! OpenTelemetry layer exports them as dashboards expect:
+//!
+//! | what | level | fields |
+//! |---|---|---|
+//! | span `idempotent_request`, one per operation | `info` | `http.request.method`, `url.full`; when it ends `http.response.status_code`, `http.request.resend_count` (attempts − 1, if any), `error.type` |
+//! | event `sending`, at the start | `debug` | `idempotency.key` |
+//! | event `attempt finished` | `debug` | `attempt`, `http.request.resend_count`, `http.response.status_code`, `error.type`, `error`, `idempotency.key`, `decision` |
+//! | event `retrying` | `info` | `attempt`, `http.request.resend_count`, `http.response.status_code`, `error.type`, `error`, `delay_ms` |
+//! | event `giving up` | `warn` | `attempts`, `http.request.resend_count`, `error.type`, `reason`, `outcome_unknown` |
+//!
+//! `error.type` is the status code for a 4xx or 5xx answer, else `timeout`, `connect`,
+//! `connection_closed`, `redirect`, `body` or `_OTHER`. The key is only ever on `debug`
+//! events. [`IdempotentClientBuilder::on_retry`] is a hook for metrics.
 //!
 //! # Testing with the mock server
 //!
@@ -126,6 +137,7 @@ mod response;
 mod retry;
 mod retry_after;
 mod rng;
+mod telemetry;
 
 pub use backoff::{Delays, Jitter, RetryPolicy};
 pub use budget::RetryBudget;

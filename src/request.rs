@@ -242,11 +242,9 @@ impl IdempotentRequestBuilder {
     /// default) are `Ok`, whatever their status, as with reqwest.
     pub fn send(self) -> impl Future<Output = Result<IdempotentResponse, Error>> + Send + 'static {
         let operation = self.prepare().map(|operation| {
-            let span = tracing::debug_span!(
-                "idempotent_request",
-                method = %operation.template.method(),
-                url = %operation.template.url(),
-                idempotency_key = %operation.key,
+            let span = crate::telemetry::operation_span(
+                operation.template.method(),
+                operation.template.url(),
             );
             // Boxed: the retry loop's state is most of 1 KiB. The caller's future holds
             // one pointer, so moving it costs nothing, and nothing is allocated when

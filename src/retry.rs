@@ -8,6 +8,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::classify::{Attempt, Decision, Outcome, default_classifier};
+use crate::telemetry;
 use crate::{
     Error, GiveUpReason, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPolicy,
 };
@@ -157,21 +158,33 @@ impl Operation {
             let mut backoff: Option<Box<Backoff>> = None;
             let mut attempts: u32 = 0;
             let mut outcome_unknown = false;
-            let mut last: Option<Box<AttemptResult>> = None;
+            // The previous attempt's outcome and error class, kept across the sleep.
+            let mut last: Option<Box<(AttemptResult, Option<telemetry::ErrorType>)>> = None;
+            debug!("idempotency.key" = %self.key, "sending");
 
             loop {
                 let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                 let attempt_timeout = remaining.map_or(self.timeout, |r| r.min(self.timeout));
                 if let (Some(previous), true) = (last.take(), attempt_timeout.is_zero()) {
                     // The sleep was checked against the deadline, but timers may overshoot.
+                    let (previous, error_type) = *previous;
                     let reason = GiveUpReason::DeadlineExceeded;
-                    warn!(attempts, %reason, outcome_unknown, "giving up");
+                    let status = previous.as_ref().ok().map(|r| r.status);
+                    telemetry::record_end(attempts, status, error_type);
+                    warn!(
+                        attempts,
+                        "http.request.resend_count" = attempts - 1,
+                        "error.type" = error_type.map(tracing::field::display),
+                        %reason,
+                        outcome_unknown,
+                        "giving up"
+                    );
                     return Err(give_up(
                         self.key,
                         attempts,
                         reason,
                         outcome_unknown,
-                        *previous,
+                        previous,
                     ));
                 }
                 // A block, so that nothing of this attempt is kept across the sleep.
@@ -196,10 +209,15 @@ impl Operation {
                         Some(classifier) => classifier.classify(&attempt),
                         None => default_classifier(&attempt),
                     };
+                    let error_type = telemetry::error_type(&attempt);
+                    let status = attempt.status();
                     debug!(
                         attempt = attempts,
-                        status = attempt.status().map(|s| s.as_u16()),
+                        "http.request.resend_count" = attempts - 1,
+                        "http.response.status_code" = status.map(|s| s.as_u16()),
+                        "error.type" = error_type.map(tracing::field::display),
                         error = attempt.error().map(tracing::field::display),
+                        "idempotency.key" = %self.key,
                         ?decision,
                         "attempt finished"
                     );
@@ -210,6 +228,7 @@ impl Operation {
                     if decision == Decision::Final {
                         if let Ok(received) = result {
                             inner.budget.deposit();
+                            telemetry::record_end(attempts, status, error_type);
                             return Ok(received.into_response(self.key, attempts));
                         }
                     }
@@ -242,8 +261,16 @@ impl Operation {
                         None
                     };
                     if let Some(reason) = stop {
+                        telemetry::record_end(attempts, status, error_type);
                         // Fields, not the error's Display: that names the key, which stays at debug.
-                        warn!(attempts, %reason, outcome_unknown, "giving up");
+                        warn!(
+                            attempts,
+                            "http.request.resend_count" = attempts - 1,
+                            "error.type" = error_type.map(tracing::field::display),
+                            %reason,
+                            outcome_unknown,
+                            "giving up"
+                        );
                         return Err(give_up(self.key, attempts, reason, outcome_unknown, result));
                     }
 
@@ -252,12 +279,14 @@ impl Operation {
                     }
                     info!(
                         attempt = attempts,
-                        status = attempt.status().map(|s| s.as_u16()),
+                        "http.request.resend_count" = attempts - 1,
+                        "http.response.status_code" = status.map(|s| s.as_u16()),
+                        "error.type" = error_type.map(tracing::field::display),
                         error = attempt.error().map(tracing::field::display),
                         delay_ms = delay.as_millis() as u64,
                         "retrying"
                     );
-                    last = Some(Box::new(result));
+                    last = Some(Box::new((result, error_type)));
                     delay
                 };
                 Box::pin(tokio::time::sleep(delay)).await;

@@ -5,12 +5,20 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use idempotent_retry::IdempotencyKey;
 use support::{fast_builder, fast_policy};
+use tracing::Level;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// The tests of this binary one at a time: see the module comment.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A `tracing` subscriber that writes plain text into a buffer, for the current thread.
 fn capture_logs(level: tracing::Level) -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
@@ -37,6 +45,7 @@ fn capture_logs(level: tracing::Level) -> (Arc<Mutex<Vec<u8>>>, tracing::subscri
 
 #[tokio::test]
 async fn keys_are_logged_only_at_debug_level() {
+    let _serial = SERIAL.lock().await;
     for (level, key_visible) in [(tracing::Level::INFO, false), (tracing::Level::DEBUG, true)] {
         let (logs, _guard) = capture_logs(level);
         let server = MockServer::start().await;
@@ -61,4 +70,215 @@ async fn keys_are_logged_only_at_debug_level() {
         );
         assert_eq!(text.contains(key.as_str()), key_visible, "{level}: {text}");
     }
+}
+
+/// A span or an event as a subscriber saw it: level, name (the message, for events) and
+/// every field as text, the span's as recorded when it closed.
+#[derive(Clone, Debug)]
+struct Seen {
+    level: Level,
+    name: String,
+    fields: BTreeMap<String, String>,
+}
+
+impl Seen {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).map(String::as_str)
+    }
+}
+
+#[derive(Default)]
+struct Fields(BTreeMap<String, String>);
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.to_string());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
+
+/// Keeps every span (with the fields recorded on it later) and every event.
+#[derive(Clone, Default)]
+struct Recorder {
+    spans: Arc<Mutex<BTreeMap<u64, Seen>>>,
+    events: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl<S: tracing::Subscriber> Layer<S> for Recorder {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        _: Context<'_, S>,
+    ) {
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        let seen = Seen {
+            level: *attrs.metadata().level(),
+            name: attrs.metadata().name().to_owned(),
+            fields: fields.0,
+        };
+        self.spans.lock().unwrap().insert(id.into_u64(), seen);
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: Context<'_, S>,
+    ) {
+        let mut fields = Fields::default();
+        values.record(&mut fields);
+        if let Some(span) = self.spans.lock().unwrap().get_mut(&id.into_u64()) {
+            span.fields.extend(fields.0);
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let name = fields.0.remove("message").unwrap_or_default();
+        self.events.lock().unwrap().push(Seen {
+            level: *event.metadata().level(),
+            name,
+            fields: fields.0,
+        });
+    }
+}
+
+/// Runs `operation` with a [`Recorder`] at `DEBUG` for this thread; returns the
+/// crate's operation spans and the crate's events.
+async fn record<F: std::future::Future<Output = ()>>(operation: F) -> (Vec<Seen>, Vec<Seen>) {
+    let recorder = Recorder::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(recorder.clone())
+        .with(tracing_subscriber::filter::LevelFilter::DEBUG);
+    {
+        let _guard = tracing::subscriber::set_default(subscriber);
+        operation.await;
+    }
+    let spans = recorder.spans.lock().unwrap();
+    let spans = spans.values().filter(|s| s.name == "idempotent_request");
+    let events = recorder.events.lock().unwrap();
+    let ours = ["sending", "attempt finished", "retrying", "giving up"];
+    let events = events.iter().filter(|e| ours.contains(&e.name.as_str()));
+    (spans.cloned().collect(), events.cloned().collect())
+}
+
+#[tokio::test]
+async fn spans_and_events_carry_opentelemetry_http_fields() {
+    let _serial = SERIAL.lock().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&server)
+        .await;
+    let key = IdempotencyKey::new_v4();
+    let url = format!("{}/orders", server.uri());
+    let (spans, events) = record(async {
+        let resp = fast_builder()
+            .build()
+            .unwrap()
+            .post_idempotent(&url)
+            .idempotency_key(key.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.attempts(), 2);
+    })
+    .await;
+
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    let span = &spans[0];
+    assert_eq!(span.level, Level::INFO);
+    assert_eq!(span.field("http.request.method"), Some("POST"));
+    assert_eq!(span.field("url.full"), Some(url.as_str()));
+    assert_eq!(span.field("http.response.status_code"), Some("201"));
+    assert_eq!(span.field("http.request.resend_count"), Some("1"));
+    assert_eq!(span.field("error.type"), None, "{span:?}");
+
+    let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "sending",
+            "attempt finished",
+            "retrying",
+            "attempt finished"
+        ],
+        "{events:#?}"
+    );
+    let (first, retry, second) = (&events[1], &events[2], &events[3]);
+    assert_eq!(first.level, Level::DEBUG);
+    assert_eq!(first.field("http.request.resend_count"), Some("0"));
+    assert_eq!(first.field("http.response.status_code"), Some("503"));
+    assert_eq!(first.field("error.type"), Some("503"));
+    assert_eq!(retry.level, Level::INFO);
+    assert_eq!(retry.field("http.request.resend_count"), Some("0"));
+    assert_eq!(retry.field("http.response.status_code"), Some("503"));
+    assert_eq!(retry.field("error.type"), Some("503"));
+    assert_eq!(second.field("http.request.resend_count"), Some("1"));
+    assert_eq!(second.field("http.response.status_code"), Some("201"));
+    assert_eq!(second.field("error.type"), None);
+
+    // The key: on every debug event, on nothing above debug.
+    for seen in events.iter().chain(&spans) {
+        let has_key = seen.fields.values().any(|v| v.contains(key.as_str()));
+        assert_eq!(has_key, seen.level == Level::DEBUG, "{seen:?}");
+        if seen.level == Level::DEBUG {
+            assert_eq!(seen.field("idempotency.key"), Some(key.as_str()));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failed_operation_records_its_error_type_and_urls_lose_their_credentials() {
+    // reqwest moves URL credentials into an `Authorization` header, which is never
+    // logged; `url.full` must not show them either.
+    let _serial = SERIAL.lock().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_millis(500)))
+        .mount(&server)
+        .await;
+    let address = server.address();
+    let url = format!("http://shop:s3cret@{address}/orders");
+    let (spans, events) = record(async {
+        let err = fast_builder()
+            .retry_policy(fast_policy().max_attempts(2))
+            .attempt_timeout(Duration::from_millis(50))
+            .build()
+            .unwrap()
+            .post_idempotent(&url)
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err:?}");
+    })
+    .await;
+
+    let span = &spans[0];
+    assert_eq!(
+        span.field("url.full"),
+        Some(format!("http://{address}/orders").as_str())
+    );
+    assert_eq!(span.field("error.type"), Some("timeout"));
+    assert_eq!(span.field("http.request.resend_count"), Some("1"));
+    assert_eq!(span.field("http.response.status_code"), None);
+    let give_up = events.iter().find(|e| e.name == "giving up").unwrap();
+    assert_eq!(give_up.level, Level::WARN);
+    assert_eq!(give_up.field("error.type"), Some("timeout"));
+    assert_eq!(give_up.field("http.request.resend_count"), Some("1"));
+    let everything = format!("{spans:?}{events:?}");
+    assert!(!everything.contains("s3cret"), "{everything}");
 }

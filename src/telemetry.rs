@@ -1,0 +1,170 @@
+//! What the client tells `tracing`, in the OpenTelemetry HTTP semantic conventions' terms
+//! where they have one (`http.request.method`, `url.full`, `http.response.status_code`,
+//! `http.request.resend_count`, `error.type`), so that an OpenTelemetry layer exports
+//! them under the names dashboards expect.
+//!
+//! Levels: the operation's span is `info`; each attempt's outcome is a `debug` event, each
+//! retry an `info` event, giving up a `warn` event. The key is a secret-like value (a
+//! guessed key can read another caller's stored response on a server that does not
+//! scope keys), so `idempotency.key` appears only on `debug` events.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+
+use http::{Method, StatusCode};
+use tracing::field::Empty;
+
+use crate::classify::{Attempt, Outcome};
+
+/// The span of one operation, all of its attempts inside it. `http.response.status_code`,
+/// `http.request.resend_count` and `error.type` are recorded when it ends.
+pub(crate) fn operation_span(method: &Method, url: &reqwest::Url) -> tracing::Span {
+    tracing::info_span!(
+        "idempotent_request",
+        "http.request.method" = %method,
+        // reqwest has already moved any `user:password@` of the URL into an
+        // `Authorization` header (never logged), as the conventions require of `url.full`.
+        "url.full" = %url,
+        "http.response.status_code" = Empty,
+        "http.request.resend_count" = Empty,
+        "error.type" = Empty,
+    )
+}
+
+/// Records how the operation ended on its span, which is the current one (the retry
+/// loop runs inside it): the last attempt's status, if it got one, how many times the
+/// request was sent again, and the error class, if any.
+pub(crate) fn record_end(attempts: u32, status: Option<StatusCode>, error: Option<ErrorType>) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(status) = status {
+        span.record("http.response.status_code", status.as_u16());
+    }
+    if attempts > 1 {
+        span.record("http.request.resend_count", attempts - 1);
+    }
+    if let Some(error) = error {
+        span.record("error.type", tracing::field::display(error));
+    }
+}
+
+/// The `error.type` of one attempt's outcome, low-cardinality as the conventions ask: the
+/// status code for a 4xx or 5xx answer; for a transport error `timeout`, `connect`,
+/// `connection_closed` (reset or closed before the response was complete), `redirect`,
+/// `body`, or `_OTHER`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ErrorType {
+    Status(StatusCode),
+    Transport(&'static str),
+}
+
+impl fmt::Display for ErrorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Status(status) => f.write_str(status.as_str()),
+            Self::Transport(kind) => f.write_str(kind),
+        }
+    }
+}
+
+/// The error class of one attempt's outcome; `None` for a 1xx–3xx answer.
+pub(crate) fn error_type(attempt: &Attempt<'_>) -> Option<ErrorType> {
+    match attempt.outcome {
+        Outcome::Response { status, .. } => (status.is_client_error() || status.is_server_error())
+            .then_some(ErrorType::Status(status)),
+        Outcome::Error(e) => Some(ErrorType::Transport(transport_error_type(e))),
+    }
+}
+
+fn transport_error_type(error: &reqwest::Error) -> &'static str {
+    if error.is_timeout() {
+        return "timeout";
+    }
+    if error.is_connect() {
+        return "connect";
+    }
+    if connection_closed(error) {
+        return "connection_closed";
+    }
+    if error.is_redirect() {
+        return "redirect";
+    }
+    if error.is_body() || error.is_decode() {
+        return "body";
+    }
+    "_OTHER"
+}
+
+/// A connection reset or closed before the response was complete, found by type along
+/// the `source()` chain, as the classifier does.
+fn connection_closed(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(err) = current {
+        if let Some(e) = err.downcast_ref::<hyper::Error>() {
+            if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+                return true;
+            }
+        } else if let Some(e) = err.downcast_ref::<io::Error>() {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::NotConnected
+            ) {
+                return true;
+            }
+        }
+        current = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::IdempotencyKey;
+    use http::HeaderMap;
+
+    #[test]
+    fn error_type_of_answers_is_the_status_for_4xx_and_5xx_only() {
+        let headers = HeaderMap::new();
+        let key = IdempotencyKey::new_v4();
+        let of = |code: u16| {
+            error_type(&Attempt {
+                method: &Method::POST,
+                key: &key,
+                number: 1,
+                outcome: Outcome::Response {
+                    status: StatusCode::from_u16(code).unwrap(),
+                    headers: &headers,
+                },
+            })
+        };
+        let text = |code| of(code).map(|e| e.to_string());
+        assert_eq!(text(201), None);
+        assert_eq!(text(302), None);
+        assert_eq!(text(404).as_deref(), Some("404"));
+        assert_eq!(text(503).as_deref(), Some("503"));
+    }
+
+    #[test]
+    fn closed_connections_are_found_along_the_source_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("wrapper")]
+        struct Wrapper(#[source] io::Error);
+        assert!(connection_closed(&Wrapper(
+            io::ErrorKind::ConnectionReset.into()
+        )));
+        assert!(connection_closed(&io::Error::from(
+            io::ErrorKind::UnexpectedEof
+        )));
+        assert!(!connection_closed(&Wrapper(
+            io::ErrorKind::PermissionDenied.into()
+        )));
+    }
+}
