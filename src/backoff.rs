@@ -13,7 +13,8 @@ use crate::rng::SplitMix64;
 ///
 /// [`Jitter::Full`]: in Brooker's simulations it makes the fewest calls while finishing
 /// about as fast as the others, and it spreads clients that failed together.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Jitter {
     /// Exactly `d`. Clients that failed together retry together.
@@ -235,21 +236,28 @@ impl RetryPolicy {
     /// is below 1.0 or not finite, `initial_delay` exceeds `max_delay`, or `deadline` is
     /// zero.
     pub fn validate(&self) -> Result<(), Error> {
-        let reason = if self.max_attempts == 0 {
-            "max_attempts must be at least 1"
+        match self.field_problem() {
+            None => Ok(()),
+            Some(problem) => Err(Error::InvalidConfig {
+                reason: format!("retry policy: {}", problem.replacen(':', "", 1)),
+                source: None,
+            }),
+        }
+    }
+
+    /// What makes this policy unusable, as `field: what is wrong`.
+    pub(crate) fn field_problem(&self) -> Option<&'static str> {
+        if self.max_attempts == 0 {
+            Some("max_attempts: must be at least 1")
         } else if !self.multiplier.is_finite() || self.multiplier < 1.0 {
-            "multiplier must be finite and at least 1.0"
+            Some("multiplier: must be finite and at least 1.0")
         } else if self.initial_delay > self.max_delay {
-            "initial_delay must not exceed max_delay"
+            Some("initial_delay: must not exceed max_delay")
         } else if self.deadline.is_zero() {
-            "deadline must be greater than zero"
+            Some("deadline: must be greater than zero")
         } else {
-            return Ok(());
-        };
-        Err(Error::InvalidConfig {
-            reason: format!("retry policy: {reason}"),
-            source: None,
-        })
+            None
+        }
     }
 
     /// The sleeps this policy would make between attempts, if every attempt failed

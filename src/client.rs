@@ -10,7 +10,8 @@ use reqwest::{IntoUrl, Method};
 use crate::budget::TokenBucket;
 use crate::classify::SharedClassifier;
 use crate::{
-    Attempt, Classifier, Error, IdempotentRequestBuilder, KeyFormat, RetryBudget, RetryPolicy,
+    Attempt, Classifier, ClientConfig, Error, IdempotentRequestBuilder, KeyFormat, RetryBudget,
+    RetryPolicy,
 };
 
 /// The header the key travels in unless [`IdempotentClientBuilder::key_header`] says
@@ -18,7 +19,7 @@ use crate::{
 pub const DEFAULT_KEY_HEADER: &str = "idempotency-key";
 
 /// Default time for one attempt, connect to last byte of the response.
-const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) type RetryHook = Arc<dyn Fn(&Attempt<'_>, Duration) + Send + Sync>;
 
@@ -300,6 +301,30 @@ impl IdempotentClientBuilder {
         F: Fn(&Attempt<'_>, Duration) + Send + Sync + 'static,
     {
         self.on_retry = Some(Arc::new(hook));
+        self
+    }
+
+    /// Takes every setting a [`ClientConfig`] holds (retry policy, attempt timeout, key
+    /// header and form, retry budget), for example one read from a configuration file.
+    /// Later calls still change single settings.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_retry::{ClientConfig, IdempotentClient};
+    ///
+    /// let config: ClientConfig = serde_json::from_str(r#"{"attempt_timeout": "2s"}"#)?;
+    /// let client = IdempotentClient::builder()
+    ///     .config(&config)
+    ///     .on_retry(|attempt, delay| eprintln!("retry {} in {delay:?}", attempt.number()))
+    ///     .build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn config(mut self, config: &ClientConfig) -> Self {
+        self.policy = config.retry_policy;
+        self.attempt_timeout = config.attempt_timeout;
+        self.key_header = Ok(config.key_header.clone());
+        self.key_format = config.key_format;
+        self.budget = config.retry_budget;
         self
     }
 

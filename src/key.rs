@@ -169,7 +169,8 @@ impl From<IdempotencyKey> for String {
 /// # Default
 ///
 /// [`KeyFormat::Bare`], which is what Stripe and most APIs expect.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum KeyFormat {
     /// The key as is: `Idempotency-Key: 8e03978e-40d5-43e8-bc93-6894a57f9324`.

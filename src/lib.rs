@@ -83,6 +83,12 @@
 //! outcome is unknown ([`Error::is_outcome_unknown`]): if some attempt may have executed,
 //! keep the key and retry the same operation later with it.
 //!
+//! # Configuration files
+//!
+//! [`ClientConfig`], [`RetryPolicy`] and [`RetryBudget`] deserialize with serde (TOML,
+//! JSON, YAML, …), durations written `"250ms"` or `"30s"`; every error names the field.
+//! Apply one with [`IdempotentClientBuilder::config`].
+//!
 //! # Observability
 //!
 //! With [`tracing`], under the OpenTelemetry HTTP semantic conventions' field names, so an
@@ -128,6 +134,8 @@ mod backoff;
 mod budget;
 mod classify;
 mod client;
+mod config;
+mod duration;
 mod error;
 mod key;
 #[cfg(feature = "mock")]
@@ -145,6 +153,8 @@ pub use classify::{
     Attempt, Classifier, Decision, default_classifier, is_retryable_error, is_retryable_status,
 };
 pub use client::{DEFAULT_KEY_HEADER, IdempotentClient, IdempotentClientBuilder};
+pub use config::ClientConfig;
+pub use duration::parse_duration;
 pub use error::{Error, GiveUpReason};
 pub use key::{IdempotencyKey, KeyFormat};
 pub use request::IdempotentRequestBuilder;

@@ -54,7 +54,8 @@ use http::{HeaderName, Method};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 
-pub use fault::{Fault, parse_duration};
+pub use crate::duration::parse_duration;
+pub use fault::Fault;
 
 use crate::Error;
 use fault::{Faults, RandomFaults};

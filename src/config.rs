@@ -1,0 +1,422 @@
+//! Settings from configuration files: [`RetryPolicy`], [`RetryBudget`] and
+//! [`ClientConfig`] deserialize with serde from any format (TOML, JSON, YAML, …).
+//!
+//! The `Deserialize` impls are written out rather than derived for one reason: the
+//! derived ones report a bad value without saying which field it was in (serde's
+//! messages name the type, not the field, and JSON and YAML loaders add no key path).
+//! Here every error starts with the field's path, `retry_policy.max_delay: …`, whatever
+//! the format and loader.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+
+use crate::client::{DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER};
+use crate::duration::parse_duration;
+use crate::{KeyFormat, RetryBudget, RetryPolicy};
+
+/// The options of an [`IdempotentClient`](crate::IdempotentClient) that can live in a
+/// configuration file; apply them with
+/// [`IdempotentClientBuilder::config`](crate::IdempotentClientBuilder::config).
+///
+/// Every field is optional in the file and defaults as the builder does. Durations are
+/// strings with a unit: `"250ms"`, `"30s"`, `"5m"`, `"1h"`. Unknown fields are errors, so a
+/// typo does not silently fall back to a default, and every error names the field.
+///
+/// ```
+/// use idempotent_retry::{ClientConfig, IdempotentClient};
+///
+/// let config: ClientConfig = toml::from_str(r#"
+///     attempt_timeout = "2s"
+///     key_header = "X-Idempotency-Key"
+///
+///     [retry_policy]
+///     max_attempts = 5
+///     initial_delay = "100ms"
+///     max_delay = "5s"
+///     jitter = "full"
+///     deadline = "30s"
+///
+///     [retry_budget]
+///     capacity = 100
+/// "#)?;
+/// let client = IdempotentClient::builder().config(&config).build()?;
+///
+/// let typo = toml::from_str::<ClientConfig>("[retry_policy]\nmax_delay = \"5 s\"");
+/// let message = typo.unwrap_err().to_string();
+/// assert!(message.contains("retry_policy.max_delay"), "{message}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// | field | type | default |
+/// |---|---|---|
+/// | `retry_policy` | table, see [`RetryPolicy`] (`max_attempts`, `initial_delay`, `multiplier`, `max_delay`, `jitter`, `deadline`, `max_retry_after`, `jitter_seed`) | [`RetryPolicy::default`] |
+/// | `attempt_timeout` | duration | `"10s"` |
+/// | `key_header` | header name | `"Idempotency-Key"` |
+/// | `key_format` | `"bare"` or `"structured_string"` | `"bare"` |
+/// | `retry_budget` | table, see [`RetryBudget`] (`capacity`, `retry_cost`, `timeout_cost`, `success_refund`; all costs 0 turns it off) | [`RetryBudget::default`] |
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// The retry policy of every request (a request can override it).
+    pub retry_policy: RetryPolicy,
+    /// Time for one attempt, connect to last byte.
+    pub attempt_timeout: Duration,
+    /// The header the key is sent in.
+    pub key_header: HeaderName,
+    /// Bare key or IETF structured string.
+    pub key_format: KeyFormat,
+    /// The retry budget shared by all operations of the client.
+    pub retry_budget: RetryBudget,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            retry_policy: RetryPolicy::default(),
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            key_header: HeaderName::from_static(DEFAULT_KEY_HEADER),
+            key_format: KeyFormat::default(),
+            retry_budget: RetryBudget::default(),
+        }
+    }
+}
+
+/// A settings table: its fields, how to set one from the file, and what to check once
+/// all are read.
+trait Table: Default {
+    /// What it is, for "expected …" messages.
+    const WHAT: &'static str;
+    const FIELDS: &'static [&'static str];
+
+    /// Reads the value of `field`, one of [`Self::FIELDS`].
+    fn set<'de, A: MapAccess<'de>>(&mut self, field: &str, map: &mut A) -> Result<(), A::Error>;
+
+    /// Checks the whole table; the message names the field at fault.
+    fn check(&self) -> Result<(), String>;
+}
+
+/// Deserializes a [`Table`] from a map: unknown and repeated fields are errors, and so
+/// is a table that fails its check.
+fn table<'de, T: Table, D: Deserializer<'de>>(deserializer: D) -> Result<T, D::Error> {
+    struct TableVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: Table> Visitor<'de> for TableVisitor<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(T::WHAT)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+            let mut table = T::default();
+            let mut seen = Vec::with_capacity(T::FIELDS.len());
+            while let Some(key) = map.next_key::<String>()? {
+                let Some(&field) = T::FIELDS.iter().find(|f| **f == key) else {
+                    return Err(de::Error::unknown_field(&key, T::FIELDS));
+                };
+                if seen.contains(&field) {
+                    return Err(de::Error::duplicate_field(field));
+                }
+                seen.push(field);
+                table.set(field, &mut map)?;
+            }
+            table.check().map_err(de::Error::custom)?;
+            Ok(table)
+        }
+    }
+
+    deserializer.deserialize_map(TableVisitor(PhantomData))
+}
+
+/// The next value of `map`, any error prefixed with the field's name (nested tables
+/// prefix theirs, so the message carries the whole path).
+fn value<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
+    map: &mut A,
+    field: &str,
+) -> Result<T, A::Error> {
+    map.next_value()
+        .map_err(|e| de::Error::custom(format_args!("{field}{}{e}", separator(&e))))
+}
+
+/// `.` before a nested field's path, `: ` before a message.
+fn separator(error: &impl fmt::Display) -> &'static str {
+    let text = error.to_string();
+    let nested = text
+        .split_once(": ")
+        .is_some_and(|(path, _)| !path.is_empty() && path.chars().all(is_path_char));
+    if nested { "." } else { ": " }
+}
+
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'
+}
+
+/// A duration written as text with a unit.
+struct DurationText(Duration);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+
+        impl Visitor<'_> for DurationVisitor {
+            type Value = DurationText;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"250ms\" or \"30s\"")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<DurationText, E> {
+                parse_duration(text).map(DurationText).map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_str(DurationVisitor)
+    }
+}
+
+fn duration<'de, A: MapAccess<'de>>(map: &mut A, field: &str) -> Result<Duration, A::Error> {
+    value::<DurationText, A>(map, field).map(|d| d.0)
+}
+
+impl Table for RetryPolicy {
+    const WHAT: &'static str = "a retry policy table";
+    const FIELDS: &'static [&'static str] = &[
+        "max_attempts",
+        "initial_delay",
+        "multiplier",
+        "max_delay",
+        "jitter",
+        "deadline",
+        "max_retry_after",
+        "jitter_seed",
+    ];
+
+    fn set<'de, A: MapAccess<'de>>(&mut self, field: &str, map: &mut A) -> Result<(), A::Error> {
+        match field {
+            "max_attempts" => self.max_attempts = value(map, field)?,
+            "initial_delay" => self.initial_delay = duration(map, field)?,
+            "multiplier" => self.multiplier = value(map, field)?,
+            "max_delay" => self.max_delay = duration(map, field)?,
+            "jitter" => self.jitter = value(map, field)?,
+            "deadline" => self.deadline = duration(map, field)?,
+            "max_retry_after" => self.max_retry_after = duration(map, field)?,
+            _ => self.seed = Some(value(map, field)?),
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.field_problem()
+            .map_or(Ok(()), |problem| Err(problem.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for RetryPolicy {
+    /// From a table whose fields are those of the builder methods (`jitter_seed` for
+    /// [`RetryPolicy::jitter_seed`]), every one optional; see [`ClientConfig`].
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        table(deserializer)
+    }
+}
+
+impl Table for RetryBudget {
+    const WHAT: &'static str = "a retry budget table";
+    const FIELDS: &'static [&'static str] =
+        &["capacity", "retry_cost", "timeout_cost", "success_refund"];
+
+    fn set<'de, A: MapAccess<'de>>(&mut self, field: &str, map: &mut A) -> Result<(), A::Error> {
+        let tokens = value(map, field)?;
+        match field {
+            "capacity" => self.capacity = tokens,
+            "retry_cost" => self.retry_cost = tokens,
+            "timeout_cost" => self.timeout_cost = tokens,
+            _ => self.success_refund = tokens,
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for RetryBudget {
+    /// From a table with `capacity`, `retry_cost`, `timeout_cost` and `success_refund`
+    /// (token counts), every one optional; see [`ClientConfig`].
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        table(deserializer)
+    }
+}
+
+impl Table for ClientConfig {
+    const WHAT: &'static str = "a client configuration table";
+    const FIELDS: &'static [&'static str] = &[
+        "retry_policy",
+        "attempt_timeout",
+        "key_header",
+        "key_format",
+        "retry_budget",
+    ];
+
+    fn set<'de, A: MapAccess<'de>>(&mut self, field: &str, map: &mut A) -> Result<(), A::Error> {
+        match field {
+            "retry_policy" => self.retry_policy = value(map, field)?,
+            "attempt_timeout" => self.attempt_timeout = duration(map, field)?,
+            "key_header" => {
+                let name: String = value(map, field)?;
+                self.key_header = HeaderName::try_from(name.as_str()).map_err(|e| {
+                    de::Error::custom(format_args!(
+                        "key_header: {name:?} is not a header name: {e}"
+                    ))
+                })?;
+            }
+            "key_format" => self.key_format = value(map, field)?,
+            _ => self.retry_budget = value(map, field)?,
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.attempt_timeout.is_zero() {
+            return Err("attempt_timeout: must be greater than zero".to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        table(deserializer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Jitter;
+
+    fn parse(text: &str) -> Result<ClientConfig, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_empty_table_is_the_defaults() {
+        assert_eq!(parse("{}").unwrap(), ClientConfig::default());
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let config = parse(
+            r#"{
+                "retry_policy": {
+                    "max_attempts": 7, "initial_delay": "20ms", "multiplier": 3.0,
+                    "max_delay": "2s", "jitter": "decorrelated", "deadline": "1m",
+                    "max_retry_after": "3s", "jitter_seed": 42
+                },
+                "attempt_timeout": "1500ms",
+                "key_header": "X-Request-Key",
+                "key_format": "structured_string",
+                "retry_budget": {
+                    "capacity": 50, "retry_cost": 2, "timeout_cost": 4, "success_refund": 3
+                }
+            }"#,
+        )
+        .unwrap();
+        let policy = RetryPolicy::exponential()
+            .max_attempts(7)
+            .initial_delay(Duration::from_millis(20))
+            .multiplier(3.0)
+            .max_delay(Duration::from_secs(2))
+            .jitter(Jitter::Decorrelated)
+            .deadline(Duration::from_secs(60))
+            .max_retry_after(Duration::from_secs(3))
+            .jitter_seed(42);
+        assert_eq!(config.retry_policy, policy);
+        assert_eq!(config.attempt_timeout, Duration::from_millis(1500));
+        assert_eq!(config.key_header, "x-request-key");
+        assert_eq!(config.key_format, KeyFormat::StructuredString);
+        let budget = RetryBudget::new()
+            .capacity(50)
+            .retry_cost(2)
+            .timeout_cost(4)
+            .success_refund(3);
+        assert_eq!(config.retry_budget, budget);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                r#"{"attempt_timeout": "5"}"#,
+                "attempt_timeout: \"5\" has no unit",
+            ),
+            (
+                r#"{"attempt_timeout": 5}"#,
+                "attempt_timeout: invalid type: integer `5`",
+            ),
+            (
+                r#"{"attempt_timeout": "0s"}"#,
+                "attempt_timeout: must be greater than zero",
+            ),
+            (
+                r#"{"retry_policy": {"max_delay": "5 s"}}"#,
+                "retry_policy.max_delay: \"5 s\" has an unknown unit",
+            ),
+            (
+                r#"{"retry_policy": {"max_attempts": -1}}"#,
+                "retry_policy.max_attempts: invalid value: integer `-1`",
+            ),
+            (
+                r#"{"retry_policy": {"max_attempts": 0}}"#,
+                "retry_policy.max_attempts: must be at least 1",
+            ),
+            (
+                r#"{"retry_policy": {"initial_delay": "10s", "max_delay": "1s"}}"#,
+                "retry_policy.initial_delay: must not exceed max_delay",
+            ),
+            (
+                r#"{"retry_policy": {"jitter": "fuzzy"}}"#,
+                "retry_policy.jitter: unknown variant `fuzzy`",
+            ),
+            (
+                r#"{"retry_policy": {"max_atempts": 3}}"#,
+                "retry_policy: unknown field `max_atempts`, expected one of",
+            ),
+            (
+                r#"{"retry_budget": {"capacity": "lots"}}"#,
+                "retry_budget.capacity: invalid type: string \"lots\"",
+            ),
+            (
+                r#"{"key_header": "bad header"}"#,
+                "key_header: \"bad header\" is not a header name",
+            ),
+            (
+                r#"{"key_format": "quoted"}"#,
+                "key_format: unknown variant `quoted`",
+            ),
+            (
+                r#"{"timeout": "1s"}"#,
+                "unknown field `timeout`, expected one of",
+            ),
+            (
+                r#"{"attempt_timeout": "1s", "attempt_timeout": "2s"}"#,
+                "duplicate field `attempt_timeout`",
+            ),
+            (
+                r#"{"retry_policy": 3}"#,
+                "retry_policy: invalid type: integer `3`, expected a retry policy table",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = parse(text).unwrap_err();
+            assert!(
+                message.starts_with(expected),
+                "{text}\n  gave {message:?}\n  wanted {expected:?}"
+            );
+        }
+    }
+}

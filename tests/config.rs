@@ -1,0 +1,113 @@
+//! Client settings from a TOML file, as a user would keep them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests panic on purpose.
+
+use std::time::Duration;
+
+use idempotent_retry::mock::MockServer;
+use idempotent_retry::{ClientConfig, IdempotentClient, Jitter, KeyFormat, RetryPolicy};
+
+const FILE: &str = r#"
+# How our checkout service retries payments.
+attempt_timeout = "750ms"
+key_header = "X-Idempotency-Key"
+key_format = "bare"
+
+[retry_policy]
+max_attempts = 4
+initial_delay = "5ms"
+multiplier = 2.0
+max_delay = "20ms"
+jitter = "equal"
+deadline = "10s"
+jitter_seed = 7
+
+[retry_budget]
+capacity = 40
+retry_cost = 2
+"#;
+
+#[test]
+fn a_toml_file_sets_every_option() {
+    let config: ClientConfig = toml::from_str(FILE).unwrap();
+    assert_eq!(config.attempt_timeout, Duration::from_millis(750));
+    assert_eq!(config.key_header, "x-idempotency-key");
+    assert_eq!(config.key_format, KeyFormat::Bare);
+    let policy = RetryPolicy::exponential()
+        .max_attempts(4)
+        .initial_delay(Duration::from_millis(5))
+        .max_delay(Duration::from_millis(20))
+        .jitter(Jitter::Equal)
+        .deadline(Duration::from_secs(10))
+        .jitter_seed(7);
+    assert_eq!(config.retry_policy, policy);
+    let delays: Vec<Duration> = config.retry_policy.delays().collect();
+    assert_eq!(delays, policy.delays().collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_client_built_from_the_file_uses_its_key_header_and_policy() {
+    let server = MockServer::builder()
+        .require_key(true)
+        .start()
+        .await
+        .unwrap();
+    let config: ClientConfig = toml::from_str(FILE).unwrap();
+    let client = IdempotentClient::builder().config(&config).build().unwrap();
+    // The mock server reads the standard header; a client configured for another one
+    // sends none the server sees, so the server's 400 proves the header came from the
+    // file. Then the standard header, set the same way, works.
+    let resp = client.post_idempotent(server.uri()).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+
+    let config: ClientConfig =
+        toml::from_str(&FILE.replace("X-Idempotency-Key", "Idempotency-Key")).unwrap();
+    server.inject(
+        idempotent_retry::mock::Fault::StatusBeforeProcessing(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        3,
+    );
+    let client = IdempotentClient::builder().config(&config).build().unwrap();
+    let resp = client.post_idempotent(server.uri()).send().await.unwrap();
+    // Three 503s, then success: the file's four attempts, not the default three.
+    assert_eq!((resp.status().as_u16(), resp.attempts()), (201, 4));
+}
+
+#[test]
+fn a_bad_file_names_the_field() {
+    let cases = [
+        (
+            "attempt_timeout = \"750\"",
+            "attempt_timeout: \"750\" has no unit",
+        ),
+        (
+            "[retry_policy]\nmax_delay = \"5 s\"",
+            "retry_policy.max_delay: \"5 s\" has an unknown unit",
+        ),
+        (
+            "[retry_policy]\nmax_attempts = 0",
+            "retry_policy.max_attempts: must be at least 1",
+        ),
+        (
+            "[retry_policy]\nmax_atempts = 3",
+            "unknown field `max_atempts`",
+        ),
+        (
+            "[retry_budget]\ncapacity = -1",
+            "retry_budget.capacity: invalid value",
+        ),
+        (
+            "key_format = \"quoted\"",
+            "key_format: unknown variant `quoted`",
+        ),
+    ];
+    for (text, expected) in cases {
+        let message = toml::from_str::<ClientConfig>(text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(expected),
+            "{text}\n  gave {message}\n  wanted {expected:?}"
+        );
+    }
+}
