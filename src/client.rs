@@ -48,6 +48,11 @@ pub(crate) struct Inner {
     /// allocate an extension map for every attempt, which profiling showed as a good
     /// part of the per-request cost.
     pub(crate) http_timeout: Option<Duration>,
+    pub(crate) settings: Settings,
+}
+
+/// What the client and the middleware share: how to key and how to retry.
+pub(crate) struct Settings {
     pub(crate) policy: RetryPolicy,
     pub(crate) attempt_timeout: Duration,
     pub(crate) key_header: HeaderName,
@@ -125,7 +130,7 @@ impl Default for IdempotentClient {
 
 impl fmt::Debug for IdempotentClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let inner = &*self.inner;
+        let inner = &self.inner.settings;
         f.debug_struct("IdempotentClient")
             .field("policy", &inner.policy)
             .field("attempt_timeout", &inner.attempt_timeout)
@@ -336,13 +341,7 @@ impl IdempotentClientBuilder {
     /// ([`RetryPolicy::validate`]), a zero `attempt_timeout`, an invalid `key_header`, or
     /// a reqwest client that could not be built.
     pub fn build(mut self) -> Result<IdempotentClient, Error> {
-        self.policy.validate()?;
-        if self.attempt_timeout.is_zero() {
-            return Err(config("attempt_timeout must be greater than zero"));
-        }
-        if let Err(reason) = &self.key_header {
-            return Err(config(reason.clone()));
-        }
+        self.check()?;
         let (http, http_timeout) = match self.http.take() {
             Some(http) => (http, None),
             None => {
@@ -360,17 +359,36 @@ impl IdempotentClientBuilder {
             inner: Arc::new(Inner {
                 http,
                 http_timeout,
-                policy: self.policy,
-                attempt_timeout: self.attempt_timeout,
-                key_header: self
-                    .key_header
-                    .unwrap_or_else(|_| HeaderName::from_static(DEFAULT_KEY_HEADER)),
-                key_format: self.key_format,
-                budget: TokenBucket::new(self.budget),
-                classifier: self.classifier,
-                on_retry: self.on_retry,
+                settings: self.settings(),
             }),
         })
+    }
+
+    /// Everything `build` checks, before anything is built.
+    fn check(&self) -> Result<(), Error> {
+        self.policy.validate()?;
+        if self.attempt_timeout.is_zero() {
+            return Err(config("attempt_timeout must be greater than zero"));
+        }
+        if let Err(reason) = &self.key_header {
+            return Err(config(reason.clone()));
+        }
+        Ok(())
+    }
+
+    /// The settings, once `check` passed.
+    fn settings(self) -> Settings {
+        Settings {
+            policy: self.policy,
+            attempt_timeout: self.attempt_timeout,
+            key_header: self
+                .key_header
+                .unwrap_or_else(|_| HeaderName::from_static(DEFAULT_KEY_HEADER)),
+            key_format: self.key_format,
+            budget: TokenBucket::new(self.budget),
+            classifier: self.classifier,
+            on_retry: self.on_retry,
+        }
     }
 }
 

@@ -130,6 +130,7 @@
 //!
 //! Rust 1.85, the same as reqwest 0.13.
 
+mod attempts;
 mod backoff;
 mod budget;
 mod classify;

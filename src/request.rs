@@ -264,7 +264,7 @@ impl IdempotentRequestBuilder {
             policy,
             timeout,
         } = self;
-        let inner = &*client.inner;
+        let inner = &client.inner.settings;
         // The one place a key is minted: once per operation, before the first attempt.
         let key = key.unwrap_or_else(IdempotencyKey::new_v4);
         let invalid = |key: IdempotencyKey, reason: String, source| Error::InvalidRequest {

@@ -1,14 +1,13 @@
 //! The loop that ties decision, delay and rate cap together for one operation.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, StatusCode, Version, header::RETRY_AFTER};
-use tracing::{debug, info, warn};
+use http::{HeaderMap, Method, StatusCode, Version};
+use tracing::debug;
 
-use crate::backoff::Backoff;
-use crate::classify::{Attempt, Decision, Outcome, default_classifier};
-use crate::telemetry;
+use crate::attempts::{Attempts, Next};
+use crate::classify::Outcome;
 use crate::{
     Error, GiveUpReason, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPolicy,
 };
@@ -153,141 +152,51 @@ impl Operation {
         // copy of itself inside its state; the block uses the captured one in place.
         async move {
             let inner = &*self.client.inner;
-            let policy = self.policy.as_deref().unwrap_or(&inner.policy);
-            let deadline = Instant::now().checked_add(policy.deadline);
-            let mut backoff: Option<Box<Backoff>> = None;
-            let mut attempts: u32 = 0;
-            let mut outcome_unknown = false;
-            // The previous attempt's outcome and error class, kept across the sleep.
-            let mut last: Option<Box<(AttemptResult, Option<telemetry::ErrorType>)>> = None;
+            let settings = &inner.settings;
+            let policy = self.policy.as_deref().unwrap_or(&settings.policy);
+            let mut attempts = Attempts::new(settings, policy);
+            // The previous attempt's outcome, kept across the sleep.
+            let mut last: Option<Box<AttemptResult>> = None;
             debug!("idempotency.key" = %self.key, "sending");
 
             loop {
-                let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                let attempt_timeout = remaining.map_or(self.timeout, |r| r.min(self.timeout));
-                if let (Some(previous), true) = (last.take(), attempt_timeout.is_zero()) {
-                    // The sleep was checked against the deadline, but timers may overshoot.
-                    let (previous, error_type) = *previous;
+                let Some(timeout) = attempts.next_timeout(self.timeout) else {
                     let reason = GiveUpReason::DeadlineExceeded;
-                    let status = previous.as_ref().ok().map(|r| r.status);
-                    telemetry::record_end(attempts, status, error_type);
-                    warn!(
-                        attempts,
-                        "http.request.resend_count" = attempts - 1,
-                        "error.type" = error_type.map(tracing::field::display),
-                        %reason,
-                        outcome_unknown,
-                        "giving up"
-                    );
-                    return Err(give_up(
-                        self.key,
-                        attempts,
-                        reason,
-                        outcome_unknown,
-                        previous,
-                    ));
-                }
+                    // `next_timeout` only says `None` after a first attempt.
+                    let previous = last.map_or_else(|| Err(None), |l| (*l).map_err(Some));
+                    return Err(give_up(self.key, &attempts, reason, previous));
+                };
                 // A block, so that nothing of this attempt is kept across the sleep.
                 let delay = {
-                    let request = self.template.attempt(attempt_timeout, inner.http_timeout);
+                    let request = self.template.attempt(timeout, inner.http_timeout);
                     let result = execute(inner.http.execute(request)).await;
-                    attempts += 1;
-
-                    let attempt = Attempt {
-                        method: self.template.method(),
-                        key: &self.key,
-                        number: attempts,
-                        outcome: match &result {
-                            Ok(r) => Outcome::Response {
-                                status: r.status,
-                                headers: &r.headers,
-                            },
-                            Err(e) => Outcome::Error(e),
+                    let outcome = match &result {
+                        Ok(r) => Outcome::Response {
+                            status: r.status,
+                            headers: &r.headers,
                         },
+                        Err(e) => Outcome::Error(e),
                     };
-                    let decision = match &inner.classifier {
-                        Some(classifier) => classifier.classify(&attempt),
-                        None => default_classifier(&attempt),
-                    };
-                    let error_type = telemetry::error_type(&attempt);
-                    let status = attempt.status();
-                    debug!(
-                        attempt = attempts,
-                        "http.request.resend_count" = attempts - 1,
-                        "http.response.status_code" = status.map(|s| s.as_u16()),
-                        "error.type" = error_type.map(tracing::field::display),
-                        error = attempt.error().map(tracing::field::display),
-                        "idempotency.key" = %self.key,
-                        ?decision,
-                        "attempt finished"
-                    );
-                    let executed = attempt.may_have_executed();
-                    let timed_out = attempt.is_timeout();
-
-                    outcome_unknown |= executed;
-                    if decision == Decision::Final {
-                        if let Ok(received) = result {
-                            inner.budget.deposit();
-                            telemetry::record_end(attempts, status, error_type);
-                            return Ok(received.into_response(self.key, attempts));
+                    match attempts.after(self.template.method(), &self.key, outcome) {
+                        // `Done` only comes with a response; were it an error, it
+                        // would end the operation as one that is not retried.
+                        Next::Done => {
+                            let reason = GiveUpReason::NotRetryable;
+                            return match result {
+                                Ok(received) => {
+                                    Ok(received.into_response(self.key, attempts.made()))
+                                }
+                                Err(e) => Err(give_up(self.key, &attempts, reason, Err(Some(e)))),
+                            };
+                        }
+                        Next::GiveUp(reason) => {
+                            return Err(give_up(self.key, &attempts, reason, result.map_err(Some)));
+                        }
+                        Next::Retry(delay) => {
+                            last = Some(Box::new(result));
+                            delay
                         }
                     }
-
-                    // Advance the schedule on every retry, even when Retry-After overrides it, so
-                    // the n-th retry always draws the n-th delay.
-                    let backoff_delay = backoff
-                        .get_or_insert_with(|| Box::new(Backoff::new(policy)))
-                        .next_delay();
-                    let delay = match result
-                        .as_ref()
-                        .ok()
-                        .and_then(|r| r.headers.get(RETRY_AFTER))
-                    {
-                        Some(value) => crate::retry_after::parse(value, SystemTime::now())
-                            .map_or(backoff_delay, |hint| hint.min(policy.max_retry_after)),
-                        None => backoff_delay,
-                    };
-                    let stop = if decision == Decision::Final {
-                        Some(GiveUpReason::NotRetryable)
-                    } else if attempts >= policy.max_attempts {
-                        Some(GiveUpReason::AttemptsExhausted)
-                    } else if deadline.is_some_and(|d| {
-                        Instant::now().checked_add(delay).is_none_or(|end| end >= d)
-                    }) {
-                        Some(GiveUpReason::DeadlineExceeded)
-                    } else if !inner.budget.try_withdraw(timed_out) {
-                        Some(GiveUpReason::BudgetExhausted)
-                    } else {
-                        None
-                    };
-                    if let Some(reason) = stop {
-                        telemetry::record_end(attempts, status, error_type);
-                        // Fields, not the error's Display: that names the key, which stays at debug.
-                        warn!(
-                            attempts,
-                            "http.request.resend_count" = attempts - 1,
-                            "error.type" = error_type.map(tracing::field::display),
-                            %reason,
-                            outcome_unknown,
-                            "giving up"
-                        );
-                        return Err(give_up(self.key, attempts, reason, outcome_unknown, result));
-                    }
-
-                    if let Some(hook) = &inner.on_retry {
-                        hook(&attempt, delay);
-                    }
-                    info!(
-                        attempt = attempts,
-                        "http.request.resend_count" = attempts - 1,
-                        "http.response.status_code" = status.map(|s| s.as_u16()),
-                        "error.type" = error_type.map(tracing::field::display),
-                        error = attempt.error().map(tracing::field::display),
-                        delay_ms = delay.as_millis() as u64,
-                        "retrying"
-                    );
-                    last = Some(Box::new((result, error_type)));
-                    delay
                 };
                 Box::pin(tokio::time::sleep(delay)).await;
             }
@@ -297,23 +206,23 @@ impl Operation {
 
 fn give_up(
     key: IdempotencyKey,
-    attempts: u32,
+    attempts: &Attempts<'_>,
     reason: GiveUpReason,
-    outcome_unknown: bool,
-    last: AttemptResult,
+    last: Result<Received, Option<reqwest::Error>>,
 ) -> Error {
+    let made = attempts.made();
     let (last_response, source) = match last {
         Ok(received) => (
-            Some(Box::new(received.into_response(key.clone(), attempts))),
+            Some(Box::new(received.into_response(key.clone(), made))),
             None,
         ),
-        Err(e) => (None, Some(e)),
+        Err(e) => (None, e),
     };
     Error::Failed {
         key,
-        attempts,
+        attempts: made,
         reason,
-        outcome_unknown,
+        outcome_unknown: attempts.outcome_unknown(),
         last_response,
         source,
     }
