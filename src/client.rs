@@ -376,8 +376,34 @@ impl IdempotentClientBuilder {
         Ok(())
     }
 
-    /// The settings, once `check` passed.
-    fn settings(self) -> Settings {
+    /// Checks the settings and builds a [`reqwest_middleware`] layer with them, for a
+    /// `ClientWithMiddleware`: see [`IdempotencyMiddleware`](crate::IdempotencyMiddleware).
+    /// The layer sends through the client it is layered on, so `reqwest_client` plays no
+    /// part here.
+    ///
+    /// ```
+    /// use idempotent_retry::{IdempotentClient, RetryPolicy};
+    /// let layer = IdempotentClient::builder()
+    ///     .retry_policy(RetryPolicy::exponential().max_attempts(4))
+    ///     .build_middleware()?;
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    ///     .with(layer)
+    ///     .build();
+    /// # drop(client);
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build), but for the reqwest client, which is not built.
+    #[cfg(feature = "middleware")]
+    pub fn build_middleware(self) -> Result<crate::IdempotencyMiddleware, Error> {
+        self.check()?;
+        Ok(crate::IdempotencyMiddleware::from_settings(self.settings()))
+    }
+
+    /// The settings, once `check` passed (the defaults always pass it).
+    pub(crate) fn settings(self) -> Settings {
         Settings {
             policy: self.policy,
             attempt_timeout: self.attempt_timeout,

@@ -194,6 +194,30 @@ impl Error {
         }
     }
 
+    /// This crate's error inside an error of a `reqwest-middleware` client, if it is one
+    /// (feature `middleware`): what [`IdempotencyMiddleware`](crate::IdempotencyMiddleware)
+    /// returns when an operation fails without a response, or is refused before any I/O.
+    ///
+    /// ```no_run
+    /// # async fn run(client: reqwest_middleware::ClientWithMiddleware) {
+    /// use idempotent_retry::Error;
+    /// if let Err(e) = client.post("https://api.example/orders").body("{}").send().await {
+    ///     match Error::from_middleware_error(&e) {
+    ///         Some(ours) if ours.is_outcome_unknown() => { /* keep ours.idempotency_key() */ }
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    #[cfg(feature = "middleware")]
+    #[must_use]
+    pub fn from_middleware_error(error: &reqwest_middleware::Error) -> Option<&Error> {
+        match error {
+            reqwest_middleware::Error::Middleware(e) => e.downcast_ref::<Error>(),
+            reqwest_middleware::Error::Reqwest(_) => None,
+        }
+    }
+
     /// The last attempt's status, when it got a response.
     #[must_use]
     pub fn status(&self) -> Option<StatusCode> {

@@ -106,6 +106,13 @@
 //! `connection_closed`, `redirect`, `body` or `_OTHER`. The key is only ever on `debug`
 //! events. [`IdempotentClientBuilder::on_retry`] is a hook for metrics.
 //!
+//! # Already on reqwest-middleware?
+//!
+//! With the `middleware` feature, `IdempotencyMiddleware` gives a `ClientWithMiddleware`
+//! the same keys and retries as one layer, safe in any position among other layers (see
+//! its docs for the ordering pitfall it avoids). `IdempotentClientBuilder::build_middleware`
+//! makes one with the same settings as a client.
+//!
 //! # Testing with the mock server
 //!
 //! [`mock::MockServer`] is an idempotent HTTP server with fault injection that runs in
@@ -121,6 +128,10 @@
 //! | `default-tls` | yes | reqwest's default TLS (rustls), for `https://` URLs |
 //! | `http2` | yes | HTTP/2 in the default reqwest client |
 //! | `mock` | yes | [`mock::MockServer`] and the `idempotent-mock-server` binary (hyper server) |
+//! | `middleware` | no | `IdempotencyMiddleware`: the same safe retries as one `reqwest-middleware` 0.5 layer |
+//! | `fuzzing` | no | internal: entry points for the `cargo fuzz` targets in `fuzz/`; no API promise |
+//!
+//! Every combination of them builds (CI checks the whole powerset).
 //!
 //! For another TLS stack (native-tls, custom roots), turn `default-tls` off, enable it
 //! on your own `reqwest` dependency, and pass your client to
@@ -139,6 +150,8 @@ mod config;
 mod duration;
 mod error;
 mod key;
+#[cfg(feature = "middleware")]
+mod middleware;
 #[cfg(feature = "mock")]
 pub mod mock;
 mod request;
@@ -158,12 +171,18 @@ pub use config::ClientConfig;
 pub use duration::parse_duration;
 pub use error::{Error, GiveUpReason};
 pub use key::{IdempotencyKey, KeyFormat};
+#[cfg(feature = "middleware")]
+pub use middleware::IdempotencyMiddleware;
 pub use request::IdempotentRequestBuilder;
 pub use response::IdempotentResponse;
 
 /// The reqwest this crate is built on, for [`IdempotentClientBuilder::reqwest_client`]
 /// and types such as `reqwest::Method` and `reqwest::StatusCode`.
 pub use reqwest;
+
+/// The reqwest-middleware [`IdempotencyMiddleware`] plugs into (feature `middleware`).
+#[cfg(feature = "middleware")]
+pub use reqwest_middleware;
 
 /// Entry points for the `cargo fuzz` targets in `fuzz/` (feature `fuzzing`). Not part
 /// of the public API: no stability promise.

@@ -1,0 +1,260 @@
+//! Safe retries as one `reqwest-middleware` layer (feature `middleware`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Extensions, Method};
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next};
+use tracing::{Instrument, debug};
+
+use crate::attempts::{Attempts, Next as Then};
+use crate::classify::Outcome;
+use crate::client::Settings;
+use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentClientBuilder, telemetry};
+
+/// A [`reqwest_middleware`] layer that gives each logical request one idempotency key
+/// and retries it with this crate's policy, deadline, budget and classifier: safe
+/// retries for a `ClientWithMiddleware` by adding one layer.
+///
+/// ```
+/// use idempotent_retry::{IdempotencyMiddleware, IdempotentClient, RetryPolicy};
+///
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(IdempotencyMiddleware::new())
+///     .build();
+///
+/// // Or with settings, from the same builder as `IdempotentClient`:
+/// let layer = IdempotentClient::builder()
+///     .retry_policy(RetryPolicy::exponential().max_attempts(5))
+///     .build_middleware()?;
+/// # drop((client, layer));
+/// # Ok::<(), idempotent_retry::Error>(())
+/// ```
+///
+/// # What it does to a request
+///
+/// - **Methods that are not idempotent by definition** (`POST`, `PATCH`, and any method
+///   other than `GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT` and `DELETE`): it sends a key
+///   minted once per logical request (or the one you set in the key header, for example
+///   a persisted key to resume an operation) and retries with it.
+/// - **`PUT` and `DELETE`**, idempotent by definition (SPEC §4): keyed and retried the
+///   same way, as [`IdempotentClient`](crate::IdempotentClient) does.
+/// - **`GET`, `HEAD`, `OPTIONS`, `TRACE`**: passed on untouched, no key and no retries;
+///   keep whatever retry layer you have for those.
+///
+/// The final response is returned as it came, its body unread, with the key in its
+/// extensions (`response.extensions().get::<IdempotencyKey>()`). A retryable status that
+/// is still failing when the attempts run out is returned as that response, as
+/// reqwest-retry does. When the last attempt got no response at all, the error is
+/// [`Error::Failed`] (inside `reqwest_middleware::Error::Middleware`; downcast it) with
+/// the key, the attempts and whether the outcome is unknown.
+///
+/// # Ordering, and the pitfall it avoids
+///
+/// A key must be minted *outside* every retry loop: a layer that mints a key per call,
+/// placed inside a retry layer (`.with(retry).with(mint_key)`), runs once per attempt
+/// and sends each attempt with a new key, so the server executes the operation again on
+/// every retry. This layer mints the key before its own loop, and it keeps the key in
+/// the request's middleware extensions, so even inside another retry layer every pass
+/// of the same request reuses the first key. Put it anywhere; best alone, since two
+/// retry layers multiply their attempts.
+///
+/// # Errors before any I/O
+///
+/// A body that cannot be sent twice (a stream) or an invalid key in the key header is
+/// [`Error::InvalidRequest`] (inside `reqwest_middleware::Error::Middleware`), and
+/// nothing is sent.
+#[derive(Clone)]
+pub struct IdempotencyMiddleware {
+    settings: Arc<Settings>,
+}
+
+impl IdempotencyMiddleware {
+    /// The middleware with the defaults of [`IdempotentClientBuilder`].
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            settings: Arc::new(IdempotentClientBuilder::new().settings()),
+        }
+    }
+
+    pub(crate) fn from_settings(settings: Settings) -> Self {
+        Self {
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+impl Default for IdempotencyMiddleware {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for IdempotencyMiddleware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let settings = &*self.settings;
+        f.debug_struct("IdempotencyMiddleware")
+            .field("policy", &settings.policy)
+            .field("attempt_timeout", &settings.attempt_timeout)
+            .field("key_header", &settings.key_header)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key of one logical request, kept in the middleware extensions so that every
+/// pass through this layer, even under an outer retry layer, sends the same one.
+#[derive(Clone)]
+struct OperationKey(IdempotencyKey);
+
+/// Methods passed on untouched: safe ones, which change nothing on the server.
+fn is_safe(method: &Method) -> bool {
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE].contains(method)
+}
+
+#[async_trait::async_trait]
+impl Middleware for IdempotencyMiddleware {
+    async fn handle(
+        &self,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        if is_safe(request.method()) {
+            return next.run(request, extensions).await;
+        }
+        let settings = &*self.settings;
+        let key = match key_for(settings, &mut request, extensions) {
+            Ok(key) => key,
+            Err(e) => return Err(reqwest_middleware::Error::middleware(e)),
+        };
+        if request.try_clone().is_none() {
+            let reason = "the body is a stream, which cannot be sent again on a retry; \
+                          give it as bytes"
+                .to_owned();
+            let error = Error::InvalidRequest {
+                key,
+                reason,
+                source: None,
+            };
+            return Err(reqwest_middleware::Error::middleware(error));
+        }
+        let span = telemetry::operation_span(request.method(), request.url());
+        retry(settings, request, key, extensions, next)
+            .instrument(span)
+            .await
+    }
+}
+
+/// The request's key: the one in its key header (a key the caller chose), the one an
+/// earlier pass of this request through this layer chose, or a new one, remembered in
+/// the extensions. Makes sure the header carries it.
+fn key_for(
+    settings: &Settings,
+    request: &mut Request,
+    extensions: &mut Extensions,
+) -> Result<IdempotencyKey, Error> {
+    if let Some(value) = request.headers().get(&settings.key_header) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        let key = IdempotencyKey::parse(&text).map_err(|e| Error::InvalidKey {
+            reason: format!("in the {} header: {e}", settings.key_header),
+        })?;
+        extensions.insert(OperationKey(key.clone()));
+        return Ok(key);
+    }
+    let key = match extensions.get::<OperationKey>() {
+        Some(OperationKey(key)) => key.clone(),
+        None => {
+            let key = IdempotencyKey::new_v4();
+            extensions.insert(OperationKey(key.clone()));
+            key
+        }
+    };
+    let value = key
+        .header_value(settings.key_format)
+        .map_err(|reason| Error::InvalidRequest {
+            key: key.clone(),
+            reason,
+            source: None,
+        })?;
+    request
+        .headers_mut()
+        .insert(settings.key_header.clone(), value);
+    Ok(key)
+}
+
+async fn retry(
+    settings: &Settings,
+    request: Request,
+    key: IdempotencyKey,
+    extensions: &mut Extensions,
+    next: Next<'_>,
+) -> reqwest_middleware::Result<Response> {
+    let method = request.method().clone();
+    // A timeout the caller set on the request bounds each attempt, as ours would.
+    let timeout: Duration = request
+        .timeout()
+        .copied()
+        .unwrap_or(settings.attempt_timeout);
+    let mut attempts = Attempts::new(settings, &settings.policy);
+    let mut last: Option<reqwest_middleware::Result<Response>> = None;
+    debug!("idempotency.key" = %key, "sending");
+    loop {
+        let Some(timeout) = attempts.next_timeout(timeout) else {
+            return finish(last, key, &attempts, GiveUpReason::DeadlineExceeded);
+        };
+        // `handle` checked that the body can be sent again.
+        let Some(mut attempt) = request.try_clone() else {
+            return finish(last, key, &attempts, GiveUpReason::NotRetryable);
+        };
+        *attempt.timeout_mut() = Some(timeout);
+        let result = next.clone().run(attempt, extensions).await;
+        let outcome = match &result {
+            Ok(response) => Outcome::Response {
+                status: response.status(),
+                headers: response.headers(),
+            },
+            Err(reqwest_middleware::Error::Reqwest(e)) => Outcome::Error(e),
+            // Another layer's own error: not ours to judge or to retry.
+            Err(reqwest_middleware::Error::Middleware(_)) => return result,
+        };
+        match attempts.after(&method, &key, outcome) {
+            Then::Done => return finish(Some(result), key, &attempts, GiveUpReason::NotRetryable),
+            Then::GiveUp(reason) => return finish(Some(result), key, &attempts, reason),
+            Then::Retry(delay) => {
+                // The failed response's body is not needed: dropping it frees the
+                // connection (or closes it) before the wait.
+                last = Some(result);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// The operation's result: a response as it came, with the key in its extensions; a
+/// transport error as [`Error::Failed`].
+fn finish(
+    last: Option<reqwest_middleware::Result<Response>>,
+    key: IdempotencyKey,
+    attempts: &Attempts<'_>,
+    reason: GiveUpReason,
+) -> reqwest_middleware::Result<Response> {
+    let source = match last {
+        Some(Ok(mut response)) => {
+            response.extensions_mut().insert(key);
+            return Ok(response);
+        }
+        Some(Err(reqwest_middleware::Error::Reqwest(e))) => Some(e),
+        Some(Err(other)) => return Err(other),
+        None => None,
+    };
+    Err(reqwest_middleware::Error::middleware(Error::Failed {
+        key,
+        attempts: attempts.made(),
+        reason,
+        outcome_unknown: attempts.outcome_unknown(),
+        last_response: None,
+        source,
+    }))
+}

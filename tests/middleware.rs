@@ -1,0 +1,237 @@
+//! `IdempotencyMiddleware` in a `reqwest-middleware` client: one key per logical request,
+//! retried with our policy, in any position among other layers.
+#![cfg(feature = "middleware")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests panic on purpose.
+
+mod support;
+
+use std::time::Duration;
+
+use http::{Extensions, HeaderValue};
+use idempotent_retry::mock::{Fault, MockServer as IdempotentMock};
+use idempotent_retry::{Error, IdempotencyKey, IdempotencyMiddleware, RetryPolicy};
+use reqwest::{Request, Response};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
+use reqwest_retry::RetryTransientMiddleware;
+use reqwest_retry::policies::ExponentialBackoff;
+use support::{fast_builder, fast_policy, keys_received};
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+fn ours() -> IdempotencyMiddleware {
+    fast_builder().build_middleware().unwrap()
+}
+
+fn client(layers: impl FnOnce(ClientBuilder) -> ClientBuilder) -> ClientWithMiddleware {
+    layers(ClientBuilder::new(reqwest::Client::new())).build()
+}
+
+/// reqwest-retry with millisecond delays and up to 3 retries.
+fn reqwest_retry() -> RetryTransientMiddleware<ExponentialBackoff> {
+    let policy = ExponentialBackoff::builder()
+        .retry_bounds(Duration::from_millis(1), Duration::from_millis(5))
+        .build_with_max_retries(3);
+    RetryTransientMiddleware::new_with_policy(policy)
+}
+
+/// 503 `failures` times, then 201.
+async fn flaky_server(failures: u64) -> MockServer {
+    let server = MockServer::start().await;
+    if failures > 0 {
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(503))
+            .up_to_n_times(failures)
+            .mount(&server)
+            .await;
+    }
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&server)
+        .await;
+    server
+}
+
+fn distinct(keys: &[Option<String>]) -> usize {
+    let mut keys: Vec<_> = keys.iter().map(|k| k.clone().expect("key sent")).collect();
+    keys.sort();
+    keys.dedup();
+    keys.len()
+}
+
+#[tokio::test]
+async fn every_attempt_carries_one_key_which_the_response_gives_back() {
+    let server = flaky_server(2).await;
+    let resp = client(|c| c.with(ours()))
+        .post(server.uri())
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let keys = keys_received(&server).await;
+    assert_eq!((keys.len(), distinct(&keys)), (3, 1), "{keys:?}");
+    let key = resp.extensions().get::<IdempotencyKey>().unwrap();
+    assert_eq!(Some(key.as_str()), keys[0].as_deref());
+}
+
+/// The pitfall: a layer that mints a key per call, inside a retry layer.
+struct MintKeyPerCall;
+
+#[async_trait::async_trait]
+impl Middleware for MintKeyPerCall {
+    async fn handle(
+        &self,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let key = IdempotencyKey::new_v4();
+        let value = HeaderValue::from_str(key.as_str()).unwrap();
+        request.headers_mut().insert("idempotency-key", value);
+        next.run(request, extensions).await
+    }
+}
+
+#[tokio::test]
+async fn a_key_minted_inside_a_retry_layer_changes_on_every_attempt() {
+    // Not our code: this shows the pitfall is real in the setup the next test uses.
+    let server = flaky_server(2).await;
+    let resp = client(|c| c.with(reqwest_retry()).with(MintKeyPerCall))
+        .post(server.uri())
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let keys = keys_received(&server).await;
+    assert_eq!((keys.len(), distinct(&keys)), (3, 3), "{keys:?}");
+}
+
+#[tokio::test]
+async fn ours_inside_a_retry_layer_keeps_one_key() {
+    let server = flaky_server(2).await;
+    // Our own retries off, so that every retry is reqwest-retry's, each one a new pass
+    // through our layer.
+    let layer = fast_builder()
+        .retry_policy(RetryPolicy::none())
+        .build_middleware()
+        .unwrap();
+    let resp = client(|c| c.with(reqwest_retry()).with(layer))
+        .post(server.uri())
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let keys = keys_received(&server).await;
+    assert_eq!((keys.len(), distinct(&keys)), (3, 1), "{keys:?}");
+}
+
+#[tokio::test]
+async fn a_stream_body_is_refused_before_any_io() {
+    let server = flaky_server(0).await;
+    let err = client(|c| c.with(ours()))
+        .post(server.uri())
+        .body(reqwest::Body::wrap(String::from("streamed")))
+        .send()
+        .await
+        .unwrap_err();
+    let ours = Error::from_middleware_error(&err).expect("our error");
+    assert!(matches!(ours, Error::InvalidRequest { .. }), "{ours:?}");
+    assert!(ours.to_string().contains("stream"), "{ours}");
+    assert!(server.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_key_set_in_the_header_is_kept_and_a_bad_one_refused() {
+    let server = flaky_server(1).await;
+    let http = client(|c| c.with(ours()));
+    let resp = http
+        .post(server.uri())
+        .header("Idempotency-Key", "order-1234")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let keys = keys_received(&server).await;
+    assert_eq!(
+        keys,
+        [Some("order-1234".to_owned()), Some("order-1234".to_owned())]
+    );
+
+    let err = http
+        .post(server.uri())
+        .header("Idempotency-Key", "two words")
+        .body("{}")
+        .send()
+        .await
+        .unwrap_err();
+    let ours = Error::from_middleware_error(&err).expect("our error");
+    assert!(matches!(ours, Error::InvalidKey { .. }), "{ours:?}");
+    assert_eq!(
+        server.received_requests().await.unwrap().len(),
+        2,
+        "nothing more sent"
+    );
+}
+
+#[tokio::test]
+async fn safe_methods_pass_through_untouched() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    let resp = client(|c| c.with(ours()))
+        .get(server.uri())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(keys_received(&server).await, [None]);
+}
+
+#[tokio::test]
+async fn lost_responses_end_in_our_error_with_the_key_and_an_unknown_outcome() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_millis(400)))
+        .mount(&server)
+        .await;
+    let layer = fast_builder()
+        .retry_policy(fast_policy().max_attempts(2))
+        .attempt_timeout(Duration::from_millis(50))
+        .build_middleware()
+        .unwrap();
+    let err = client(|c| c.with(layer))
+        .post(server.uri())
+        .body("{}")
+        .send()
+        .await
+        .unwrap_err();
+    let ours = Error::from_middleware_error(&err).expect("our error");
+    assert!(ours.is_timeout() && ours.is_outcome_unknown(), "{ours:?}");
+    assert_eq!(ours.attempts(), 2);
+    let keys = keys_received(&server).await;
+    assert_eq!(
+        keys[0].as_deref(),
+        ours.idempotency_key().map(IdempotencyKey::as_str)
+    );
+}
+
+#[tokio::test]
+async fn exactly_once_against_the_idempotent_mock_with_lost_responses() {
+    let mock = IdempotentMock::start().await;
+    mock.inject(Fault::DropAfterProcessing, 2);
+    let resp = client(|c| c.with(ours()))
+        .post(format!("{}/payments", mock.uri()))
+        .json(&serde_json::json!({ "amount": 1999 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["idempotent-replayed"], "true");
+    assert_eq!(mock.executions(), 1);
+    assert!(mock.duplicates().is_empty());
+}
