@@ -1,0 +1,76 @@
+//! The README's quick start, runnable: one order placed through the bundled mock
+//! server, whose first answer is lost on the way back.
+//!
+//! ```text
+//! cargo run --example quick_start
+//! ```
+
+use std::time::Duration;
+
+use idempotent_retry::mock::{Fault, MockServer};
+use idempotent_retry::{Error, IdempotentClient, Jitter, RetryPolicy};
+
+#[derive(serde::Serialize)]
+struct Order {
+    sku: &'static str,
+    qty: u32,
+}
+
+#[derive(serde::Deserialize)]
+struct Created {
+    id: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    // Stands in for your API: it places the order, then loses the answer once.
+    let api = MockServer::start().await;
+    api.inject(Fault::DropAfterProcessing, 1);
+
+    let client = IdempotentClient::builder()
+        .retry_policy(
+            RetryPolicy::exponential()
+                .max_attempts(5) // total attempts, first included
+                .initial_delay(Duration::from_millis(100))
+                .multiplier(2.0)
+                .max_delay(Duration::from_secs(5))
+                .jitter(Jitter::Full)
+                .deadline(Duration::from_secs(30)), // whole operation, sleeps included
+        )
+        .attempt_timeout(Duration::from_secs(2)) // one attempt, connect to last byte
+        .build()?;
+
+    match client
+        .post_idempotent(format!("{}/orders", api.uri()))
+        .bearer_auth("sk_test_123")
+        .json(&Order { sku: "tea", qty: 2 })
+        .send()
+        .await
+    {
+        Ok(resp) => {
+            println!(
+                "{} after {} attempt(s), key {}, replayed: {}",
+                resp.status(),
+                resp.attempts(),
+                resp.idempotency_key(),
+                resp.is_replay()
+            );
+            let created: Created = resp.json().await?;
+            println!(
+                "order {} placed; the API executed it {} time(s)",
+                created.id,
+                api.executions()
+            );
+        }
+        Err(e) if e.is_outcome_unknown() => {
+            // Some attempt may have gone through. Store the key (it is serde-ready) and
+            // retry the same operation later with `.idempotency_key(key)`.
+            eprintln!(
+                "unknown outcome, resume later with key {:?}: {e}",
+                e.idempotency_key()
+            );
+        }
+        Err(e) => eprintln!("not placed: {e}"),
+    }
+    Ok(())
+}
