@@ -246,7 +246,7 @@ impl IdempotentRequestBuilder {
                 operation.template.method(),
                 operation.template.url(),
             );
-            // Boxed: the retry loop's state is most of 1 KiB. The caller's future holds
+            // Boxed: the retry loop's state is about 800 bytes. The caller's future holds
             // one pointer, so moving it costs nothing, and nothing is allocated when
             // `prepare` already failed.
             Box::pin(operation.run().instrument(span))
