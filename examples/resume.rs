@@ -34,15 +34,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 1. Every answer is lost on the way back.
     api.inject(Fault::DropAfterProcessing, 2);
-    let err = client
-        .post_idempotent(&url)
-        .json(&order)
-        .send()
-        .await
-        .unwrap_err();
+    let Err(err) = client.post_idempotent(&url).json(&order).send().await else {
+        return Err("expected every answer to be lost".into());
+    };
     println!("first try: {err}");
-    assert!(err.is_outcome_unknown());
-    let key = err.idempotency_key().expect("send() errors carry the key");
+    // What to keep: the key of an operation whose outcome is unknown.
+    let (true, Some(key)) = (err.is_outcome_unknown(), err.idempotency_key()) else {
+        return Err(format!("expected an unknown outcome, got {err}").into());
+    };
     std::fs::write(&saved, serde_json::to_string(key)?)?;
     println!("saved key {key} to {}", saved.display());
 
