@@ -1,9 +1,12 @@
 //! The loop that ties decision, delay and rate cap together for one operation.
 
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode, Version};
+use http_body::Body as _;
 use tracing::debug;
 
 use crate::attempts::{Attempts, Next};
@@ -96,7 +99,7 @@ impl Template {
     /// `None` if the body is a stream, which cannot be sent twice.
     pub(crate) fn new(mut request: reqwest::Request) -> Option<Self> {
         let body = match request.body_mut().take() {
-            Some(body) => Some(Bytes::copy_from_slice(body.as_bytes()?)),
+            Some(body) => Some(body_bytes(body)?),
             None => None,
         };
         Some(Self { request, body })
@@ -126,6 +129,34 @@ impl Template {
             *request.timeout_mut() = Some(timeout);
         }
         request
+    }
+}
+
+/// The bytes of an in-memory body, not copied (a body of megabytes stays one buffer
+/// however many attempts send it); `None` for a stream, which cannot be sent twice.
+fn body_bytes(mut body: reqwest::Body) -> Option<Bytes> {
+    body.as_bytes()?;
+    // reqwest has no accessor that hands over an in-memory body's `Bytes`. Polling the
+    // body does, and an in-memory body is always ready, so a no-op waker is enough.
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut bytes = Bytes::new();
+    loop {
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(None) => return Some(bytes),
+            Poll::Ready(Some(Ok(frame))) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                bytes = if bytes.is_empty() {
+                    data
+                } else {
+                    // Not what reqwest does today (one frame); joined, should it change.
+                    [bytes, data].concat().into()
+                };
+            }
+            // Neither can happen to an in-memory body; refusing beats losing bytes.
+            Poll::Ready(Some(Err(_))) | Poll::Pending => return None,
+        }
     }
 }
 
@@ -232,6 +263,23 @@ fn give_up(
 mod tests {
     use super::*;
     use tracing::Instrument;
+
+    #[test]
+    fn in_memory_bodies_are_taken_without_a_copy_and_streams_refused() {
+        let payload = Bytes::from(vec![7u8; 1 << 20]);
+        let taken = body_bytes(reqwest::Body::from(payload.clone())).unwrap();
+        assert_eq!(taken, payload);
+        assert_eq!(
+            taken.as_ptr(),
+            payload.as_ptr(),
+            "the same buffer, not a copy"
+        );
+        assert_eq!(body_bytes(reqwest::Body::from("")), Some(Bytes::new()));
+        assert_eq!(
+            body_bytes(reqwest::Body::wrap(String::from("a stream"))),
+            None
+        );
+    }
 
     #[test]
     fn the_boxed_state_stays_in_the_allocators_fast_path() {
