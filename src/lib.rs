@@ -96,7 +96,7 @@
 //!
 //! | what | level | fields |
 //! |---|---|---|
-//! | span `idempotent_request`, one per operation | `info` | `http.request.method`, `url.full`; when it ends `http.response.status_code`, `http.request.resend_count` (attempts − 1, if any), `error.type` |
+//! | span `idempotent_request`, one per operation | `info` | `http.request.method`, `url.full`, `server.address`, `server.port`; when it ends `http.response.status_code`, `http.request.resend_count` (attempts − 1, if any), `error.type` |
 //! | event `sending`, at the start | `debug` | `idempotency.key` |
 //! | event `attempt finished` | `debug` | `attempt`, `http.request.resend_count`, `http.response.status_code`, `error.type`, `error`, `idempotency.key`, `decision` |
 //! | event `retrying` | `info` | `attempt`, `http.request.resend_count`, `http.response.status_code`, `error.type`, `error`, `delay_ms` |

@@ -1,6 +1,7 @@
 //! What the client tells `tracing`, in the OpenTelemetry HTTP semantic conventions' terms
-//! where they have one (`http.request.method`, `url.full`, `http.response.status_code`,
-//! `http.request.resend_count`, `error.type`), so that an OpenTelemetry layer exports
+//! where they have one (`http.request.method`, `url.full`, `server.address`,
+//! `server.port`, `http.response.status_code`, `http.request.resend_count`,
+//! `error.type`), so that an OpenTelemetry layer exports
 //! them under the names dashboards expect.
 //!
 //! Levels: the operation's span is `info`; each attempt's outcome is a `debug` event, each
@@ -26,6 +27,8 @@ pub(crate) fn operation_span(method: &Method, url: &reqwest::Url) -> tracing::Sp
         // reqwest has already moved any `user:password@` of the URL into an
         // `Authorization` header (never logged), as the conventions require of `url.full`.
         "url.full" = %url,
+        "server.address" = url.host_str(),
+        "server.port" = url.port_or_known_default(),
         "http.response.status_code" = Empty,
         "http.request.resend_count" = Empty,
         "error.type" = Empty,

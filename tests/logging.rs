@@ -203,6 +203,9 @@ async fn spans_and_events_carry_opentelemetry_http_fields() {
     assert_eq!(span.level, Level::INFO);
     assert_eq!(span.field("http.request.method"), Some("POST"));
     assert_eq!(span.field("url.full"), Some(url.as_str()));
+    assert_eq!(span.field("server.address"), Some("127.0.0.1"));
+    let port = server.address().port().to_string();
+    assert_eq!(span.field("server.port"), Some(port.as_str()));
     assert_eq!(span.field("http.response.status_code"), Some("201"));
     assert_eq!(span.field("http.request.resend_count"), Some("1"));
     assert_eq!(span.field("error.type"), None, "{span:?}");
