@@ -187,33 +187,61 @@ pub fn is_retryable_status(status: StatusCode) -> bool {
 /// redirect-policy errors and request-building errors are not retried.
 #[must_use]
 pub fn is_retryable_error(error: &(dyn StdError + 'static)) -> bool {
+    lost(error).is_some()
+}
+
+/// How an attempt was lost, when it was lost in one of the ways worth retrying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lost {
+    /// The attempt ran out of time.
+    Timeout,
+    /// No connection: refused, DNS, TLS handshake. Nothing was sent.
+    Connect,
+    /// The connection was reset or closed before the response was complete.
+    Closed,
+}
+
+/// Walks the `source()` chain by type, never by message text, for the first sign of a
+/// lost attempt.
+pub(crate) fn lost(error: &(dyn StdError + 'static)) -> Option<Lost> {
     let mut current = Some(error);
     while let Some(err) = current {
-        if let Some(e) = err.downcast_ref::<reqwest::Error>() {
-            if e.is_timeout() || e.is_connect() {
-                return true;
+        let found = if let Some(e) = err.downcast_ref::<reqwest::Error>() {
+            if e.is_timeout() {
+                Some(Lost::Timeout)
+            } else if e.is_connect() {
+                Some(Lost::Connect)
+            } else {
+                None
             }
         } else if let Some(e) = err.downcast_ref::<hyper::Error>() {
-            if e.is_incomplete_message() || e.is_canceled() || e.is_closed() || e.is_timeout() {
-                return true;
+            if e.is_timeout() {
+                Some(Lost::Timeout)
+            } else if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+                Some(Lost::Closed)
+            } else {
+                None
             }
         } else if let Some(e) = err.downcast_ref::<io::Error>() {
-            if matches!(
-                e.kind(),
+            match e.kind() {
+                io::ErrorKind::TimedOut => Some(Lost::Timeout),
+                io::ErrorKind::ConnectionRefused => Some(Lost::Connect),
                 io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::ConnectionRefused
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::UnexpectedEof
-                    | io::ErrorKind::NotConnected
-                    | io::ErrorKind::TimedOut
-            ) {
-                return true;
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::NotConnected => Some(Lost::Closed),
+                _ => None,
             }
+        } else {
+            None
+        };
+        if found.is_some() {
+            return found;
         }
         current = err.source();
     }
-    false
+    None
 }
 
 #[cfg(test)]
@@ -244,6 +272,16 @@ mod tests {
         assert!(!is_retryable_error(&denied));
         let bad_data = Wrapper(io::Error::from(io::ErrorKind::InvalidData));
         assert!(!is_retryable_error(&bad_data));
+    }
+
+    #[test]
+    fn lost_attempts_are_told_apart() {
+        let of = |kind: io::ErrorKind| lost(&Wrapper(io::Error::from(kind)));
+        assert_eq!(of(io::ErrorKind::ConnectionReset), Some(Lost::Closed));
+        assert_eq!(of(io::ErrorKind::UnexpectedEof), Some(Lost::Closed));
+        assert_eq!(of(io::ErrorKind::ConnectionRefused), Some(Lost::Connect));
+        assert_eq!(of(io::ErrorKind::TimedOut), Some(Lost::Timeout));
+        assert_eq!(of(io::ErrorKind::PermissionDenied), None);
     }
 
     #[test]

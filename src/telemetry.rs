@@ -9,14 +9,12 @@
 //! guessed key can read another caller's stored response on a server that does not
 //! scope keys), so `idempotency.key` appears only on `debug` events.
 
-use std::error::Error as StdError;
 use std::fmt;
-use std::io;
 
 use http::{Method, StatusCode};
 use tracing::field::Empty;
 
-use crate::classify::{Attempt, Outcome};
+use crate::classify::{Attempt, Lost, Outcome, lost};
 
 /// The span of one operation, all of its attempts inside it. `http.response.status_code`,
 /// `http.request.resend_count` and `error.type` are recorded when it ends.
@@ -83,48 +81,14 @@ pub(crate) fn error_type(attempt: &Attempt<'_>) -> Option<ErrorType> {
 }
 
 fn transport_error_type(error: &reqwest::Error) -> &'static str {
-    if error.is_timeout() {
-        return "timeout";
+    match lost(error) {
+        Some(Lost::Timeout) => "timeout",
+        Some(Lost::Connect) => "connect",
+        Some(Lost::Closed) => "connection_closed",
+        None if error.is_redirect() => "redirect",
+        None if error.is_body() || error.is_decode() => "body",
+        None => "_OTHER",
     }
-    if error.is_connect() {
-        return "connect";
-    }
-    if connection_closed(error) {
-        return "connection_closed";
-    }
-    if error.is_redirect() {
-        return "redirect";
-    }
-    if error.is_body() || error.is_decode() {
-        return "body";
-    }
-    "_OTHER"
-}
-
-/// A connection reset or closed before the response was complete, found by type along
-/// the `source()` chain, as the classifier does.
-fn connection_closed(error: &(dyn StdError + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(err) = current {
-        if let Some(e) = err.downcast_ref::<hyper::Error>() {
-            if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
-                return true;
-            }
-        } else if let Some(e) = err.downcast_ref::<io::Error>() {
-            if matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::UnexpectedEof
-                    | io::ErrorKind::NotConnected
-            ) {
-                return true;
-            }
-        }
-        current = err.source();
-    }
-    false
 }
 
 #[cfg(test)]
@@ -153,21 +117,5 @@ mod tests {
         assert_eq!(text(302), None);
         assert_eq!(text(404).as_deref(), Some("404"));
         assert_eq!(text(503).as_deref(), Some("503"));
-    }
-
-    #[test]
-    fn closed_connections_are_found_along_the_source_chain() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("wrapper")]
-        struct Wrapper(#[source] io::Error);
-        assert!(connection_closed(&Wrapper(
-            io::ErrorKind::ConnectionReset.into()
-        )));
-        assert!(connection_closed(&io::Error::from(
-            io::ErrorKind::UnexpectedEof
-        )));
-        assert!(!connection_closed(&Wrapper(
-            io::ErrorKind::PermissionDenied.into()
-        )));
     }
 }
