@@ -11,7 +11,7 @@ use std::time::Duration;
 use idempotent_retry::mock::MockServer;
 use idempotent_retry::{Error, IdempotencyKey, KeyFormat, RetryPolicy};
 use serde_json::{Value, json};
-use support::{fast_builder, fast_client};
+use support::{fast_builder, fast_client, server_failing};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wiremock::matchers::method;
 use wiremock::{Mock, ResponseTemplate};
@@ -119,17 +119,8 @@ async fn c09_invalid_url() {
 
 /// The delay the client chose after a 503 carrying this `Retry-After`.
 async fn delay_after(retry_after: &str, cap: Duration) -> Duration {
-    let server = wiremock::MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503).insert_header("retry-after", retry_after))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201))
-        .mount(&server)
-        .await;
+    let first = ResponseTemplate::new(503).insert_header("retry-after", retry_after);
+    let server = server_failing(first, 1).await;
     let delays = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = delays.clone();
     let resp = fast_builder()

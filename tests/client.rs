@@ -11,37 +11,12 @@ use idempotent_retry::{
     Attempt, Decision, Error, GiveUpReason, IdempotencyKey, IdempotentClient, KeyFormat,
     RetryBudget, RetryPolicy, default_classifier,
 };
-use support::{fast_builder, fast_client, fast_policy, header_received, keys_received};
+use support::{
+    assert_one_key, fast_builder, fast_client, fast_policy, header_received, keys_received,
+    server_failing,
+};
 use wiremock::matchers::{body_json, body_string, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
-
-/// Mounts `first` for the first `times` requests and 201 afterwards.
-async fn server_failing(first: ResponseTemplate, times: u64) -> MockServer {
-    let server = MockServer::start().await;
-    if times > 0 {
-        Mock::given(method("POST"))
-            .respond_with(first)
-            .up_to_n_times(times)
-            .with_priority(1)
-            .mount(&server)
-            .await;
-    }
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201).set_body_json(serde_json::json!({"id": "ord_1"})))
-        .mount(&server)
-        .await;
-    server
-}
-
-fn assert_one_key(keys: &[Option<String>], expected_len: usize) -> String {
-    assert_eq!(keys.len(), expected_len, "requests received: {keys:?}");
-    let first = keys[0].clone().expect("every attempt carries a key");
-    assert!(
-        keys.iter().all(|k| k.as_deref() == Some(first.as_str())),
-        "keys differ: {keys:?}"
-    );
-    first
-}
 
 /// Records the delay chosen before each retry.
 type Delays = Arc<Mutex<Vec<Duration>>>;

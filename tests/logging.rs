@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idempotent_retry::IdempotencyKey;
-use support::{fast_builder, fast_policy};
+use support::{fast_builder, fast_policy, server_failing};
 use tracing::Level;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
@@ -173,16 +173,7 @@ async fn record<F: std::future::Future<Output = ()>>(operation: F) -> (Vec<Seen>
 #[tokio::test]
 async fn spans_and_events_carry_opentelemetry_http_fields() {
     let _serial = SERIAL.lock().await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201))
-        .mount(&server)
-        .await;
+    let server = server_failing(ResponseTemplate::new(503), 1).await;
     let key = IdempotencyKey::new_v4();
     let url = format!("{}/orders", server.uri());
     let (spans, events) = record(async {

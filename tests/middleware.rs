@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use http::{Extensions, HeaderValue};
@@ -14,7 +15,7 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 use reqwest_retry::RetryTransientMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
-use support::{fast_builder, fast_policy, keys_received};
+use support::{assert_one_key, fast_builder, fast_policy, keys_received, server_failing};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -34,44 +35,21 @@ fn reqwest_retry() -> RetryTransientMiddleware<ExponentialBackoff> {
     RetryTransientMiddleware::new_with_policy(policy)
 }
 
-/// 503 `failures` times, then 201.
-async fn flaky_server(failures: u64) -> MockServer {
-    let server = MockServer::start().await;
-    if failures > 0 {
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(503))
-            .up_to_n_times(failures)
-            .mount(&server)
-            .await;
-    }
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201))
-        .mount(&server)
-        .await;
-    server
-}
-
-fn distinct(keys: &[Option<String>]) -> usize {
-    let mut keys: Vec<_> = keys.iter().map(|k| k.clone().expect("key sent")).collect();
-    keys.sort();
-    keys.dedup();
-    keys.len()
+/// Posts through `client` to a server that answers 503 twice, then 201; returns the
+/// response and the key of every request the server received.
+async fn through_two_503s(client: ClientWithMiddleware) -> (Response, Vec<Option<String>>) {
+    let server = server_failing(ResponseTemplate::new(503), 2).await;
+    let resp = client.post(server.uri()).body("{}").send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    (resp, keys_received(&server).await)
 }
 
 #[tokio::test]
 async fn every_attempt_carries_one_key_which_the_response_gives_back() {
-    let server = flaky_server(2).await;
-    let resp = client(|c| c.with(ours()))
-        .post(server.uri())
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let keys = keys_received(&server).await;
-    assert_eq!((keys.len(), distinct(&keys)), (3, 1), "{keys:?}");
+    let (resp, keys) = through_two_503s(client(|c| c.with(ours()))).await;
+    let sent = assert_one_key(&keys, 3);
     let key = resp.extensions().get::<IdempotencyKey>().unwrap();
-    assert_eq!(Some(key.as_str()), keys[0].as_deref());
+    assert_eq!(key.as_str(), sent);
 }
 
 /// The pitfall: a layer that mints a key per call, inside a retry layer.
@@ -95,41 +73,30 @@ impl Middleware for MintKeyPerCall {
 #[tokio::test]
 async fn a_key_minted_inside_a_retry_layer_changes_on_every_attempt() {
     // Not our code: this shows the pitfall is real in the setup the next test uses.
-    let server = flaky_server(2).await;
-    let resp = client(|c| c.with(reqwest_retry()).with(MintKeyPerCall))
-        .post(server.uri())
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let keys = keys_received(&server).await;
-    assert_eq!((keys.len(), distinct(&keys)), (3, 3), "{keys:?}");
+    let (_, keys) =
+        through_two_503s(client(|c| c.with(reqwest_retry()).with(MintKeyPerCall))).await;
+    let distinct: HashSet<_> = keys
+        .iter()
+        .map(|k| k.as_deref().expect("key sent"))
+        .collect();
+    assert_eq!((keys.len(), distinct.len()), (3, 3), "{keys:?}");
 }
 
 #[tokio::test]
 async fn ours_inside_a_retry_layer_keeps_one_key() {
-    let server = flaky_server(2).await;
     // Our own retries off, so that every retry is reqwest-retry's, each one a new pass
     // through our layer.
     let layer = fast_builder()
         .retry_policy(RetryPolicy::none())
         .build_middleware()
         .unwrap();
-    let resp = client(|c| c.with(reqwest_retry()).with(layer))
-        .post(server.uri())
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let keys = keys_received(&server).await;
-    assert_eq!((keys.len(), distinct(&keys)), (3, 1), "{keys:?}");
+    let (_, keys) = through_two_503s(client(|c| c.with(reqwest_retry()).with(layer))).await;
+    assert_one_key(&keys, 3);
 }
 
 #[tokio::test]
 async fn a_stream_body_is_refused_before_any_io() {
-    let server = flaky_server(0).await;
+    let server = server_failing(ResponseTemplate::new(503), 0).await;
     let err = client(|c| c.with(ours()))
         .post(server.uri())
         .body(reqwest::Body::wrap(String::from("streamed")))
@@ -144,7 +111,7 @@ async fn a_stream_body_is_refused_before_any_io() {
 
 #[tokio::test]
 async fn a_key_set_in_the_header_is_kept_and_a_bad_one_refused() {
-    let server = flaky_server(1).await;
+    let server = server_failing(ResponseTemplate::new(503), 1).await;
     let http = client(|c| c.with(ours()));
     let resp = http
         .post(server.uri())

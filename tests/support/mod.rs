@@ -9,6 +9,8 @@ use idempotent_retry::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// A policy with millisecond delays, no jitter and a generous deadline, so that tests
 /// are fast and their schedules exact.
@@ -36,6 +38,35 @@ pub fn fast_client() -> IdempotentClient {
 /// The `Idempotency-Key` of every request a wiremock server received, in order.
 pub async fn keys_received(server: &wiremock::MockServer) -> Vec<Option<String>> {
     header_received(server, "idempotency-key").await
+}
+
+/// Mounts `first` for the first `times` POSTs and `201 {"id": "ord_1"}` afterwards.
+pub async fn server_failing(first: ResponseTemplate, times: u64) -> MockServer {
+    let server = MockServer::start().await;
+    if times > 0 {
+        Mock::given(method("POST"))
+            .respond_with(first)
+            .up_to_n_times(times)
+            .with_priority(1)
+            .mount(&server)
+            .await;
+    }
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(serde_json::json!({"id": "ord_1"})))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// Asserts `expected_len` requests, all with the same key; returns it.
+pub fn assert_one_key(keys: &[Option<String>], expected_len: usize) -> String {
+    assert_eq!(keys.len(), expected_len, "requests received: {keys:?}");
+    let first = keys[0].clone().expect("every attempt carries a key");
+    assert!(
+        keys.iter().all(|k| k.as_deref() == Some(first.as_str())),
+        "keys differ: {keys:?}"
+    );
+    first
 }
 
 pub async fn header_received(server: &wiremock::MockServer, name: &str) -> Vec<Option<String>> {
