@@ -264,7 +264,7 @@ impl IdempotentRequestBuilder {
             policy,
             timeout,
         } = self;
-        let inner = &client.inner.settings;
+        let settings = &client.inner.settings;
         // The one place a key is minted: once per operation, before the first attempt.
         let key = key.unwrap_or_else(IdempotencyKey::new_v4);
         let invalid = |key: IdempotencyKey, reason: String, source| Error::InvalidRequest {
@@ -277,7 +277,7 @@ impl IdempotentRequestBuilder {
         if let Some(Err(e)) = policy.as_deref().map(RetryPolicy::validate) {
             return Err(invalid(key, e.to_string(), None));
         }
-        let timeout = timeout.unwrap_or(inner.attempt_timeout);
+        let timeout = timeout.unwrap_or(settings.attempt_timeout);
         if timeout.is_zero() {
             return Err(invalid(
                 key,
@@ -289,19 +289,19 @@ impl IdempotentRequestBuilder {
             Ok(request) => request,
             Err(e) => return Err(invalid(key, "could not build the request".into(), Some(e))),
         };
-        let value = match key.header_value(inner.key_format) {
+        let value = match key.header_value(settings.key_format) {
             Ok(value) => value,
             Err(reason) => return Err(invalid(key, reason, None)),
         };
         // One lookup: insert, and refuse if the caller had set the header already.
         if request
             .headers_mut()
-            .insert(inner.key_header.clone(), value)
+            .insert(settings.key_header.clone(), value)
             .is_some()
         {
             let reason = format!(
                 "the {} header was set by hand; pass the key with .idempotency_key() instead",
-                inner.key_header
+                settings.key_header
             );
             return Err(invalid(key, reason, None));
         }
