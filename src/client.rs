@@ -7,21 +7,14 @@ use std::time::Duration;
 use http::header::HeaderName;
 use reqwest::{IntoUrl, Method};
 
-use crate::budget::TokenBucket;
-use crate::classify::SharedClassifier;
+use crate::retry::budget::TokenBucket;
+use crate::settings::{
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, RetryHook, SharedClassifier, Settings,
+};
 use crate::{
-    Attempt, Classifier, ClientConfig, Error, IdempotentRequestBuilder, KeyFormat, RetryBudget,
+    Attempt, ClientConfig, Decision, Error, IdempotentRequestBuilder, KeyFormat, RetryBudget,
     RetryPolicy,
 };
-
-/// The header the key travels in unless [`IdempotentClientBuilder::key_header`] says
-/// otherwise: `Idempotency-Key`, as in the IETF draft and Stripe's API.
-pub const DEFAULT_KEY_HEADER: &str = "idempotency-key";
-
-/// Default time for one attempt, connect to last byte of the response.
-pub(crate) const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub(crate) type RetryHook = Arc<dyn Fn(&Attempt<'_>, Duration) + Send + Sync>;
 
 /// An HTTP client whose requests carry one idempotency key per logical operation and
 /// are retried safely with it.
@@ -44,22 +37,10 @@ pub struct IdempotentClient {
 pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     /// The total timeout built into `http`, when we built it: attempts with exactly
-    /// this timeout leave it unset on the request. Setting it per request makes reqwest
-    /// allocate an extension map for every attempt, which profiling showed as a good
-    /// part of the per-request cost.
+    /// this timeout leave it unset on the request, which spares reqwest a per-request
+    /// extension map.
     pub(crate) http_timeout: Option<Duration>,
     pub(crate) settings: Settings,
-}
-
-/// What the client and the middleware share: how to key and how to retry.
-pub(crate) struct Settings {
-    pub(crate) policy: RetryPolicy,
-    pub(crate) attempt_timeout: Duration,
-    pub(crate) key_header: HeaderName,
-    pub(crate) key_format: KeyFormat,
-    pub(crate) budget: TokenBucket,
-    pub(crate) classifier: Option<SharedClassifier>,
-    pub(crate) on_retry: Option<RetryHook>,
 }
 
 impl IdempotentClient {
@@ -275,10 +256,28 @@ impl IdempotentClientBuilder {
         self
     }
 
-    /// Replaces the retry decision; fall back to
+    /// Replaces the retry decision with yours; fall back to
     /// [`default_classifier`](crate::default_classifier) for what you do not change.
-    /// See [`Classifier`] for an example.
-    pub fn classifier(mut self, classifier: impl Classifier) -> Self {
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use idempotent_retry::{default_classifier, Decision, IdempotentClient};
+    ///
+    /// let client = IdempotentClient::builder()
+    ///     .classifier(|attempt| match attempt.status() {
+    ///         // This API answers 404 for a few ms after a write: worth another try.
+    ///         Some(StatusCode::NOT_FOUND) => Decision::Retry,
+    ///         // We know this server answers 500 only for bad input: never retry it.
+    ///         Some(StatusCode::INTERNAL_SERVER_ERROR) => Decision::Final,
+    ///         _ => default_classifier(attempt),
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn classifier<F>(mut self, classifier: F) -> Self
+    where
+        F: Fn(&Attempt<'_>) -> Decision + Send + Sync + 'static,
+    {
         self.classifier = Some(Arc::new(classifier));
         self
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
-use crate::client::{DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER};
+use crate::settings::{DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER};
 use crate::duration::parse_duration;
 use crate::{KeyFormat, RetryBudget, RetryPolicy};
 

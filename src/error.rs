@@ -1,4 +1,4 @@
-//! The crate's one error type (SPEC §6).
+//! The crate's one error type.
 
 use std::fmt;
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-/// Longest key we accept, in bytes (SPEC §3; the same bound the mock server enforces).
+/// Longest key we accept, in bytes (the same bound the mock server enforces).
 pub(crate) const MAX_KEY_LEN: usize = 255;
 
 /// The key that identifies one logical operation across all of its attempts.

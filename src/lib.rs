@@ -63,7 +63,8 @@
 //! arrived, and statuses 408, 409, 429, 500, 502, 503 and 504 ([`default_classifier`]).
 //! Any other response is returned as `Ok`, as reqwest would. A `Retry-After` header
 //! (seconds or HTTP-date) replaces the backoff delay, up to
-//! [`RetryPolicy::max_retry_after`]. Replace the decision with a [`Classifier`].
+//! [`RetryPolicy::max_retry_after`]. Replace the decision with a
+//! [classifier](IdempotentClientBuilder::classifier) of your own.
 //!
 //! # How long it waits
 //!
@@ -141,10 +142,6 @@
 //!
 //! Rust 1.85, the same as reqwest 0.13.
 
-mod attempts;
-mod backoff;
-mod budget;
-mod classify;
 mod client;
 mod config;
 mod duration;
@@ -157,16 +154,12 @@ pub mod mock;
 mod request;
 mod response;
 mod retry;
-mod retry_after;
 mod rng;
+mod settings;
 mod telemetry;
+mod transport;
 
-pub use backoff::{Delays, Jitter, RetryPolicy};
-pub use budget::RetryBudget;
-pub use classify::{
-    Attempt, Classifier, Decision, default_classifier, is_retryable_error, is_retryable_status,
-};
-pub use client::{DEFAULT_KEY_HEADER, IdempotentClient, IdempotentClientBuilder};
+pub use client::{IdempotentClient, IdempotentClientBuilder};
 pub use config::ClientConfig;
 pub use duration::parse_duration;
 pub use error::{Error, GiveUpReason};
@@ -175,6 +168,12 @@ pub use key::{IdempotencyKey, KeyFormat};
 pub use middleware::IdempotencyMiddleware;
 pub use request::IdempotentRequestBuilder;
 pub use response::IdempotentResponse;
+pub use retry::budget::RetryBudget;
+pub use retry::classify::{
+    Attempt, Decision, default_classifier, is_retryable_error, is_retryable_status,
+};
+pub use retry::policy::{Delays, Jitter, RetryPolicy};
+pub use settings::DEFAULT_KEY_HEADER;
 
 /// The reqwest this crate is built on, for [`IdempotentClientBuilder::reqwest_client`]
 /// and types such as `reqwest::Method` and `reqwest::StatusCode`.
@@ -193,7 +192,7 @@ pub mod fuzzing {
     pub fn retry_after(bytes: &[u8]) -> Option<std::time::Duration> {
         let value = http::HeaderValue::from_bytes(bytes).ok()?;
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
-        crate::retry_after::parse(&value, now)
+        crate::retry::retry_after::parse(&value, now)
     }
 
     /// The mock server's key header decoding (bare or structured string).
@@ -204,6 +203,17 @@ pub mod fuzzing {
     /// The mock server's `POST /__admin/faults` body parsing.
     pub fn fault_request(bytes: &[u8]) -> Option<Result<(crate::mock::Fault, usize), String>> {
         crate::mock::fuzzing::fault_request(bytes)
+    }
+}
+
+/// Figures for the benchmarks in `benches/`. Not part of the public API: no stability
+/// promise.
+#[doc(hidden)]
+pub mod benchmarks {
+    /// Bytes of one operation's state, which `send()` boxes once per operation.
+    #[must_use]
+    pub fn operation_state_bytes() -> usize {
+        crate::transport::state_size()
     }
 }
 

@@ -6,11 +6,11 @@ use std::time::Duration;
 use http::{Extensions, Method};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
-use tracing::{Instrument, debug};
+use tracing::Instrument;
 
-use crate::attempts::{Attempts, Next as Then};
-use crate::classify::Outcome;
-use crate::client::Settings;
+use crate::retry::classify::Outcome;
+use crate::retry::engine::{End, Ending, Engine, Transport};
+use crate::settings::Settings;
 use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentClientBuilder, telemetry};
 
 /// A [`reqwest_middleware`] layer that gives each logical request one idempotency key
@@ -38,7 +38,7 @@ use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentClientBuilder, teleme
 ///   other than `GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT` and `DELETE`): it sends a key
 ///   minted once per logical request (or the one you set in the key header, for example
 ///   a persisted key to resume an operation) and retries with it.
-/// - **`PUT` and `DELETE`**, idempotent by definition (SPEC §4): keyed and retried the
+/// - **`PUT` and `DELETE`**, idempotent by definition: keyed and retried the
 ///   same way, as [`IdempotentClient`](crate::IdempotentClient) does.
 /// - **`GET`, `HEAD`, `OPTIONS`, `TRACE`**: passed on untouched, no key and no retries;
 ///   keep whatever retry layer you have for those.
@@ -130,15 +130,7 @@ impl Middleware for IdempotencyMiddleware {
             Err(e) => return Err(reqwest_middleware::Error::middleware(e)),
         };
         if request.try_clone().is_none() {
-            let reason = "the body is a stream, which cannot be sent again on a retry; \
-                          give it as bytes"
-                .to_owned();
-            let error = Error::InvalidRequest {
-                key,
-                reason,
-                source: None,
-            };
-            return Err(reqwest_middleware::Error::middleware(error));
+            return Err(reqwest_middleware::Error::middleware(stream_body(key)));
         }
         let span = telemetry::operation_span(request.method(), request.url());
         retry(settings, request, key, extensions, next)
@@ -184,6 +176,59 @@ fn key_for(
     Ok(key)
 }
 
+/// The middleware's side of the engine's contract: send one attempt, a copy of the
+/// request, down the rest of the chain.
+struct Sender<'a, 'n> {
+    request: &'a Request,
+    key: &'a IdempotencyKey,
+    extensions: &'a mut Extensions,
+    next: Next<'n>,
+}
+
+type Answer = reqwest_middleware::Result<Response>;
+
+impl Transport for Sender<'_, '_> {
+    type Answer = Answer;
+
+    fn send(&mut self, timeout: Duration) -> impl Future<Output = Answer> + Send {
+        let attempt = self.request.try_clone().map(|mut attempt| {
+            *attempt.timeout_mut() = Some(timeout);
+            attempt
+        });
+        let next = self.next.clone();
+        let extensions = &mut *self.extensions;
+        let key = self.key;
+        async move {
+            match attempt {
+                Some(attempt) => next.run(attempt, extensions).await,
+                // `handle` refused bodies that cannot be copied, so this is not reached.
+                None => Err(reqwest_middleware::Error::middleware(stream_body(key.clone()))),
+            }
+        }
+    }
+
+    fn outcome(answer: &Answer) -> Option<Outcome<'_>> {
+        match answer {
+            Ok(response) => Some(Outcome::Response {
+                status: response.status(),
+                headers: response.headers(),
+            }),
+            Err(reqwest_middleware::Error::Reqwest(e)) => Some(Outcome::Error(e)),
+            // Another layer's own error: not ours to judge or to retry.
+            Err(reqwest_middleware::Error::Middleware(_)) => None,
+        }
+    }
+}
+
+fn stream_body(key: IdempotencyKey) -> Error {
+    Error::InvalidRequest {
+        key,
+        reason: "the body is a stream, which cannot be sent again on a retry; give it as bytes"
+            .to_owned(),
+        source: None,
+    }
+}
+
 async fn retry(
     settings: &Settings,
     request: Request,
@@ -191,55 +236,36 @@ async fn retry(
     extensions: &mut Extensions,
     next: Next<'_>,
 ) -> reqwest_middleware::Result<Response> {
-    let method = request.method().clone();
     // A timeout the caller set on the request bounds each attempt, as ours would.
     let timeout: Duration = request
         .timeout()
         .copied()
         .unwrap_or(settings.attempt_timeout);
-    let mut attempts = Attempts::new(settings, &settings.policy);
-    let mut last: Option<reqwest_middleware::Result<Response>> = None;
-    debug!("idempotency.key" = %key, "sending");
-    loop {
-        let Some(timeout) = attempts.next_timeout(timeout) else {
-            return finish(last, key, &attempts, GiveUpReason::DeadlineExceeded);
-        };
-        // `handle` checked that the body can be sent again.
-        let Some(mut attempt) = request.try_clone() else {
-            return finish(last, key, &attempts, GiveUpReason::NotRetryable);
-        };
-        *attempt.timeout_mut() = Some(timeout);
-        let result = next.clone().run(attempt, extensions).await;
-        let outcome = match &result {
-            Ok(response) => Outcome::Response {
-                status: response.status(),
-                headers: response.headers(),
-            },
-            Err(reqwest_middleware::Error::Reqwest(e)) => Outcome::Error(e),
-            // Another layer's own error: not ours to judge or to retry.
-            Err(reqwest_middleware::Error::Middleware(_)) => return result,
-        };
-        match attempts.after(&method, &key, outcome) {
-            Then::Done => return finish(Some(result), key, &attempts, GiveUpReason::NotRetryable),
-            Then::GiveUp(reason) => return finish(Some(result), key, &attempts, reason),
-            Then::Retry(delay) => {
-                // The failed response's body is not needed: dropping it frees the
-                // connection (or closes it) before the wait.
-                last = Some(result);
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
+    let mut sender = Sender {
+        request: &request,
+        key: &key,
+        extensions,
+        next,
+    };
+    let engine = Engine::new(settings, &settings.policy, request.method(), &key);
+    let ending = engine.run(&mut sender, timeout).await;
+    finish(ending, key)
 }
 
 /// The operation's result: a response as it came, with the key in its extensions; a
-/// transport error as [`Error::Failed`].
-fn finish(
-    last: Option<reqwest_middleware::Result<Response>>,
-    key: IdempotencyKey,
-    attempts: &Attempts<'_>,
-    reason: GiveUpReason,
-) -> reqwest_middleware::Result<Response> {
+/// transport error, or no attempt at all, as [`Error::Failed`]; another layer's error
+/// as it came.
+fn finish(ending: Ending<Answer>, key: IdempotencyKey) -> Answer {
+    let Ending {
+        end,
+        attempts,
+        outcome_unknown,
+    } = ending;
+    let (reason, last) = match end {
+        End::Done(answer) => (GiveUpReason::NotRetryable, Some(answer)),
+        End::GaveUp(reason, last) => (reason, last),
+        End::Passed(answer) => return answer,
+    };
     let source = match last {
         Some(Ok(mut response)) => {
             response.extensions_mut().insert(key);
@@ -251,9 +277,9 @@ fn finish(
     };
     Err(reqwest_middleware::Error::middleware(Error::Failed {
         key,
-        attempts: attempts.made(),
+        attempts,
         reason,
-        outcome_unknown: attempts.outcome_unknown(),
+        outcome_unknown,
         last_response: None,
         source,
     }))

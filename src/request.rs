@@ -4,11 +4,11 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::retry::{Operation, Template};
+use crate::transport::{Operation, Template};
 use crate::{Error, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPolicy};
 
 /// One logical operation being put together. Nothing is sent until
@@ -38,6 +38,9 @@ use crate::{Error, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPo
 pub struct IdempotentRequestBuilder {
     client: IdempotentClient,
     request: reqwest::RequestBuilder,
+    /// The body, kept here rather than in `request` so that every attempt shares this
+    /// one buffer.
+    body: Option<Body>,
     key: Option<IdempotencyKey>,
     /// Boxed: an override is rare, and the builder is moved at every chained call.
     policy: Option<Box<RetryPolicy>>,
@@ -49,6 +52,7 @@ impl IdempotentRequestBuilder {
         Self {
             client,
             request,
+            body: None,
             key: None,
             policy: None,
             timeout: None,
@@ -57,6 +61,14 @@ impl IdempotentRequestBuilder {
 
     fn map(mut self, f: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder) -> Self {
         self.request = f(self.request);
+        self
+    }
+
+    fn with_body(mut self, bytes: Bytes, content_type: Option<&'static str>) -> Self {
+        self.body = Some(Body {
+            bytes,
+            content_type,
+        });
         self
     }
 
@@ -91,8 +103,9 @@ impl IdempotentRequestBuilder {
         self.map(|r| r.headers(headers))
     }
 
-    /// Serializes `json` as the body and sets `Content-Type: application/json`. A value
-    /// that fails to serialize is reported by `send`, before any I/O.
+    /// Serializes `json` as the body and sets `Content-Type: application/json` unless the
+    /// request has a content type. A value that fails to serialize is reported by
+    /// `send`, before any I/O.
     ///
     /// ```
     /// # let client = idempotent_retry::IdempotentClient::new();
@@ -104,10 +117,15 @@ impl IdempotentRequestBuilder {
     /// # drop(request);
     /// ```
     pub fn json<T: Serialize + ?Sized>(self, json: &T) -> Self {
-        self.map(|r| r.json(json))
+        match serde_json::to_vec(json) {
+            Ok(bytes) => self.with_body(bytes.into(), Some("application/json")),
+            // reqwest serializes it again and keeps the (same) error for `send` to report.
+            Err(_) => self.map(|r| r.json(json)),
+        }
     }
 
-    /// Serializes `form` as `application/x-www-form-urlencoded`.
+    /// Serializes `form` as the body and sets `Content-Type:
+    /// application/x-www-form-urlencoded` unless the request has a content type.
     ///
     /// ```
     /// # let client = idempotent_retry::IdempotentClient::new();
@@ -117,7 +135,11 @@ impl IdempotentRequestBuilder {
     /// # drop(request);
     /// ```
     pub fn form<T: Serialize + ?Sized>(self, form: &T) -> Self {
-        self.map(|r| r.form(form))
+        match serde_urlencoded::to_string(form) {
+            Ok(text) => self.with_body(text.into(), Some("application/x-www-form-urlencoded")),
+            // reqwest serializes it again and keeps the (same) error for `send` to report.
+            Err(_) => self.map(|r| r.form(form)),
+        }
     }
 
     /// Appends query parameters to the URL.
@@ -146,8 +168,7 @@ impl IdempotentRequestBuilder {
     /// # drop(request);
     /// ```
     pub fn body(self, body: impl Into<Bytes>) -> Self {
-        let body: Bytes = body.into();
-        self.map(|r| r.body(body))
+        self.with_body(body.into(), None)
     }
 
     /// Sets `Authorization: Bearer <token>`.
@@ -260,6 +281,7 @@ impl IdempotentRequestBuilder {
         let Self {
             client,
             request,
+            body,
             key,
             policy,
             timeout,
@@ -305,10 +327,16 @@ impl IdempotentRequestBuilder {
             );
             return Err(invalid(key, reason, None));
         }
-        let Some(template) = Template::new(request) else {
-            // Unreachable through this builder, which only accepts in-memory bodies.
-            return Err(invalid(key, "the body cannot be replayed".into(), None));
-        };
+        let body = body.map(|body| {
+            if let Some(content_type) = body.content_type {
+                request
+                    .headers_mut()
+                    .entry(CONTENT_TYPE)
+                    .or_insert(HeaderValue::from_static(content_type));
+            }
+            body.bytes
+        });
+        let template = Template::new(request, body);
         Ok(Operation {
             client,
             template,
@@ -323,9 +351,17 @@ impl fmt::Debug for IdempotentRequestBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotentRequestBuilder")
             .field("request", &self.request)
+            .field("body", &self.body.as_ref().map(|b| b.bytes.len()))
             .field("key", &self.key)
             .field("policy", &self.policy)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
+}
+
+/// A body set through the builder, and the content type that goes with it.
+struct Body {
+    bytes: Bytes,
+    /// Set on the request unless it has a content type already.
+    content_type: Option<&'static str>,
 }

@@ -14,7 +14,7 @@ use std::fmt;
 use http::{Method, StatusCode};
 use tracing::field::Empty;
 
-use crate::classify::{Attempt, Lost, Outcome, lost};
+use crate::retry::classify::{Attempt, Lost, Outcome, lost};
 
 /// The span of one operation, all of its attempts inside it. `http.response.status_code`,
 /// `http.request.resend_count` and `error.type` are recorded when it ends.

@@ -1,5 +1,5 @@
 //! The *rate cap*: a token bucket shared by every operation of one client, so that a
-//! failing dependency sees a bounded amount of retry traffic (SPEC §4).
+//! failing dependency sees a bounded amount of retry traffic.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -1,8 +1,7 @@
-//! The *decision*: is the outcome of one attempt worth another attempt? (SPEC §4)
+//! The *decision*: is the outcome of one attempt worth another attempt?
 
 use std::error::Error as StdError;
 use std::io;
-use std::sync::Arc;
 
 use http::{HeaderMap, Method, StatusCode};
 
@@ -18,7 +17,8 @@ pub enum Decision {
     Final,
 }
 
-/// The outcome of one attempt, as seen by a [`Classifier`] and by the
+/// The outcome of one attempt, as seen by a
+/// [`classifier`](crate::IdempotentClientBuilder::classifier) and by the
 /// [`on_retry`](crate::IdempotentClientBuilder::on_retry) hook.
 #[derive(Debug)]
 pub struct Attempt<'a> {
@@ -104,45 +104,11 @@ impl<'a> Attempt<'a> {
     }
 }
 
-/// Decides whether an attempt's outcome is retried. Implemented for every
-/// `Fn(&Attempt<'_>) -> Decision + Send + Sync + 'static`.
-///
-/// Fall back to [`default_classifier`] for the cases you do not want to change:
-///
-/// ```
-/// use http::StatusCode;
-/// use idempotent_retry::{default_classifier, Attempt, Decision, IdempotentClient};
-///
-/// let client = IdempotentClient::builder()
-///     .classifier(|attempt: &Attempt<'_>| match attempt.status() {
-///         // This API answers 404 for a few ms after a write: worth another try.
-///         Some(StatusCode::NOT_FOUND) => Decision::Retry,
-///         // We know this server answers 500 only for bad input: never retry it.
-///         Some(StatusCode::INTERNAL_SERVER_ERROR) => Decision::Final,
-///         _ => default_classifier(attempt),
-///     })
-///     .build()?;
-/// # Ok::<(), idempotent_retry::Error>(())
-/// ```
-pub trait Classifier: Send + Sync + 'static {
-    /// The decision for one attempt's outcome.
-    fn classify(&self, attempt: &Attempt<'_>) -> Decision;
-}
-
-impl<F> Classifier for F
-where
-    F: Fn(&Attempt<'_>) -> Decision + Send + Sync + 'static,
-{
-    fn classify(&self, attempt: &Attempt<'_>) -> Decision {
-        self(attempt)
-    }
-}
-
-pub(crate) type SharedClassifier = Arc<dyn Classifier>;
-
-/// The crate's own decision (SPEC §4): retry a status for which
-/// [`is_retryable_status`] holds and an error for which [`is_retryable_error`] holds;
-/// everything else is final.
+/// The crate's own decision: retry a status for which [`is_retryable_status`] holds
+/// and an error for which [`is_retryable_error`] holds; everything else is final. A
+/// classifier of your own
+/// ([`IdempotentClientBuilder::classifier`](crate::IdempotentClientBuilder::classifier))
+/// falls back to it for what it does not change.
 #[must_use]
 pub fn default_classifier(attempt: &Attempt<'_>) -> Decision {
     let retry = match attempt.outcome {

@@ -1,0 +1,254 @@
+//! One operation's bookkeeping and its attempt loop: the *decision* (classifier), the
+//! *delay* (backoff or `Retry-After`, within the deadline) and the *rate cap* (retry
+//! budget) put together, with the events that report them.
+//!
+//! The contract with a front end: the front end only sends an attempt (a
+//! [`Transport`]); the [`Engine`] decides everything else (the attempt's timeout,
+//! whether to retry, how long to wait, when to give up and why) and reports each
+//! decision to `tracing`, once, here. The client and the middleware therefore decide
+//! alike.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::RETRY_AFTER;
+use http::{Method, StatusCode};
+use tracing::{debug, info, warn};
+
+use super::backoff::Backoff;
+use super::classify::{Attempt, Decision, Outcome, default_classifier};
+use super::policy::RetryPolicy;
+use crate::settings::Settings;
+use crate::telemetry::{self, ErrorType};
+use crate::{GiveUpReason, IdempotencyKey};
+
+/// A front end's way of sending one attempt of an operation.
+pub(crate) trait Transport {
+    /// What one attempt gives back: an answer, or why there is none.
+    type Answer;
+
+    /// Sends one attempt, bounded by `timeout`.
+    fn send(&mut self, timeout: Duration) -> impl Future<Output = Self::Answer> + Send;
+
+    /// The answer as the engine judges it; `None` for an answer that is not the
+    /// engine's to judge (another middleware layer's own error), which ends the
+    /// operation as it is.
+    fn outcome(answer: &Self::Answer) -> Option<Outcome<'_>>;
+}
+
+/// How an operation ended, with its last answer.
+pub(crate) enum End<A> {
+    /// A final answer, for the caller.
+    Done(A),
+    /// No further attempt, for this reason; the last answer, if an attempt was made.
+    GaveUp(GiveUpReason, Option<A>),
+    /// An answer that was not the engine's to judge, passed on as it came.
+    Passed(A),
+}
+
+/// An operation's end and what the caller needs to know about it.
+pub(crate) struct Ending<A> {
+    pub(crate) end: End<A>,
+    /// Attempts made, the first one included.
+    pub(crate) attempts: u32,
+    /// Whether some attempt may have executed on the server.
+    pub(crate) outcome_unknown: bool,
+}
+
+/// What to do after an attempt.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// A final response: hand it to the caller.
+    Done,
+    /// No further attempt, for this reason.
+    GiveUp(GiveUpReason),
+    /// Sleep this long, then make another attempt.
+    Retry(Duration),
+}
+
+/// The state of one operation between its attempts.
+pub(crate) struct Engine<'a> {
+    settings: &'a Settings,
+    policy: &'a RetryPolicy,
+    method: &'a Method,
+    key: &'a IdempotencyKey,
+    deadline: Option<Instant>,
+    /// Made at the first retry: an operation that succeeds at once never needs it.
+    backoff: Option<Box<Backoff>>,
+    made: u32,
+    outcome_unknown: bool,
+    /// The last attempt's status and error class, for the end of the operation's span.
+    last_status: Option<StatusCode>,
+    last_error: Option<ErrorType>,
+}
+
+impl<'a> Engine<'a> {
+    /// Starts the clock of the deadline.
+    pub(crate) fn new(
+        settings: &'a Settings,
+        policy: &'a RetryPolicy,
+        method: &'a Method,
+        key: &'a IdempotencyKey,
+    ) -> Self {
+        Self {
+            settings,
+            policy,
+            method,
+            key,
+            deadline: Instant::now().checked_add(policy.deadline),
+            backoff: None,
+            made: 0,
+            outcome_unknown: false,
+            last_status: None,
+            last_error: None,
+        }
+    }
+
+    /// Makes attempts through `transport`, each bounded by `timeout` (shrunk to what
+    /// remains of the deadline), until one gets a final answer or the policy,
+    /// deadline or budget says stop.
+    pub(crate) async fn run<T: Transport>(
+        mut self,
+        transport: &mut T,
+        timeout: Duration,
+    ) -> Ending<T::Answer> {
+        debug!("idempotency.key" = %self.key, "sending");
+        // The previous attempt's answer, kept across the sleep; boxed, like the sleep,
+        // because only a retry needs it and the operation's state stays small.
+        let mut last: Option<Box<T::Answer>> = None;
+        let end = loop {
+            let timeout = match self.begin_attempt(timeout) {
+                Ok(timeout) => timeout,
+                Err(reason) => break End::GaveUp(reason, last.map(|l| *l)),
+            };
+            // A block, so that nothing of this attempt is kept across the sleep.
+            let delay = {
+                let answer = transport.send(timeout).await;
+                let Some(outcome) = T::outcome(&answer) else {
+                    break End::Passed(answer);
+                };
+                match self.after(outcome) {
+                    Next::Done => break End::Done(answer),
+                    Next::GiveUp(reason) => break End::GaveUp(reason, Some(answer)),
+                    Next::Retry(delay) => {
+                        last = Some(Box::new(answer));
+                        delay
+                    }
+                }
+            };
+            Box::pin(tokio::time::sleep(delay)).await;
+        };
+        Ending {
+            end,
+            attempts: self.made,
+            outcome_unknown: self.outcome_unknown,
+        }
+    }
+
+    /// The next attempt's timeout: `timeout`, shrunk to what remains of the deadline.
+    /// Gives up (and reports it) when nothing remains after a first attempt: the sleep
+    /// was checked against the deadline, but timers may overshoot.
+    fn begin_attempt(&self, timeout: Duration) -> Result<Duration, GiveUpReason> {
+        let remaining = self
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        let timeout = remaining.map_or(timeout, |r| r.min(timeout));
+        if timeout.is_zero() && self.made > 0 {
+            return Err(self.give_up(GiveUpReason::DeadlineExceeded));
+        }
+        Ok(timeout)
+    }
+
+    /// Classifies one attempt's outcome and decides what follows: spends or refunds the
+    /// budget, calls the `on_retry` hook, and reports it all to `tracing`.
+    fn after(&mut self, outcome: Outcome<'_>) -> Next {
+        self.made += 1;
+        let attempt = Attempt {
+            method: self.method,
+            key: self.key,
+            number: self.made,
+            outcome,
+        };
+        let settings = self.settings;
+        let decision = match &settings.classifier {
+            Some(classifier) => classifier(&attempt),
+            None => default_classifier(&attempt),
+        };
+        let error_type = telemetry::error_type(&attempt);
+        let status = attempt.status();
+        (self.last_status, self.last_error) = (status, error_type);
+        debug!(
+            attempt = self.made,
+            "http.request.resend_count" = self.made - 1,
+            "http.response.status_code" = status.map(|s| s.as_u16()),
+            "error.type" = error_type.map(tracing::field::display),
+            error = attempt.error().map(tracing::field::display),
+            "idempotency.key" = %self.key,
+            ?decision,
+            "attempt finished"
+        );
+        self.outcome_unknown |= attempt.may_have_executed();
+
+        if decision == Decision::Final {
+            if status.is_some() {
+                settings.budget.deposit();
+                telemetry::record_end(self.made, status, error_type);
+                return Next::Done;
+            }
+            return Next::GiveUp(self.give_up(GiveUpReason::NotRetryable));
+        }
+
+        // Advance the schedule on every retry, even when Retry-After overrides it, so
+        // the n-th retry always draws the n-th delay.
+        let policy = self.policy;
+        let backoff_delay = self
+            .backoff
+            .get_or_insert_with(|| Box::new(Backoff::new(policy)))
+            .next_delay();
+        let delay = match attempt.headers().and_then(|h| h.get(RETRY_AFTER)) {
+            Some(value) => super::retry_after::parse(value, SystemTime::now())
+                .map_or(backoff_delay, |hint| hint.min(policy.max_retry_after)),
+            None => backoff_delay,
+        };
+        if self.made >= policy.max_attempts {
+            return Next::GiveUp(self.give_up(GiveUpReason::AttemptsExhausted));
+        }
+        let too_late = |d: Instant| Instant::now().checked_add(delay).is_none_or(|end| end >= d);
+        if self.deadline.is_some_and(too_late) {
+            return Next::GiveUp(self.give_up(GiveUpReason::DeadlineExceeded));
+        }
+        if !settings.budget.try_withdraw(attempt.is_timeout()) {
+            return Next::GiveUp(self.give_up(GiveUpReason::BudgetExhausted));
+        }
+
+        if let Some(hook) = &settings.on_retry {
+            hook(&attempt, delay);
+        }
+        info!(
+            attempt = self.made,
+            "http.request.resend_count" = self.made - 1,
+            "http.response.status_code" = status.map(|s| s.as_u16()),
+            "error.type" = error_type.map(tracing::field::display),
+            error = attempt.error().map(tracing::field::display),
+            delay_ms = delay.as_millis() as u64,
+            "retrying"
+        );
+        Next::Retry(delay)
+    }
+
+    /// Reports the end of an operation that gets no final answer: the one place where
+    /// giving up is told.
+    fn give_up(&self, reason: GiveUpReason) -> GiveUpReason {
+        let attempts = self.made;
+        telemetry::record_end(attempts, self.last_status, self.last_error);
+        // Fields, not an error's Display: the key stays at debug level.
+        warn!(
+            attempts,
+            "http.request.resend_count" = attempts.saturating_sub(1),
+            "error.type" = self.last_error.map(tracing::field::display),
+            %reason,
+            outcome_unknown = self.outcome_unknown,
+            "giving up"
+        );
+        reason
+    }
+}

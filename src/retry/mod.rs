@@ -1,0 +1,18 @@
+//! The retry engine, one file per job, shared by every front end (the client's own
+//! transport and the reqwest-middleware layer):
+//!
+//! - [`policy`]: what the caller asks for (attempts, delays, deadline);
+//! - [`backoff`]: the delay before each retry, from the policy;
+//! - [`classify`]: the *decision*, whether an attempt's outcome is worth another;
+//! - [`retry_after`]: the server's own say on the delay;
+//! - [`budget`]: the *rate cap*, a token bucket shared by a client's operations;
+//! - [`engine`]: one operation's bookkeeping, which puts the four together, decides
+//!   after each attempt, reports every decision, and runs the attempt loop for any
+//!   front end that can send one attempt.
+
+pub(crate) mod backoff;
+pub(crate) mod budget;
+pub(crate) mod classify;
+pub(crate) mod engine;
+pub(crate) mod policy;
+pub(crate) mod retry_after;

@@ -1,0 +1,36 @@
+//! What the client, the middleware and configuration files share: how to key an
+//! operation and how to retry it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+
+use crate::retry::budget::TokenBucket;
+use crate::{Attempt, Decision, KeyFormat, RetryPolicy};
+
+/// The header the key travels in unless [`IdempotentClientBuilder::key_header`] says
+/// otherwise: `Idempotency-Key`, as in the IETF draft and Stripe's API.
+///
+/// [`IdempotentClientBuilder::key_header`]: crate::IdempotentClientBuilder::key_header
+pub const DEFAULT_KEY_HEADER: &str = "idempotency-key";
+
+/// Default time for one attempt, connect to last byte of the response.
+pub(crate) const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A user's retry decision, in place of the default one.
+pub(crate) type SharedClassifier = Arc<dyn Fn(&Attempt<'_>) -> Decision + Send + Sync>;
+
+/// Called before each retry's sleep.
+pub(crate) type RetryHook = Arc<dyn Fn(&Attempt<'_>, Duration) + Send + Sync>;
+
+/// How to key and how to retry, fixed when a client or middleware is built.
+pub(crate) struct Settings {
+    pub(crate) policy: RetryPolicy,
+    pub(crate) attempt_timeout: Duration,
+    pub(crate) key_header: HeaderName,
+    pub(crate) key_format: KeyFormat,
+    pub(crate) budget: TokenBucket,
+    pub(crate) classifier: Option<SharedClassifier>,
+    pub(crate) on_retry: Option<RetryHook>,
+}
