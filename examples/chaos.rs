@@ -90,7 +90,7 @@ impl Report {
     }
 }
 
-async fn faulty_server(args: &Args) -> Result<MockServer, idempotent_retry::Error> {
+async fn faulty_server(args: &Args) -> Result<MockServer, idempotent_retry::mock::MockError> {
     let kinds = Fault::all_kinds(FAULT_DELAY, Duration::from_secs(1));
     let each = args.fault_rate / kinds.len() as f64;
     MockServer::builder()

@@ -9,7 +9,7 @@ use reqwest::{IntoUrl, Method};
 
 use crate::retry::budget::TokenBucket;
 use crate::settings::{
-    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, RetryHook, SharedClassifier, Settings,
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, RetryHook, Settings, SharedClassifier,
 };
 use crate::{
     Attempt, ClientConfig, Decision, Error, IdempotentRequestBuilder, KeyFormat, RetryBudget,

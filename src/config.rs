@@ -14,8 +14,8 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
-use crate::settings::{DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER};
 use crate::duration::parse_duration;
+use crate::settings::{DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER};
 use crate::{KeyFormat, RetryBudget, RetryPolicy};
 
 /// The options of an [`IdempotentClient`](crate::IdempotentClient) that can live in a

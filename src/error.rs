@@ -85,17 +85,6 @@ pub enum Error {
         source: Option<reqwest::Error>,
     },
 
-    /// The mock server could not start (feature `mock`).
-    #[cfg(feature = "mock")]
-    #[error("mock server: {reason}")]
-    MockServer {
-        /// What failed.
-        reason: String,
-        /// The I/O error behind it.
-        #[source]
-        source: Option<std::io::Error>,
-    },
-
     /// The response body could not be decoded as the requested JSON type.
     #[error("response body for idempotency key {key} is not the expected JSON")]
     Decode {

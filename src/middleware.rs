@@ -202,7 +202,9 @@ impl Transport for Sender<'_, '_> {
             match attempt {
                 Some(attempt) => next.run(attempt, extensions).await,
                 // `handle` refused bodies that cannot be copied, so this is not reached.
-                None => Err(reqwest_middleware::Error::middleware(stream_body(key.clone()))),
+                None => Err(reqwest_middleware::Error::middleware(stream_body(
+                    key.clone(),
+                ))),
             }
         }
     }

@@ -617,7 +617,7 @@ fn bad_builder_settings_are_errors() {
     ]);
     assert!(matches!(
         over.start_blocking(),
-        Err(idempotent_retry::Error::InvalidConfig { .. })
+        Err(idempotent_retry::mock::MockError::InvalidConfig { .. })
     ));
     assert!(
         MockServer::builder()
@@ -629,7 +629,7 @@ fn bad_builder_settings_are_errors() {
     let clash = MockServer::builder().addr(taken.address()).start_blocking();
     assert!(matches!(
         clash,
-        Err(idempotent_retry::Error::MockServer { .. })
+        Err(idempotent_retry::mock::MockError::Io { .. })
     ));
 }
 

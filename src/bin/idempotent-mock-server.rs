@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use idempotent_retry::mock::{MockServer, MockServerBuilder, parse_duration};
+use idempotent_retry::mock::{MockServer, MockServerBuilder};
+use idempotent_retry::parse_duration;
 
 const USAGE: &str = "\
 usage: idempotent-mock-server [options]

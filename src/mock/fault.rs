@@ -3,9 +3,11 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use http::StatusCode;
+use http::header::RETRY_AFTER;
+use http::{HeaderValue, Response, StatusCode};
 use serde::Deserialize;
 
+use super::response::{Body, Dropped, problem};
 use crate::duration::parse_duration;
 use crate::rng::SplitMix64;
 
@@ -51,14 +53,84 @@ impl Fault {
         ]
     }
 
-    /// Whether the fault acts before the operation executes.
-    pub(crate) fn is_before_processing(&self) -> bool {
-        matches!(
-            self,
-            Fault::StatusBeforeProcessing(_)
-                | Fault::DropBeforeProcessing
-                | Fault::RateLimited { .. }
-        )
+    /// The fault sorted by when it acts. Every kind is named here, so a new kind does
+    /// not compile until it is given its phase.
+    pub(crate) fn phase(&self) -> Phase {
+        match *self {
+            Fault::StatusBeforeProcessing(status) => Phase::Before(Before::Status(status)),
+            Fault::DropBeforeProcessing => Phase::Before(Before::Drop),
+            Fault::RateLimited { retry_after } => Phase::Before(Before::RateLimited(retry_after)),
+            Fault::StatusAfterProcessing(status) => Phase::After(After::Status(status)),
+            Fault::DelayAfterProcessing(delay) => Phase::After(After::Delay(delay)),
+            Fault::DropAfterProcessing => Phase::After(After::Drop),
+        }
+    }
+}
+
+/// When a fault acts: before the operation executes, or after, on its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Before(Before),
+    After(After),
+}
+
+/// A fault that answers in place of the operation, which does not execute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Before {
+    Status(StatusCode),
+    Drop,
+    RateLimited(Duration),
+}
+
+impl Before {
+    /// The answer instead of the operation's.
+    pub(crate) fn answer(self) -> Result<Response<Body>, Dropped> {
+        match self {
+            Before::Status(status) => Ok(problem(
+                status,
+                "Injected fault",
+                "status before processing",
+            )),
+            Before::Drop => Err(Dropped),
+            Before::RateLimited(retry_after) => {
+                let mut response = problem(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many requests",
+                    "injected rate limit; retry after the time in Retry-After",
+                );
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(secs));
+                Ok(response)
+            }
+        }
+    }
+}
+
+/// A fault that lets the operation execute and be stored, then spoils its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum After {
+    Status(StatusCode),
+    Delay(Duration),
+    Drop,
+}
+
+impl After {
+    /// What becomes of the answer the request earned.
+    pub(crate) async fn spoil(self, earned: Response<Body>) -> Result<Response<Body>, Dropped> {
+        match self {
+            After::Status(status) => Ok(problem(
+                status,
+                "Injected fault",
+                "status after processing: the operation did run",
+            )),
+            After::Delay(delay) => {
+                tokio::time::sleep(delay).await;
+                Ok(earned)
+            }
+            After::Drop => Err(Dropped),
+        }
     }
 }
 

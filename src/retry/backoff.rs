@@ -68,7 +68,6 @@ fn clamp(nanos: f64, max: Duration) -> Duration {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

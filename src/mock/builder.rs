@@ -1,0 +1,234 @@
+//! The mock server's settings and its start: bind, runtime, thread.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::MockServer;
+use super::error::MockError;
+use super::fault::{Fault, Faults, RandomFaults};
+use super::serve::serve;
+use super::shared::{Config, Shared};
+
+/// Settings for a [`MockServer`].
+///
+/// # Default
+///
+/// | setting | default |
+/// |---|---|
+/// | `require_key` | `false`: requests without a key execute every time |
+/// | `key_ttl` | 24 h |
+/// | `processing_delay` | 0 |
+/// | `max_body_bytes` | 1 MiB |
+/// | `max_keys` | 100,000 stored keys (expired evicted first, then oldest completed) |
+/// | `max_log` | the last 100,000 requests |
+/// | `header_read_timeout` | 30 s to send a request's headers (also the keep-alive idle limit) |
+/// | `key_header` | `Idempotency-Key` |
+/// | random faults | none; `fault_rate` spreads a rate over all six kinds |
+/// | `addr` | `127.0.0.1:0` (a free port) |
+///
+/// ```
+/// use std::time::Duration;
+/// use idempotent_retry::mock::MockServer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), idempotent_retry::mock::MockError> {
+/// let server = MockServer::builder()
+///     .require_key(true)
+///     .key_ttl(Duration::from_secs(60))
+///     .processing_delay(Duration::from_millis(5))
+///     .max_body_bytes(64 * 1024)
+///     .start()
+///     .await?;
+/// assert!(server.uri().starts_with("http://127.0.0.1:"));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MockServerBuilder {
+    addr: SocketAddr,
+    require_key: bool,
+    key_ttl: Duration,
+    processing_delay: Duration,
+    max_body_bytes: usize,
+    max_keys: usize,
+    max_log: usize,
+    header_read_timeout: Duration,
+    key_header: Result<HeaderName, String>,
+    seed: u64,
+    rates: Vec<(Fault, f64)>,
+}
+
+impl Default for MockServerBuilder {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            require_key: false,
+            key_ttl: Duration::from_secs(24 * 3600),
+            processing_delay: Duration::ZERO,
+            max_body_bytes: 1024 * 1024,
+            max_keys: 100_000,
+            max_log: 100_000,
+            header_read_timeout: Duration::from_secs(30),
+            key_header: Ok(HeaderName::from_static(crate::DEFAULT_KEY_HEADER)),
+            seed: 0,
+            rates: Vec::new(),
+        }
+    }
+}
+
+impl MockServerBuilder {
+    /// Answer `400` to POST/PATCH requests without a key.
+    pub fn require_key(mut self, require: bool) -> Self {
+        self.require_key = require;
+        self
+    }
+
+    /// How long a completed key is remembered. After that, the same key executes again:
+    /// clients must finish retrying within this time.
+    pub fn key_ttl(mut self, ttl: Duration) -> Self {
+        self.key_ttl = ttl;
+        self
+    }
+
+    /// Time spent inside each operation (the key is in flight meanwhile).
+    pub fn processing_delay(mut self, delay: Duration) -> Self {
+        self.processing_delay = delay;
+        self
+    }
+
+    /// Largest accepted body; a larger one gets `413`.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Most keys stored at once (at least 1).
+    pub fn max_keys(mut self, keys: usize) -> Self {
+        self.max_keys = keys;
+        self
+    }
+
+    /// Most requests kept in the read-back log (older ones are dropped).
+    pub fn max_log(mut self, requests: usize) -> Self {
+        self.max_log = requests;
+        self
+    }
+
+    /// How long a client may take to send a request's headers before the connection is
+    /// closed (a defence against slowloris-style half requests). It also bounds how long
+    /// an idle keep-alive connection stays open between requests.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// The header the key is read from.
+    pub fn key_header(mut self, name: &str) -> Self {
+        self.key_header =
+            HeaderName::try_from(name).map_err(|e| format!("key_header {name:?}: {e}"));
+        self
+    }
+
+    /// Where to listen; the default is a free port on 127.0.0.1.
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Seed for random faults.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Random faults on `rate` of requests, spread evenly over the six kinds of
+    /// [`Fault::all_kinds`] (503 before, 500 after, 2 s delay after, both drops, 429
+    /// with `Retry-After: 1`).
+    pub fn fault_rate(self, rate: f64) -> Self {
+        let kinds = Fault::all_kinds(Duration::from_secs(2), Duration::from_secs(1));
+        let each = rate / kinds.len() as f64;
+        self.fault_rates(kinds.into_iter().map(|f| (f, each)))
+    }
+
+    /// Random faults with a probability each per request (adding up to at most 1).
+    pub fn fault_rates(mut self, rates: impl IntoIterator<Item = (Fault, f64)>) -> Self {
+        self.rates = rates.into_iter().collect();
+        self
+    }
+
+    /// Starts the server.
+    ///
+    /// # Errors
+    ///
+    /// [`MockError::InvalidConfig`] for fault rates outside `[0, 1]` or adding up past 1,
+    /// or an invalid key header; [`MockError::Io`] if the address cannot be bound.
+    pub async fn start(self) -> Result<MockServer, MockError> {
+        self.start_blocking()
+    }
+
+    /// Starts the server without needing an async context, for a plain `#[test]`.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_blocking(self) -> Result<MockServer, MockError> {
+        let config_error = |reason: String| MockError::InvalidConfig { reason };
+        let key_header = self.key_header.map_err(config_error)?;
+        let random = if self.rates.is_empty() {
+            None
+        } else {
+            Some(RandomFaults::new(self.seed, &self.rates).map_err(config_error)?)
+        };
+        let io_error = |reason: &str| {
+            let reason = reason.to_owned();
+            move |source| MockError::Io { reason, source }
+        };
+        let listener =
+            std::net::TcpListener::bind(self.addr).map_err(io_error("could not bind"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io_error("could not configure the socket"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io_error("could not read the bound address"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("idempotent-mock-server")
+            .enable_all()
+            .build()
+            .map_err(io_error("could not start its runtime"))?;
+
+        let shared = Arc::new(Shared::new(
+            Config {
+                require_key: self.require_key,
+                key_ttl: self.key_ttl,
+                processing_delay: self.processing_delay,
+                max_body_bytes: self.max_body_bytes,
+                max_keys: self.max_keys,
+                max_log: self.max_log,
+                key_header,
+            },
+            Faults {
+                scripted: Default::default(),
+                random,
+            },
+        ));
+        let header_read_timeout = self.header_read_timeout;
+        let (shutdown, stopped) = tokio::sync::oneshot::channel();
+        let state = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("idempotent-mock-server".into())
+            .spawn(move || runtime.block_on(serve(listener, state, stopped, header_read_timeout)))
+            .map_err(io_error("could not start its thread"))?;
+        Ok(MockServer {
+            addr,
+            shared,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+}

@@ -1,0 +1,204 @@
+//! What the mock server's handlers share: its settings, the idempotency store, the
+//! fault plan, the request log and the counters read back by tests.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use http::{HeaderName, Method};
+
+use super::fault::{Fault, Faults};
+use super::store::{Begin, ScopedKey, Store, Stored};
+use super::{ReceivedRequest, Stats};
+
+/// Settings fixed when the server starts.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) require_key: bool,
+    pub(crate) key_ttl: Duration,
+    pub(crate) processing_delay: Duration,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_keys: usize,
+    pub(crate) max_log: usize,
+    pub(crate) key_header: HeaderName,
+}
+
+/// Read-back data beyond the store: the request log and the keys that executed twice.
+#[derive(Debug, Default)]
+struct Book {
+    log: VecDeque<ReceivedRequest>,
+    /// Key → executions, for keys that executed more than once. Empty when idempotency
+    /// held; capped at [`MAX_DUPLICATES`] keys so hostile input cannot grow it forever.
+    duplicates: BTreeMap<String, u64>,
+}
+
+/// Most distinct duplicate keys remembered (there should be none).
+const MAX_DUPLICATES: usize = 10_000;
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    store: Mutex<Store>,
+    faults: Mutex<Faults>,
+    book: Mutex<Book>,
+    executions: AtomicU64,
+    requests: AtomicU64,
+    replays: AtomicU64,
+    conflicts: AtomicU64,
+    mismatches: AtomicU64,
+    next_id: AtomicU64,
+}
+
+/// Locks, recovering the data if a panicking thread poisoned the lock: every critical
+/// section here leaves the data consistent, so a poison flag carries no information.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config, faults: Faults) -> Self {
+        Self {
+            store: Mutex::new(Store::new(config.key_ttl, config.max_keys)),
+            config,
+            faults: Mutex::new(faults),
+            book: Mutex::default(),
+            executions: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            replays: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
+            mismatches: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn executions(&self) -> u64 {
+        self.executions.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn executions_for(&self, key: &str) -> u64 {
+        lock(&self.store).executions_for(key)
+    }
+
+    pub(crate) fn duplicates(&self) -> Vec<String> {
+        lock(&self.book).duplicates.keys().cloned().collect()
+    }
+
+    pub(crate) fn requests(&self) -> Vec<ReceivedRequest> {
+        lock(&self.book).log.iter().cloned().collect()
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            executions: self.executions(),
+            requests: self.requests.load(Ordering::Acquire),
+            replays: self.replays.load(Ordering::Acquire),
+            conflicts: self.conflicts.load(Ordering::Acquire),
+            mismatches: self.mismatches.load(Ordering::Acquire),
+            stored_keys: lock(&self.store).len(),
+            faults_queued: lock(&self.faults).scripted.len(),
+            duplicates: self.duplicates(),
+        }
+    }
+
+    pub(crate) fn replays(&self) -> u64 {
+        self.replays.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mismatches(&self) -> u64 {
+        self.mismatches.load(Ordering::Acquire)
+    }
+
+    /// Forgets stored keys, counts, the log and queued faults. The random plan, if
+    /// any, goes on from where it was.
+    pub(crate) fn reset(&self) {
+        lock(&self.store).clear();
+        lock(&self.faults).scripted.clear();
+        *lock(&self.book) = Book::default();
+        for counter in [
+            &self.executions,
+            &self.requests,
+            &self.replays,
+            &self.conflicts,
+            &self.mismatches,
+        ] {
+            counter.store(0, Ordering::Release);
+        }
+    }
+
+    /// Counts a request and logs it, unless the log is off (`max_log` 0): then the key
+    /// is not even copied.
+    pub(crate) fn record(&self, method: &Method, path: &str, key: impl FnOnce() -> Option<String>) {
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        if self.config.max_log == 0 {
+            return;
+        }
+        let key = key();
+        let mut book = lock(&self.book);
+        if book.log.len() >= self.config.max_log {
+            book.log.pop_front();
+        }
+        book.log.push_back(ReceivedRequest {
+            method: method.clone(),
+            path: path.to_owned(),
+            key,
+            at: Instant::now(),
+        });
+    }
+
+    /// The fault for the next request, if any: scripted ones first, then the random plan.
+    pub(crate) fn next_fault(&self) -> Option<Fault> {
+        lock(&self.faults).next()
+    }
+
+    /// Decides, atomically for the key, what a request with this fingerprint gets.
+    pub(crate) fn begin(&self, key: ScopedKey, fingerprint: u64) -> Begin {
+        let begin = lock(&self.store).begin(key, fingerprint, Instant::now());
+        let counter = match &begin {
+            Begin::Replay(_) => &self.replays,
+            Begin::InFlight => &self.conflicts,
+            Begin::Mismatch => &self.mismatches,
+            Begin::Execute(_) | Begin::Full => return begin,
+        };
+        counter.fetch_add(1, Ordering::AcqRel);
+        begin
+    }
+
+    /// The operation itself: assigns the resource's id, makes its answer with `answer`,
+    /// counts the execution and stores the answer under the key that
+    /// [`begin`](Self::begin) let through.
+    pub(crate) fn perform(
+        &self,
+        key: Option<&ScopedKey>,
+        answer: impl FnOnce(u64) -> Stored,
+    ) -> Arc<Stored> {
+        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+        let stored = Arc::new(answer(id));
+        self.executions.fetch_add(1, Ordering::AcqRel);
+        if let Some(key) = key {
+            let executions = lock(&self.store).complete(key, stored.clone());
+            if executions > 1 {
+                let mut book = lock(&self.book);
+                if book.duplicates.len() < MAX_DUPLICATES || book.duplicates.contains_key(&*key.key)
+                {
+                    book.duplicates.insert(key.key.to_string(), executions);
+                }
+            }
+        }
+        stored
+    }
+
+    /// Queues `fault` for the next `times` requests; returns how many are queued now.
+    pub(crate) fn inject(&self, fault: Fault, times: usize) -> usize {
+        let mut faults = lock(&self.faults);
+        faults.inject(fault, times);
+        faults.scripted.len()
+    }
+}

@@ -1,0 +1,177 @@
+//! What the mock server reads off the wire: the key header (bare or structured
+//! string), the body it echoes, and the request's fingerprint.
+
+use std::borrow::Cow;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, Method};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::IdempotencyKey;
+
+/// The key from its header, bare or as an RFC 8941 string (`"…"`, with `\"` and `\\`).
+pub(crate) fn decode_key(value: &HeaderValue) -> Result<IdempotencyKey, String> {
+    let bytes = value.as_bytes();
+    let text = match bytes {
+        [b'"', inner @ .., b'"'] => {
+            let mut out = String::with_capacity(inner.len());
+            let mut chars = inner.iter();
+            while let Some(&b) = chars.next() {
+                let c = match b {
+                    b'\\' => match chars.next() {
+                        Some(&e @ (b'"' | b'\\')) => e,
+                        _ => return Err("bad escape in structured-string key".into()),
+                    },
+                    b'"' => return Err("unescaped quote in structured-string key".into()),
+                    other => other,
+                };
+                out.push(char::from(c));
+            }
+            Cow::Owned(out)
+        }
+        // Borrowed, without a copy, when the bytes are UTF-8 (every valid key is).
+        _ => String::from_utf8_lossy(bytes),
+    };
+    IdempotencyKey::parse(&text).map_err(|e| e.to_string())
+}
+
+/// What the created resource echoes of the request body.
+#[derive(Debug)]
+pub(crate) enum Echo {
+    /// The body itself, validated as JSON: echoed as it came, with no parse tree and no
+    /// copy (replays, which echo nothing, pay only the validation).
+    Json(Bytes),
+    /// Anything else, converted.
+    Value(Value),
+}
+
+impl Echo {
+    /// The created resource: `{"body":…,"id":…,"path":…}`.
+    pub(crate) fn created(&self, id: u64, path: &str) -> Bytes {
+        let echo = match self {
+            // Validated JSON is UTF-8, so this borrows.
+            Echo::Json(raw) => String::from_utf8_lossy(raw),
+            Echo::Value(value) => Cow::Owned(value.to_string()),
+        };
+        let path = Value::from(path);
+        let mut text = format!(r#"{{"body":{echo},"id":{id},"path":{path}}}"#);
+        // Stored for the key's lifetime: spare capacity would cost ~180 bytes per key.
+        text.shrink_to_fit();
+        Bytes::from(text)
+    }
+}
+
+/// What the created resource echoes: JSON as JSON, forms as an object, other text as a
+/// string (or as JSON if it is JSON), nothing as `null`.
+pub(crate) fn echo_body(headers: &HeaderMap, body: &Bytes) -> Result<Echo, String> {
+    let raw_json = || {
+        serde_json::from_slice::<&RawValue>(body)
+            .map(|raw| Echo::Json(body.slice_ref(raw.get().as_bytes())))
+    };
+    if body.is_empty() {
+        return Ok(Echo::Value(Value::Null));
+    }
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if content_type == "application/json" || content_type.ends_with("+json") {
+        raw_json().map_err(|e| format!("the body is not valid JSON: {e}"))
+    } else if content_type == "application/x-www-form-urlencoded" {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            .map_err(|e| format!("the body is not a valid form: {e}"))?;
+        Ok(Echo::Value(Value::Object(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect(),
+        )))
+    } else {
+        Ok(raw_json().unwrap_or_else(|_| {
+            Echo::Value(Value::String(String::from_utf8_lossy(body).into_owned()))
+        }))
+    }
+}
+
+pub(crate) fn fingerprint(method: &Method, path: &str, body: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    method.as_str().hash(&mut hasher);
+    path.hash(&mut hasher);
+    body.hash(&mut hasher);
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode(bytes: &[u8]) -> Option<Result<IdempotencyKey, String>> {
+        HeaderValue::from_bytes(bytes).ok().map(|v| decode_key(&v))
+    }
+
+    #[test]
+    fn decodes_both_forms() {
+        assert_eq!(decode(b"abc").unwrap().unwrap().as_str(), "abc");
+        assert_eq!(decode(b"\"abc\"").unwrap().unwrap().as_str(), "abc");
+        assert_eq!(
+            decode(b"\"a\\\"b\\\\c\"").unwrap().unwrap().as_str(),
+            "a\"b\\c"
+        );
+        for bad in [&b"\"\""[..], b"\"a\\x\"", b"\"a\"b\"", b"\"a\\\"", b""] {
+            assert!(
+                decode(bad).unwrap().is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    /// Structured-string encoding as a client would do it, escapes included.
+    fn quote(key: &str) -> String {
+        let mut out = String::from("\"");
+        for c in key.chars() {
+            if matches!(c, '"' | '\\') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+        out
+    }
+
+    proptest! {
+        // Fuzzing by property: arbitrary bytes never panic the decoder, and whatever it
+        // accepts is a valid key.
+        #[test]
+        fn decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Some(Ok(key)) = decode(&bytes) {
+                prop_assert!(IdempotencyKey::parse(key.as_str()).is_ok());
+            }
+        }
+
+        #[test]
+        fn quoted_keys_round_trip(key in "[!-~]{1,200}") {
+            let decoded = decode(quote(&key).as_bytes()).unwrap().unwrap();
+            prop_assert_eq!(decoded.as_str(), key.as_str());
+        }
+
+        #[test]
+        fn echo_never_panics(body in proptest::collection::vec(any::<u8>(), 0..200), kind in 0usize..4) {
+            let content_type = ["application/json", "application/x-www-form-urlencoded", "text/plain", "application/problem+json; charset=utf-8"][kind];
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            let _ = echo_body(&headers, &Bytes::from(body));
+        }
+    }
+}
