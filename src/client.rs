@@ -324,11 +324,19 @@ impl IdempotentClientBuilder {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn config(mut self, config: &ClientConfig) -> Self {
-        self.policy = config.retry_policy;
-        self.attempt_timeout = config.attempt_timeout;
-        self.key_header = Ok(config.key_header.clone());
-        self.key_format = config.key_format;
-        self.budget = config.retry_budget;
+        // Every field named: a new one does not compile until it is applied here.
+        let ClientConfig {
+            retry_policy,
+            attempt_timeout,
+            key_header,
+            key_format,
+            retry_budget,
+        } = config;
+        self.policy = *retry_policy;
+        self.attempt_timeout = *attempt_timeout;
+        self.key_header = Ok(key_header.clone());
+        self.key_format = *key_format;
+        self.budget = *retry_budget;
         self
     }
 

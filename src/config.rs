@@ -155,6 +155,12 @@ fn is_path_char(c: char) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'
 }
 
+/// A field name outside a table's list. The table's reader refuses those before it
+/// calls `set`; `set` refuses them too rather than guess.
+fn unknown<E: de::Error>(field: &str, expected: &'static [&'static str]) -> E {
+    E::unknown_field(field, expected)
+}
+
 /// A duration written as text with a unit.
 struct DurationText(Duration);
 
@@ -196,15 +202,27 @@ impl Table for RetryPolicy {
     ];
 
     fn set<'de, A: MapAccess<'de>>(&mut self, field: &str, map: &mut A) -> Result<(), A::Error> {
+        // Every field named: a new one does not compile until it is read here.
+        let RetryPolicy {
+            max_attempts,
+            initial_delay,
+            multiplier,
+            max_delay,
+            jitter,
+            deadline,
+            max_retry_after,
+            seed,
+        } = self;
         match field {
-            "max_attempts" => self.max_attempts = value(map, field)?,
-            "initial_delay" => self.initial_delay = duration(map, field)?,
-            "multiplier" => self.multiplier = value(map, field)?,
-            "max_delay" => self.max_delay = duration(map, field)?,
-            "jitter" => self.jitter = value(map, field)?,
-            "deadline" => self.deadline = duration(map, field)?,
-            "max_retry_after" => self.max_retry_after = duration(map, field)?,
-            _ => self.seed = Some(value(map, field)?),
+            "max_attempts" => *max_attempts = value(map, field)?,
+            "initial_delay" => *initial_delay = duration(map, field)?,
+            "multiplier" => *multiplier = value(map, field)?,
+            "max_delay" => *max_delay = duration(map, field)?,
+            "jitter" => *jitter = value(map, field)?,
+            "deadline" => *deadline = duration(map, field)?,
+            "max_retry_after" => *max_retry_after = duration(map, field)?,
+            "jitter_seed" => *seed = Some(value(map, field)?),
+            other => return Err(unknown(other, Self::FIELDS)),
         }
         Ok(())
     }
@@ -229,13 +247,21 @@ impl Table for RetryBudget {
         &["capacity", "retry_cost", "timeout_cost", "success_refund"];
 
     fn set<'de, A: MapAccess<'de>>(&mut self, field: &str, map: &mut A) -> Result<(), A::Error> {
-        let tokens = value(map, field)?;
-        match field {
-            "capacity" => self.capacity = tokens,
-            "retry_cost" => self.retry_cost = tokens,
-            "timeout_cost" => self.timeout_cost = tokens,
-            _ => self.success_refund = tokens,
-        }
+        // Every field named: a new one does not compile until it is read here.
+        let RetryBudget {
+            capacity,
+            retry_cost,
+            timeout_cost,
+            success_refund,
+        } = self;
+        let slot = match field {
+            "capacity" => capacity,
+            "retry_cost" => retry_cost,
+            "timeout_cost" => timeout_cost,
+            "success_refund" => success_refund,
+            other => return Err(unknown(other, Self::FIELDS)),
+        };
+        *slot = value(map, field)?;
         Ok(())
     }
 
@@ -263,19 +289,28 @@ impl Table for ClientConfig {
     ];
 
     fn set<'de, A: MapAccess<'de>>(&mut self, field: &str, map: &mut A) -> Result<(), A::Error> {
+        // Every field named: a new one does not compile until it is read here.
+        let ClientConfig {
+            retry_policy,
+            attempt_timeout,
+            key_header,
+            key_format,
+            retry_budget,
+        } = self;
         match field {
-            "retry_policy" => self.retry_policy = value(map, field)?,
-            "attempt_timeout" => self.attempt_timeout = duration(map, field)?,
+            "retry_policy" => *retry_policy = value(map, field)?,
+            "attempt_timeout" => *attempt_timeout = duration(map, field)?,
             "key_header" => {
                 let name: String = value(map, field)?;
-                self.key_header = HeaderName::try_from(name.as_str()).map_err(|e| {
+                *key_header = HeaderName::try_from(name.as_str()).map_err(|e| {
                     de::Error::custom(format_args!(
                         "key_header: {name:?} is not a header name: {e}"
                     ))
                 })?;
             }
-            "key_format" => self.key_format = value(map, field)?,
-            _ => self.retry_budget = value(map, field)?,
+            "key_format" => *key_format = value(map, field)?,
+            "retry_budget" => *retry_budget = value(map, field)?,
+            other => return Err(unknown(other, Self::FIELDS)),
         }
         Ok(())
     }

@@ -8,6 +8,10 @@ use crate::{IdempotencyKey, IdempotentResponse};
 
 /// Everything that can go wrong, in one type.
 ///
+/// Its `Display` never shows the idempotency key: a key can read a stored answer on a
+/// server that does not scope keys, so it stays out of logs that print `{e}`. Get it
+/// with [`idempotency_key`](Error::idempotency_key).
+///
 /// Errors from [`send`](crate::IdempotentRequestBuilder::send) carry the operation's
 /// [key](Error::idempotency_key), how many [attempts](Error::attempts) were made, and
 /// whether the [outcome is unknown](Error::is_outcome_unknown). When it is, some attempt
@@ -34,6 +38,7 @@ use crate::{IdempotencyKey, IdempotentResponse};
 pub enum Error {
     /// A key given by the caller is not 1 to 255 visible ASCII characters. Nothing was sent.
     #[error("invalid idempotency key: {reason}")]
+    #[non_exhaustive]
     InvalidKey {
         /// What is wrong with it.
         reason: String,
@@ -41,6 +46,7 @@ pub enum Error {
 
     /// A builder was given settings that cannot work together. Nothing was sent.
     #[error("invalid configuration: {reason}")]
+    #[non_exhaustive]
     InvalidConfig {
         /// Which setting, and why.
         reason: String,
@@ -51,7 +57,8 @@ pub enum Error {
 
     /// The request could not be built (bad URL, body that failed to serialize, bad
     /// header, a key that cannot be sent in the chosen form). Nothing was sent.
-    #[error("request with idempotency key {key} not sent: {reason}")]
+    #[error("request not sent: {reason}")]
+    #[non_exhaustive]
     InvalidRequest {
         /// The operation's key.
         key: IdempotencyKey,
@@ -64,9 +71,10 @@ pub enum Error {
 
     /// The operation ended without a final response.
     #[error(
-        "operation with idempotency key {key} failed after {attempts} attempt(s): {reason}{}",
+        "operation failed after {attempts} attempt(s): {reason}{}",
         if *outcome_unknown { "; outcome unknown, retry later with the same key" } else { "" }
     )]
+    #[non_exhaustive]
     Failed {
         /// The operation's key, the same on every attempt.
         key: IdempotencyKey,
@@ -86,7 +94,8 @@ pub enum Error {
     },
 
     /// The response body could not be decoded as the requested JSON type.
-    #[error("response body for idempotency key {key} is not the expected JSON")]
+    #[error("response body is not the expected JSON")]
+    #[non_exhaustive]
     Decode {
         /// The operation's key.
         key: IdempotencyKey,
@@ -235,7 +244,8 @@ mod tests {
             source: None,
         };
         let text = err.to_string();
-        assert!(text.contains("k-1") && text.contains("3 attempt"), "{text}");
+        assert!(text.contains("3 attempt"), "{text}");
+        assert!(!text.contains("k-1"), "the key leaks into Display: {text}");
         assert!(text.contains("retry later with the same key"), "{text}");
         assert!(err.is_outcome_unknown());
         assert_eq!(err.attempts(), 3);

@@ -486,7 +486,10 @@ async fn exhaustion_error_carries_key_attempts_and_last_response() {
     assert_eq!(last.status(), 503);
     assert_eq!(last.clone().text().await.unwrap(), "down");
     let text = err.to_string();
-    assert!(text.contains(&key) && text.contains("4 attempt"), "{text}");
+    assert!(text.contains("4 attempt"), "{text}");
+    // The key is read with idempotency_key(), never printed: it stays out of logs.
+    assert!(!text.contains(&key), "{text}");
+    assert_eq!(err.idempotency_key().unwrap().as_str(), key);
 }
 
 #[tokio::test]
@@ -604,7 +607,7 @@ async fn the_builder_mirrors_reqwest() {
 #[tokio::test]
 async fn a_custom_classifier_overrides_and_falls_back() {
     let client = fast_builder()
-        .classifier(|a: &Attempt<'_>| match a.status() {
+        .classifier(|a| match a.status() {
             Some(s) if s == 404 => Decision::Retry,
             Some(s) if s == 500 => Decision::Final,
             _ => default_classifier(a),
