@@ -9,7 +9,7 @@
 //! executed any operation twice or lost one.
 //!
 //! ```text
-//! cargo run --release --example chaos -- [--ops 1000] [--fault-rate 0.3] [--seed 42] [--concurrency 32]
+//! cargo run --release --features mock --example chaos -- [--ops 1000] [--fault-rate 0.3] [--seed 42] [--concurrency 32]
 //! ```
 
 use std::io::Write;

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --quiet --release --bin idempotent-mock-server
+cargo build --quiet --release --features mock --bin idempotent-mock-server
 log=$(mktemp)
 target/release/idempotent-mock-server --addr 127.0.0.1:0 --require-key >"$log" 2>&1 &
 server=$!

@@ -5,7 +5,7 @@
 //! lost response). The third attempt gets the stored result, not a second execution.
 //!
 //! ```text
-//! cargo run --example demo
+//! cargo run --features mock --example demo
 //! ```
 
 use std::process::ExitCode;

@@ -7,7 +7,7 @@
 //! order is placed once.
 //!
 //! ```text
-//! cargo run --example resume
+//! cargo run --features mock --example resume
 //! ```
 
 use std::time::Duration;

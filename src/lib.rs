@@ -8,12 +8,13 @@
 //! # Quick start
 //!
 //! ```
+//! # #[cfg(feature = "mock")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use idempotent_retry::mock::{Fault, MockServer};
 //! use idempotent_retry::{IdempotentClient, Jitter, RetryPolicy};
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // The bundled idempotent server, with its first answer lost after the work was done.
 //! let server = MockServer::start().await;
 //! server.inject(Fault::DropAfterProcessing, 1);
@@ -45,7 +46,12 @@
 //! assert_eq!(order["path"], "/orders");
 //! # Ok(())
 //! # }
+//! # #[cfg(not(feature = "mock"))]
+//! # fn main() {}
 //! ```
+//!
+//! The server in this example is the crate's own test tooling (feature `mock`, for your
+//! `[dev-dependencies]`).
 //!
 //! # Keys
 //!
@@ -117,7 +123,8 @@
 //! # Testing with the mock server
 //!
 //! [`mock::MockServer`] is an idempotent HTTP server with fault injection that runs in
-//! your test process (feature `mock`, on by default): point your code at its `uri()`,
+//! your test process (feature `mock`, off by default: turn it on in your
+//! `[dev-dependencies]`, so your production build compiles no HTTP server). Point your code at its `uri()`,
 //! inject lost responses, drops, 5xx and 429, and read back how many times each
 //! operation executed. The `idempotent-mock-server` binary serves the same engine to
 //! clients in any language.
@@ -128,7 +135,7 @@
 //! |---|---|---|
 //! | `default-tls` | yes | reqwest's default TLS (rustls), for `https://` URLs |
 //! | `http2` | yes | HTTP/2 in the default reqwest client |
-//! | `mock` | yes | [`mock::MockServer`] and the `idempotent-mock-server` binary (hyper server) |
+//! | `mock` | no | [`mock::MockServer`] and the `idempotent-mock-server` binary (a hyper server): test tooling, for `[dev-dependencies]` |
 //! | `middleware` | no | `IdempotencyMiddleware`: the same safe retries as one `reqwest-middleware` 0.5 layer |
 //! | `fuzzing` | no | internal: entry points for the `cargo fuzz` targets in `fuzz/`; no API promise |
 //!
@@ -217,7 +224,9 @@ pub mod benchmarks {
     }
 }
 
-/// The README's examples, compiled and run as doctests so that they cannot drift.
-#[cfg(doctest)]
+/// The README's examples, compiled and run as doctests so that they cannot drift. (They
+/// use the mock server, so they run with its feature on, as `cargo test --all-features`
+/// does.)
+#[cfg(all(doctest, feature = "mock"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -1,6 +1,5 @@
 //! The bad-input table of the README, one test per row: each input gets a typed client
 //! error or a 4xx, the server keeps serving, and nothing stored is lost or corrupted.
-#![cfg(feature = "mock")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests panic on purpose.
 
 mod support;

@@ -44,7 +44,11 @@ fn a_toml_file_sets_every_option() {
     let delays: Vec<Duration> = config.retry_policy.delays().collect();
     assert_eq!(delays.len(), 3, "{delays:?}");
     for (delay, d) in delays.iter().zip([5, 10, 20].map(Duration::from_millis)) {
-        assert!(*delay >= d / 2 && *delay <= d, "{delay:?} outside [{:?}, {d:?}]", d / 2);
+        assert!(
+            *delay >= d / 2 && *delay <= d,
+            "{delay:?} outside [{:?}, {d:?}]",
+            d / 2
+        );
     }
 }
 

@@ -1,6 +1,5 @@
 //! `IdempotencyMiddleware` in a `reqwest-middleware` client: one key per logical request,
 //! retried with our policy, in any position among other layers.
-#![cfg(feature = "middleware")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests panic on purpose.
 
 mod support;

@@ -1,6 +1,5 @@
 //! The bundled mock server over real sockets: its idempotency rules, faults, read-back,
 //! and the client against it end to end.
-#![cfg(feature = "mock")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests panic on purpose.
 
 mod support;

@@ -1,6 +1,5 @@
 //! Exactly-once, proved against the mock server: a chaos soak, arbitrary fault scripts,
 //! and resuming an operation whose outcome was unknown.
-#![cfg(feature = "mock")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests panic on purpose.
 
 use std::collections::HashSet;

@@ -1,5 +1,6 @@
 //! An in-process idempotent HTTP server with fault injection, to test the whole
-//! client-server loop and prove exactly-once effects (feature `mock`, on by default).
+//! client-server loop and prove exactly-once effects (feature `mock`, off by default: test
+//! tooling, for `[dev-dependencies]`).
 //!
 //! Any `POST` or `PATCH` (except under `/__admin/`) is an operation that creates a
 //! resource: it answers `201` with `{"id": …, "path": …, "body": …}`. Requests with the
