@@ -267,9 +267,9 @@ impl IdempotentRequestBuilder {
                 operation.template.method(),
                 operation.template.url(),
             );
-            // Boxed: the retry loop's state is about 800 bytes. The caller's future holds
-            // one pointer, so moving it costs nothing, and nothing is allocated when
-            // `prepare` already failed.
+            // Boxed: the retry loop's state holds a whole request. The caller's future
+            // holds one pointer, so moving it costs nothing, and nothing is allocated
+            // when `prepare` already failed.
             Box::pin(operation.run().instrument(span))
         });
         async move { operation?.await }
