@@ -112,8 +112,9 @@ impl<'a> Engine<'a> {
         timeout: Duration,
     ) -> Ending<T::Answer> {
         debug!("idempotency.key" = %self.key, "sending");
-        // The previous attempt's answer, kept across the sleep; boxed, like the sleep,
-        // because only a retry needs it and the operation's state stays small.
+        // The previous attempt's answer, kept across the sleep: boxed, because only a
+        // retry needs it and the operation's state stays small. (The sleep shares its
+        // room with the attempt, which is never in flight at the same time.)
         let mut last: Option<Box<T::Answer>> = None;
         let end = loop {
             let timeout = match self.begin_attempt(timeout) {
@@ -135,7 +136,7 @@ impl<'a> Engine<'a> {
                     }
                 }
             };
-            Box::pin(tokio::time::sleep(delay)).await;
+            tokio::time::sleep(delay).await;
         };
         Ending {
             end,
