@@ -233,3 +233,36 @@ pub(crate) fn state_size() -> usize {
     };
     std::mem::size_of_val(&operation.run().instrument(tracing::Span::none()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_attempt_shares_the_body_buffer() {
+        let payload = Bytes::from(vec![7u8; 1 << 20]);
+        let url = reqwest::Url::parse("http://127.0.0.1:1/").unwrap();
+        let template = Template::new(
+            reqwest::Request::new(Method::POST, url),
+            Some(payload.clone()),
+        );
+        for _ in 0..3 {
+            let attempt = template.attempt(Duration::from_secs(1), None);
+            let sent = attempt.body().and_then(reqwest::Body::as_bytes).unwrap();
+            assert_eq!(sent, &payload[..]);
+            assert_eq!(
+                sent.as_ptr(),
+                payload.as_ptr(),
+                "the same buffer, not a copy"
+            );
+            assert_eq!(attempt.timeout(), Some(&Duration::from_secs(1)));
+        }
+        let with_client_timeout =
+            template.attempt(Duration::from_secs(1), Some(Duration::from_secs(1)));
+        assert_eq!(
+            with_client_timeout.timeout(),
+            None,
+            "the client's own timeout applies"
+        );
+    }
+}
