@@ -137,7 +137,7 @@ impl fmt::Debug for IdempotentClient {
 /// | `key_format` | [`KeyFormat::Bare`] |
 /// | `retry_budget` | [`RetryBudget::default`] (capacity 500, retry 5, timeout 10, refund 1) |
 /// | `classifier` | [`default_classifier`](crate::default_classifier) |
-/// | `reqwest_client` | `reqwest::Client::builder().timeout(attempt_timeout).build()` (the attempt timeout built in, so attempts that use it exactly need not set it per request) |
+/// | `reqwest_client` | `reqwest::Client::builder().timeout(attempt_timeout).redirect(Policy::none()).build()`: the attempt timeout built in, and no redirects followed, so a 3xx is a final answer (a `303` after a POST means it executed) |
 #[must_use]
 pub struct IdempotentClientBuilder {
     http: Option<reqwest::Client>,
@@ -201,6 +201,12 @@ impl IdempotentClientBuilder {
 
     /// Sends requests through your own `reqwest::Client` (proxies, TLS roots, pools).
     /// Its own `timeout`, if any, still applies; ours is set on each attempt.
+    ///
+    /// Mind its redirect policy: reqwest follows redirects by default, and a `307` or
+    /// `308` then re-sends the body *and the key* to the target, possibly another
+    /// origin. Build it with `.redirect(reqwest::redirect::Policy::none())` unless you
+    /// mean that. Whatever it does, an answer from another URL, or an error after a
+    /// redirect, counts as "may have executed".
     ///
     /// ```
     /// use idempotent_retry::{reqwest, IdempotentClient};
@@ -352,8 +358,12 @@ impl IdempotentClientBuilder {
         let (http, http_timeout) = match self.http.take() {
             Some(http) => (http, None),
             None => {
+                // No redirects: a 3xx is the operation's final answer (a 303 after a
+                // POST means it executed), and a 307/308 would send body and key on to
+                // another URL.
                 let http = reqwest::Client::builder()
                     .timeout(self.attempt_timeout)
+                    .redirect(reqwest::redirect::Policy::none())
                     .build()
                     .map_err(|source| Error::InvalidConfig {
                         reason: "could not build the default reqwest client".to_owned(),

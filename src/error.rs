@@ -12,12 +12,19 @@ use crate::{IdempotencyKey, IdempotentResponse};
 /// server that does not scope keys, so it stays out of logs that print `{e}`. Get it
 /// with [`idempotency_key`](Error::idempotency_key).
 ///
-/// Errors from [`send`](crate::IdempotentRequestBuilder::send) carry the operation's
-/// [key](Error::idempotency_key), how many [attempts](Error::attempts) were made, and
-/// whether the [outcome is unknown](Error::is_outcome_unknown). When it is, some attempt
-/// may have executed on the server: keep the key and retry the *same* operation later
-/// with [`idempotency_key`](crate::IdempotentRequestBuilder::idempotency_key), and the
-/// server's idempotency store makes sure it happens once.
+/// Errors from [`send`](crate::IdempotentRequestBuilder::send) and from reading its
+/// answer carry the operation's [key](Error::idempotency_key) and how many
+/// [attempts](Error::attempts) were made, and answer the one question that matters
+/// before you act on a failure: [may this operation have executed?](Error::may_have_executed)
+///
+/// - `true`: it may have run (an attempt may have reached the server, the key was
+///   yours and may have been sent before, or the server said 2xx but the answer could
+///   not be read). Never start over with a new key: that could run it twice. Keep the
+///   key and send the *same* operation again later with
+///   [`idempotency_key`](crate::IdempotentRequestBuilder::idempotency_key); the
+///   server's idempotency store makes sure it happens once.
+/// - `false`: it did not run (nothing was sent, every connection was refused, or the
+///   server answered 408 or 429 itself). Giving up or starting over is safe.
 ///
 /// ```no_run
 /// # async fn run(client: idempotent_retry::IdempotentClient) {
@@ -25,14 +32,21 @@ use crate::{IdempotencyKey, IdempotentResponse};
 /// # fn persist(_: &idempotent_retry::IdempotencyKey) {}
 /// match client.post_idempotent("https://api.example/orders").json(&order).send().await {
 ///     Ok(resp) => println!("{} after {} attempt(s)", resp.status(), resp.attempts()),
-///     Err(e) if e.is_outcome_unknown() => {
+///     Err(e) if e.may_have_executed() => {
 ///         // The order may exist. Resume later with the same key, never a new one.
-///         persist(e.idempotency_key().expect("send() errors carry the key"));
+///         if let Some(key) = e.idempotency_key() {
+///             persist(key);
+///         }
 ///     }
 ///     Err(e) => eprintln!("not placed, safe to give up or start over: {e}"),
 /// }
 /// # }
 /// ```
+///
+/// To survive a crash inside `send()` as well, store the key *before* sending (the
+/// write-ahead pattern): take it from
+/// [`IdempotentRequestBuilder::key`](crate::IdempotentRequestBuilder::key), save it
+/// with your business record, send, and clear it once an answer is final.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -67,6 +81,11 @@ pub enum Error {
         /// The underlying error, when reqwest reported it.
         #[source]
         source: Option<reqwest::Error>,
+        /// `true` when the key was yours ([`idempotency_key`]): nothing was sent now,
+        /// but an earlier call may have sent it.
+        ///
+        /// [`idempotency_key`]: crate::IdempotentRequestBuilder::idempotency_key
+        outcome_unknown: bool,
     },
 
     /// The operation ended without a final response.
@@ -93,12 +112,17 @@ pub enum Error {
         source: Option<reqwest::Error>,
     },
 
-    /// The response body could not be decoded as the requested JSON type.
-    #[error("response body is not the expected JSON")]
+    /// The response body could not be decoded as the requested JSON type. The
+    /// operation got its final answer: the status says what the server did.
+    #[error("response body ({status}) is not the expected JSON")]
     #[non_exhaustive]
     Decode {
         /// The operation's key.
         key: IdempotencyKey,
+        /// The answer's status.
+        status: StatusCode,
+        /// Attempts the operation made, the first one included.
+        attempts: u32,
         /// The decoding error.
         #[source]
         source: serde_json::Error,
@@ -117,6 +141,9 @@ pub enum GiveUpReason {
     BudgetExhausted,
     /// The last outcome is an error the classifier does not retry.
     NotRetryable,
+    /// The classifier or the `on_retry` hook panicked. The panic is not passed on, so
+    /// that the key and the outcome reach the caller.
+    CallbackPanicked,
 }
 
 impl fmt::Display for GiveUpReason {
@@ -126,6 +153,7 @@ impl fmt::Display for GiveUpReason {
             Self::DeadlineExceeded => "deadline reached",
             Self::BudgetExhausted => "retry budget exhausted",
             Self::NotRetryable => "error is not retryable",
+            Self::CallbackPanicked => "the classifier or the on_retry hook panicked",
         })
     }
 }
@@ -147,22 +175,42 @@ impl Error {
     #[must_use]
     pub fn attempts(&self) -> u32 {
         match self {
-            Self::Failed { attempts, .. } => *attempts,
+            Self::Failed { attempts, .. } | Self::Decode { attempts, .. } => *attempts,
             _ => 0,
         }
     }
 
-    /// Whether some attempt may have executed on the server. If so, keep the key and
-    /// retry the same operation later with it.
+    /// Whether the operation may have executed on the server: the question to ask of
+    /// every error before acting on it. `true` when the outcome is unknown
+    /// ([`is_outcome_unknown`](Self::is_outcome_unknown)), and when the server gave a
+    /// final answer that could not be used (a body that does not decode), unless that
+    /// answer was a 4xx refusal other than 409. Only when it is `false` is starting
+    /// over with a new key safe.
+    #[must_use]
+    pub fn may_have_executed(&self) -> bool {
+        match self {
+            Self::Decode { status, .. } => {
+                !status.is_client_error() || *status == StatusCode::CONFLICT
+            }
+            _ => self.is_outcome_unknown(),
+        }
+    }
+
+    /// Whether the operation ended without a final answer although it may have
+    /// executed: some attempt may have reached the server, or the key was yours and may
+    /// have been sent before this call (only a key minted for this call, never sent,
+    /// can end "not sent"). Keep the key and send the same operation again later.
     #[must_use]
     pub fn is_outcome_unknown(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Self::Failed {
-                outcome_unknown: true,
-                ..
+                outcome_unknown, ..
             }
-        )
+            | Self::InvalidRequest {
+                outcome_unknown, ..
+            } => *outcome_unknown,
+            _ => false,
+        }
     }
 
     /// Whether the last attempt ran out of time.
@@ -216,10 +264,14 @@ impl Error {
         }
     }
 
-    /// The last attempt's status, when it got a response.
+    /// The status of the last answer, when there was one: the last attempt's for
+    /// [`Error::Failed`], the final answer's for [`Error::Decode`].
     #[must_use]
     pub fn status(&self) -> Option<StatusCode> {
-        self.last_response().map(IdempotentResponse::status)
+        match self {
+            Self::Decode { status, .. } => Some(*status),
+            _ => self.last_response().map(IdempotentResponse::status),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Safe retries as one `reqwest-middleware` layer (feature `middleware`).
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,9 +105,14 @@ impl std::fmt::Debug for IdempotencyMiddleware {
 }
 
 /// The key of one logical request, kept in the middleware extensions so that every
-/// pass through this layer, even under an outer retry layer, sends the same one.
+/// pass of the same request through this layer, even under an outer retry layer, sends
+/// the same one.
 #[derive(Clone)]
-struct OperationKey(IdempotencyKey);
+struct OperationKey {
+    key: IdempotencyKey,
+    /// The request's [`fingerprint`]: another request gets another key.
+    fingerprint: u64,
+}
 
 /// Methods passed on untouched: safe ones, which change nothing on the server.
 fn is_safe(method: &Method) -> bool {
@@ -125,42 +131,57 @@ impl Middleware for IdempotencyMiddleware {
             return next.run(request, extensions).await;
         }
         let settings = &*self.settings;
-        let key = match key_for(settings, &mut request, extensions) {
+        let (key, fresh) = match key_for(settings, &mut request, extensions) {
             Ok(key) => key,
             Err(e) => return Err(reqwest_middleware::Error::middleware(e)),
         };
         if request.try_clone().is_none() {
-            return Err(reqwest_middleware::Error::middleware(stream_body(key)));
+            return Err(reqwest_middleware::Error::middleware(stream_body(
+                key, !fresh,
+            )));
         }
         let span = telemetry::operation_span(request.method(), request.url());
-        retry(settings, request, key, extensions, next)
+        retry(settings, request, key, fresh, extensions, next)
             .instrument(span)
             .await
     }
 }
 
-/// The request's key: the one in its key header (a key the caller chose), the one an
-/// earlier pass of this request through this layer chose, or a new one, remembered in
-/// the extensions. Makes sure the header carries it.
+/// The request's key and whether it is fresh (minted now, never sent): the one in its
+/// key header (the caller's), the one an earlier pass of this same request through this
+/// layer chose (it may have been sent), or a new one. A remembered key is bound to the
+/// request's fingerprint, so a different request sent with the same extensions gets a
+/// key of its own. Makes sure the header carries the key.
 fn key_for(
     settings: &Settings,
     request: &mut Request,
     extensions: &mut Extensions,
-) -> Result<IdempotencyKey, Error> {
+) -> Result<(IdempotencyKey, bool), Error> {
+    let fingerprint = fingerprint(request);
     if let Some(value) = request.headers().get(&settings.key_header) {
         let text = String::from_utf8_lossy(value.as_bytes());
         let key = IdempotencyKey::parse(&text).map_err(|e| Error::InvalidKey {
             reason: format!("in the {} header: {e}", settings.key_header),
         })?;
-        extensions.insert(OperationKey(key.clone()));
-        return Ok(key);
+        extensions.insert(OperationKey {
+            key: key.clone(),
+            fingerprint,
+        });
+        return Ok((key, false));
     }
-    let key = match extensions.get::<OperationKey>() {
-        Some(OperationKey(key)) => key.clone(),
+    let remembered = extensions
+        .get::<OperationKey>()
+        .filter(|k| k.fingerprint == fingerprint)
+        .map(|k| k.key.clone());
+    let (key, fresh) = match remembered {
+        Some(key) => (key, false),
         None => {
             let key = IdempotencyKey::new_v4();
-            extensions.insert(OperationKey(key.clone()));
-            key
+            extensions.insert(OperationKey {
+                key: key.clone(),
+                fingerprint,
+            });
+            (key, true)
         }
     };
     let value = key
@@ -169,11 +190,24 @@ fn key_for(
             key: key.clone(),
             reason,
             source: None,
+            outcome_unknown: !fresh,
         })?;
     request
         .headers_mut()
         .insert(settings.key_header.clone(), value);
-    Ok(key)
+    Ok((key, fresh))
+}
+
+/// Method, URL and body: what makes two requests the same logical operation.
+fn fingerprint(request: &Request) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    request.method().as_str().hash(&mut hasher);
+    request.url().as_str().hash(&mut hasher);
+    request
+        .body()
+        .and_then(reqwest::Body::as_bytes)
+        .hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The middleware's side of the engine's contract: send one attempt, a copy of the
@@ -204,6 +238,7 @@ impl Transport for Sender<'_, '_> {
                 // `handle` refused bodies that cannot be copied, so this is not reached.
                 None => Err(reqwest_middleware::Error::middleware(stream_body(
                     key.clone(),
+                    true,
                 ))),
             }
         }
@@ -214,6 +249,7 @@ impl Transport for Sender<'_, '_> {
             Ok(response) => Some(Outcome::Response {
                 status: response.status(),
                 headers: response.headers(),
+                url: response.url(),
             }),
             Err(reqwest_middleware::Error::Reqwest(e)) => Some(Outcome::Error(e)),
             // Another layer's own error: not ours to judge or to retry.
@@ -222,12 +258,13 @@ impl Transport for Sender<'_, '_> {
     }
 }
 
-fn stream_body(key: IdempotencyKey) -> Error {
+fn stream_body(key: IdempotencyKey, outcome_unknown: bool) -> Error {
     Error::InvalidRequest {
         key,
         reason: "the body is a stream, which cannot be sent again on a retry; give it as bytes"
             .to_owned(),
         source: None,
+        outcome_unknown,
     }
 }
 
@@ -235,6 +272,7 @@ async fn retry(
     settings: &Settings,
     request: Request,
     key: IdempotencyKey,
+    fresh_key: bool,
     extensions: &mut Extensions,
     next: Next<'_>,
 ) -> reqwest_middleware::Result<Response> {
@@ -249,7 +287,14 @@ async fn retry(
         extensions,
         next,
     };
-    let engine = Engine::new(settings, &settings.policy, request.method(), &key);
+    let engine = Engine::new(
+        settings,
+        &settings.policy,
+        request.method(),
+        request.url(),
+        &key,
+        fresh_key,
+    );
     let ending = engine.run(&mut sender, timeout).await;
     finish(ending, key)
 }

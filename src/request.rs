@@ -12,7 +12,9 @@ use crate::transport::{Operation, Template};
 use crate::{Error, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPolicy};
 
 /// One logical operation being put together. Nothing is sent until
-/// [`send`](Self::send); the key is fixed when `send` starts and never changes after.
+/// [`send`](Self::send). The operation's key exists from the start (minted when the
+/// builder is made, or yours through [`idempotency_key`](Self::idempotency_key)) and
+/// [`key`](Self::key) shows it, so that it can be stored before anything is sent.
 ///
 /// Mirrors `reqwest::RequestBuilder`, except that bodies must be replayable: there is no
 /// way to attach a stream, so every retry sends the same bytes.
@@ -41,7 +43,9 @@ pub struct IdempotentRequestBuilder {
     /// The body, kept here rather than in `request` so that every attempt shares this
     /// one buffer.
     body: Option<Body>,
-    key: Option<IdempotencyKey>,
+    key: IdempotencyKey,
+    /// Whether `key` was minted here and never left the process (not the caller's).
+    fresh_key: bool,
     /// Boxed: an override is rare, and the builder is moved at every chained call.
     policy: Option<Box<RetryPolicy>>,
     timeout: Option<Duration>,
@@ -53,7 +57,9 @@ impl IdempotentRequestBuilder {
             client,
             request,
             body: None,
-            key: None,
+            // The one place a key is minted: once per operation, before any attempt.
+            key: IdempotencyKey::new_v4(),
+            fresh_key: true,
             policy: None,
             timeout: None,
         }
@@ -226,8 +232,24 @@ impl IdempotentRequestBuilder {
     /// # Ok::<(), idempotent_retry::Error>(())
     /// ```
     pub fn idempotency_key(mut self, key: IdempotencyKey) -> Self {
-        self.key = Some(key);
+        self.key = key;
+        self.fresh_key = false;
         self
+    }
+
+    /// The operation's key: the one minted when this builder was made, or the one you
+    /// gave. Store it before `send` if your process may stop or drop the `send` future
+    /// before an answer: a dropped `send()` leaves the operation's outcome unknown.
+    ///
+    /// ```
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// let request = client.post_idempotent("http://127.0.0.1:8080/orders");
+    /// let key = request.key().clone(); // persist it with the order, then send
+    /// # drop((request, key));
+    /// ```
+    #[must_use]
+    pub fn key(&self) -> &IdempotencyKey {
+        &self.key
     }
 
     /// A retry policy for this request only.
@@ -245,11 +267,13 @@ impl IdempotentRequestBuilder {
         self
     }
 
-    /// Sends the operation: mints its key (unless one was given), then makes attempts
-    /// until one gets a final response or the policy, deadline or budget says stop.
+    /// Sends the operation with its key, making attempts until one gets a final
+    /// response or the policy, deadline or budget says stop.
     ///
-    /// The request is checked and the key fixed when `send` is called; nothing goes on
-    /// the wire until the returned future is awaited.
+    /// The request is checked when `send` is called; nothing goes on the wire until the
+    /// returned future is awaited. Dropping that future after its first poll (a
+    /// timeout wrapper, a cancelled task) leaves the outcome unknown: an attempt may be
+    /// on its way. Keep [`key`](Self::key) if you may cancel.
     ///
     /// # Errors
     ///
@@ -283,16 +307,17 @@ impl IdempotentRequestBuilder {
             request,
             body,
             key,
+            fresh_key,
             policy,
             timeout,
         } = self;
         let settings = &client.inner.settings;
-        // The one place a key is minted: once per operation, before the first attempt.
-        let key = key.unwrap_or_else(IdempotencyKey::new_v4);
+        // Nothing is sent; only a key of the caller's may have been sent before.
         let invalid = |key: IdempotencyKey, reason: String, source| Error::InvalidRequest {
             key,
             reason,
             source,
+            outcome_unknown: !fresh_key,
         };
 
         // The client's own policy was validated when it was built.
@@ -341,6 +366,7 @@ impl IdempotentRequestBuilder {
             client,
             template,
             key,
+            fresh_key,
             policy,
             timeout,
         })
@@ -353,6 +379,7 @@ impl fmt::Debug for IdempotentRequestBuilder {
             .field("request", &self.request)
             .field("body", &self.body.as_ref().map(|b| b.bytes.len()))
             .field("key", &self.key)
+            .field("fresh_key", &self.fresh_key)
             .field("policy", &self.policy)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()

@@ -77,10 +77,14 @@ impl IdempotentResponse {
     ///
     /// # Errors
     ///
-    /// [`Error::Decode`] if the body is not valid JSON for `T`.
+    /// [`Error::Decode`] if the body is not valid JSON for `T`, with the key, the
+    /// status and the attempts. The operation did get this answer: after a 2xx,
+    /// [`Error::may_have_executed`] is `true`, so never start it over with a new key.
     pub async fn json<T: DeserializeOwned>(self) -> Result<T, Error> {
         serde_json::from_slice(&self.body).map_err(|source| Error::Decode {
             key: self.key,
+            status: self.status,
+            attempts: self.attempts,
             source,
         })
     }

@@ -101,14 +101,17 @@ mod tests {
     fn error_type_of_answers_is_the_status_for_4xx_and_5xx_only() {
         let headers = HeaderMap::new();
         let key = IdempotencyKey::new_v4();
+        let url: reqwest::Url = "http://127.0.0.1:1/".parse().unwrap();
         let of = |code: u16| {
             error_type(&Attempt {
                 method: &Method::POST,
+                url: &url,
                 key: &key,
                 number: 1,
                 outcome: Outcome::Response {
                     status: StatusCode::from_u16(code).unwrap(),
                     headers: &headers,
+                    url: &url,
                 },
             })
         };

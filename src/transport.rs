@@ -126,6 +126,8 @@ pub(crate) struct Operation {
     pub(crate) client: IdempotentClient,
     pub(crate) template: Template,
     pub(crate) key: IdempotencyKey,
+    /// Whether the key was minted for this operation and never sent before.
+    pub(crate) fresh_key: bool,
     /// A per-request policy; `None` for the client's.
     pub(crate) policy: Option<Box<RetryPolicy>>,
     pub(crate) timeout: Duration,
@@ -152,6 +154,7 @@ impl Transport for Sender<'_> {
             Ok(r) => Outcome::Response {
                 status: r.status,
                 headers: &r.headers,
+                url: &r.url,
             },
             Err(e) => Outcome::Error(e),
         })
@@ -174,9 +177,16 @@ impl Operation {
                 http_timeout: inner.http_timeout,
                 template: &self.template,
             };
-            let ending = Engine::new(settings, policy, self.template.method(), &self.key)
-                .run(&mut sender, self.timeout)
-                .await;
+            let template = &self.template;
+            let engine = Engine::new(
+                settings,
+                policy,
+                template.method(),
+                template.url(),
+                &self.key,
+                self.fresh_key,
+            );
+            let ending = engine.run(&mut sender, self.timeout).await;
             finish(ending, self.key)
         }
     }
@@ -228,6 +238,7 @@ pub(crate) fn state_size() -> usize {
         client: IdempotentClient::new(),
         template: Template::new(request, None),
         key: IdempotencyKey::new_v4(),
+        fresh_key: true,
         policy: None,
         timeout: Duration::from_secs(1),
     };

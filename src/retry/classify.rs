@@ -23,6 +23,8 @@ pub enum Decision {
 #[derive(Debug)]
 pub struct Attempt<'a> {
     pub(crate) method: &'a Method,
+    /// The URL the caller gave, before any redirect.
+    pub(crate) url: &'a reqwest::Url,
     pub(crate) key: &'a IdempotencyKey,
     pub(crate) number: u32,
     pub(crate) outcome: Outcome<'a>,
@@ -33,6 +35,8 @@ pub(crate) enum Outcome<'a> {
     Response {
         status: StatusCode,
         headers: &'a HeaderMap,
+        /// The URL that answered: another one than the caller's after a redirect.
+        url: &'a reqwest::Url,
     },
     Error(&'a reqwest::Error),
 }
@@ -90,16 +94,22 @@ impl<'a> Attempt<'a> {
         self.error().is_some_and(reqwest::Error::is_timeout)
     }
 
-    /// Whether this attempt may have executed on the server even though no usable
-    /// answer came back: anything but a refused connection, a 408 or a 429.
+    /// Whether this attempt may have executed on the server. Not executed is said only
+    /// of a connection that was never made (no byte of the request sent: refused, DNS,
+    /// TLS handshake) and of a 408 or 429 from the caller's URL itself. Any other answer,
+    /// retried or final, any later error, and anything after a redirect (the first
+    /// request was answered, and may have run, before the redirect was followed) may
+    /// have executed.
     pub(crate) fn may_have_executed(&self) -> bool {
         match self.outcome {
-            Outcome::Response { status, .. } => {
-                status.is_server_error() || status == StatusCode::CONFLICT
+            Outcome::Response { status, url, .. } => {
+                url != self.url
+                    || !matches!(
+                        status,
+                        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
+                    )
             }
-            // A connect error (refused, DNS, TLS handshake) means no byte of the request
-            // was sent. Anything later may have reached the server.
-            Outcome::Error(e) => !e.is_connect(),
+            Outcome::Error(e) => e.url().is_some_and(|u| u != self.url) || !e.is_connect(),
         }
     }
 }
@@ -254,15 +264,20 @@ mod tests {
     fn decision_follows_status() {
         let headers = HeaderMap::new();
         let key = IdempotencyKey::new_v4();
-        let attempt = |status| Attempt {
+        let url: reqwest::Url = "http://127.0.0.1:1/orders".parse().unwrap();
+        let elsewhere: reqwest::Url = "http://127.0.0.1:2/orders/1".parse().unwrap();
+        let answered_by = |status, by| Attempt {
             method: &Method::POST,
+            url: &url,
             key: &key,
             number: 1,
             outcome: Outcome::Response {
                 status,
                 headers: &headers,
+                url: by,
             },
         };
+        let attempt = |status| answered_by(status, &url);
         assert_eq!(
             default_classifier(&attempt(StatusCode::BAD_GATEWAY)),
             Decision::Retry
@@ -275,5 +290,10 @@ mod tests {
         assert!(attempt(StatusCode::CONFLICT).may_have_executed());
         assert!(!attempt(StatusCode::TOO_MANY_REQUESTS).may_have_executed());
         assert!(!attempt(StatusCode::REQUEST_TIMEOUT).may_have_executed());
+        // Any other answer may have executed, retried or not.
+        assert!(attempt(StatusCode::ACCEPTED).may_have_executed());
+        assert!(attempt(StatusCode::NOT_FOUND).may_have_executed());
+        // A 429 from a redirect's target says nothing of the first request.
+        assert!(answered_by(StatusCode::TOO_MANY_REQUESTS, &elsewhere).may_have_executed());
     }
 }

@@ -8,6 +8,7 @@
 //! decision to `tracing`, once, here. The client and the middleware therefore decide
 //! alike.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::RETRY_AFTER;
@@ -70,11 +71,14 @@ pub(crate) struct Engine<'a> {
     settings: &'a Settings,
     policy: &'a RetryPolicy,
     method: &'a Method,
+    url: &'a reqwest::Url,
     key: &'a IdempotencyKey,
     deadline: Option<Instant>,
     /// Made at the first retry: an operation that succeeds at once never needs it.
     backoff: Option<Box<Backoff>>,
     made: u32,
+    /// Whether the operation may have executed: some attempt may have, or the key may
+    /// have been sent before this call.
     outcome_unknown: bool,
     /// The last attempt's status and error class, for the end of the operation's span.
     last_status: Option<StatusCode>,
@@ -82,22 +86,27 @@ pub(crate) struct Engine<'a> {
 }
 
 impl<'a> Engine<'a> {
-    /// Starts the clock of the deadline.
+    /// Starts the clock of the deadline. `fresh_key` says the key was minted for this
+    /// call and never left the process: only then can the operation end "not sent".
+    /// A key the caller supplied may have been sent before, by an earlier call.
     pub(crate) fn new(
         settings: &'a Settings,
         policy: &'a RetryPolicy,
         method: &'a Method,
+        url: &'a reqwest::Url,
         key: &'a IdempotencyKey,
+        fresh_key: bool,
     ) -> Self {
         Self {
             settings,
             policy,
             method,
+            url,
             key,
             deadline: Instant::now().checked_add(policy.deadline),
             backoff: None,
             made: 0,
-            outcome_unknown: false,
+            outcome_unknown: !fresh_key,
             last_status: None,
             last_error: None,
         }
@@ -165,18 +174,26 @@ impl<'a> Engine<'a> {
         self.made += 1;
         let attempt = Attempt {
             method: self.method,
+            url: self.url,
             key: self.key,
             number: self.made,
             outcome,
         };
-        let settings = self.settings;
-        let decision = match &settings.classifier {
-            Some(classifier) => classifier(&attempt),
-            None => default_classifier(&attempt),
-        };
+        self.outcome_unknown |= attempt.may_have_executed();
         let error_type = telemetry::error_type(&attempt);
         let status = attempt.status();
         (self.last_status, self.last_error) = (status, error_type);
+        let settings = self.settings;
+        // A panic in the caller's classifier or hook ends the operation with an error
+        // that keeps its key and outcome, rather than unwinding through the caller and
+        // losing the key of a request that may have executed.
+        let decision = match &settings.classifier {
+            Some(classifier) => match catch_unwind(AssertUnwindSafe(|| classifier(&attempt))) {
+                Ok(decision) => decision,
+                Err(_) => return Next::GiveUp(self.give_up(GiveUpReason::CallbackPanicked)),
+            },
+            None => default_classifier(&attempt),
+        };
         debug!(
             attempt = self.made,
             "http.request.resend_count" = self.made - 1,
@@ -187,7 +204,6 @@ impl<'a> Engine<'a> {
             ?decision,
             "attempt finished"
         );
-        self.outcome_unknown |= attempt.may_have_executed();
 
         if decision == Decision::Final {
             if status.is_some() {
@@ -222,7 +238,9 @@ impl<'a> Engine<'a> {
         }
 
         if let Some(hook) = &settings.on_retry {
-            hook(&attempt, delay);
+            if catch_unwind(AssertUnwindSafe(|| hook(&attempt, delay))).is_err() {
+                return Next::GiveUp(self.give_up(GiveUpReason::CallbackPanicked));
+            }
         }
         info!(
             attempt = self.made,
