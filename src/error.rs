@@ -112,6 +112,24 @@ pub enum Error {
         source: Option<reqwest::Error>,
     },
 
+    /// Another reqwest-middleware layer, inside [`IdempotencyMiddleware`], failed during
+    /// an attempt (feature `middleware`). Nothing says how far that attempt got, so the
+    /// outcome is unknown.
+    ///
+    /// [`IdempotencyMiddleware`]: crate::IdempotencyMiddleware
+    #[cfg(feature = "middleware")]
+    #[error("operation failed after {attempts} attempt(s): another middleware layer failed")]
+    #[non_exhaustive]
+    MiddlewareLayer {
+        /// The operation's key, the same on every attempt.
+        key: IdempotencyKey,
+        /// Attempts made, the failed one included.
+        attempts: u32,
+        /// The other layer's error.
+        #[source]
+        source: reqwest_middleware::Error,
+    },
+
     /// The response body could not be decoded as the requested JSON type. The
     /// operation got its final answer: the status says what the server did.
     #[error("response body ({status}) is not the expected JSON")]
@@ -167,6 +185,8 @@ impl Error {
             Self::InvalidRequest { key, .. }
             | Self::Failed { key, .. }
             | Self::Decode { key, .. } => Some(key),
+            #[cfg(feature = "middleware")]
+            Self::MiddlewareLayer { key, .. } => Some(key),
             _ => None,
         }
     }
@@ -176,6 +196,8 @@ impl Error {
     pub fn attempts(&self) -> u32 {
         match self {
             Self::Failed { attempts, .. } | Self::Decode { attempts, .. } => *attempts,
+            #[cfg(feature = "middleware")]
+            Self::MiddlewareLayer { attempts, .. } => *attempts,
             _ => 0,
         }
     }
@@ -209,6 +231,8 @@ impl Error {
             | Self::InvalidRequest {
                 outcome_unknown, ..
             } => *outcome_unknown,
+            #[cfg(feature = "middleware")]
+            Self::MiddlewareLayer { .. } => true,
             _ => false,
         }
     }

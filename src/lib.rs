@@ -172,7 +172,7 @@ pub use duration::parse_duration;
 pub use error::{Error, GiveUpReason};
 pub use key::{IdempotencyKey, KeyFormat};
 #[cfg(feature = "middleware")]
-pub use middleware::IdempotencyMiddleware;
+pub use middleware::{IdempotencyMiddleware, OperationReport};
 pub use request::IdempotentRequestBuilder;
 pub use response::IdempotentResponse;
 pub use retry::budget::RetryBudget;

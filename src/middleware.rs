@@ -45,11 +45,18 @@ use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentClientBuilder, teleme
 ///   keep whatever retry layer you have for those.
 ///
 /// The final response is returned as it came, its body unread, with the key in its
-/// extensions (`response.extensions().get::<IdempotencyKey>()`). A retryable status that
-/// is still failing when the attempts run out is returned as that response, as
-/// reqwest-retry does. When the last attempt got no response at all, the error is
-/// [`Error::Failed`] (inside `reqwest_middleware::Error::Middleware`; downcast it) with
-/// the key, the attempts and whether the outcome is unknown.
+/// extensions (`response.extensions().get::<IdempotencyKey>()`) and an
+/// [`OperationReport`](crate::OperationReport) beside it. A retryable status that is
+/// still failing when the attempts run out is returned as that response, as
+/// reqwest-retry does: then [`OperationReport::of`](crate::OperationReport::of) says
+/// whether the operation may have executed all the same. When the last attempt got no
+/// response at all, the error is [`Error::Failed`] (inside
+/// `reqwest_middleware::Error::Middleware`; [`Error::from_middleware_error`] finds it)
+/// with the key, the attempts and whether the outcome is unknown; another layer's error
+/// during an attempt comes back wrapped in [`Error::MiddlewareLayer`], with the key.
+///
+/// A key remembered in the extensions belongs to one request (method, URL and body):
+/// a different request sent with the same extensions gets a key of its own.
 ///
 /// # Ordering, and the pitfall it avoids
 ///
@@ -299,35 +306,119 @@ async fn retry(
     finish(ending, key)
 }
 
-/// The operation's result: a response as it came, with the key in its extensions; a
-/// transport error, or no attempt at all, as [`Error::Failed`]; another layer's error
-/// as it came.
+/// The operation's result: a response as it came, with the key and an
+/// [`OperationReport`] in its extensions; a transport error, or no attempt at all, as
+/// [`Error::Failed`]; another layer's error wrapped in [`Error::MiddlewareLayer`].
 fn finish(ending: Ending<Answer>, key: IdempotencyKey) -> Answer {
     let Ending {
         end,
         attempts,
         outcome_unknown,
     } = ending;
-    let (reason, last) = match end {
-        End::Done(answer) => (GiveUpReason::NotRetryable, Some(answer)),
-        End::GaveUp(reason, last) => (reason, last),
-        End::Passed(answer) => return answer,
+    let (gave_up, last) = match end {
+        End::Done(answer) => (None, Some(answer)),
+        End::GaveUp(reason, last) => (Some(reason), last),
+        End::Passed(answer) => (Some(GiveUpReason::NotRetryable), Some(answer)),
     };
-    let source = match last {
+    let error = match last {
         Some(Ok(mut response)) => {
+            let report = OperationReport {
+                key: key.clone(),
+                attempts,
+                gave_up,
+                outcome_unknown: gave_up.is_some() && outcome_unknown,
+            };
+            response.extensions_mut().insert(report);
             response.extensions_mut().insert(key);
             return Ok(response);
         }
-        Some(Err(reqwest_middleware::Error::Reqwest(e))) => Some(e),
-        Some(Err(other)) => return Err(other),
-        None => None,
+        Some(Err(reqwest_middleware::Error::Reqwest(e))) => Error::Failed {
+            key,
+            attempts,
+            reason: gave_up.unwrap_or(GiveUpReason::NotRetryable),
+            outcome_unknown,
+            last_response: None,
+            source: Some(e),
+        },
+        Some(Err(layer)) => Error::MiddlewareLayer {
+            key,
+            attempts,
+            source: layer,
+        },
+        None => Error::Failed {
+            key,
+            attempts,
+            reason: gave_up.unwrap_or(GiveUpReason::NotRetryable),
+            outcome_unknown,
+            last_response: None,
+            source: None,
+        },
     };
-    Err(reqwest_middleware::Error::middleware(Error::Failed {
-        key,
-        attempts,
-        reason,
-        outcome_unknown,
-        last_response: None,
-        source,
-    }))
+    Err(reqwest_middleware::Error::middleware(error))
+}
+
+/// What the middleware knows of the operation behind a response it returns, kept in
+/// the response's extensions: read it with [`OperationReport::of`].
+///
+/// A response the middleware returns is either the operation's final answer, or the
+/// last answer when it gave up retrying (a 503 or 429 still failing when the attempts,
+/// the deadline or the budget ran out). In the second case the answer alone does not
+/// say whether an earlier attempt executed: a 429 after an attempt that timed out may
+/// follow an execution. [`is_outcome_unknown`](Self::is_outcome_unknown) says so.
+///
+/// ```no_run
+/// # async fn run(client: reqwest_middleware::ClientWithMiddleware) -> Result<(), reqwest_middleware::Error> {
+/// use idempotent_retry::OperationReport;
+/// let response = client.post("https://api.example/orders").body("{}").send().await?;
+/// if let Some(report) = OperationReport::of(&response) {
+///     if report.is_outcome_unknown() {
+///         // Keep report.idempotency_key() and send the same operation again later.
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct OperationReport {
+    key: IdempotencyKey,
+    attempts: u32,
+    gave_up: Option<GiveUpReason>,
+    outcome_unknown: bool,
+}
+
+impl OperationReport {
+    /// The report in a response from [`IdempotencyMiddleware`]; `None` for a response
+    /// that did not come through it (a safe method, another client).
+    #[must_use]
+    pub fn of(response: &Response) -> Option<&OperationReport> {
+        response.extensions().get::<OperationReport>()
+    }
+
+    /// The key every attempt carried.
+    #[must_use]
+    pub fn idempotency_key(&self) -> &IdempotencyKey {
+        &self.key
+    }
+
+    /// Attempts made, the first one included.
+    #[must_use]
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Why the middleware stopped retrying, when this response is not a final answer
+    /// but the last one it got.
+    #[must_use]
+    pub fn give_up_reason(&self) -> Option<GiveUpReason> {
+        self.gave_up
+    }
+
+    /// Whether the middleware gave up on this answer while the operation may have
+    /// executed (an earlier attempt may have reached the server, or the key was yours).
+    /// Keep the key and send the same operation again later; never a new key.
+    #[must_use]
+    pub fn is_outcome_unknown(&self) -> bool {
+        self.outcome_unknown
+    }
 }

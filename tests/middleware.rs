@@ -201,3 +201,104 @@ async fn exactly_once_against_the_idempotent_mock_with_lost_responses() {
     assert_eq!(mock.executions(), 1);
     assert!(mock.duplicates().is_empty());
 }
+
+#[tokio::test]
+async fn two_different_requests_through_one_extensions_map_get_two_keys() {
+    let server = server_failing(ResponseTemplate::new(503), 0).await;
+    let client = client(|c| c.with(ours()));
+    let mut extensions = Extensions::new();
+    for body in ["{\"sku\":\"tea\"}", "{\"sku\":\"cake\"}"] {
+        let request = client.post(server.uri()).body(body).build().unwrap();
+        client
+            .execute_with_extensions(request, &mut extensions)
+            .await
+            .unwrap();
+    }
+    let keys = keys_received(&server).await;
+    assert_eq!(keys.len(), 2);
+    assert_ne!(
+        keys[0], keys[1],
+        "one key for two different charges: {keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_429_after_an_attempt_that_may_have_executed_says_so() {
+    // The first attempt times out after the server did the work; then the server
+    // throttles until the attempts run out. The 429 alone would read "not executed".
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_millis(500)))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429))
+        .mount(&server)
+        .await;
+    let layer = fast_builder()
+        .retry_policy(fast_policy().max_attempts(3))
+        .attempt_timeout(Duration::from_millis(100))
+        .build_middleware()
+        .unwrap();
+    let resp = client(|c| c.with(layer))
+        .post(server.uri())
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let report = idempotent_retry::OperationReport::of(&resp).unwrap();
+    assert_eq!(report.attempts(), 3);
+    assert_eq!(
+        report.give_up_reason(),
+        Some(idempotent_retry::GiveUpReason::AttemptsExhausted)
+    );
+    assert!(
+        report.is_outcome_unknown(),
+        "the timed-out attempt may have executed"
+    );
+    let sent = assert_one_key(&keys_received(&server).await, 3);
+    assert_eq!(report.idempotency_key().as_str(), sent);
+}
+
+/// A layer inside ours that fails on its second call, after the first went out.
+struct FailsOnRetry(std::sync::atomic::AtomicU32);
+
+#[async_trait::async_trait]
+impl Middleware for FailsOnRetry {
+    async fn handle(
+        &self,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Err(reqwest_middleware::Error::middleware(
+                std::io::Error::other("token refresh failed"),
+            ));
+        }
+        next.run(request, extensions).await
+    }
+}
+
+#[tokio::test]
+async fn an_inner_layers_error_on_a_retry_comes_back_with_key_and_outcome() {
+    let server = server_failing(ResponseTemplate::new(503), 5).await;
+    let inner = FailsOnRetry(std::sync::atomic::AtomicU32::new(0));
+    let err = client(|c| c.with(ours()).with(inner))
+        .post(server.uri())
+        .body("{}")
+        .send()
+        .await
+        .unwrap_err();
+    let ours = Error::from_middleware_error(&err).unwrap();
+    assert!(matches!(ours, Error::MiddlewareLayer { .. }), "{ours:?}");
+    assert_eq!(ours.attempts(), 2);
+    assert!(ours.is_outcome_unknown() && ours.may_have_executed());
+    let sent = assert_one_key(&keys_received(&server).await, 1);
+    assert_eq!(ours.idempotency_key().unwrap().as_str(), sent);
+    let source = std::error::Error::source(ours).unwrap().to_string();
+    assert!(source.contains("token refresh failed"), "{source}");
+}

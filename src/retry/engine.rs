@@ -31,8 +31,8 @@ pub(crate) trait Transport {
     fn send(&mut self, timeout: Duration) -> impl Future<Output = Self::Answer> + Send;
 
     /// The answer as the engine judges it; `None` for an answer that is not the
-    /// engine's to judge (another middleware layer's own error), which ends the
-    /// operation as it is.
+    /// engine's to judge (another middleware layer's own error): it ends the
+    /// operation, which may have executed, since nothing says how far the attempt got.
     fn outcome(answer: &Self::Answer) -> Option<Outcome<'_>>;
 }
 
@@ -42,7 +42,7 @@ pub(crate) enum End<A> {
     Done(A),
     /// No further attempt, for this reason; the last answer, if an attempt was made.
     GaveUp(GiveUpReason, Option<A>),
-    /// An answer that was not the engine's to judge, passed on as it came.
+    /// An answer that was not the engine's to judge, for the front end to pass on.
     Passed(A),
 }
 
@@ -134,6 +134,9 @@ impl<'a> Engine<'a> {
             let delay = {
                 let answer = transport.send(timeout).await;
                 let Some(outcome) = T::outcome(&answer) else {
+                    self.made += 1;
+                    self.outcome_unknown = true;
+                    self.give_up(GiveUpReason::NotRetryable);
                     break End::Passed(answer);
                 };
                 match self.after(outcome) {
