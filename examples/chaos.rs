@@ -222,8 +222,9 @@ async fn idempotent(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
                 Ok(resp) => (true, u64::from(resp.attempts()), false),
                 Err(e) => {
                     let attempts = u64::from(e.attempts());
-                    // The documented pattern: an unknown outcome is resumed with its key.
-                    let Some(key) = e.idempotency_key().filter(|_| e.is_outcome_unknown()) else {
+                    // The documented pattern: an operation that may have executed is
+                    // resumed with its key.
+                    let Some(key) = e.idempotency_key().filter(|_| e.may_have_executed()) else {
                         return (false, attempts, false);
                     };
                     let resumed = client

@@ -62,15 +62,12 @@ async fn main() -> Result<(), Error> {
                 api.executions()
             );
         }
-        Err(e) if e.is_outcome_unknown() => {
-            // Some attempt may have gone through. Store the key (it is serde-ready) and
-            // retry the same operation later with `.idempotency_key(key)`.
-            eprintln!(
-                "unknown outcome, resume later with key {:?}: {e}",
-                e.idempotency_key()
-            );
+        Err(e) if e.may_have_executed() => {
+            // The order may exist. Store the key (it is serde-ready) and send the same
+            // operation again later with `.idempotency_key(key)`; never a new key.
+            eprintln!("may have been placed; resume later with the same key: {e}");
         }
-        Err(e) => eprintln!("not placed: {e}"),
+        Err(e) => eprintln!("not placed, safe to start over: {e}"),
     }
     Ok(())
 }

@@ -39,7 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     println!("first try: {err}");
     // What to keep: the key of an operation whose outcome is unknown.
-    let (true, Some(key)) = (err.is_outcome_unknown(), err.idempotency_key()) else {
+    let (true, Some(key)) = (err.may_have_executed(), err.idempotency_key()) else {
         return Err(format!("expected an unknown outcome, got {err}").into());
     };
     std::fs::write(&saved, serde_json::to_string(key)?)?;

@@ -86,9 +86,11 @@
 //!
 //! # When it gives up
 //!
-//! [`Error`] says why, carries the key and the number of attempts, and tells whether the
-//! outcome is unknown ([`Error::is_outcome_unknown`]): if some attempt may have executed,
-//! keep the key and retry the same operation later with it.
+//! [`Error`] says why, carries the key and the number of attempts, and answers the
+//! question every error must: may this operation have executed
+//! ([`Error::may_have_executed`])? If so, keep the key and send the same operation again
+//! later with it; never start over with a new key. To survive a crash inside `send()`,
+//! store [`IdempotentRequestBuilder::key`] before sending (write-ahead).
 //!
 //! # Configuration files
 //!

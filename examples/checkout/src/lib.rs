@@ -26,10 +26,12 @@ pub struct Charge {
 pub enum ChargeError {
     /// The API refused it (card declined, bad request): nothing was charged.
     Refused(StatusCode),
-    /// We could not find out whether it went through. Keep the key with the order and
-    /// call [`Payments::resume`] later: the API charges at most once per key.
+    /// It may have gone through (we could not find out, or could not read the answer).
+    /// Keep the key with the order and call [`Payments::resume`] later: the API charges
+    /// at most once per key.
     Unknown(IdempotencyKey),
-    /// Nothing was charged (the API could not be reached, or the request was invalid).
+    /// Nothing was charged (the API could not be reached, or the request was invalid):
+    /// starting over is safe.
     NotCharged(Error),
 }
 
@@ -85,22 +87,25 @@ impl Payments {
         if let Some(key) = key {
             request = request.idempotency_key(key);
         }
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(e) if e.is_outcome_unknown() => {
-                let key = e.idempotency_key().cloned();
-                return Err(key.map_or(ChargeError::NotCharged(e), ChargeError::Unknown));
-            }
-            Err(e) => return Err(ChargeError::NotCharged(e)),
-        };
+        let response = request.send().await.map_err(sort)?;
         if !response.status().is_success() {
             return Err(ChargeError::Refused(response.status()));
         }
         let replayed = response.is_replay();
-        let created: Created = response.json().await.map_err(ChargeError::NotCharged)?;
+        // A 2xx whose body we cannot read is still a charge that was made.
+        let created: Created = response.json().await.map_err(sort)?;
         Ok(Charge {
             id: created.id,
             replayed,
         })
+    }
+}
+
+/// Sorts a failure by the one question that matters: may the charge have been made?
+/// If so, never charge again with a new key: keep this one and resume.
+fn sort(e: Error) -> ChargeError {
+    match e.idempotency_key() {
+        Some(key) if e.may_have_executed() => ChargeError::Unknown(key.clone()),
+        _ => ChargeError::NotCharged(e),
     }
 }
