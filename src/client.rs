@@ -9,7 +9,8 @@ use reqwest::{IntoUrl, Method};
 
 use crate::retry::budget::TokenBucket;
 use crate::settings::{
-    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, RetryHook, Settings, SharedClassifier,
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, DEFAULT_MAX_RESPONSE_BYTES, RetryHook, Settings,
+    SharedClassifier,
 };
 use crate::{
     Attempt, ClientConfig, Decision, Error, IdempotentRequestBuilder, KeyFormat, RetryBudget,
@@ -115,6 +116,7 @@ impl fmt::Debug for IdempotentClient {
         f.debug_struct("IdempotentClient")
             .field("policy", &inner.policy)
             .field("attempt_timeout", &inner.attempt_timeout)
+            .field("max_response_bytes", &inner.max_response_bytes)
             .field("key_header", &inner.key_header)
             .field("key_format", &inner.key_format)
             .field("budget", &inner.budget)
@@ -133,6 +135,7 @@ impl fmt::Debug for IdempotentClient {
 /// |---|---|
 /// | `retry_policy` | [`RetryPolicy::default`] (3 attempts, 500 ms base, full jitter, 30 s deadline) |
 /// | `attempt_timeout` | 10 s per attempt, connect to last byte (shrunk to what remains of the deadline) |
+/// | `max_response_bytes` | 16 MiB: far above any API answer, far below what would hurt the caller's memory |
 /// | `key_header` | `Idempotency-Key` |
 /// | `key_format` | [`KeyFormat::Bare`] |
 /// | `retry_budget` | [`RetryBudget::default`] (capacity 500, retry 5, timeout 10, refund 1) |
@@ -143,6 +146,7 @@ pub struct IdempotentClientBuilder {
     http: Option<reqwest::Client>,
     policy: RetryPolicy,
     attempt_timeout: Duration,
+    max_response_bytes: usize,
     key_header: Result<HeaderName, String>,
     key_format: KeyFormat,
     budget: RetryBudget,
@@ -163,6 +167,7 @@ impl IdempotentClientBuilder {
             http: None,
             policy: RetryPolicy::default(),
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             key_header: Ok(HeaderName::from_static(DEFAULT_KEY_HEADER)),
             key_format: KeyFormat::default(),
             budget: RetryBudget::default(),
@@ -196,6 +201,24 @@ impl IdempotentClientBuilder {
     /// ```
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = timeout;
+        self
+    }
+
+    /// The longest answer body the client reads. Each answer is read whole (an attempt
+    /// counts as answered only once its last byte arrived), so this bounds the memory
+    /// any server can make one `send()` use. A longer answer is not truncated and not
+    /// retried: it ends the operation with an error
+    /// ([`Error::is_response_too_large`]) that keeps its status, headers and key, and
+    /// whose outcome is unknown (the status says what the server did). A body that
+    /// declares its length is refused before it is read.
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// let client = IdempotentClient::builder().max_response_bytes(64 << 20).build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn max_response_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_bytes = bytes;
         self
     }
 
@@ -314,8 +337,8 @@ impl IdempotentClientBuilder {
         self
     }
 
-    /// Takes every setting a [`ClientConfig`] holds (retry policy, attempt timeout, key
-    /// header and form, retry budget), for example one read from a configuration file.
+    /// Takes every setting a [`ClientConfig`] holds (retry policy, attempt timeout,
+    /// answer bound, key header and form, retry budget), for example one read from a configuration file.
     /// Later calls still change single settings.
     ///
     /// ```
@@ -334,12 +357,14 @@ impl IdempotentClientBuilder {
         let ClientConfig {
             retry_policy,
             attempt_timeout,
+            max_response_bytes,
             key_header,
             key_format,
             retry_budget,
         } = config;
         self.policy = *retry_policy;
         self.attempt_timeout = *attempt_timeout;
+        self.max_response_bytes = *max_response_bytes;
         self.key_header = Ok(key_header.clone());
         self.key_format = *key_format;
         self.budget = *retry_budget;
@@ -424,6 +449,7 @@ impl IdempotentClientBuilder {
         Settings {
             policy: self.policy,
             attempt_timeout: self.attempt_timeout,
+            max_response_bytes: self.max_response_bytes,
             key_header: self
                 .key_header
                 .unwrap_or_else(|_| HeaderName::from_static(DEFAULT_KEY_HEADER)),

@@ -15,7 +15,7 @@ use http::HeaderName;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
 use crate::duration::parse_duration;
-use crate::settings::{DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER};
+use crate::settings::{DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, DEFAULT_MAX_RESPONSE_BYTES};
 use crate::{KeyFormat, RetryBudget, RetryPolicy};
 
 /// The options of an [`IdempotentClient`](crate::IdempotentClient) that can live in a
@@ -55,6 +55,7 @@ use crate::{KeyFormat, RetryBudget, RetryPolicy};
 /// |---|---|---|
 /// | `retry_policy` | table, see [`RetryPolicy`] (`max_attempts`, `initial_delay`, `multiplier`, `max_delay`, `jitter`, `deadline`, `max_retry_after`, `jitter_seed`) | [`RetryPolicy::default`] |
 /// | `attempt_timeout` | duration | `"10s"` |
+/// | `max_response_bytes` | integer, bytes | `16777216` (16 MiB) |
 /// | `key_header` | header name | `"Idempotency-Key"` |
 /// | `key_format` | `"bare"` or `"structured_string"` | `"bare"` |
 /// | `retry_budget` | table, see [`RetryBudget`] (`capacity`, `retry_cost`, `timeout_cost`, `success_refund`; all costs 0 turns it off) | [`RetryBudget::default`] |
@@ -65,6 +66,8 @@ pub struct ClientConfig {
     pub retry_policy: RetryPolicy,
     /// Time for one attempt, connect to last byte.
     pub attempt_timeout: Duration,
+    /// The longest answer body the client reads.
+    pub max_response_bytes: usize,
     /// The header the key is sent in.
     pub key_header: HeaderName,
     /// Bare key or IETF structured string.
@@ -78,6 +81,7 @@ impl Default for ClientConfig {
         Self {
             retry_policy: RetryPolicy::default(),
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             key_header: HeaderName::from_static(DEFAULT_KEY_HEADER),
             key_format: KeyFormat::default(),
             retry_budget: RetryBudget::default(),
@@ -283,6 +287,7 @@ impl Table for ClientConfig {
     const FIELDS: &'static [&'static str] = &[
         "retry_policy",
         "attempt_timeout",
+        "max_response_bytes",
         "key_header",
         "key_format",
         "retry_budget",
@@ -293,6 +298,7 @@ impl Table for ClientConfig {
         let ClientConfig {
             retry_policy,
             attempt_timeout,
+            max_response_bytes,
             key_header,
             key_format,
             retry_budget,
@@ -300,6 +306,7 @@ impl Table for ClientConfig {
         match field {
             "retry_policy" => *retry_policy = value(map, field)?,
             "attempt_timeout" => *attempt_timeout = duration(map, field)?,
+            "max_response_bytes" => *max_response_bytes = value(map, field)?,
             "key_header" => {
                 let name: String = value(map, field)?;
                 *key_header = HeaderName::try_from(name.as_str()).map_err(|e| {
@@ -353,6 +360,7 @@ mod tests {
                     "max_retry_after": "3s", "jitter_seed": 42
                 },
                 "attempt_timeout": "1500ms",
+                "max_response_bytes": 4096,
                 "key_header": "X-Request-Key",
                 "key_format": "structured_string",
                 "retry_budget": {
@@ -372,6 +380,7 @@ mod tests {
             .jitter_seed(42);
         assert_eq!(config.retry_policy, policy);
         assert_eq!(config.attempt_timeout, Duration::from_millis(1500));
+        assert_eq!(config.max_response_bytes, 4096);
         assert_eq!(config.key_header, "x-request-key");
         assert_eq!(config.key_format, KeyFormat::StructuredString);
         let budget = RetryBudget::new()

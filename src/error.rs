@@ -112,6 +112,25 @@ pub enum Error {
         source: Option<reqwest::Error>,
     },
 
+    /// An answer's body was longer than
+    /// [`max_response_bytes`](crate::IdempotentClientBuilder::max_response_bytes). It
+    /// was not read past the bound, not truncated and not retried. The status says what
+    /// the server did; the outcome counts as unknown, so keep the key.
+    #[error("answer ({status}) is longer than the {limit} bytes the client reads")]
+    #[non_exhaustive]
+    ResponseTooLarge {
+        /// The operation's key.
+        key: IdempotencyKey,
+        /// Attempts made, the first one included.
+        attempts: u32,
+        /// The answer's status.
+        status: StatusCode,
+        /// The answer's headers.
+        headers: Box<http::HeaderMap>,
+        /// The bound it passed.
+        limit: usize,
+    },
+
     /// Another reqwest-middleware layer, inside [`IdempotencyMiddleware`], failed during
     /// an attempt (feature `middleware`). Nothing says how far that attempt got, so the
     /// outcome is unknown.
@@ -159,6 +178,10 @@ pub enum GiveUpReason {
     BudgetExhausted,
     /// The last outcome is an error the classifier does not retry.
     NotRetryable,
+    /// An answer was longer than
+    /// [`max_response_bytes`](crate::IdempotentClientBuilder::max_response_bytes): it
+    /// is never retried nor truncated.
+    ResponseTooLarge,
     /// The classifier or the `on_retry` hook panicked. The panic is not passed on, so
     /// that the key and the outcome reach the caller.
     CallbackPanicked,
@@ -172,6 +195,7 @@ impl fmt::Display for GiveUpReason {
             Self::BudgetExhausted => "retry budget exhausted",
             Self::NotRetryable => "error is not retryable",
             Self::CallbackPanicked => "the classifier or the on_retry hook panicked",
+            Self::ResponseTooLarge => "the answer is longer than max_response_bytes",
         })
     }
 }
@@ -184,7 +208,8 @@ impl Error {
         match self {
             Self::InvalidRequest { key, .. }
             | Self::Failed { key, .. }
-            | Self::Decode { key, .. } => Some(key),
+            | Self::Decode { key, .. }
+            | Self::ResponseTooLarge { key, .. } => Some(key),
             #[cfg(feature = "middleware")]
             Self::MiddlewareLayer { key, .. } => Some(key),
             _ => None,
@@ -195,7 +220,9 @@ impl Error {
     #[must_use]
     pub fn attempts(&self) -> u32 {
         match self {
-            Self::Failed { attempts, .. } | Self::Decode { attempts, .. } => *attempts,
+            Self::Failed { attempts, .. }
+            | Self::Decode { attempts, .. }
+            | Self::ResponseTooLarge { attempts, .. } => *attempts,
             #[cfg(feature = "middleware")]
             Self::MiddlewareLayer { attempts, .. } => *attempts,
             _ => 0,
@@ -231,9 +258,26 @@ impl Error {
             | Self::InvalidRequest {
                 outcome_unknown, ..
             } => *outcome_unknown,
+            Self::ResponseTooLarge { .. } => true,
             #[cfg(feature = "middleware")]
             Self::MiddlewareLayer { .. } => true,
             _ => false,
+        }
+    }
+
+    /// Whether an answer was longer than the client reads
+    /// ([`max_response_bytes`](crate::IdempotentClientBuilder::max_response_bytes)).
+    #[must_use]
+    pub fn is_response_too_large(&self) -> bool {
+        matches!(self, Self::ResponseTooLarge { .. })
+    }
+
+    /// The headers of the last answer, when there was one.
+    #[must_use]
+    pub fn headers(&self) -> Option<&http::HeaderMap> {
+        match self {
+            Self::ResponseTooLarge { headers, .. } => Some(headers),
+            _ => self.last_response().map(IdempotentResponse::headers),
         }
     }
 
@@ -293,7 +337,7 @@ impl Error {
     #[must_use]
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            Self::Decode { status, .. } => Some(*status),
+            Self::Decode { status, .. } | Self::ResponseTooLarge { status, .. } => Some(*status),
             _ => self.last_response().map(IdempotentResponse::status),
         }
     }

@@ -18,6 +18,10 @@ pub const DEFAULT_KEY_HEADER: &str = "idempotency-key";
 /// Default time for one attempt, connect to last byte of the response.
 pub(crate) const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default bound on one answer's body: far above any API answer, far below what would
+/// hurt the caller's memory.
+pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 << 20;
+
 /// A user's retry decision, in place of the default one.
 pub(crate) type SharedClassifier = Arc<dyn Fn(&Attempt<'_>) -> Decision + Send + Sync>;
 
@@ -28,6 +32,8 @@ pub(crate) type RetryHook = Arc<dyn Fn(&Attempt<'_>, Duration) + Send + Sync>;
 pub(crate) struct Settings {
     pub(crate) policy: RetryPolicy,
     pub(crate) attempt_timeout: Duration,
+    /// The longest answer body read; a longer one ends the operation.
+    pub(crate) max_response_bytes: usize,
     pub(crate) key_header: HeaderName,
     pub(crate) key_format: KeyFormat,
     pub(crate) budget: TokenBucket,

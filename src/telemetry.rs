@@ -55,7 +55,7 @@ pub(crate) fn record_end(attempts: u32, status: Option<StatusCode>, error: Optio
 /// The `error.type` of one attempt's outcome, low-cardinality as the conventions ask: the
 /// status code for a 4xx or 5xx answer; for a transport error `timeout`, `connect`,
 /// `connection_closed` (reset or closed before the response was complete), `redirect`,
-/// `body`, or `_OTHER`.
+/// `body`, `response_too_large`, or `_OTHER`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ErrorType {
     Status(StatusCode),
@@ -77,6 +77,7 @@ pub(crate) fn error_type(attempt: &Attempt<'_>) -> Option<ErrorType> {
         Outcome::Response { status, .. } => (status.is_client_error() || status.is_server_error())
             .then_some(ErrorType::Status(status)),
         Outcome::Error(e) => Some(ErrorType::Transport(transport_error_type(e))),
+        Outcome::TooLarge { .. } => Some(ErrorType::Transport("response_too_large")),
     }
 }
 

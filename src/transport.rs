@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode, Version};
 
+use crate::client::Inner;
 use crate::retry::classify::Outcome;
 use crate::retry::engine::{End, Ending, Engine, Transport};
 use crate::{
@@ -36,18 +37,45 @@ impl Received {
     }
 }
 
-type Answer = Result<Received, reqwest::Error>;
+/// Why an attempt has no usable answer.
+enum Failure {
+    /// No complete response: timeout, refused or lost connection, ...
+    Transport(reqwest::Error),
+    /// A response whose body passed the bound: its head, the body left unread.
+    TooLarge(Box<Head>),
+}
+
+/// What is kept of an answer too long to read.
+struct Head {
+    status: StatusCode,
+    headers: HeaderMap,
+}
+
+impl From<reqwest::Error> for Failure {
+    fn from(e: reqwest::Error) -> Self {
+        Self::Transport(e)
+    }
+}
+
+type Answer = Result<Received, Failure>;
 
 /// One attempt, from reqwest's pending response: an answer counts only once its last
 /// byte arrived, so a connection lost mid-body is a lost response like any other. The
-/// request's timeout bounds all of it.
+/// request's timeout bounds all of it, and `limit` the body's length.
 async fn receive(
     pending: impl Future<Output = Result<reqwest::Response, reqwest::Error>>,
+    limit: usize,
 ) -> Answer {
     let mut response = pending.await?;
-    let body = match read_body(&mut response).await {
-        Ok(body) => body,
-        Err(e) => return Err(e.with_url(response.url().clone())),
+    let body = match read_body(&mut response, limit).await {
+        Ok(Some(body)) => body,
+        Ok(None) => {
+            return Err(Failure::TooLarge(Box::new(Head {
+                status: response.status(),
+                headers: std::mem::take(response.headers_mut()),
+            })));
+        }
+        Err(e) => return Err(e.with_url(response.url().clone()).into()),
     };
     Ok(Received {
         status: response.status(),
@@ -58,22 +86,42 @@ async fn receive(
     })
 }
 
-/// The whole body, chunk by chunk; a body that arrives in one chunk is kept without
-/// copying.
-async fn read_body(response: &mut reqwest::Response) -> Result<Bytes, reqwest::Error> {
+/// The whole body, chunk by chunk, or `None` as soon as it is known to be longer than
+/// `limit` (from its declared length, before reading, or once the bytes read pass it):
+/// memory never holds more than `limit` and a chunk. A body that arrives in one chunk
+/// is kept without copying.
+async fn read_body(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Option<Bytes>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|len| usize::try_from(len).map_or(true, |len| len > limit))
+    {
+        return Ok(None);
+    }
     let Some(first) = response.chunk().await? else {
-        return Ok(Bytes::new());
+        return Ok(Some(Bytes::new()));
     };
+    if first.len() > limit {
+        return Ok(None);
+    }
     let Some(second) = response.chunk().await? else {
-        return Ok(first);
+        return Ok(Some(first));
     };
+    if first.len() + second.len() > limit {
+        return Ok(None);
+    }
     let mut body = BytesMut::with_capacity(first.len() + second.len());
     body.extend_from_slice(&first);
     body.extend_from_slice(&second);
     while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
         body.extend_from_slice(&chunk);
     }
-    Ok(body.freeze())
+    Ok(Some(body.freeze()))
 }
 
 /// What every attempt sends. Each attempt is a fresh request made from it, sharing the
@@ -135,9 +183,7 @@ pub(crate) struct Operation {
 
 /// The client's side of the engine's contract: send one attempt of the template.
 struct Sender<'a> {
-    http: &'a reqwest::Client,
-    /// The timeout built into `http`, if any.
-    http_timeout: Option<Duration>,
+    client: &'a Inner,
     template: &'a Template,
 }
 
@@ -145,8 +191,12 @@ impl Transport for Sender<'_> {
     type Answer = Answer;
 
     fn send(&mut self, timeout: Duration) -> impl Future<Output = Answer> + Send {
-        let request = self.template.attempt(timeout, self.http_timeout);
-        receive(self.http.execute(request))
+        let client = self.client;
+        let request = self.template.attempt(timeout, client.http_timeout);
+        receive(
+            client.http.execute(request),
+            client.settings.max_response_bytes,
+        )
     }
 
     fn outcome(answer: &Answer) -> Option<Outcome<'_>> {
@@ -156,7 +206,11 @@ impl Transport for Sender<'_> {
                 headers: &r.headers,
                 url: &r.url,
             },
-            Err(e) => Outcome::Error(e),
+            Err(Failure::Transport(e)) => Outcome::Error(e),
+            Err(Failure::TooLarge(head)) => Outcome::TooLarge {
+                status: head.status,
+                headers: &head.headers,
+            },
         })
     }
 }
@@ -173,8 +227,7 @@ impl Operation {
             let settings = &inner.settings;
             let policy = self.policy.as_deref().unwrap_or(&settings.policy);
             let mut sender = Sender {
-                http: &inner.http,
-                http_timeout: inner.http_timeout,
+                client: inner,
                 template: &self.template,
             };
             let template = &self.template;
@@ -187,13 +240,17 @@ impl Operation {
                 self.fresh_key,
             );
             let ending = engine.run(&mut sender, self.timeout).await;
-            finish(ending, self.key)
+            finish(ending, self.key, settings.max_response_bytes)
         }
     }
 }
 
 /// The caller's result: a final answer as `Ok`, anything else as [`Error::Failed`].
-fn finish(ending: Ending<Answer>, key: IdempotencyKey) -> Result<IdempotentResponse, Error> {
+fn finish(
+    ending: Ending<Answer>,
+    key: IdempotencyKey,
+    max_response_bytes: usize,
+) -> Result<IdempotentResponse, Error> {
     let Ending {
         end,
         attempts,
@@ -201,19 +258,31 @@ fn finish(ending: Ending<Answer>, key: IdempotencyKey) -> Result<IdempotentRespo
     } = ending;
     let (reason, last) = match end {
         // The client judges every answer, so nothing is passed on unjudged; and the
-        // engine only calls a response final, so `Done` never holds an error.
+        // engine only calls a response final, so `Done` never holds a failure.
         End::Done(Ok(received)) | End::Passed(Ok(received)) => {
             return Ok(received.into_response(key, attempts));
         }
-        End::Done(Err(e)) | End::Passed(Err(e)) => (GiveUpReason::NotRetryable, Err(Some(e))),
-        End::GaveUp(reason, last) => (reason, last.map_or(Err(None), |l| l.map_err(Some))),
+        End::Done(Err(failure)) | End::Passed(Err(failure)) => {
+            (GiveUpReason::NotRetryable, Some(Err(failure)))
+        }
+        End::GaveUp(reason, last) => (reason, last),
     };
     let (last_response, source) = match last {
-        Ok(received) => (
+        Some(Ok(received)) => (
             Some(Box::new(received.into_response(key.clone(), attempts))),
             None,
         ),
-        Err(e) => (None, e),
+        Some(Err(Failure::Transport(e))) => (None, Some(e)),
+        Some(Err(Failure::TooLarge(head))) => {
+            return Err(Error::ResponseTooLarge {
+                key,
+                attempts,
+                status: head.status,
+                headers: Box::new(head.headers),
+                limit: max_response_bytes,
+            });
+        }
+        None => (None, None),
     };
     Err(Error::Failed {
         key,

@@ -257,3 +257,42 @@ async fn the_client_attempt_timeout_bounds_each_attempt_with_our_reqwest_client_
         );
     }
 }
+
+#[tokio::test]
+async fn an_answer_past_max_response_bytes_ends_the_operation_unread() {
+    // 256 MiB offered, 1 MiB read: chunked (found while reading) and declared (found
+    // from content-length, before reading).
+    const OFFERED: usize = 256 << 20;
+    for declared in [false, true] {
+        let server = ScriptedServer::start(vec![Action::StreamBody {
+            bytes: OFFERED,
+            declared,
+        }])
+        .await;
+        let request = fast_builder()
+            .max_response_bytes(1 << 20)
+            .build()
+            .unwrap()
+            .post_idempotent(server.url("/exports"));
+        let key = request.key().clone();
+        let err = request.send().await.unwrap_err();
+        assert!(err.is_response_too_large(), "{err:?}");
+        assert_eq!(err.attempts(), 1, "never retried");
+        assert_eq!(
+            err.status(),
+            Some(idempotent_retry::reqwest::StatusCode::OK)
+        );
+        assert!(err.headers().is_some());
+        assert_eq!(err.idempotency_key(), Some(&key));
+        assert!(err.is_outcome_unknown() && err.may_have_executed());
+        assert_eq!(server.seen().len(), 1);
+        // The client stopped reading and closed the connection, so the server cannot
+        // have pushed more than what was read plus what loopback's socket buffers hold
+        // (a few MiB): memory did not follow the offered 256 MiB.
+        let written = server.body_bytes_written();
+        assert!(
+            written < 32 << 20,
+            "{declared}: the server wrote {written} bytes"
+        );
+    }
+}

@@ -39,6 +39,12 @@ pub(crate) enum Outcome<'a> {
         url: &'a reqwest::Url,
     },
     Error(&'a reqwest::Error),
+    /// An answer whose body is longer than the client reads: it ends the operation,
+    /// never retried.
+    TooLarge {
+        status: StatusCode,
+        headers: &'a HeaderMap,
+    },
 }
 
 impl<'a> Attempt<'a> {
@@ -64,7 +70,7 @@ impl<'a> Attempt<'a> {
     #[must_use]
     pub fn status(&self) -> Option<StatusCode> {
         match self.outcome {
-            Outcome::Response { status, .. } => Some(status),
+            Outcome::Response { status, .. } | Outcome::TooLarge { status, .. } => Some(status),
             Outcome::Error(_) => None,
         }
     }
@@ -73,7 +79,7 @@ impl<'a> Attempt<'a> {
     #[must_use]
     pub fn headers(&self) -> Option<&'a HeaderMap> {
         match self.outcome {
-            Outcome::Response { headers, .. } => Some(headers),
+            Outcome::Response { headers, .. } | Outcome::TooLarge { headers, .. } => Some(headers),
             Outcome::Error(_) => None,
         }
     }
@@ -84,7 +90,7 @@ impl<'a> Attempt<'a> {
     pub fn error(&self) -> Option<&'a reqwest::Error> {
         match self.outcome {
             Outcome::Error(e) => Some(e),
-            Outcome::Response { .. } => None,
+            Outcome::Response { .. } | Outcome::TooLarge { .. } => None,
         }
     }
 
@@ -110,6 +116,7 @@ impl<'a> Attempt<'a> {
                     )
             }
             Outcome::Error(e) => e.url().is_some_and(|u| u != self.url) || !e.is_connect(),
+            Outcome::TooLarge { .. } => true,
         }
     }
 }
@@ -124,6 +131,7 @@ pub fn default_classifier(attempt: &Attempt<'_>) -> Decision {
     let retry = match attempt.outcome {
         Outcome::Response { status, .. } => is_retryable_status(status),
         Outcome::Error(e) => is_retryable_error(e),
+        Outcome::TooLarge { .. } => false,
     };
     if retry {
         Decision::Retry

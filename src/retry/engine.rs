@@ -186,6 +186,9 @@ impl<'a> Engine<'a> {
         let error_type = telemetry::error_type(&attempt);
         let status = attempt.status();
         (self.last_status, self.last_error) = (status, error_type);
+        if let Outcome::TooLarge { .. } = outcome {
+            return Next::GiveUp(self.give_up(GiveUpReason::ResponseTooLarge));
+        }
         let settings = self.settings;
         // A panic in the caller's classifier or hook ends the operation with an error
         // that keeps its key and outcome, rather than unwinding through the caller and

@@ -93,6 +93,9 @@ pub enum Action {
     /// Answer `201` with a chunked body: these chunks, each written and flushed on its
     /// own, 2 ms apart, then the last chunk.
     RespondChunked(&'static [&'static str]),
+    /// Answer `200` with a body of this many bytes, in 64 KiB writes, declared in
+    /// `content-length` or chunked; the bytes written are counted.
+    StreamBody { bytes: usize, declared: bool },
 }
 
 /// One request the scripted server read.
@@ -109,6 +112,7 @@ pub struct Seen {
 pub struct ScriptedServer {
     pub addr: std::net::SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    written: Arc<std::sync::atomic::AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -126,6 +130,8 @@ impl ScriptedServer {
         let addr = std_listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
+        let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = written.clone();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -144,8 +150,9 @@ impl ScriptedServer {
                     };
                     let action = script[n.min(script.len() - 1)];
                     let log = log.clone();
+                    let counter = counter.clone();
                     tokio::spawn(async move {
-                        let _ = serve(stream, action, log).await;
+                        let _ = serve(stream, action, log, counter).await;
                     });
                 }
             });
@@ -153,6 +160,7 @@ impl ScriptedServer {
         Self {
             addr,
             seen,
+            written,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -164,6 +172,11 @@ impl ScriptedServer {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// Body bytes the server managed to write, over all connections.
+    pub fn body_bytes_written(&self) -> usize {
+        self.written.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -182,6 +195,7 @@ async fn serve(
     mut stream: TcpStream,
     action: Action,
     log: Arc<Mutex<Vec<Seen>>>,
+    written: Arc<std::sync::atomic::AtomicUsize>,
 ) -> std::io::Result<()> {
     let head = read_request(&mut stream).await?;
     let key = head
@@ -227,6 +241,32 @@ async fn serve(
                 stream.write_all(framed.as_bytes()).await?;
             }
             stream.write_all(b"0\r\n\r\n").await?;
+        }
+        Action::StreamBody { bytes, declared } => {
+            let framing = if declared {
+                format!("content-length: {bytes}")
+            } else {
+                "transfer-encoding: chunked".to_owned()
+            };
+            let head = format!("HTTP/1.1 200 OK\r\n{framing}\r\nconnection: close\r\n\r\n");
+            stream.write_all(head.as_bytes()).await?;
+            let block = vec![b'x'; 64 * 1024];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(block.len());
+                if declared {
+                    stream.write_all(&block[..n]).await?;
+                } else {
+                    stream.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+                    stream.write_all(&block[..n]).await?;
+                    stream.write_all(b"\r\n").await?;
+                }
+                written.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                left -= n;
+            }
+            if !declared {
+                stream.write_all(b"0\r\n\r\n").await?;
+            }
         }
         Action::CloseWithoutResponse => {}
     }
