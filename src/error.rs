@@ -1,6 +1,7 @@
 //! The crate's one error type.
 
 use std::fmt;
+use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 
@@ -110,6 +111,11 @@ pub enum Error {
         /// The last attempt's transport error, when it got no response.
         #[source]
         source: Option<reqwest::Error>,
+        /// The wait the last answer's valid `Retry-After` asked for, counted from this
+        /// error's creation (zero if already past).
+        retry_after: Option<Duration>,
+        /// The instant that `Retry-After` named, to persist.
+        retry_at: Option<SystemTime>,
     },
 
     /// An answer's body was longer than
@@ -176,6 +182,10 @@ pub enum GiveUpReason {
     DeadlineExceeded,
     /// The client's retry budget could not pay for another retry.
     BudgetExhausted,
+    /// The server's `Retry-After` asked for a longer wait than
+    /// [`max_retry_after`](crate::RetryPolicy::max_retry_after): the operation stopped
+    /// at once rather than come back early. [`Error::retry_at`] says when to.
+    RetryAfterTooLong,
     /// The last outcome is an error the classifier does not retry.
     NotRetryable,
     /// An answer was longer than
@@ -193,6 +203,7 @@ impl fmt::Display for GiveUpReason {
             Self::AttemptsExhausted => "all attempts used",
             Self::DeadlineExceeded => "deadline reached",
             Self::BudgetExhausted => "retry budget exhausted",
+            Self::RetryAfterTooLong => "the server asked to retry later than max_retry_after",
             Self::NotRetryable => "error is not retryable",
             Self::CallbackPanicked => "the classifier or the on_retry hook panicked",
             Self::ResponseTooLarge => "the answer is longer than max_response_bytes",
@@ -262,6 +273,28 @@ impl Error {
             #[cfg(feature = "middleware")]
             Self::MiddlewareLayer { .. } => true,
             _ => false,
+        }
+    }
+
+    /// How long the server asked to wait before the operation is sent again: `Some`
+    /// whenever the last answer carried a valid `Retry-After` (seconds, or an HTTP-date
+    /// read against the answer's `Date`), counted from this error's creation, zero if
+    /// already past. Resume no earlier.
+    #[must_use]
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Failed { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The instant [`retry_after`](Self::retry_after) names, as a `SystemTime` to
+    /// persist with the key.
+    #[must_use]
+    pub fn retry_at(&self) -> Option<SystemTime> {
+        match self {
+            Self::Failed { retry_at, .. } => *retry_at,
+            _ => None,
         }
     }
 
@@ -362,6 +395,8 @@ mod tests {
             outcome_unknown: true,
             last_response: None,
             source: None,
+            retry_after: None,
+            retry_at: None,
         };
         let text = err.to_string();
         assert!(text.contains("3 attempt"), "{text}");

@@ -68,8 +68,9 @@
 //! Timeouts, failed connects, connections reset or closed before the whole response
 //! arrived, and statuses 408, 409, 429, 500, 502, 503 and 504 ([`default_classifier`]).
 //! Any other response is returned as `Ok`, as reqwest would. A `Retry-After` header
-//! (seconds or HTTP-date) replaces the backoff delay, up to
-//! [`RetryPolicy::max_retry_after`]. Replace the decision with a
+//! (seconds, or an HTTP-date read against the answer's `Date`) is a floor, never cut
+//! short; one beyond [`RetryPolicy::max_retry_after`] ends the operation at once, and
+//! [`Error::retry_at`] says when to come back. Replace the decision with a
 //! [classifier](IdempotentClientBuilder::classifier) of your own.
 //!
 //! # How long it waits
@@ -197,11 +198,16 @@ pub use reqwest_middleware;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
-    /// `Retry-After` parsing, against a fixed "now".
-    pub fn retry_after(bytes: &[u8]) -> Option<std::time::Duration> {
+    /// `Retry-After` parsing, against a fixed "now" and, when `date` is given, against
+    /// that answer's `Date`.
+    pub fn retry_after(bytes: &[u8], date: Option<&[u8]>) -> Option<std::time::Duration> {
         let value = http::HeaderValue::from_bytes(bytes).ok()?;
+        let date = match date {
+            Some(d) => Some(http::HeaderValue::from_bytes(d).ok()?),
+            None => None,
+        };
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
-        crate::retry::retry_after::parse(&value, now)
+        crate::retry::retry_after::parse(&value, date.as_ref(), now)
     }
 
     /// The mock server's key header decoding (bare or structured string).

@@ -314,6 +314,9 @@ fn finish(ending: Ending<Answer>, key: IdempotencyKey) -> Answer {
         end,
         attempts,
         outcome_unknown,
+        // The middleware returns any answer as it came, Retry-After included; its
+        // errors come from attempts without an answer, which name no instant.
+        retry_after: _,
     } = ending;
     let (gave_up, last) = match end {
         End::Done(answer) => (None, Some(answer)),
@@ -339,6 +342,8 @@ fn finish(ending: Ending<Answer>, key: IdempotencyKey) -> Answer {
             outcome_unknown,
             last_response: None,
             source: Some(e),
+            retry_after: None,
+            retry_at: None,
         },
         Some(Err(layer)) => Error::MiddlewareLayer {
             key,
@@ -352,6 +357,8 @@ fn finish(ending: Ending<Answer>, key: IdempotencyKey) -> Answer {
             outcome_unknown,
             last_response: None,
             source: None,
+            retry_after: None,
+            retry_at: None,
         },
     };
     Err(reqwest_middleware::Error::middleware(error))

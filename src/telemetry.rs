@@ -59,14 +59,40 @@ pub(crate) fn record_end(attempts: u32, status: Option<StatusCode>, error: Optio
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ErrorType {
     Status(StatusCode),
-    Transport(&'static str),
+    Transport(Transport),
+}
+
+/// The classes of an attempt that got no usable answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Timeout,
+    Connect,
+    ConnectionClosed,
+    Redirect,
+    Body,
+    ResponseTooLarge,
+    Other,
+}
+
+impl Transport {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::ConnectionClosed => "connection_closed",
+            Self::Redirect => "redirect",
+            Self::Body => "body",
+            Self::ResponseTooLarge => "response_too_large",
+            Self::Other => "_OTHER",
+        }
+    }
 }
 
 impl fmt::Display for ErrorType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Status(status) => f.write_str(status.as_str()),
-            Self::Transport(kind) => f.write_str(kind),
+            Self::Transport(kind) => f.write_str(kind.as_str()),
         }
     }
 }
@@ -77,18 +103,18 @@ pub(crate) fn error_type(attempt: &Attempt<'_>) -> Option<ErrorType> {
         Outcome::Response { status, .. } => (status.is_client_error() || status.is_server_error())
             .then_some(ErrorType::Status(status)),
         Outcome::Error(e) => Some(ErrorType::Transport(transport_error_type(e))),
-        Outcome::TooLarge { .. } => Some(ErrorType::Transport("response_too_large")),
+        Outcome::TooLarge { .. } => Some(ErrorType::Transport(Transport::ResponseTooLarge)),
     }
 }
 
-fn transport_error_type(error: &reqwest::Error) -> &'static str {
+fn transport_error_type(error: &reqwest::Error) -> Transport {
     match lost(error) {
-        Some(Lost::Timeout) => "timeout",
-        Some(Lost::Connect) => "connect",
-        Some(Lost::Closed) => "connection_closed",
-        None if error.is_redirect() => "redirect",
-        None if error.is_body() || error.is_decode() => "body",
-        None => "_OTHER",
+        Some(Lost::Timeout) => Transport::Timeout,
+        Some(Lost::Connect) => Transport::Connect,
+        Some(Lost::Closed) => Transport::ConnectionClosed,
+        None if error.is_redirect() => Transport::Redirect,
+        None if error.is_body() || error.is_decode() => Transport::Body,
+        None => Transport::Other,
     }
 }
 

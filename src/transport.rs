@@ -2,7 +2,7 @@
 //! and what counts as its answer (the whole response, body included). The retry engine
 //! decides everything else.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode, Version};
@@ -255,6 +255,7 @@ fn finish(
         end,
         attempts,
         outcome_unknown,
+        retry_after,
     } = ending;
     let (reason, last) = match end {
         // The client judges every answer, so nothing is passed on unjudged; and the
@@ -284,6 +285,8 @@ fn finish(
         }
         None => (None, None),
     };
+    // Counted from now, the error's creation, right after the answer that named it.
+    let retry_at = retry_after.and_then(|wait| SystemTime::now().checked_add(wait));
     Err(Error::Failed {
         key,
         attempts,
@@ -291,6 +294,8 @@ fn finish(
         outcome_unknown,
         last_response,
         source,
+        retry_after,
+        retry_at,
     })
 }
 

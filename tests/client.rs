@@ -193,14 +193,15 @@ async fn retry_after_seconds_replaces_the_backoff_delay() {
 }
 
 #[tokio::test]
-async fn retry_after_is_capped() {
+async fn retry_after_beyond_the_cap_stops_at_once_and_says_when() {
     let server = server_failing(
         ResponseTemplate::new(429).insert_header("retry-after", "3600"),
         1,
     )
     .await;
     let (delays, hook) = delay_recorder();
-    let resp = fast_builder()
+    let started = std::time::SystemTime::now();
+    let err = fast_builder()
         .retry_policy(fast_policy().max_retry_after(Duration::from_millis(50)))
         .on_retry(hook)
         .build()
@@ -208,9 +209,18 @@ async fn retry_after_is_capped() {
         .post_idempotent(server.uri())
         .send()
         .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    assert_eq!(*delays.lock().unwrap(), [Duration::from_millis(50)]);
+        .unwrap_err();
+    assert_eq!(err.give_up_reason(), Some(GiveUpReason::RetryAfterTooLong));
+    assert_eq!(err.attempts(), 1, "no retry 3,550 s early");
+    assert!(delays.lock().unwrap().is_empty(), "no sleep either");
+    assert_eq!(keys_received(&server).await.len(), 1);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(3600)));
+    let at = err.retry_at().unwrap();
+    let from_start = at.duration_since(started).unwrap();
+    assert!(
+        from_start >= Duration::from_secs(3600) && from_start < Duration::from_secs(3610),
+        "{from_start:?}"
+    );
 }
 
 #[tokio::test]
@@ -231,9 +241,10 @@ async fn retry_after_http_date_is_honoured_and_capped() {
         .await
         .unwrap();
     let delay = delays.lock().unwrap()[0];
-    // The date has one-second resolution: the wait is in (1 s, 2 s], far from the 5 ms backoff.
+    // Read against the answer's Date (whole seconds both): 1 or 2 s, never a fraction
+    // cut short by our clock, and far from the 5 ms backoff.
     assert!(
-        delay > Duration::from_millis(900) && delay <= Duration::from_secs(2),
+        delay == Duration::from_secs(1) || delay == Duration::from_secs(2),
         "{delay:?}"
     );
 
@@ -244,17 +255,20 @@ async fn retry_after_http_date_is_honoured_and_capped() {
         1,
     )
     .await;
-    let (delays, hook) = delay_recorder();
-    fast_builder()
+    let err = fast_builder()
         .retry_policy(fast_policy().max_retry_after(Duration::from_millis(80)))
-        .on_retry(hook)
         .build()
         .unwrap()
         .post_idempotent(server.uri())
         .send()
         .await
-        .unwrap();
-    assert_eq!(*delays.lock().unwrap(), [Duration::from_millis(80)]);
+        .unwrap_err();
+    assert_eq!(err.give_up_reason(), Some(GiveUpReason::RetryAfterTooLong));
+    let wait = err.retry_after().unwrap();
+    assert!(
+        wait > Duration::from_secs(3590) && wait <= Duration::from_secs(3600),
+        "{wait:?}"
+    );
 }
 
 #[tokio::test]
@@ -274,12 +288,12 @@ async fn unusable_retry_after_falls_back_to_backoff() {
             .send()
             .await
             .unwrap();
-        let want = if value.starts_with("Sun") {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(5)
-        };
-        assert_eq!(*delays.lock().unwrap(), [want], "Retry-After: {value}");
+        // A date in the past asks for no extra wait: the backoff alone, as for garbage.
+        assert_eq!(
+            *delays.lock().unwrap(),
+            [Duration::from_millis(5)],
+            "Retry-After: {value}"
+        );
     }
 }
 

@@ -19,6 +19,7 @@ use super::shared::{Config, Shared};
 /// | setting | default |
 /// |---|---|
 /// | `require_key` | `false`: requests without a key execute every time |
+/// | `retry_after_dates` | `false`: `Retry-After` in seconds |
 /// | `key_ttl` | 24 h |
 /// | `processing_delay` | 0 |
 /// | `max_body_bytes` | 1 MiB |
@@ -51,6 +52,7 @@ use super::shared::{Config, Shared};
 pub struct MockServerBuilder {
     addr: SocketAddr,
     require_key: bool,
+    retry_after_dates: bool,
     key_ttl: Duration,
     processing_delay: Duration,
     max_body_bytes: usize,
@@ -67,6 +69,7 @@ impl Default for MockServerBuilder {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             require_key: false,
+            retry_after_dates: false,
             key_ttl: Duration::from_secs(24 * 3600),
             processing_delay: Duration::ZERO,
             max_body_bytes: 1024 * 1024,
@@ -81,6 +84,14 @@ impl Default for MockServerBuilder {
 }
 
 impl MockServerBuilder {
+    /// Rate-limited answers carry `Retry-After` as an HTTP-date, with the answer's `Date`
+    /// beside it (whole seconds both), instead of delay-seconds: to test that a client
+    /// reads the date against `Date` and never comes back early.
+    pub fn retry_after_dates(mut self, dates: bool) -> Self {
+        self.retry_after_dates = dates;
+        self
+    }
+
     /// Answer `400` to POST/PATCH requests without a key.
     pub fn require_key(mut self, require: bool) -> Self {
         self.require_key = require;
@@ -205,6 +216,7 @@ impl MockServerBuilder {
         let shared = Arc::new(Shared::new(
             Config {
                 require_key: self.require_key,
+                retry_after_dates: self.retry_after_dates,
                 key_ttl: self.key_ttl,
                 processing_delay: self.processing_delay,
                 max_body_bytes: self.max_body_bytes,

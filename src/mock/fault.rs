@@ -1,9 +1,9 @@
 //! Fault injection: what can go wrong on the wire, scripted or drawn at random.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::header::RETRY_AFTER;
+use http::header::{DATE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 use serde::Deserialize;
 
@@ -83,8 +83,9 @@ pub(crate) enum Before {
 }
 
 impl Before {
-    /// The answer instead of the operation's.
-    pub(crate) fn answer(self) -> Result<Response<Body>, Dropped> {
+    /// The answer instead of the operation's; `dates` writes `Retry-After` as an
+    /// HTTP-date with a `Date` beside it.
+    pub(crate) fn answer(self, dates: bool) -> Result<Response<Body>, Dropped> {
         match self {
             Before::Status(status) => Ok(problem(
                 status,
@@ -99,13 +100,30 @@ impl Before {
                     "injected rate limit; retry after the time in Retry-After",
                 );
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-                response
-                    .headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(secs));
+                let headers = response.headers_mut();
+                if dates {
+                    // Both in whole seconds, so the date is exactly `secs` after `Date`.
+                    let now = SystemTime::now();
+                    let whole = now - Duration::from_nanos(u64::from(now_subsec(now)));
+                    let at = whole + Duration::from_secs(secs);
+                    for (name, time) in [(DATE, whole), (RETRY_AFTER, at)] {
+                        if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(time)) {
+                            headers.insert(name, value);
+                        }
+                    }
+                } else {
+                    headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+                }
                 Ok(response)
             }
         }
     }
+}
+
+/// The sub-second part of `time` (zero before the epoch, which no test clock is).
+fn now_subsec(time: SystemTime) -> u32 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
 }
 
 /// A fault that lets the operation execute and be stored, then spoils its answer.

@@ -57,7 +57,7 @@ async fn operation(
     let (parts, body) = request.into_parts();
     let key = read_key(shared, &method, &path, &parts);
     let after = match shared.next_fault().map(|fault| fault.phase()) {
-        Some(Phase::Before(fault)) => return Err(fault.answer()),
+        Some(Phase::Before(fault)) => return Err(fault.answer(shared.config.retry_after_dates)),
         Some(Phase::After(fault)) => Some(fault),
         None => None,
     };

@@ -16,6 +16,7 @@ use super::{ReceivedRequest, Stats};
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) require_key: bool,
+    pub(crate) retry_after_dates: bool,
     pub(crate) key_ttl: Duration,
     pub(crate) processing_delay: Duration,
     pub(crate) max_body_bytes: usize,

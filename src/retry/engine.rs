@@ -11,7 +11,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::RETRY_AFTER;
+use http::header::{DATE, RETRY_AFTER};
 use http::{Method, StatusCode};
 use tracing::{debug, info, warn};
 
@@ -53,6 +53,8 @@ pub(crate) struct Ending<A> {
     pub(crate) attempts: u32,
     /// Whether some attempt may have executed on the server.
     pub(crate) outcome_unknown: bool,
+    /// The wait the last answer's valid `Retry-After` asked for, if it had one.
+    pub(crate) retry_after: Option<Duration>,
 }
 
 /// What to do after an attempt.
@@ -83,6 +85,8 @@ pub(crate) struct Engine<'a> {
     /// The last attempt's status and error class, for the end of the operation's span.
     last_status: Option<StatusCode>,
     last_error: Option<ErrorType>,
+    /// The wait the last answer's valid `Retry-After` asked for, if it had one.
+    retry_after: Option<Duration>,
 }
 
 impl<'a> Engine<'a> {
@@ -109,6 +113,7 @@ impl<'a> Engine<'a> {
             outcome_unknown: !fresh_key,
             last_status: None,
             last_error: None,
+            retry_after: None,
         }
     }
 
@@ -154,6 +159,7 @@ impl<'a> Engine<'a> {
             end,
             attempts: self.made,
             outcome_unknown: self.outcome_unknown,
+            retry_after: self.retry_after,
         }
     }
 
@@ -183,6 +189,8 @@ impl<'a> Engine<'a> {
             outcome,
         };
         self.outcome_unknown |= attempt.may_have_executed();
+        let hint = retry_after(&attempt);
+        self.retry_after = hint;
         let error_type = telemetry::error_type(&attempt);
         let status = attempt.status();
         (self.last_status, self.last_error) = (status, error_type);
@@ -220,21 +228,25 @@ impl<'a> Engine<'a> {
             return Next::GiveUp(self.give_up(GiveUpReason::NotRetryable));
         }
 
-        // Advance the schedule on every retry, even when Retry-After overrides it, so
+        // Advance the schedule on every retry, even when Retry-After sets the wait, so
         // the n-th retry always draws the n-th delay.
         let policy = self.policy;
         let backoff_delay = self
             .backoff
             .get_or_insert_with(|| Box::new(Backoff::new(policy)))
             .next_delay();
-        let delay = match attempt.headers().and_then(|h| h.get(RETRY_AFTER)) {
-            Some(value) => super::retry_after::parse(value, SystemTime::now())
-                .map_or(backoff_delay, |hint| hint.min(policy.max_retry_after)),
-            None => backoff_delay,
-        };
         if self.made >= policy.max_attempts {
             return Next::GiveUp(self.give_up(GiveUpReason::AttemptsExhausted));
         }
+        // The server's Retry-After is a floor, never cut short: beyond the cap, stop now
+        // rather than come back early.
+        let delay = match hint {
+            Some(hint) if hint > policy.max_retry_after => {
+                return Next::GiveUp(self.give_up(GiveUpReason::RetryAfterTooLong));
+            }
+            Some(hint) => hint.max(backoff_delay),
+            None => backoff_delay,
+        };
         let too_late = |d: Instant| Instant::now().checked_add(delay).is_none_or(|end| end >= d);
         if self.deadline.is_some_and(too_late) {
             return Next::GiveUp(self.give_up(GiveUpReason::DeadlineExceeded));
@@ -276,4 +288,16 @@ impl<'a> Engine<'a> {
         );
         reason
     }
+}
+
+/// The wait the answer's `Retry-After` asks for, if it has a valid one; a malformed
+/// value is ignored (the backoff applies), with a debug event.
+fn retry_after(attempt: &Attempt<'_>) -> Option<Duration> {
+    let headers = attempt.headers()?;
+    let value = headers.get(RETRY_AFTER)?;
+    let hint = super::retry_after::parse(value, headers.get(DATE), SystemTime::now());
+    if hint.is_none() {
+        debug!(value = ?value, "ignoring a malformed Retry-After");
+    }
+    hint
 }

@@ -49,7 +49,7 @@ pub enum Jitter {
 /// | `max_delay` | 5 s | Stripe's client libraries |
 /// | `jitter` | [`Jitter::Full`] | AWS SDKs, Brooker 2015 |
 /// | `deadline` | 30 s for the whole operation, sleeps included | |
-/// | `max_retry_after` | 10 s: a longer `Retry-After` is waited for only this long | |
+/// | `max_retry_after` | 10 s: a server asking for a longer wait is not waited on; the operation stops at once and says when to come back | |
 /// | `jitter_seed` | none: each operation draws its own seed | |
 ///
 /// [`RetryPolicy::exponential`] and [`RetryPolicy::default`] give these values.
@@ -202,7 +202,10 @@ impl RetryPolicy {
         self
     }
 
-    /// Longest `Retry-After` the client honours. A longer one is shortened to this.
+    /// Longest `Retry-After` the client waits for within an operation. A server's
+    /// `Retry-After` is a floor, never cut short: a longer one ends the operation at
+    /// once ([`GiveUpReason::RetryAfterTooLong`](crate::GiveUpReason::RetryAfterTooLong)),
+    /// and [`Error::retry_at`](crate::Error::retry_at) says when to send it again.
     ///
     /// ```
     /// use std::time::Duration;

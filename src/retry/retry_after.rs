@@ -1,22 +1,36 @@
-//! `Retry-After` (RFC 9110 §10.2.3): delay-seconds or an HTTP-date.
+//! `Retry-After` (RFC 9110, section 10.2.3): delay-seconds or an HTTP-date.
 
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 
-/// The wait a `Retry-After` value asks for, measured from `now`.
+/// The wait a `Retry-After` value asks for, from the moment its answer arrived.
+///
+/// Delay-seconds are that wait. An HTTP-date is read against the answer's own `Date`
+/// (`date`) when it has a valid one, so that the server's clock, not ours, says how far
+/// away the instant is (clock skew, and the one-second resolution of both dates, would
+/// otherwise make the wait short); without one, against `now`. A date in the past means
+/// "now".
 ///
 /// `None` for anything that is neither form (negative numbers, fractions, garbage); the
-/// caller then falls back to its own backoff. A date in the past means "now". Numbers
-/// too large for a `u64` saturate; the caller caps the wait anyway.
-pub(crate) fn parse(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+/// caller then falls back to its own backoff. Numbers too large for a `u64` saturate;
+/// the caller caps the wait anyway.
+pub(crate) fn parse(
+    value: &HeaderValue,
+    date: Option<&HeaderValue>,
+    now: SystemTime,
+) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         let secs = text.parse::<u64>().unwrap_or(u64::MAX);
         return Some(Duration::from_secs(secs));
     }
     let at = httpdate::parse_http_date(text).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let reference = date
+        .and_then(|d| d.to_str().ok())
+        .and_then(|d| httpdate::parse_http_date(d.trim()).ok())
+        .unwrap_or(now);
+    Some(at.duration_since(reference).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -29,7 +43,7 @@ mod tests {
     }
 
     fn parse_str(s: &str, now: SystemTime) -> Option<Duration> {
-        parse(&HeaderValue::from_str(s).unwrap(), now)
+        parse(&HeaderValue::from_str(s).unwrap(), None, now)
     }
 
     #[test]
@@ -86,14 +100,44 @@ mod tests {
             assert_eq!(parse_str(bad, now), None, "{bad:?}");
         }
         let opaque = HeaderValue::from_bytes(b"\xff\xfe").unwrap();
-        assert_eq!(parse(&opaque, now), None);
+        assert_eq!(parse(&opaque, None, now), None);
+    }
+
+    #[test]
+    fn dates_are_read_against_the_answers_date() {
+        let value = HeaderValue::from_static("Sun, 06 Nov 1994 08:49:39 GMT");
+        let date = HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT");
+        // Our clock is 0.63 s past the server's Date, or an hour off: the wait is still
+        // the two seconds the server means.
+        for now in [
+            at(784_111_777) + Duration::from_millis(630),
+            at(784_111_777 + 3600),
+        ] {
+            assert_eq!(
+                parse(&value, Some(&date), now),
+                Some(Duration::from_secs(2))
+            );
+        }
+        // A Date that does not parse is ignored: our clock it is.
+        let bad = HeaderValue::from_static("yesterday");
+        assert_eq!(
+            parse(&value, Some(&bad), at(784_111_778)),
+            Some(Duration::from_secs(1))
+        );
+        // Seconds do not look at Date.
+        let secs = HeaderValue::from_static("5");
+        assert_eq!(
+            parse(&secs, Some(&date), at(0)),
+            Some(Duration::from_secs(5))
+        );
     }
 
     proptest! {
         #[test]
         fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64), now in any::<u32>()) {
             if let Ok(value) = HeaderValue::from_bytes(&bytes) {
-                let _ = parse(&value, at(u64::from(now)));
+                let _ = parse(&value, None, at(u64::from(now)));
+                let _ = parse(&value, Some(&value), at(u64::from(now)));
             }
         }
 
