@@ -9,8 +9,8 @@ use reqwest::{IntoUrl, Method};
 
 use crate::retry::budget::TokenBucket;
 use crate::settings::{
-    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, DEFAULT_MAX_RESPONSE_BYTES, RetryHook, Settings,
-    SharedClassifier,
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_SHOULD_RETRY_HEADER, RetryHook, Settings, SharedClassifier,
 };
 use crate::{
     Attempt, ClientConfig, Decision, Error, IdempotentRequestBuilder, KeyFormat, RetryBudget,
@@ -138,6 +138,7 @@ impl fmt::Debug for IdempotentClient {
 /// | `max_response_bytes` | 16 MiB: far above any API answer, far below what would hurt the caller's memory |
 /// | `key_header` | `Idempotency-Key` |
 /// | `key_format` | [`KeyFormat::Bare`] |
+/// | `should_retry_header` | `Stripe-Should-Retry`: a server that says whether to retry is obeyed, as Stripe's own libraries do |
 /// | `retry_budget` | [`RetryBudget::default`] (capacity 500, retry 5, timeout 10, refund 1) |
 /// | `classifier` | [`default_classifier`](crate::default_classifier) |
 /// | `reqwest_client` | `reqwest::Client::builder().timeout(attempt_timeout).redirect(Policy::none()).build()`: the attempt timeout built in, and no redirects followed, so a 3xx is a final answer (a `303` after a POST means it executed) |
@@ -149,6 +150,7 @@ pub struct IdempotentClientBuilder {
     max_response_bytes: usize,
     key_header: Result<HeaderName, String>,
     key_format: KeyFormat,
+    should_retry_header: Result<Option<HeaderName>, String>,
     budget: RetryBudget,
     classifier: Option<SharedClassifier>,
     on_retry: Option<RetryHook>,
@@ -170,6 +172,7 @@ impl IdempotentClientBuilder {
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             key_header: Ok(HeaderName::from_static(DEFAULT_KEY_HEADER)),
             key_format: KeyFormat::default(),
+            should_retry_header: Ok(Some(HeaderName::from_static(DEFAULT_SHOULD_RETRY_HEADER))),
             budget: RetryBudget::default(),
             classifier: None,
             on_retry: None,
@@ -269,6 +272,41 @@ impl IdempotentClientBuilder {
     /// ```
     pub fn key_format(mut self, format: KeyFormat) -> Self {
         self.key_format = format;
+        self
+    }
+
+    /// The field in which the server says whether an answer should be retried, read on
+    /// non-2xx answers: `true` retries, `false` makes the answer final, whatever its
+    /// status says (anything else is ignored). The default is `Stripe-Should-Retry`,
+    /// which Stripe's own client libraries obey both ways. A classifier of yours still
+    /// has the last word ([`Attempt::should_retry_hint`]).
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// let client = IdempotentClient::builder().should_retry_header("X-Should-Retry").build()?;
+    /// assert!(IdempotentClient::builder().should_retry_header("bad header").build().is_err());
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn should_retry_header<K>(mut self, name: K) -> Self
+    where
+        HeaderName: TryFrom<K>,
+        <HeaderName as TryFrom<K>>::Error: fmt::Display,
+    {
+        self.should_retry_header = HeaderName::try_from(name)
+            .map(Some)
+            .map_err(|e| format!("should_retry_header is not a valid header name: {e}"));
+        self
+    }
+
+    /// Reads no should-retry field: the status alone (and your classifier) decides.
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// let client = IdempotentClient::builder().ignore_should_retry_header().build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn ignore_should_retry_header(mut self) -> Self {
+        self.should_retry_header = Ok(None);
         self
     }
 
@@ -415,6 +453,9 @@ impl IdempotentClientBuilder {
         if let Err(reason) = &self.key_header {
             return Err(config(reason.clone()));
         }
+        if let Err(reason) = &self.should_retry_header {
+            return Err(config(reason.clone()));
+        }
         Ok(())
     }
 
@@ -454,6 +495,7 @@ impl IdempotentClientBuilder {
                 .key_header
                 .unwrap_or_else(|_| HeaderName::from_static(DEFAULT_KEY_HEADER)),
             key_format: self.key_format,
+            should_retry_header: self.should_retry_header.unwrap_or_default(),
             budget: TokenBucket::new(self.budget),
             classifier: self.classifier,
             on_retry: self.on_retry,

@@ -53,7 +53,7 @@ use crate::{KeyFormat, RetryBudget, RetryPolicy};
 ///
 /// | field | type | default |
 /// |---|---|---|
-/// | `retry_policy` | table, see [`RetryPolicy`] (`max_attempts`, `initial_delay`, `multiplier`, `max_delay`, `jitter`, `deadline`, `max_retry_after`, `jitter_seed`) | [`RetryPolicy::default`] |
+/// | `retry_policy` | table, see [`RetryPolicy`] (`max_attempts`, `initial_delay`, `multiplier`, `max_delay`, `jitter`, `deadline`, `max_retry_after`, `throttled_initial_delay`, `jitter_seed`) | [`RetryPolicy::default`] |
 /// | `attempt_timeout` | duration | `"10s"` |
 /// | `max_response_bytes` | integer, bytes | `16777216` (16 MiB) |
 /// | `key_header` | header name | `"Idempotency-Key"` |
@@ -202,6 +202,7 @@ impl Table for RetryPolicy {
         "jitter",
         "deadline",
         "max_retry_after",
+        "throttled_initial_delay",
         "jitter_seed",
     ];
 
@@ -215,6 +216,7 @@ impl Table for RetryPolicy {
             jitter,
             deadline,
             max_retry_after,
+            throttled_initial_delay,
             seed,
         } = self;
         match field {
@@ -225,6 +227,7 @@ impl Table for RetryPolicy {
             "jitter" => *jitter = value(map, field)?,
             "deadline" => *deadline = duration(map, field)?,
             "max_retry_after" => *max_retry_after = duration(map, field)?,
+            "throttled_initial_delay" => *throttled_initial_delay = duration(map, field)?,
             "jitter_seed" => *seed = Some(value(map, field)?),
             other => return Err(unknown(other, Self::FIELDS)),
         }
@@ -357,7 +360,8 @@ mod tests {
                 "retry_policy": {
                     "max_attempts": 7, "initial_delay": "20ms", "multiplier": 3.0,
                     "max_delay": "2s", "jitter": "decorrelated", "deadline": "1m",
-                    "max_retry_after": "3s", "jitter_seed": 42
+                    "max_retry_after": "3s", "throttled_initial_delay": "700ms",
+                    "jitter_seed": 42
                 },
                 "attempt_timeout": "1500ms",
                 "max_response_bytes": 4096,
@@ -377,6 +381,7 @@ mod tests {
             .jitter(Jitter::Decorrelated)
             .deadline(Duration::from_secs(60))
             .max_retry_after(Duration::from_secs(3))
+            .throttled_initial_delay(Duration::from_millis(700))
             .jitter_seed(42);
         assert_eq!(config.retry_policy, policy);
         assert_eq!(config.attempt_timeout, Duration::from_millis(1500));

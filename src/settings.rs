@@ -15,6 +15,9 @@ use crate::{Attempt, Decision, KeyFormat, RetryPolicy};
 /// [`IdempotentClientBuilder::key_header`]: crate::IdempotentClientBuilder::key_header
 pub const DEFAULT_KEY_HEADER: &str = "idempotency-key";
 
+/// The field in which a server says whether to retry an answer, as Stripe does.
+pub(crate) const DEFAULT_SHOULD_RETRY_HEADER: &str = "stripe-should-retry";
+
 /// Default time for one attempt, connect to last byte of the response.
 pub(crate) const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -36,6 +39,8 @@ pub(crate) struct Settings {
     pub(crate) max_response_bytes: usize,
     pub(crate) key_header: HeaderName,
     pub(crate) key_format: KeyFormat,
+    /// Where the server's own say on retrying is read, if anywhere.
+    pub(crate) should_retry_header: Option<HeaderName>,
     pub(crate) budget: TokenBucket,
     pub(crate) classifier: Option<SharedClassifier>,
     pub(crate) on_retry: Option<RetryHook>,

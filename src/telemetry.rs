@@ -140,6 +140,8 @@ mod tests {
                     headers: &headers,
                     url: &url,
                 },
+                retry_after: None,
+                should_retry: None,
             })
         };
         let text = |code| of(code).map(|e| e.to_string());

@@ -46,3 +46,107 @@ async fn retry_after_as_a_date_is_read_against_date_and_never_cut_short() {
     let gap = gap_after_a_429(server, Duration::from_secs(1)).await;
     assert!(gap >= Duration::from_secs(1), "came back after {gap:?}");
 }
+
+/// A wiremock server answering `first` (with `Stripe-Should-Retry: hint`) once, then 201.
+async fn answering_with_hint(first: u16, hint: &str) -> wiremock::MockServer {
+    support::server_failing(
+        wiremock::ResponseTemplate::new(first).insert_header("stripe-should-retry", hint),
+        1,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn stripe_should_retry_false_makes_a_500_final() {
+    let server = answering_with_hint(500, "false").await;
+    let resp = fast_client()
+        .post_idempotent(server.uri())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500, "returned as the final answer");
+    assert_eq!(
+        support::keys_received(&server).await.len(),
+        1,
+        "not retried"
+    );
+}
+
+#[tokio::test]
+async fn stripe_should_retry_true_retries_a_400() {
+    let server = answering_with_hint(400, "true").await;
+    let resp = fast_client()
+        .post_idempotent(server.uri())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    support::assert_one_key(&support::keys_received(&server).await, 2);
+}
+
+#[tokio::test]
+async fn the_hint_can_be_ignored_and_the_classifier_has_the_last_word() {
+    // Off: the 500 is retried as its status says.
+    let server = answering_with_hint(500, "false").await;
+    let resp = support::fast_builder()
+        .ignore_should_retry_header()
+        .build()
+        .unwrap()
+        .post_idempotent(server.uri())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    // A classifier sees the hint and may overrule it.
+    let server = answering_with_hint(500, "false").await;
+    let resp = support::fast_builder()
+        .classifier(|attempt| match attempt.should_retry_hint() {
+            Some(false) => idempotent_retry::Decision::Retry,
+            _ => idempotent_retry::default_classifier(attempt),
+        })
+        .build()
+        .unwrap()
+        .post_idempotent(server.uri())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    // Anything but true or false is ignored.
+    let server = answering_with_hint(500, "maybe").await;
+    let resp = fast_client()
+        .post_idempotent(server.uri())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+}
+
+#[tokio::test]
+async fn a_throttling_answer_without_retry_after_backs_off_from_its_own_base() {
+    let delays = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = delays.clone();
+    let client = support::fast_builder()
+        .retry_policy(support::fast_policy().throttled_initial_delay(Duration::from_millis(15)))
+        .on_retry(move |attempt, delay| {
+            sink.lock().unwrap().push((
+                attempt.status().map(|s| s.as_u16()),
+                attempt.is_throttling(),
+                delay,
+            ));
+        })
+        .build()
+        .unwrap();
+    for status in [429, 503, 409] {
+        let server = support::server_failing(wiremock::ResponseTemplate::new(status), 1).await;
+        client.post_idempotent(server.uri()).send().await.unwrap();
+    }
+    // 429 and 409 throttle; a 503 without Retry-After is transient (5 ms base).
+    assert_eq!(
+        *delays.lock().unwrap(),
+        [
+            (Some(429), true, Duration::from_millis(15)),
+            (Some(503), false, Duration::from_millis(5)),
+            (Some(409), true, Duration::from_millis(15)),
+        ]
+    );
+}

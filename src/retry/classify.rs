@@ -2,6 +2,7 @@
 
 use std::error::Error as StdError;
 use std::io;
+use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode};
 
@@ -28,6 +29,11 @@ pub struct Attempt<'a> {
     pub(crate) key: &'a IdempotencyKey,
     pub(crate) number: u32,
     pub(crate) outcome: Outcome<'a>,
+    /// The answer's valid `Retry-After`, as a wait from its arrival.
+    pub(crate) retry_after: Option<Duration>,
+    /// The server's own say on retrying (`Stripe-Should-Retry` by default), read on
+    /// non-2xx answers only.
+    pub(crate) should_retry: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -94,6 +100,35 @@ impl<'a> Attempt<'a> {
         }
     }
 
+    /// The wait the answer's `Retry-After` asks for, when it has a valid one (seconds,
+    /// or an HTTP-date read against the answer's `Date`).
+    #[must_use]
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The server's own say on retrying this answer: the `Stripe-Should-Retry` field
+    /// (or the one [`should_retry_header`] names) of a non-2xx answer, when it is
+    /// `true` or `false`. The default classifier follows it over the status.
+    ///
+    /// [`should_retry_header`]: crate::IdempotentClientBuilder::should_retry_header
+    #[must_use]
+    pub fn should_retry_hint(&self) -> Option<bool> {
+        self.should_retry
+    }
+
+    /// Whether the answer is *throttling*: a `429`, a `503` with a valid
+    /// `Retry-After`, or a `409` (the key is still in flight, our own concurrency,
+    /// priced the same). Other retryable outcomes are *transient*.
+    #[must_use]
+    pub fn is_throttling(&self) -> bool {
+        match self.status() {
+            Some(StatusCode::TOO_MANY_REQUESTS | StatusCode::CONFLICT) => true,
+            Some(StatusCode::SERVICE_UNAVAILABLE) => self.retry_after.is_some(),
+            _ => false,
+        }
+    }
+
     /// Whether the attempt ran out of time.
     #[must_use]
     pub fn is_timeout(&self) -> bool {
@@ -121,15 +156,19 @@ impl<'a> Attempt<'a> {
     }
 }
 
-/// The crate's own decision: retry a status for which [`is_retryable_status`] holds
-/// and an error for which [`is_retryable_error`] holds; everything else is final. A
+/// The crate's own decision: the server's own say first
+/// ([`Attempt::should_retry_hint`], on non-2xx answers), then a status for which
+/// [`is_retryable_status`] holds and an error for which [`is_retryable_error`] holds
+/// are retried; everything else is final. A
 /// classifier of your own
 /// ([`IdempotentClientBuilder::classifier`](crate::IdempotentClientBuilder::classifier))
 /// falls back to it for what it does not change.
 #[must_use]
 pub fn default_classifier(attempt: &Attempt<'_>) -> Decision {
     let retry = match attempt.outcome {
-        Outcome::Response { status, .. } => is_retryable_status(status),
+        Outcome::Response { status, .. } => attempt
+            .should_retry
+            .unwrap_or_else(|| is_retryable_status(status)),
         Outcome::Error(e) => is_retryable_error(e),
         Outcome::TooLarge { .. } => false,
     };
@@ -284,6 +323,8 @@ mod tests {
                 headers: &headers,
                 url: by,
             },
+            retry_after: None,
+            should_retry: None,
         };
         let attempt = |status| answered_by(status, &url);
         assert_eq!(

@@ -12,7 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{DATE, RETRY_AFTER};
-use http::{Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
@@ -181,16 +181,26 @@ impl<'a> Engine<'a> {
     /// budget, calls the `on_retry` hook, and reports it all to `tracing`.
     fn after(&mut self, outcome: Outcome<'_>) -> Next {
         self.made += 1;
+        let (hint, should_retry) = match outcome {
+            Outcome::Response {
+                status, headers, ..
+            } => (
+                retry_after(headers),
+                should_retry(self.settings, status, headers),
+            ),
+            Outcome::Error(_) | Outcome::TooLarge { .. } => (None, None),
+        };
+        self.retry_after = hint;
         let attempt = Attempt {
             method: self.method,
             url: self.url,
             key: self.key,
             number: self.made,
             outcome,
+            retry_after: hint,
+            should_retry,
         };
         self.outcome_unknown |= attempt.may_have_executed();
-        let hint = retry_after(&attempt);
-        self.retry_after = hint;
         let error_type = telemetry::error_type(&attempt);
         let status = attempt.status();
         (self.last_status, self.last_error) = (status, error_type);
@@ -231,10 +241,14 @@ impl<'a> Engine<'a> {
         // Advance the schedule on every retry, even when Retry-After sets the wait, so
         // the n-th retry always draws the n-th delay.
         let policy = self.policy;
-        let backoff_delay = self
+        let backoff = self
             .backoff
-            .get_or_insert_with(|| Box::new(Backoff::new(policy)))
-            .next_delay();
+            .get_or_insert_with(|| Box::new(Backoff::new(policy)));
+        let backoff_delay = if attempt.is_throttling() && hint.is_none() {
+            backoff.next_throttled_delay()
+        } else {
+            backoff.next_delay()
+        };
         if self.made >= policy.max_attempts {
             return Next::GiveUp(self.give_up(GiveUpReason::AttemptsExhausted));
         }
@@ -292,12 +306,29 @@ impl<'a> Engine<'a> {
 
 /// The wait the answer's `Retry-After` asks for, if it has a valid one; a malformed
 /// value is ignored (the backoff applies), with a debug event.
-fn retry_after(attempt: &Attempt<'_>) -> Option<Duration> {
-    let headers = attempt.headers()?;
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?;
     let hint = super::retry_after::parse(value, headers.get(DATE), SystemTime::now());
     if hint.is_none() {
         debug!(value = ?value, "ignoring a malformed Retry-After");
     }
     hint
+}
+
+/// The server's own say on retrying a non-2xx answer (`Stripe-Should-Retry` unless
+/// configured otherwise): `true` or `false`, any case; anything else is ignored, with a
+/// debug event.
+fn should_retry(settings: &Settings, status: StatusCode, headers: &HeaderMap) -> Option<bool> {
+    if status.is_success() {
+        return None;
+    }
+    let value = headers.get(settings.should_retry_header.as_ref()?)?;
+    match value.as_bytes() {
+        v if v.eq_ignore_ascii_case(b"true") => Some(true),
+        v if v.eq_ignore_ascii_case(b"false") => Some(false),
+        _ => {
+            debug!(value = ?value, "ignoring a Stripe-Should-Retry that is neither true nor false");
+            None
+        }
+    }
 }

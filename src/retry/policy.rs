@@ -50,6 +50,7 @@ pub enum Jitter {
 /// | `jitter` | [`Jitter::Full`] | AWS SDKs, Brooker 2015 |
 /// | `deadline` | 30 s for the whole operation, sleeps included | |
 /// | `max_retry_after` | 10 s: a server asking for a longer wait is not waited on; the operation stops at once and says when to come back | |
+/// | `throttled_initial_delay` | 1 s: the base after a throttling answer (429, 503 with `Retry-After`, 409 key in flight) that names no wait, since a server that throttles needs longer than a blip does | AWS Retry Behavior 2.1 |
 /// | `jitter_seed` | none: each operation draws its own seed | |
 ///
 /// [`RetryPolicy::exponential`] and [`RetryPolicy::default`] give these values.
@@ -78,6 +79,7 @@ pub struct RetryPolicy {
     pub(crate) jitter: Jitter,
     pub(crate) deadline: Duration,
     pub(crate) max_retry_after: Duration,
+    pub(crate) throttled_initial_delay: Duration,
     pub(crate) seed: Option<u64>,
 }
 
@@ -91,6 +93,7 @@ impl Default for RetryPolicy {
             jitter: Jitter::Full,
             deadline: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(10),
+            throttled_initial_delay: Duration::from_secs(1),
             seed: None,
         }
     }
@@ -215,6 +218,22 @@ impl RetryPolicy {
     /// ```
     pub fn max_retry_after(mut self, cap: Duration) -> Self {
         self.max_retry_after = cap;
+        self
+    }
+
+    /// The base delay after a *throttling* answer that names no wait of its own: a
+    /// `429`, a `409` (the key is still in flight), or a `503` with `Retry-After`. The
+    /// schedule is the same exponential one, grown from this base instead of
+    /// `initial_delay`, and capped by `max_delay`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_retry::RetryPolicy;
+    /// let policy = RetryPolicy::exponential().throttled_initial_delay(Duration::from_secs(2));
+    /// # assert!(policy.validate().is_ok());
+    /// ```
+    pub fn throttled_initial_delay(mut self, delay: Duration) -> Self {
+        self.throttled_initial_delay = delay;
         self
     }
 
