@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::header::HeaderName;
 use reqwest::{IntoUrl, Method};
 
-use crate::retry::budget::TokenBucket;
+use crate::retry::origins::{DEFAULT_MAX_ORIGINS, Origins};
 use crate::settings::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_SHOULD_RETRY_HEADER, RetryHook, Settings, SharedClassifier,
@@ -119,7 +119,7 @@ impl fmt::Debug for IdempotentClient {
             .field("max_response_bytes", &inner.max_response_bytes)
             .field("key_header", &inner.key_header)
             .field("key_format", &inner.key_format)
-            .field("budget", &inner.budget)
+            .field("budget", inner.origins.budget())
             .field("classifier", &inner.classifier.is_some())
             .field("on_retry", &inner.on_retry.is_some())
             .finish_non_exhaustive()
@@ -139,7 +139,8 @@ impl fmt::Debug for IdempotentClient {
 /// | `key_header` | `Idempotency-Key` |
 /// | `key_format` | [`KeyFormat::Bare`] |
 /// | `should_retry_header` | `Stripe-Should-Retry`: a server that says whether to retry is obeyed, as Stripe's own libraries do |
-/// | `retry_budget` | [`RetryBudget::default`] (capacity 500, retry 5, timeout 10, refund 1) |
+/// | `retry_budget` | [`RetryBudget::default`], per origin (capacity 500, transient cost 14, throttling cost 5, refund 1: AWS retry behavior 2.1) |
+/// | `max_origins` | 10,000 origins remembered; past that, the one used least recently goes first |
 /// | `classifier` | [`default_classifier`](crate::default_classifier) |
 /// | `reqwest_client` | `reqwest::Client::builder().timeout(attempt_timeout).redirect(Policy::none()).build()`: the attempt timeout built in, and no redirects followed, so a 3xx is a final answer (a `303` after a POST means it executed) |
 #[must_use]
@@ -152,6 +153,7 @@ pub struct IdempotentClientBuilder {
     key_format: KeyFormat,
     should_retry_header: Result<Option<HeaderName>, String>,
     budget: RetryBudget,
+    max_origins: usize,
     classifier: Option<SharedClassifier>,
     on_retry: Option<RetryHook>,
 }
@@ -174,6 +176,7 @@ impl IdempotentClientBuilder {
             key_format: KeyFormat::default(),
             should_retry_header: Ok(Some(HeaderName::from_static(DEFAULT_SHOULD_RETRY_HEADER))),
             budget: RetryBudget::default(),
+            max_origins: DEFAULT_MAX_ORIGINS,
             classifier: None,
             on_retry: None,
         }
@@ -310,7 +313,7 @@ impl IdempotentClientBuilder {
         self
     }
 
-    /// The retry budget shared by all operations of the client;
+    /// The retry budget: a bucket per origin, shared by the client's clones;
     /// [`RetryBudget::unlimited`] turns it off.
     ///
     /// ```
@@ -320,6 +323,20 @@ impl IdempotentClientBuilder {
     /// ```
     pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
         self.budget = budget;
+        self
+    }
+
+    /// Most origins whose state (retry budget) the client remembers, at least 1. Past
+    /// it, the origin used least recently is forgotten (and starts again with a full
+    /// bucket), so a client that meets millions of hosts stays bounded.
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// let client = IdempotentClient::builder().max_origins(100).build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn max_origins(mut self, origins: usize) -> Self {
+        self.max_origins = origins;
         self
     }
 
@@ -456,6 +473,9 @@ impl IdempotentClientBuilder {
         if let Err(reason) = &self.should_retry_header {
             return Err(config(reason.clone()));
         }
+        if self.max_origins == 0 {
+            return Err(config("max_origins must be at least 1"));
+        }
         Ok(())
     }
 
@@ -496,7 +516,7 @@ impl IdempotentClientBuilder {
                 .unwrap_or_else(|_| HeaderName::from_static(DEFAULT_KEY_HEADER)),
             key_format: self.key_format,
             should_retry_header: self.should_retry_header.unwrap_or_default(),
-            budget: TokenBucket::new(self.budget),
+            origins: Origins::new(self.budget, self.max_origins),
             classifier: self.classifier,
             on_retry: self.on_retry,
         }

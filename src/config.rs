@@ -58,7 +58,7 @@ use crate::{KeyFormat, RetryBudget, RetryPolicy};
 /// | `max_response_bytes` | integer, bytes | `16777216` (16 MiB) |
 /// | `key_header` | header name | `"Idempotency-Key"` |
 /// | `key_format` | `"bare"` or `"structured_string"` | `"bare"` |
-/// | `retry_budget` | table, see [`RetryBudget`] (`capacity`, `retry_cost`, `timeout_cost`, `success_refund`; all costs 0 turns it off) | [`RetryBudget::default`] |
+/// | `retry_budget` | table, see [`RetryBudget`] (`capacity`, `transient_cost`, `throttling_cost`, `success_refund`; all costs 0 turns it off) | [`RetryBudget::default`] |
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ClientConfig {
@@ -72,7 +72,7 @@ pub struct ClientConfig {
     pub key_header: HeaderName,
     /// Bare key or IETF structured string.
     pub key_format: KeyFormat,
-    /// The retry budget shared by all operations of the client.
+    /// The retry budget, a bucket per origin.
     pub retry_budget: RetryBudget,
 }
 
@@ -250,21 +250,25 @@ impl<'de> Deserialize<'de> for RetryPolicy {
 
 impl Table for RetryBudget {
     const WHAT: &'static str = "a retry budget table";
-    const FIELDS: &'static [&'static str] =
-        &["capacity", "retry_cost", "timeout_cost", "success_refund"];
+    const FIELDS: &'static [&'static str] = &[
+        "capacity",
+        "transient_cost",
+        "throttling_cost",
+        "success_refund",
+    ];
 
     fn set<'de, A: MapAccess<'de>>(&mut self, field: &str, map: &mut A) -> Result<(), A::Error> {
         // Every field named: a new one does not compile until it is read here.
         let RetryBudget {
             capacity,
-            retry_cost,
-            timeout_cost,
+            transient_cost,
+            throttling_cost,
             success_refund,
         } = self;
         let slot = match field {
             "capacity" => capacity,
-            "retry_cost" => retry_cost,
-            "timeout_cost" => timeout_cost,
+            "transient_cost" => transient_cost,
+            "throttling_cost" => throttling_cost,
             "success_refund" => success_refund,
             other => return Err(unknown(other, Self::FIELDS)),
         };
@@ -278,7 +282,7 @@ impl Table for RetryBudget {
 }
 
 impl<'de> Deserialize<'de> for RetryBudget {
-    /// From a table with `capacity`, `retry_cost`, `timeout_cost` and `success_refund`
+    /// From a table with `capacity`, `transient_cost`, `throttling_cost` and `success_refund`
     /// (token counts), every one optional; see [`ClientConfig`].
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         table(deserializer)
@@ -368,7 +372,7 @@ mod tests {
                 "key_header": "X-Request-Key",
                 "key_format": "structured_string",
                 "retry_budget": {
-                    "capacity": 50, "retry_cost": 2, "timeout_cost": 4, "success_refund": 3
+                    "capacity": 50, "transient_cost": 2, "throttling_cost": 4, "success_refund": 3
                 }
             }"#,
         )
@@ -390,8 +394,8 @@ mod tests {
         assert_eq!(config.key_format, KeyFormat::StructuredString);
         let budget = RetryBudget::new()
             .capacity(50)
-            .retry_cost(2)
-            .timeout_cost(4)
+            .transient_cost(2)
+            .throttling_cost(4)
             .success_refund(3);
         assert_eq!(config.retry_budget, budget);
     }

@@ -82,8 +82,9 @@
 //!
 //! # How much it retries
 //!
-//! A [`RetryBudget`] shared by one client caps retry traffic when a dependency is down:
-//! retries spend tokens, successes refund them.
+//! A [`RetryBudget`] per origin, shared by a client's clones, caps retry traffic when a
+//! dependency is down: retries spend tokens, successes refund them, and one sick origin
+//! drains its own bucket only.
 //!
 //! # When it gives up
 //!

@@ -314,9 +314,6 @@ fn finish(ending: Ending<Answer>, key: IdempotencyKey) -> Answer {
         end,
         attempts,
         outcome_unknown,
-        // The middleware returns any answer as it came, Retry-After included; its
-        // errors come from attempts without an answer, which name no instant.
-        retry_after: _,
     } = ending;
     let (gave_up, last) = match end {
         End::Done(answer) => (None, Some(answer)),

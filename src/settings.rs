@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::header::HeaderName;
 
-use crate::retry::budget::TokenBucket;
+use crate::retry::origins::Origins;
 use crate::{Attempt, Decision, KeyFormat, RetryPolicy};
 
 /// The header the key travels in unless [`IdempotentClientBuilder::key_header`] says
@@ -41,7 +41,8 @@ pub(crate) struct Settings {
     pub(crate) key_format: KeyFormat,
     /// Where the server's own say on retrying is read, if anywhere.
     pub(crate) should_retry_header: Option<HeaderName>,
-    pub(crate) budget: TokenBucket,
+    /// Per-origin state: the retry budget of each origin.
+    pub(crate) origins: Origins,
     pub(crate) classifier: Option<SharedClassifier>,
     pub(crate) on_retry: Option<RetryHook>,
 }

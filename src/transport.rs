@@ -9,7 +9,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 
 use crate::client::Inner;
 use crate::retry::classify::Outcome;
-use crate::retry::engine::{End, Ending, Engine, Transport};
+use crate::retry::engine::{self, End, Ending, Engine, Transport};
 use crate::{
     Error, GiveUpReason, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPolicy,
 };
@@ -255,7 +255,6 @@ fn finish(
         end,
         attempts,
         outcome_unknown,
-        retry_after,
     } = ending;
     let (reason, last) = match end {
         // The client judges every answer, so nothing is passed on unjudged; and the
@@ -286,6 +285,9 @@ fn finish(
         None => (None, None),
     };
     // Counted from now, the error's creation, right after the answer that named it.
+    let retry_after = last_response
+        .as_ref()
+        .and_then(|r| engine::retry_after(r.status, &r.headers));
     let retry_at = retry_after.and_then(|wait| SystemTime::now().checked_add(wait));
     Err(Error::Failed {
         key,

@@ -341,7 +341,7 @@ async fn the_budget_stops_retries_when_empty_and_refills() {
         .retry_budget(
             RetryBudget::new()
                 .capacity(10)
-                .retry_cost(5)
+                .transient_cost(5)
                 .success_refund(5),
         )
         .build()

@@ -23,7 +23,7 @@ jitter_seed = 7
 
 [retry_budget]
 capacity = 40
-retry_cost = 2
+transient_cost = 2
 "#;
 
 #[test]

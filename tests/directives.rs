@@ -150,3 +150,67 @@ async fn a_throttling_answer_without_retry_after_backs_off_from_its_own_base() {
         ]
     );
 }
+
+#[tokio::test]
+async fn one_sick_origin_drains_its_own_budget_only() {
+    let sick = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(503))
+        .mount(&sick)
+        .await;
+    let client = support::fast_builder()
+        .retry_policy(support::fast_policy().max_attempts(10))
+        // Two transient retries' worth (the default costs: 14 each).
+        .retry_budget(idempotent_retry::RetryBudget::new().capacity(28))
+        .build()
+        .unwrap();
+    let first = client.post_idempotent(sick.uri()).send().await.unwrap_err();
+    assert_eq!(
+        first.give_up_reason(),
+        Some(idempotent_retry::GiveUpReason::BudgetExhausted)
+    );
+    assert_eq!(first.attempts(), 3);
+    // A clone shares the per-origin state: the sick origin's bucket is empty for it too.
+    let clone = client.clone();
+    let again = clone.post_idempotent(sick.uri()).send().await.unwrap_err();
+    assert_eq!(again.attempts(), 1, "no retry left for the sick origin");
+
+    // A second, healthy origin that needs one retry still gets it, twenty times over.
+    for _ in 0..20 {
+        let healthy = support::server_failing(wiremock::ResponseTemplate::new(503), 1).await;
+        let resp = clone.post_idempotent(healthy.uri()).send().await.unwrap();
+        assert_eq!(resp.status(), 201);
+        assert_eq!(resp.attempts(), 2);
+    }
+}
+
+/// Scripts `server` to answer the next POST 503, then 201.
+async fn one_503_then_201(server: &wiremock::MockServer) {
+    server.reset().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(server)
+        .await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(201))
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn a_retry_that_succeeds_gives_its_cost_back() {
+    // Capacity for exactly one transient retry: if a successful retry did not give its
+    // 14 tokens back, the second operation to the same origin could not retry.
+    let client = support::fast_builder()
+        .retry_budget(idempotent_retry::RetryBudget::new().capacity(14))
+        .build()
+        .unwrap();
+    let server = wiremock::MockServer::start().await;
+    for _ in 0..2 {
+        one_503_then_201(&server).await;
+        let resp = client.post_idempotent(server.uri()).send().await.unwrap();
+        assert_eq!(resp.attempts(), 2);
+    }
+}

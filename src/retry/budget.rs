@@ -1,31 +1,37 @@
-//! The *rate cap*: a token bucket shared by every operation of one client, so that a
-//! failing dependency sees a bounded amount of retry traffic.
+//! The *rate cap*: a token bucket per origin, shared by every operation of one client to
+//! that origin, so that a failing dependency sees a bounded amount of retry traffic and
+//! a healthy one is not held back by it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// A retry budget: a token bucket shared by all operations of one client, after the
-/// AWS SDKs' "standard" retry mode and gRPC's retry throttling.
+/// A retry budget: a token bucket per origin (scheme, host and port of the URL you
+/// give), shared by a client and its clones, after the AWS SDKs' retry behavior 2.1
+/// and gRPC's retry throttling. One sick dependency drains its own bucket only: retries
+/// to every other origin go on.
 ///
-/// Each retry withdraws [`retry_cost`](Self::retry_cost) tokens, or
-/// [`timeout_cost`](Self::timeout_cost) when the failed attempt timed out (a timeout
-/// holds server resources longer than a quick error). Each operation that ends with a
-/// response the classifier calls final deposits [`success_refund`](Self::success_refund)
-/// tokens, up to the capacity. When the bucket cannot pay for a retry, the operation
-/// stops with [`GiveUpReason::BudgetExhausted`](crate::GiveUpReason::BudgetExhausted)
-/// instead of retrying. First attempts are never throttled.
+/// Each retry withdraws [`transient_cost`](Self::transient_cost) tokens after a
+/// transient failure (a timeout, a lost connection, a 5xx without `Retry-After`), or
+/// [`throttling_cost`](Self::throttling_cost) after a throttling answer (429, 409, 503
+/// with `Retry-After`). An operation that succeeds after retrying gives the cost of its
+/// last retry back; one that succeeds at its first attempt adds
+/// [`success_refund`](Self::success_refund), up to the capacity. "Succeeds" means a
+/// final answer that is not 5xx, 408 or 429. When the bucket cannot pay for a retry,
+/// the operation stops with
+/// [`GiveUpReason::BudgetExhausted`](crate::GiveUpReason::BudgetExhausted). First
+/// attempts are never held back by it.
 ///
 /// # Default
 ///
-/// AWS's numbers: capacity 500, retry cost 5, timeout cost 10, refund 1 per success.
-/// A healthy client therefore stays full, while a dependency that fails everything gets
-/// at most 100 retries (50 after timeouts) from a full bucket before the client stops
-/// retrying until successes refill it.
+/// AWS retry behavior 2.1: capacity 500, transient cost 14, throttling cost 5, 1 token
+/// per first-attempt success. A dependency that fails everything gets at most 35 retries
+/// after transient failures (100 after throttling) from a full bucket before retries to
+/// it stop until successes refill it; a healthy one stays full.
 ///
 /// ```
 /// use idempotent_retry::{IdempotentClient, RetryBudget};
 ///
 /// let client = IdempotentClient::builder()
-///     .retry_budget(RetryBudget::new().capacity(100).retry_cost(10))
+///     .retry_budget(RetryBudget::new().capacity(100).transient_cost(10))
 ///     .build()?;
 /// # Ok::<(), idempotent_retry::Error>(())
 /// ```
@@ -33,8 +39,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 #[must_use]
 pub struct RetryBudget {
     pub(crate) capacity: u32,
-    pub(crate) retry_cost: u32,
-    pub(crate) timeout_cost: u32,
+    pub(crate) transient_cost: u32,
+    pub(crate) throttling_cost: u32,
     pub(crate) success_refund: u32,
 }
 
@@ -42,8 +48,8 @@ impl Default for RetryBudget {
     fn default() -> Self {
         Self {
             capacity: 500,
-            retry_cost: 5,
-            timeout_cost: 10,
+            transient_cost: 14,
+            throttling_cost: 5,
             success_refund: 1,
         }
     }
@@ -65,13 +71,13 @@ impl RetryBudget {
     pub fn unlimited() -> Self {
         Self {
             capacity: 0,
-            retry_cost: 0,
-            timeout_cost: 0,
+            transient_cost: 0,
+            throttling_cost: 0,
             success_refund: 0,
         }
     }
 
-    /// Tokens in a full bucket; the bucket starts full.
+    /// Tokens in a full bucket; each origin's bucket starts full.
     ///
     /// ```
     /// use idempotent_retry::RetryBudget;
@@ -82,29 +88,29 @@ impl RetryBudget {
         self
     }
 
-    /// Tokens one retry costs after an error other than a timeout.
+    /// Tokens one retry costs after a transient failure or a timeout.
     ///
     /// ```
     /// use idempotent_retry::RetryBudget;
-    /// let budget = RetryBudget::new().retry_cost(2);
+    /// let budget = RetryBudget::new().transient_cost(10);
     /// ```
-    pub fn retry_cost(mut self, tokens: u32) -> Self {
-        self.retry_cost = tokens;
+    pub fn transient_cost(mut self, tokens: u32) -> Self {
+        self.transient_cost = tokens;
         self
     }
 
-    /// Tokens one retry costs after an attempt that timed out.
+    /// Tokens one retry costs after a throttling answer.
     ///
     /// ```
     /// use idempotent_retry::RetryBudget;
-    /// let budget = RetryBudget::new().timeout_cost(20);
+    /// let budget = RetryBudget::new().throttling_cost(2);
     /// ```
-    pub fn timeout_cost(mut self, tokens: u32) -> Self {
-        self.timeout_cost = tokens;
+    pub fn throttling_cost(mut self, tokens: u32) -> Self {
+        self.throttling_cost = tokens;
         self
     }
 
-    /// Tokens returned to the bucket when an operation ends with a final response.
+    /// Tokens an operation that succeeds at its first attempt gives the bucket.
     ///
     /// ```
     /// use idempotent_retry::RetryBudget;
@@ -116,28 +122,26 @@ impl RetryBudget {
     }
 }
 
-/// The live bucket. Lock-free: the success path is one atomic add when there is room.
+/// The live bucket of one origin. Lock-free: paying and refunding are one atomic
+/// update each.
 #[derive(Debug)]
 pub(crate) struct TokenBucket {
-    config: RetryBudget,
+    capacity: u32,
     tokens: AtomicU32,
 }
 
 impl TokenBucket {
-    pub(crate) fn new(config: RetryBudget) -> Self {
+    /// A full bucket.
+    pub(crate) fn new(capacity: u32) -> Self {
         Self {
-            config,
-            tokens: AtomicU32::new(config.capacity),
+            capacity,
+            tokens: AtomicU32::new(capacity),
         }
     }
 
-    /// Pays for one retry; `false` (and nothing withdrawn) when the bucket can't afford it.
-    pub(crate) fn try_withdraw(&self, after_timeout: bool) -> bool {
-        let cost = if after_timeout {
-            self.config.timeout_cost
-        } else {
-            self.config.retry_cost
-        };
+    /// Pays `cost` for one retry; `false` (and nothing withdrawn) when the bucket can't
+    /// afford it. A zero cost is always paid.
+    pub(crate) fn try_withdraw(&self, cost: u32) -> bool {
         if cost == 0 {
             return true;
         }
@@ -146,20 +150,21 @@ impl TokenBucket {
             .is_ok()
     }
 
-    pub(crate) fn deposit(&self) {
-        let (refund, cap) = (self.config.success_refund, self.config.capacity);
-        if refund == 0 || self.tokens.load(Ordering::Relaxed) >= cap {
+    /// Gives `tokens` back, up to the capacity.
+    pub(crate) fn deposit(&self, tokens: u32) {
+        let cap = self.capacity;
+        if tokens == 0 || self.tokens.load(Ordering::Relaxed) >= cap {
             return;
         }
         // Err only means the bucket filled up meanwhile, which is the state we want.
         let _ = self
             .tokens
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                (t < cap).then(|| t.saturating_add(refund).min(cap))
+                (t < cap).then(|| t.saturating_add(tokens).min(cap))
             });
     }
 
-    #[cfg(test)]
+    /// Tokens in the bucket now.
     pub(crate) fn available(&self) -> u32 {
         self.tokens.load(Ordering::Acquire)
     }
@@ -172,40 +177,48 @@ mod tests {
 
     #[test]
     fn empties_and_refills() {
-        let bucket = TokenBucket::new(RetryBudget::new().capacity(10).retry_cost(5));
-        assert!(bucket.try_withdraw(false));
-        assert!(bucket.try_withdraw(false));
-        assert!(!bucket.try_withdraw(false));
+        let bucket = TokenBucket::new(10);
+        assert!(bucket.try_withdraw(5));
+        assert!(bucket.try_withdraw(5));
+        assert!(!bucket.try_withdraw(5));
         assert_eq!(bucket.available(), 0);
-        for _ in 0..5 {
-            bucket.deposit();
-        }
-        assert!(bucket.try_withdraw(false));
-        assert!(!bucket.try_withdraw(false));
+        bucket.deposit(5);
+        assert!(bucket.try_withdraw(5));
+        assert!(!bucket.try_withdraw(5));
     }
 
     #[test]
-    fn timeouts_cost_more() {
-        let bucket = TokenBucket::new(RetryBudget::new().capacity(15));
-        assert!(bucket.try_withdraw(true));
-        assert_eq!(bucket.available(), 5);
-        assert!(!bucket.try_withdraw(true));
-        assert!(bucket.try_withdraw(false));
+    fn defaults_are_aws_retry_behavior_2_1() {
+        let budget = RetryBudget::default();
+        assert_eq!(
+            (
+                budget.capacity,
+                budget.transient_cost,
+                budget.throttling_cost,
+                budget.success_refund
+            ),
+            (500, 14, 5, 1)
+        );
+        let bucket = TokenBucket::new(budget.capacity);
+        let transient = (0..)
+            .take_while(|_| bucket.try_withdraw(budget.transient_cost))
+            .count();
+        assert_eq!(transient, 35);
     }
 
     #[test]
-    fn unlimited_never_refuses() {
-        let bucket = TokenBucket::new(RetryBudget::unlimited());
-        assert!((0..10_000).all(|i| bucket.try_withdraw(i % 2 == 0)));
+    fn zero_costs_never_refuse() {
+        let bucket = TokenBucket::new(0);
+        assert!((0..10_000).all(|_| bucket.try_withdraw(0)));
     }
 
     #[test]
     fn shared_across_threads_never_overdraws() {
-        let bucket = std::sync::Arc::new(TokenBucket::new(RetryBudget::new().capacity(1000)));
+        let bucket = std::sync::Arc::new(TokenBucket::new(1000));
         let granted: usize = (0..4)
             .map(|_| {
                 let b = bucket.clone();
-                std::thread::spawn(move || (0..500).filter(|_| b.try_withdraw(false)).count())
+                std::thread::spawn(move || (0..500).filter(|_| b.try_withdraw(5)).count())
             })
             .collect::<Vec<_>>()
             .into_iter()
@@ -217,12 +230,12 @@ mod tests {
     proptest! {
         #[test]
         fn tokens_stay_within_capacity(ops in proptest::collection::vec(0u8..3, 0..200), cap in 0u32..50) {
-            let bucket = TokenBucket::new(RetryBudget::new().capacity(cap).success_refund(3));
+            let bucket = TokenBucket::new(cap);
             for op in ops {
                 match op {
-                    0 => { bucket.try_withdraw(false); }
-                    1 => { bucket.try_withdraw(true); }
-                    _ => bucket.deposit(),
+                    0 => { bucket.try_withdraw(5); }
+                    1 => { bucket.try_withdraw(14); }
+                    _ => bucket.deposit(3),
                 }
                 prop_assert!(bucket.available() <= cap);
             }

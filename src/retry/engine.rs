@@ -9,6 +9,7 @@
 //! alike.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{DATE, RETRY_AFTER};
@@ -17,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
 use super::classify::{Attempt, Decision, Outcome, default_classifier};
+use super::origins::OriginState;
 use super::policy::RetryPolicy;
 use crate::settings::Settings;
 use crate::telemetry::{self, ErrorType};
@@ -53,8 +55,6 @@ pub(crate) struct Ending<A> {
     pub(crate) attempts: u32,
     /// Whether some attempt may have executed on the server.
     pub(crate) outcome_unknown: bool,
-    /// The wait the last answer's valid `Retry-After` asked for, if it had one.
-    pub(crate) retry_after: Option<Duration>,
 }
 
 /// What to do after an attempt.
@@ -78,15 +78,17 @@ pub(crate) struct Engine<'a> {
     deadline: Option<Instant>,
     /// Made at the first retry: an operation that succeeds at once never needs it.
     backoff: Option<Box<Backoff>>,
+    /// The origin's state, looked up when the budget is first needed.
+    origin: Option<Arc<OriginState>>,
     made: u32,
+    /// What the last retry paid the budget, given back if the operation succeeds.
+    last_cost: u32,
     /// Whether the operation may have executed: some attempt may have, or the key may
     /// have been sent before this call.
     outcome_unknown: bool,
     /// The last attempt's status and error class, for the end of the operation's span.
     last_status: Option<StatusCode>,
     last_error: Option<ErrorType>,
-    /// The wait the last answer's valid `Retry-After` asked for, if it had one.
-    retry_after: Option<Duration>,
 }
 
 impl<'a> Engine<'a> {
@@ -109,11 +111,12 @@ impl<'a> Engine<'a> {
             key,
             deadline: Instant::now().checked_add(policy.deadline),
             backoff: None,
+            origin: None,
             made: 0,
+            last_cost: 0,
             outcome_unknown: !fresh_key,
             last_status: None,
             last_error: None,
-            retry_after: None,
         }
     }
 
@@ -159,7 +162,6 @@ impl<'a> Engine<'a> {
             end,
             attempts: self.made,
             outcome_unknown: self.outcome_unknown,
-            retry_after: self.retry_after,
         }
     }
 
@@ -185,12 +187,11 @@ impl<'a> Engine<'a> {
             Outcome::Response {
                 status, headers, ..
             } => (
-                retry_after(headers),
+                retry_after(status, headers),
                 should_retry(self.settings, status, headers),
             ),
             Outcome::Error(_) | Outcome::TooLarge { .. } => (None, None),
         };
-        self.retry_after = hint;
         let attempt = Attempt {
             method: self.method,
             url: self.url,
@@ -230,9 +231,21 @@ impl<'a> Engine<'a> {
         );
 
         if decision == Decision::Final {
-            if status.is_some() {
-                settings.budget.deposit();
-                telemetry::record_end(self.made, status, error_type);
+            if let Some(status) = status {
+                if succeeded(status) {
+                    // A first-attempt success adds a little; a retry that succeeded
+                    // gives back what it cost.
+                    let budget = settings.origins.budget();
+                    let refund = if self.made == 1 {
+                        budget.success_refund
+                    } else {
+                        self.last_cost
+                    };
+                    if refund > 0 {
+                        self.origin().budget.deposit(refund);
+                    }
+                }
+                telemetry::record_end(self.made, Some(status), error_type);
                 return Next::Done;
             }
             return Next::GiveUp(self.give_up(GiveUpReason::NotRetryable));
@@ -265,9 +278,16 @@ impl<'a> Engine<'a> {
         if self.deadline.is_some_and(too_late) {
             return Next::GiveUp(self.give_up(GiveUpReason::DeadlineExceeded));
         }
-        if !settings.budget.try_withdraw(attempt.is_timeout()) {
+        let budget = settings.origins.budget();
+        let cost = if attempt.is_throttling() {
+            budget.throttling_cost
+        } else {
+            budget.transient_cost
+        };
+        if cost > 0 && !self.origin().budget.try_withdraw(cost) {
             return Next::GiveUp(self.give_up(GiveUpReason::BudgetExhausted));
         }
+        self.last_cost = cost;
 
         if let Some(hook) = &settings.on_retry {
             if catch_unwind(AssertUnwindSafe(|| hook(&attempt, delay))).is_err() {
@@ -284,6 +304,12 @@ impl<'a> Engine<'a> {
             "retrying"
         );
         Next::Retry(delay)
+    }
+
+    /// The state of the operation's origin, looked up once.
+    fn origin(&mut self) -> &OriginState {
+        let (origins, url) = (&self.settings.origins, self.url);
+        self.origin.get_or_insert_with(|| origins.get(url))
     }
 
     /// Reports the end of an operation that gets no final answer: the one place where
@@ -304,9 +330,13 @@ impl<'a> Engine<'a> {
     }
 }
 
-/// The wait the answer's `Retry-After` asks for, if it has a valid one; a malformed
-/// value is ignored (the backoff applies), with a debug event.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// The wait a non-2xx answer's `Retry-After` asks for, if it has a valid one (a 2xx
+/// answer is final: there is nothing to come back for); a malformed value is ignored
+/// (the backoff applies), with a debug event.
+pub(crate) fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    if status.is_success() {
+        return None;
+    }
     let value = headers.get(RETRY_AFTER)?;
     let hint = super::retry_after::parse(value, headers.get(DATE), SystemTime::now());
     if hint.is_none() {
@@ -331,4 +361,12 @@ fn should_retry(settings: &Settings, status: StatusCode, headers: &HeaderMap) ->
             None
         }
     }
+}
+
+/// Whether a final answer counts as a success for the budget: anything but a 5xx, a
+/// 408 or a 429 (which a classifier or the server's own hint may have made final).
+fn succeeded(status: StatusCode) -> bool {
+    !(status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS)
 }

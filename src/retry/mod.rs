@@ -5,7 +5,9 @@
 //! - [`backoff`]: the delay before each retry, from the policy;
 //! - [`classify`]: the *decision*, whether an attempt's outcome is worth another;
 //! - [`retry_after`]: the server's own say on the delay;
-//! - [`budget`]: the *rate cap*, a token bucket shared by a client's operations;
+//! - [`budget`]: the *rate cap*, a token bucket per origin;
+//! - [`origins`]: the per-origin state (today the budget), bounded and shared by a
+//!   client's clones;
 //! - [`engine`]: one operation's bookkeeping, which puts the four together, decides
 //!   after each attempt, reports every decision, and runs the attempt loop for any
 //!   front end that can send one attempt.
@@ -14,5 +16,6 @@ pub(crate) mod backoff;
 pub(crate) mod budget;
 pub(crate) mod classify;
 pub(crate) mod engine;
+pub(crate) mod origins;
 pub(crate) mod policy;
 pub(crate) mod retry_after;

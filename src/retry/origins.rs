@@ -1,0 +1,159 @@
+//! Per-origin state, shared by a client and its clones: the retry budget of each origin
+//! (scheme, host and port of the URL the caller gave). Bounded, so that a client that
+//! meets millions of hosts does not grow without end: past `max_origins`, an idle entry
+//! goes first (one whose bucket is full: forgetting it forgets nothing), else the one
+//! with the most tokens (the least to remember).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::budget::{RetryBudget, TokenBucket};
+
+/// Shards of the table: operations to different origins rarely share a lock, and none
+/// is global.
+const SHARDS: usize = 16;
+
+/// Default bound on the origins remembered.
+pub(crate) const DEFAULT_MAX_ORIGINS: usize = 10_000;
+
+/// What the client remembers of one origin.
+#[derive(Debug)]
+pub(crate) struct OriginState {
+    pub(crate) budget: TokenBucket,
+}
+
+type Shard = RwLock<HashMap<Box<str>, Arc<OriginState>>>;
+
+/// Every origin's state, behind sharded locks held only for a lookup.
+#[derive(Debug)]
+pub(crate) struct Origins {
+    shards: Box<[Shard]>,
+    /// Most entries in one shard: `max_origins` spread over the shards, rounded up.
+    per_shard: usize,
+    budget: RetryBudget,
+}
+
+impl Origins {
+    pub(crate) fn new(budget: RetryBudget, max_origins: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            per_shard: max_origins.div_ceil(SHARDS).max(1),
+            budget,
+        }
+    }
+
+    /// The budget's settings.
+    pub(crate) fn budget(&self) -> &RetryBudget {
+        &self.budget
+    }
+
+    /// The state of `url`'s origin, made (with a full bucket) on first use.
+    pub(crate) fn get(&self, url: &reqwest::Url) -> Arc<OriginState> {
+        let key = origin(url);
+        let shard = &self.shards[shard_of(&key)];
+        if let Some(state) = read(shard).get(&*key) {
+            return state.clone();
+        }
+        let mut map = write(shard);
+        if let Some(state) = map.get(&*key) {
+            return state.clone();
+        }
+        if map.len() >= self.per_shard {
+            // The most tokens first: a full bucket is idle, and forgetting it loses
+            // nothing; a drained one (a sick origin) is remembered longest.
+            let idle = map
+                .iter()
+                .max_by_key(|(_, state)| state.budget.available())
+                .map(|(key, _)| key.clone());
+            if let Some(idle) = idle {
+                map.remove(&idle);
+            }
+        }
+        let state = Arc::new(OriginState {
+            budget: TokenBucket::new(self.budget.capacity),
+        });
+        map.insert(key.into(), state.clone());
+        state
+    }
+
+    /// Origins remembered now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| read(s).len()).sum()
+    }
+}
+
+/// `scheme://host[:port]`, a slice of the URL itself when it has no user info (the
+/// default port is already left out by the URL's own normal form).
+fn origin(url: &reqwest::Url) -> std::borrow::Cow<'_, str> {
+    if url.username().is_empty() && url.password().is_none() {
+        std::borrow::Cow::Borrowed(&url[..url::Position::AfterPort])
+    } else {
+        std::borrow::Cow::Owned(url.origin().ascii_serialization())
+    }
+}
+
+/// The shard of an origin: FNV-1a over its text, which only has to spread origins over
+/// the shards (the maps inside keep std's flood-resistant hasher).
+fn shard_of(key: &str) -> usize {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    // The remainder of a division by SHARDS always fits in a usize.
+    (hash % SHARDS as u64) as usize
+}
+
+/// Locks for reading, recovering from poison: every critical section here leaves the
+/// map consistent, so a poison flag carries no information.
+fn read(shard: &Shard) -> RwLockReadGuard<'_, HashMap<Box<str>, Arc<OriginState>>> {
+    shard
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write(shard: &Shard) -> RwLockWriteGuard<'_, HashMap<Box<str>, Arc<OriginState>>> {
+    shard
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(text: &str) -> reqwest::Url {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn one_state_per_origin() {
+        let origins = Origins::new(RetryBudget::new(), 100);
+        let a = origins.get(&url("https://api.example.com/v1/charges?x=1"));
+        let same = origins.get(&url("https://api.example.com:443/v1/refunds"));
+        let other_port = origins.get(&url("https://api.example.com:8443/v1/charges"));
+        let other_host = origins.get(&url("https://files.example.com/v1/charges"));
+        let with_user = origins.get(&url("https://me:pw@api.example.com/v1"));
+        assert!(Arc::ptr_eq(&a, &same));
+        assert!(
+            Arc::ptr_eq(&a, &with_user),
+            "user info is not part of the origin"
+        );
+        assert!(!Arc::ptr_eq(&a, &other_port));
+        assert!(!Arc::ptr_eq(&a, &other_host));
+        assert_eq!(origins.len(), 3);
+    }
+
+    #[test]
+    fn bounded_and_the_idle_go_first() {
+        let origins = Origins::new(RetryBudget::new().capacity(10), 4 * SHARDS);
+        // A sick origin: its bucket drained.
+        let sick = url("http://sick.example/");
+        assert!(origins.get(&sick).budget.try_withdraw(10));
+        for n in 0..1_000 {
+            origins.get(&url(&format!("http://host-{n}.example/")));
+        }
+        assert!(origins.len() <= 4 * SHARDS, "{}", origins.len());
+        // A thousand idle origins came and went; the drained bucket is still drained.
+        assert!(!origins.get(&sick).budget.try_withdraw(1));
+    }
+}
