@@ -393,7 +393,7 @@ impl IdempotentClientBuilder {
     }
 
     /// Takes every setting a [`ClientConfig`] holds (retry policy, attempt timeout,
-    /// answer bound, key header and form, retry budget), for example one read from a configuration file.
+    /// answer bound, key header and form, should-retry field, retry budget, origins), for example one read from a configuration file.
     /// Later calls still change single settings.
     ///
     /// ```
@@ -415,14 +415,18 @@ impl IdempotentClientBuilder {
             max_response_bytes,
             key_header,
             key_format,
+            should_retry_header,
             retry_budget,
+            max_origins,
         } = config;
         self.policy = *retry_policy;
         self.attempt_timeout = *attempt_timeout;
         self.max_response_bytes = *max_response_bytes;
         self.key_header = Ok(key_header.clone());
         self.key_format = *key_format;
+        self.should_retry_header = Ok(should_retry_header.clone());
         self.budget = *retry_budget;
+        self.max_origins = *max_origins;
         self
     }
 

@@ -15,7 +15,11 @@ use http::HeaderName;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
 use crate::duration::parse_duration;
-use crate::settings::{DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, DEFAULT_MAX_RESPONSE_BYTES};
+use crate::retry::origins::DEFAULT_MAX_ORIGINS;
+use crate::settings::{
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_SHOULD_RETRY_HEADER,
+};
 use crate::{KeyFormat, RetryBudget, RetryPolicy};
 
 /// The options of an [`IdempotentClient`](crate::IdempotentClient) that can live in a
@@ -58,6 +62,8 @@ use crate::{KeyFormat, RetryBudget, RetryPolicy};
 /// | `max_response_bytes` | integer, bytes | `16777216` (16 MiB) |
 /// | `key_header` | header name | `"Idempotency-Key"` |
 /// | `key_format` | `"bare"` or `"structured_string"` | `"bare"` |
+/// | `should_retry_header` | header name, `""` for none | `"Stripe-Should-Retry"` |
+/// | `max_origins` | integer | `10000` |
 /// | `retry_budget` | table, see [`RetryBudget`] (`capacity`, `transient_cost`, `throttling_cost`, `success_refund`; all costs 0 turns it off) | [`RetryBudget::default`] |
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -72,8 +78,12 @@ pub struct ClientConfig {
     pub key_header: HeaderName,
     /// Bare key or IETF structured string.
     pub key_format: KeyFormat,
+    /// The field in which a server says whether to retry; `None` reads none.
+    pub should_retry_header: Option<HeaderName>,
     /// The retry budget, a bucket per origin.
     pub retry_budget: RetryBudget,
+    /// Most origins whose state the client remembers.
+    pub max_origins: usize,
 }
 
 impl Default for ClientConfig {
@@ -84,7 +94,9 @@ impl Default for ClientConfig {
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             key_header: HeaderName::from_static(DEFAULT_KEY_HEADER),
             key_format: KeyFormat::default(),
+            should_retry_header: Some(HeaderName::from_static(DEFAULT_SHOULD_RETRY_HEADER)),
             retry_budget: RetryBudget::default(),
+            max_origins: DEFAULT_MAX_ORIGINS,
         }
     }
 }
@@ -297,7 +309,9 @@ impl Table for ClientConfig {
         "max_response_bytes",
         "key_header",
         "key_format",
+        "should_retry_header",
         "retry_budget",
+        "max_origins",
     ];
 
     fn set<'de, A: MapAccess<'de>>(&mut self, field: &str, map: &mut A) -> Result<(), A::Error> {
@@ -308,7 +322,9 @@ impl Table for ClientConfig {
             max_response_bytes,
             key_header,
             key_format,
+            should_retry_header,
             retry_budget,
+            max_origins,
         } = self;
         match field {
             "retry_policy" => *retry_policy = value(map, field)?,
@@ -323,7 +339,20 @@ impl Table for ClientConfig {
                 })?;
             }
             "key_format" => *key_format = value(map, field)?,
+            "should_retry_header" => {
+                let name: String = value(map, field)?;
+                *should_retry_header = if name.is_empty() {
+                    None
+                } else {
+                    Some(HeaderName::try_from(name.as_str()).map_err(|e| {
+                        de::Error::custom(format_args!(
+                            "should_retry_header: {name:?} is not a header name: {e}"
+                        ))
+                    })?)
+                };
+            }
             "retry_budget" => *retry_budget = value(map, field)?,
+            "max_origins" => *max_origins = value(map, field)?,
             other => return Err(unknown(other, Self::FIELDS)),
         }
         Ok(())
@@ -332,6 +361,9 @@ impl Table for ClientConfig {
     fn check(&self) -> Result<(), String> {
         if self.attempt_timeout.is_zero() {
             return Err("attempt_timeout: must be greater than zero".to_owned());
+        }
+        if self.max_origins == 0 {
+            return Err("max_origins: must be at least 1".to_owned());
         }
         Ok(())
     }
@@ -371,6 +403,8 @@ mod tests {
                 "max_response_bytes": 4096,
                 "key_header": "X-Request-Key",
                 "key_format": "structured_string",
+                "should_retry_header": "",
+                "max_origins": 7,
                 "retry_budget": {
                     "capacity": 50, "transient_cost": 2, "throttling_cost": 4, "success_refund": 3
                 }
@@ -392,6 +426,8 @@ mod tests {
         assert_eq!(config.max_response_bytes, 4096);
         assert_eq!(config.key_header, "x-request-key");
         assert_eq!(config.key_format, KeyFormat::StructuredString);
+        assert_eq!(config.should_retry_header, None);
+        assert_eq!(config.max_origins, 7);
         let budget = RetryBudget::new()
             .capacity(50)
             .transient_cost(2)

@@ -530,3 +530,60 @@ async fn s32_body_shorter_than_its_content_length() {
     assert_eq!(g.server.executions_for("cut"), 0);
     g.check_intact().await;
 }
+
+// ---- client side, rows added with the server's directives ---------------------------
+
+#[tokio::test]
+async fn c33_malformed_date_beside_a_retry_after_date_is_ignored() {
+    // A Retry-After two seconds from now, next to a Date that does not parse: the date
+    // is read against our clock, so the wait is at most two seconds, never a panic.
+    let in_two_s = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(2));
+    let first = ResponseTemplate::new(503)
+        .insert_header("retry-after", in_two_s.as_str())
+        .insert_header("date", "not a date");
+    let server = server_failing(first, 1).await;
+    let delays = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = delays.clone();
+    let resp = fast_builder()
+        .on_retry(move |attempt, d| sink.lock().unwrap().push((attempt.retry_after(), d)))
+        .build()
+        .unwrap()
+        .post_idempotent(server.uri())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let (hint, delay) = delays.lock().unwrap()[0];
+    assert!(
+        hint.is_some_and(|h| h <= Duration::from_secs(2)),
+        "{hint:?}"
+    );
+    assert!(delay <= Duration::from_secs(2), "{delay:?}");
+}
+
+#[tokio::test]
+async fn c34_a_should_retry_hint_neither_true_nor_false_is_ignored() {
+    for (value, status) in [("maybe", 500), ("", 500), ("yes", 400)] {
+        let first = ResponseTemplate::new(status).insert_header("stripe-should-retry", value);
+        let server = server_failing(first, 1).await;
+        let resp = fast_client()
+            .post_idempotent(server.uri())
+            .send()
+            .await
+            .unwrap();
+        // The status decides: a 500 is retried (201), a 400 is final.
+        let want = if status == 500 { 201 } else { 400 };
+        assert_eq!(resp.status(), want, "{value:?} on {status}");
+    }
+    let binary = ResponseTemplate::new(500).append_header(
+        "stripe-should-retry",
+        http::HeaderValue::from_bytes(b"\xfftrue").unwrap(),
+    );
+    let server = server_failing(binary, 1).await;
+    let resp = fast_client()
+        .post_idempotent(server.uri())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+}
