@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Extensions, Method};
-use reqwest::{Request, Response};
+use reqwest::{Request, Response, ResponseBuilderExt};
 use reqwest_middleware::{Middleware, Next};
 use tracing::Instrument;
 
@@ -56,7 +56,10 @@ use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentClientBuilder, teleme
 /// during an attempt comes back wrapped in [`Error::MiddlewareLayer`], with the key.
 ///
 /// A key remembered in the extensions belongs to one request (method, URL and body):
-/// a different request sent with the same extensions gets a key of its own.
+/// a different request sent with the same extensions gets a key of its own. The
+/// response's body is bounded by
+/// [`max_response_bytes`](crate::IdempotentClientBuilder::max_response_bytes): reading
+/// past it is an error, so no server can make you buffer without end.
 ///
 /// # Ordering, and the pitfall it avoids
 ///
@@ -303,13 +306,13 @@ async fn retry(
         fresh_key,
     );
     let ending = engine.run(&mut sender, timeout).await;
-    finish(ending, key)
+    finish(ending, key, settings.max_response_bytes)
 }
 
 /// The operation's result: a response as it came, with the key and an
 /// [`OperationReport`] in its extensions; a transport error, or no attempt at all, as
 /// [`Error::Failed`]; another layer's error wrapped in [`Error::MiddlewareLayer`].
-fn finish(ending: Ending<Answer>, key: IdempotencyKey) -> Answer {
+fn finish(ending: Ending<Answer>, key: IdempotencyKey, max_response_bytes: usize) -> Answer {
     let Ending {
         end,
         attempts,
@@ -330,7 +333,7 @@ fn finish(ending: Ending<Answer>, key: IdempotencyKey) -> Answer {
             };
             response.extensions_mut().insert(report);
             response.extensions_mut().insert(key);
-            return Ok(response);
+            return Ok(bounded(response, max_response_bytes));
         }
         Some(Err(reqwest_middleware::Error::Reqwest(e))) => Error::Failed {
             key,
@@ -359,6 +362,20 @@ fn finish(ending: Ending<Answer>, key: IdempotencyKey) -> Answer {
         },
     };
     Err(reqwest_middleware::Error::middleware(error))
+}
+
+/// The response with its body bounded to `limit` bytes: reading past it is an error
+/// (its source an `http_body_util::LengthLimitError`), so no server can make the caller
+/// buffer without end.
+fn bounded(response: Response, limit: usize) -> Response {
+    let url = response.url().clone();
+    let (mut parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
+    // reqwest keeps the URL in an extension that only its own builder can set.
+    if let Ok(marker) = http::Response::builder().url(url).body(()) {
+        parts.extensions.extend(marker.into_parts().0.extensions);
+    }
+    let body = reqwest::Body::wrap(http_body_util::Limited::new(body, limit));
+    Response::from(http::Response::from_parts(parts, body))
 }
 
 /// What the middleware knows of the operation behind a response it returns, kept in

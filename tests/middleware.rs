@@ -302,3 +302,33 @@ async fn an_inner_layers_error_on_a_retry_comes_back_with_key_and_outcome() {
     let source = std::error::Error::source(ours).unwrap().to_string();
     assert!(source.contains("token refresh failed"), "{source}");
 }
+
+#[tokio::test]
+async fn the_answer_body_is_bounded_and_the_response_keeps_its_url() {
+    let layer = fast_builder()
+        .max_response_bytes(1 << 20)
+        .build_middleware()
+        .unwrap();
+    let client = client(|c| c.with(layer));
+    let huge = support::ScriptedServer::start(vec![support::Action::StreamBody {
+        bytes: 256 << 20,
+        declared: false,
+    }])
+    .await;
+    let resp = client
+        .post(huge.url("/exports"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.url().as_str(), huge.url("/exports"));
+    assert!(resp.bytes().await.is_err(), "reading past the bound fails");
+    assert!(
+        huge.body_bytes_written() < 32 << 20,
+        "memory did not follow"
+    );
+
+    let (resp, _) = through_two_503s(client).await;
+    assert!(resp.url().as_str().starts_with("http://127.0.0.1:"));
+    assert_eq!(resp.text().await.unwrap(), "{\"id\":\"ord_1\"}");
+}
