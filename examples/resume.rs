@@ -1,10 +1,11 @@
-//! Resuming an operation whose outcome was unknown, with a key persisted in between.
+//! Resuming an operation whose outcome was unknown, with its key written ahead.
 //!
-//! The first run of the operation loses every answer: the server may or may not have
-//! executed it, and the error says so. The key is saved (here to a JSON file; in your
-//! service, next to the order in your database). Later, the same operation is sent again
-//! with that key: the server answers with the result of the first execution, and the
-//! order is placed once.
+//! The key is saved *before* anything is sent (here to a JSON file; in your service,
+//! next to the order in your database), so that even a crash inside `send()` cannot
+//! lose it. The first run of the operation loses every answer: the server may or may
+//! not have executed it, and the error says so. Later, the same operation is sent again
+//! with the saved key: the server answers with the result of the first execution, and
+//! the order is placed once. A final answer clears the saved key.
 //!
 //! ```text
 //! cargo run --features mock --example resume
@@ -32,20 +33,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::process::id()
     ));
 
-    // 1. Every answer is lost on the way back.
+    // 1. Write ahead: the key is durable before the request leaves.
+    let request = client.post_idempotent(&url).json(&order);
+    std::fs::write(&saved, serde_json::to_string(request.key())?)?;
+    println!("saved key {} to {}", request.key(), saved.display());
+
+    // 2. Every answer is lost on the way back.
     api.inject(Fault::DropAfterProcessing, 2);
-    let Err(err) = client.post_idempotent(&url).json(&order).send().await else {
+    let Err(err) = request.send().await else {
         return Err("expected every answer to be lost".into());
     };
     println!("first try: {err}");
-    // What to keep: the key of an operation whose outcome is unknown.
-    let (true, Some(key)) = (err.may_have_executed(), err.idempotency_key()) else {
+    if !err.may_have_executed() {
         return Err(format!("expected an unknown outcome, got {err}").into());
-    };
-    std::fs::write(&saved, serde_json::to_string(key)?)?;
-    println!("saved key {key} to {}", saved.display());
+    }
 
-    // 2. Later (another process, after a restart): the same operation, the same key.
+    // 3. Later (another process, after a restart): the same operation, the saved key.
     let key: IdempotencyKey = serde_json::from_str(&std::fs::read_to_string(&saved)?)?;
     let resp = client
         .post_idempotent(&url)
@@ -61,6 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("the server executed the order {} time(s)", api.executions());
     assert_eq!(api.executions(), 1);
+    // 4. A final answer: nothing left to resume.
     std::fs::remove_file(&saved)?;
     Ok(())
 }
