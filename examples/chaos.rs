@@ -204,8 +204,9 @@ async fn idempotent(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
                 .max_delay(Duration::from_millis(100))
                 .jitter(Jitter::Full)
                 .jitter_seed(args.seed)
-                // The server asks for 1 s; a demo does not wait that long.
-                .max_retry_after(Duration::from_millis(100))
+                // The server's 429s ask for 1 s: a Retry-After is a floor, never cut
+                // short, so the cap must let the client wait that long.
+                .max_retry_after(Duration::from_secs(2))
                 .deadline(Duration::from_secs(10)),
         )
         .attempt_timeout(ATTEMPT_TIMEOUT)
