@@ -52,6 +52,8 @@ mod response;
 mod serve;
 mod shared;
 mod store;
+#[allow(dead_code)] // Wired into routes next.
+mod template;
 mod wire;
 
 use std::net::SocketAddr;
