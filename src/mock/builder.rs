@@ -9,6 +9,7 @@ use http::HeaderName;
 use super::MockServer;
 use super::error::MockError;
 use super::fault::{Fault, Faults, RandomFaults};
+use super::route::{Compiled, Route};
 use super::serve::serve;
 use super::shared::{Config, Shared};
 
@@ -29,6 +30,7 @@ use super::shared::{Config, Shared};
 /// | `key_header` | `Idempotency-Key` |
 /// | random faults | none; `fault_rate` spreads a rate over all six kinds |
 /// | `addr` | `127.0.0.1:0` (a free port) |
+/// | routes | none: every POST/PATCH creates a resource (`201 {"id", "path", "body"}`) |
 ///
 /// ```
 /// use std::time::Duration;
@@ -62,6 +64,7 @@ pub struct MockServerBuilder {
     key_header: Result<HeaderName, String>,
     seed: u64,
     rates: Vec<(Fault, f64)>,
+    routes: Vec<Route>,
 }
 
 impl Default for MockServerBuilder {
@@ -79,6 +82,7 @@ impl Default for MockServerBuilder {
             key_header: Ok(HeaderName::from_static(crate::DEFAULT_KEY_HEADER)),
             seed: 0,
             rates: Vec::new(),
+            routes: Vec::new(),
         }
     }
 }
@@ -150,7 +154,7 @@ impl MockServerBuilder {
         self
     }
 
-    /// Seed for random faults.
+    /// Seed for random faults and for the ids routes draw (`{{id}}`).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
@@ -168,6 +172,14 @@ impl MockServerBuilder {
     /// Random faults with a probability each per request (adding up to at most 1).
     pub fn fault_rates(mut self, rates: impl IntoIterator<Item = (Fault, f64)>) -> Self {
         self.rates = rates.into_iter().collect();
+        self
+    }
+
+    /// Adds a route of your API: with routes, the server answers as they say (tried in
+    /// order, first match wins, none: `404`), with every idempotency rule and fault
+    /// still applying to operations (POST, PUT, PATCH, DELETE). See [`Route`].
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
         self
     }
 
@@ -189,6 +201,13 @@ impl MockServerBuilder {
     pub fn start_blocking(self) -> Result<MockServer, MockError> {
         let config_error = |reason: String| MockError::InvalidConfig { reason };
         let key_header = self.key_header.map_err(config_error)?;
+        let routes = self
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| Compiled::new(route, i))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(config_error)?;
         let random = if self.rates.is_empty() {
             None
         } else {
@@ -223,6 +242,8 @@ impl MockServerBuilder {
                 max_keys: self.max_keys,
                 max_log: self.max_log,
                 key_header,
+                routes,
+                seed: self.seed,
             },
             Faults {
                 scripted: Default::default(),

@@ -23,7 +23,7 @@ use super::wire::{Echo, decode_key, echo_body, fingerprint};
 use crate::IdempotencyKey;
 
 /// What a step gives the next one, or the answer that ends the request early.
-type Step<T> = Result<T, Result<Response<Body>, Dropped>>;
+pub(crate) type Step<T> = Result<T, Result<Response<Body>, Dropped>>;
 
 /// Serves one request.
 pub(crate) async fn handle(
@@ -33,6 +33,12 @@ pub(crate) async fn handle(
     let path = request.uri().path().to_owned();
     if let Some(admin_path) = path.strip_prefix("/__admin/") {
         return Ok(admin::handle(&shared, admin_path, request).await);
+    }
+    if !shared.config.routes.is_empty() {
+        let method = request.method().clone();
+        return match super::routed::handle(&shared, method, path, request).await {
+            Ok(answer) | Err(answer) => answer,
+        };
     }
     let method = request.method().clone();
     if method != Method::POST && method != Method::PATCH {
@@ -67,7 +73,7 @@ async fn operation(
         .map_err(|detail| Ok(problem(StatusCode::BAD_REQUEST, "Invalid body", &detail)))?;
 
     let Some(key) = key else {
-        let stored = execute(shared.clone(), None, path, echo).await?;
+        let stored = execute(shared.clone(), None, create(path, echo)).await?;
         return Ok(spoil(after, response::stored(&stored, false)).await);
     };
     let scoped = ScopedKey {
@@ -77,30 +83,48 @@ async fn operation(
             .map(|v| Bytes::copy_from_slice(v.as_bytes())),
         key: key.into_boxed_str(),
     };
-    let earned = match shared.begin(scoped, fingerprint(&method, &path, &body)) {
-        Begin::Execute(scoped) => {
-            let stored = execute(shared.clone(), Some(scoped), path, echo).await?;
+    let earned = match claim(shared, scoped, fingerprint(&method, &path, &body)) {
+        Claim::Claimed(scoped) => {
+            let stored = execute(shared.clone(), Some(scoped), create(path, echo)).await?;
             response::stored(&stored, false)
         }
-        Begin::Replay(stored) => response::stored(&stored, true),
-        Begin::InFlight => problem(
-            StatusCode::CONFLICT,
-            "Request in progress",
-            "a request with this idempotency key is still being processed; retry later",
-        ),
-        Begin::Mismatch => problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Idempotency key reused",
-            "this idempotency key was used for a different request (method, path or body)",
-        ),
-        // The server's own state, not the request's answer: no fault spoils it.
-        Begin::Full => return Err(Ok(store_full())),
+        Claim::Answer(answer) => answer,
+        Claim::Early(answer) => return Err(Ok(answer)),
     };
     Ok(spoil(after, earned).await)
 }
 
+/// What the idempotent decision gives a request with a key.
+pub(crate) enum Claim {
+    /// The key is new: it is in flight now, for this request to execute.
+    Claimed(Arc<ScopedKey>),
+    /// The key's stored answer (a replay), or a `409` or `422`: what the request earned.
+    Answer(Response<Body>),
+    /// The server's own state (its store is full of in-flight keys): no fault spoils it.
+    Early(Response<Body>),
+}
+
+/// The idempotent decision for a request with a key.
+pub(crate) fn claim(shared: &Shared, scoped: ScopedKey, fingerprint: u64) -> Claim {
+    match shared.begin(scoped, fingerprint) {
+        Begin::Execute(scoped) => Claim::Claimed(scoped),
+        Begin::Replay(stored) => Claim::Answer(response::stored(&stored, true)),
+        Begin::InFlight => Claim::Answer(problem(
+            StatusCode::CONFLICT,
+            "Request in progress",
+            "a request with this idempotency key is still being processed; retry later",
+        )),
+        Begin::Mismatch => Claim::Answer(problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Idempotency key reused",
+            "this idempotency key was used for a different request (method, path or body)",
+        )),
+        Begin::Full => Claim::Early(store_full()),
+    }
+}
+
 /// The key as sent, decoded, after counting and logging the request.
-fn read_key(
+pub(crate) fn read_key(
     shared: &Shared,
     method: &Method,
     path: &str,
@@ -117,7 +141,7 @@ fn read_key(
 }
 
 /// A valid key, or none where the server does not require one.
-fn check_key(
+pub(crate) fn check_key(
     shared: &Shared,
     key: Option<Result<IdempotencyKey, String>>,
 ) -> Step<Option<IdempotencyKey>> {
@@ -144,7 +168,7 @@ fn check_key(
 }
 
 /// The whole body, up to `max_body_bytes`.
-async fn read_body(shared: &Shared, body: Incoming) -> Step<Bytes> {
+pub(crate) async fn read_body(shared: &Shared, body: Incoming) -> Step<Bytes> {
     let limit = shared.config.max_body_bytes;
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -165,33 +189,36 @@ async fn read_body(shared: &Shared, body: Incoming) -> Step<Bytes> {
 /// disconnects and hyper drops this request's future: inline when there is no
 /// processing delay (nothing awaits between the store's decision and its completion,
 /// so nothing can cut it short), otherwise in its own task.
-async fn execute(
+pub(crate) async fn execute(
     shared: Arc<Shared>,
     key: Option<Arc<ScopedKey>>,
-    path: String,
-    echo: Echo,
+    answer: impl FnOnce(&Shared, u64) -> Stored + Send + 'static,
 ) -> Step<Arc<Stored>> {
     if shared.config.processing_delay.is_zero() {
-        return Ok(create(&shared, key.as_deref(), &path, &echo));
+        return Ok(shared.perform(key.as_deref(), |id| answer(&shared, id)));
     }
     let task = tokio::spawn(async move {
         tokio::time::sleep(shared.config.processing_delay).await;
-        create(&shared, key.as_deref(), &path, &echo)
+        shared.perform(key.as_deref(), |id| answer(&shared, id))
     });
     // A join error means the runtime is shutting down: the connection goes with it.
     task.await.map_err(|_| Err(Dropped))
 }
 
-/// The operation: create the resource, `201` with what it echoes.
-fn create(shared: &Shared, key: Option<&ScopedKey>, path: &str, echo: &Echo) -> Arc<Stored> {
-    shared.perform(key, |id| Stored {
+/// The built-in operation: create the resource, `201` with what it echoes.
+fn create(path: String, echo: Echo) -> impl FnOnce(&Shared, u64) -> Stored + Send + 'static {
+    move |_, id| Stored {
         status: StatusCode::CREATED,
-        body: echo.created(id, path),
-    })
+        headers: Box::default(),
+        body: echo.created(id, &path),
+    }
 }
 
 /// The answer the request earned, spoiled by an *after processing* fault if it has one.
-async fn spoil(after: Option<After>, earned: Response<Body>) -> Result<Response<Body>, Dropped> {
+pub(crate) async fn spoil(
+    after: Option<After>,
+    earned: Response<Body>,
+) -> Result<Response<Body>, Dropped> {
     match after {
         Some(fault) => fault.spoil(earned).await,
         None => Ok(earned),

@@ -49,10 +49,11 @@ mod error;
 mod fault;
 mod handler;
 mod response;
+mod route;
+mod routed;
 mod serve;
 mod shared;
 mod store;
-#[allow(dead_code)] // Wired into routes next.
 mod template;
 mod wire;
 
@@ -66,6 +67,7 @@ use serde::Serialize;
 pub use builder::MockServerBuilder;
 pub use error::MockError;
 pub use fault::Fault;
+pub use route::Route;
 
 use shared::Shared;
 

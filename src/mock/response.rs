@@ -27,9 +27,13 @@ impl std::error::Error for Dropped {}
 pub(crate) fn stored(stored: &Stored, replayed: bool) -> Response<Body> {
     let mut response = Response::new(Full::new(stored.body.clone()));
     *response.status_mut() = stored.status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let headers = response.headers_mut();
+    if stored.headers.is_empty() {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    for (name, value) in &stored.headers {
+        headers.append(name.clone(), value.clone());
+    }
     if replayed {
         response
             .headers_mut()

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use http::{HeaderName, Method};
 
 use super::fault::{Fault, Faults};
+use super::route::Compiled;
 use super::store::{Begin, ScopedKey, Store, Stored};
 use super::{ReceivedRequest, Stats};
 
 /// Settings fixed when the server starts.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Config {
     pub(crate) require_key: bool,
     pub(crate) retry_after_dates: bool,
@@ -23,6 +24,10 @@ pub(crate) struct Config {
     pub(crate) max_keys: usize,
     pub(crate) max_log: usize,
     pub(crate) key_header: HeaderName,
+    /// The caller's API, tried in order; empty: the built-in answer.
+    pub(crate) routes: Vec<Compiled>,
+    /// Seeds the ids routes draw.
+    pub(crate) seed: u64,
 }
 
 /// Read-back data beyond the store: the request log and the keys that executed twice.
@@ -121,6 +126,9 @@ impl Shared {
     /// any, goes on from where it was.
     pub(crate) fn reset(&self) {
         lock(&self.store).clear();
+        for route in &self.config.routes {
+            route.reset();
+        }
         lock(&self.faults).scripted.clear();
         *lock(&self.book) = Book::default();
         for counter in [
@@ -194,6 +202,11 @@ impl Shared {
             }
         }
         stored
+    }
+
+    /// Lets go of a key [`begin`](Self::begin) let through that will not execute.
+    pub(crate) fn abandon(&self, key: &ScopedKey) {
+        lock(&self.store).abandon(key);
     }
 
     /// Queues `fault` for the next `times` requests; returns how many are queued now.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::StatusCode;
+use http::{HeaderName, HeaderValue, StatusCode};
 
 /// A key within its caller's scope (the `Authorization` header value): one caller can
 /// never reach another's stored response, even with a guessed key.
@@ -21,6 +21,9 @@ pub(crate) struct ScopedKey {
 #[derive(Debug)]
 pub(crate) struct Stored {
     pub(crate) status: StatusCode,
+    /// A route's headers, as rendered; empty for the built-in answer, whose JSON
+    /// content type is implied (which saves a header map per stored key).
+    pub(crate) headers: Box<[(HeaderName, HeaderValue)]>,
     pub(crate) body: Bytes,
 }
 
@@ -141,6 +144,19 @@ impl Store {
         }
     }
 
+    /// Lets go of a key that [`Store::begin`] put in flight but that will not execute
+    /// (its request matched no route, or named a field it lacks): nothing is stored,
+    /// and the key may be used again.
+    pub(crate) fn abandon(&mut self, key: &ScopedKey) {
+        if self
+            .map
+            .get(key)
+            .is_some_and(|e| matches!(e.state, State::InFlight))
+        {
+            self.map.remove(key);
+        }
+    }
+
     /// Executions of every stored key with this text, all scopes together.
     pub(crate) fn executions_for(&self, key: &str) -> u64 {
         self.map
@@ -198,6 +214,7 @@ mod tests {
 
     fn stored(body: &'static str) -> Arc<Stored> {
         Arc::new(Stored {
+            headers: Box::default(),
             status: StatusCode::CREATED,
             body: Bytes::from_static(body.as_bytes()),
         })

@@ -131,7 +131,7 @@ impl Template {
                     return Err(error_at(text, offset, "`{{` is never closed by `}}`"));
                 };
                 let written = after[..end].trim();
-                let source = source(written).map_err(|reason| error_at(text, offset, &reason))?;
+                let source = field(written).map_err(|reason| error_at(text, offset, &reason))?;
                 if !literal.is_empty() {
                     segments.push(Segment::Literal(std::mem::take(&mut literal)));
                 }
@@ -179,10 +179,12 @@ impl Template {
         })
     }
 
-    /// The placeholders' sources, to check them against a route (path names).
-    pub(crate) fn sources(&self) -> impl Iterator<Item = &Source> {
+    /// The placeholders' sources and contexts, to check them against a route.
+    pub(crate) fn fields(&self) -> impl Iterator<Item = (&Source, Context)> {
         self.segments.iter().filter_map(|s| match s {
-            Segment::Field { source, .. } => Some(source),
+            Segment::Field {
+                source, context, ..
+            } => Some((source, *context)),
             Segment::Literal(_) => None,
         })
     }
@@ -213,8 +215,8 @@ impl Template {
     }
 }
 
-/// The source a placeholder names, or why it names none.
-fn source(written: &str) -> Result<Source, String> {
+/// The source a placeholder (or a route's `when` field) names, or why it names none.
+pub(crate) fn field(written: &str) -> Result<Source, String> {
     let (root, rest) = match written.split_once('.') {
         Some((root, rest)) => (root, Some(rest)),
         None => (written, None),
@@ -278,6 +280,16 @@ fn find<'a>(source: &Source, fields: &'a Fields<'a>) -> Option<Found<'a>> {
             .get(name.as_str())
             .map(|v| Found::Text(String::from_utf8_lossy(v.as_bytes()))),
     }
+}
+
+/// A field's text, for a route's `when`: strings by their content, JSON scalars by their
+/// JSON text; `None` when the request has no such field.
+pub(crate) fn text_of(source: &Source, fields: &Fields<'_>) -> Option<String> {
+    Some(match find(source, fields)? {
+        Found::Text(text) => text.into_owned(),
+        Found::Json(Value::String(s)) => s.clone(),
+        Found::Json(value) => value.to_string(),
+    })
 }
 
 /// The value at `path` in `value`: object keys, or array indexes.

@@ -1,0 +1,449 @@
+//! Routes: the mock server playing the caller's own API. A route is a method and a path
+//! (literal and `{name}` segments), conditions on the request, and the answer it
+//! renders from templates.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+
+use super::template::{Context, Fields, Source, Template};
+
+/// One route of the mock server: what requests it answers and how.
+///
+/// ```
+/// use idempotent_retry::mock::{MockServer, Route};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = MockServer::builder()
+///     .route(
+///         Route::post("/v1/payment_intents")
+///             .name("declined")
+///             .when("body.payment_method", "pm_card_declined")
+///             .status(402)
+///             .body(r#"{"error": {"code": "card_declined"}}"#),
+///     )
+///     .route(
+///         Route::post("/v1/payment_intents")
+///             .status(200)
+///             .id_prefix("pi_")
+///             .header("Request-Id", "req_{{seq}}")
+///             .body(r#"{"id": "{{id}}", "amount": {{body.amount}}, "status": "succeeded"}"#),
+///     )
+///     .start()
+///     .await?;
+/// # drop(server);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Route {
+    method: Method,
+    path: String,
+    name: Option<String>,
+    when: Vec<(String, String)>,
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+    id_prefix: String,
+}
+
+impl Route {
+    /// A route for `method` and `path` (literal segments and `{name}` segments), which
+    /// answers `200` with an empty body until told otherwise.
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry::reqwest::Method;
+    /// let route = Route::new(Method::POST, "/v1/charges");
+    /// # drop(route);
+    /// ```
+    pub fn new(method: Method, path: impl Into<String>) -> Self {
+        Self {
+            method,
+            path: path.into(),
+            name: None,
+            when: Vec::new(),
+            status: 200,
+            headers: Vec::new(),
+            body: String::new(),
+            id_prefix: String::new(),
+        }
+    }
+
+    /// A `POST` route: an operation (executed once per key, stored, replayed).
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// let route = Route::post("/v1/charges");
+    /// # drop(route);
+    /// ```
+    pub fn post(path: impl Into<String>) -> Self {
+        Self::new(Method::POST, path)
+    }
+
+    /// A `PUT` route: an operation.
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// let route = Route::put("/v1/customers/{id}");
+    /// # drop(route);
+    /// ```
+    pub fn put(path: impl Into<String>) -> Self {
+        Self::new(Method::PUT, path)
+    }
+
+    /// A `PATCH` route: an operation.
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// let route = Route::patch("/v1/customers/{id}");
+    /// # drop(route);
+    /// ```
+    pub fn patch(path: impl Into<String>) -> Self {
+        Self::new(Method::PATCH, path)
+    }
+
+    /// A `DELETE` route: an operation.
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// let route = Route::delete("/v1/customers/{id}");
+    /// # drop(route);
+    /// ```
+    pub fn delete(path: impl Into<String>) -> Self {
+        Self::new(Method::DELETE, path)
+    }
+
+    /// A `GET` route: a read, answered anew every time, never stored.
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// let route = Route::get("/v1/customers/{id}").body(r#"{"id": "{{path.id}}"}"#);
+    /// # drop(route);
+    /// ```
+    pub fn get(path: impl Into<String>) -> Self {
+        Self::new(Method::GET, path)
+    }
+
+    /// The route's name, unique, for read-back and errors (default `"METHOD path#n"`).
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// let route = Route::post("/v1/charges").name("charge");
+    /// # drop(route);
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// A condition: the request's `field` (`body.x.y`, `query.x`, `header.x`, `path.x`)
+    /// has this text (a JSON scalar compares by its JSON text). All must hold; a
+    /// missing field fails it.
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// let route = Route::post("/v1/charges").when("body.source", "tok_chargeDeclined").status(402);
+    /// # drop(route);
+    /// ```
+    pub fn when(mut self, field: impl Into<String>, value: impl Into<String>) -> Self {
+        self.when.push((field.into(), value.into()));
+        self
+    }
+
+    /// The answer's status (default 200).
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// let route = Route::post("/v1/charges").status(201);
+    /// # drop(route);
+    /// ```
+    pub fn status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// A header of the answer; its value is a template.
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// let route = Route::post("/v1/charges").header("Request-Id", "req_{{seq}}");
+    /// # drop(route);
+    /// ```
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The answer's body, a template (`application/json` unless a `Content-Type`
+    /// header says otherwise).
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// let route = Route::post("/v1/charges").body(r#"{"amount": {{body.amount}}}"#);
+    /// # drop(route);
+    /// ```
+    pub fn body(mut self, template: impl Into<String>) -> Self {
+        self.body = template.into();
+        self
+    }
+
+    /// What `{{id}}` starts with, such as `"pi_"`.
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// let route = Route::post("/v1/charges").id_prefix("ch_").body(r#"{"id": "{{id}}"}"#);
+    /// # drop(route);
+    /// ```
+    pub fn id_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.id_prefix = prefix.into();
+        self
+    }
+}
+
+/// One segment of a route's path.
+#[derive(Debug)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// A route checked and parsed when the server starts.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    pub(crate) name: String,
+    pub(crate) method: Method,
+    path: String,
+    segments: Vec<Segment>,
+    when: Vec<(Source, String, String)>,
+    pub(crate) status: StatusCode,
+    headers: Vec<(HeaderName, Template)>,
+    body: Template,
+    content_type: bool,
+    id_prefix: String,
+    /// Executions of the route, for `{{seq}}`.
+    seq: AtomicU64,
+}
+
+/// Why a request matched no route: the nearest route and the condition that failed.
+pub(crate) struct NoMatch(pub(crate) String);
+
+/// A `{name}` segment's name and the value a request gave it.
+pub(crate) type Params = Vec<(String, String)>;
+
+impl Compiled {
+    /// Checks and parses `route`, the `index`-th; the error names the route.
+    pub(crate) fn new(route: &Route, index: usize) -> Result<Self, String> {
+        let name = route
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{} {}#{}", route.method, route.path, index + 1));
+        let fail = |what: String| format!("route {name:?}: {what}");
+        if !route.path.starts_with('/') {
+            return Err(fail(format!("path {:?} must start with '/'", route.path)));
+        }
+        let segments: Vec<Segment> = route.path[1..]
+            .split('/')
+            .map(
+                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(param) => Segment::Param(param.to_owned()),
+                    None => Segment::Literal(s.to_owned()),
+                },
+            )
+            .collect();
+        let params: Vec<&str> = segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Param(p) => Some(p.as_str()),
+                Segment::Literal(_) => None,
+            })
+            .collect();
+        let status = StatusCode::from_u16(route.status)
+            .ok()
+            .filter(|s| s.as_u16() >= 200)
+            .ok_or_else(|| {
+                fail(format!(
+                    "status {} is not a final HTTP status",
+                    route.status
+                ))
+            })?;
+        let body = Template::body(&route.body).map_err(|e| fail(format!("body {e}")))?;
+        let mut headers = Vec::with_capacity(route.headers.len());
+        let mut content_type = false;
+        for (header, value) in &route.headers {
+            let parsed = HeaderName::try_from(header.as_str())
+                .map_err(|e| fail(format!("header {header:?}: {e}")))?;
+            content_type |= parsed == http::header::CONTENT_TYPE;
+            let template =
+                Template::header(value).map_err(|e| fail(format!("header {header:?} {e}")))?;
+            headers.push((parsed, template));
+        }
+        let when = route
+            .when
+            .iter()
+            .map(|(field, value)| {
+                let source = super::template::field(field)
+                    .map_err(|reason| fail(format!("when {field:?}: {reason}")))?;
+                Ok((source, field.clone(), value.clone()))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let templates =
+            std::iter::once((&body, "body")).chain(headers.iter().map(|(_, t)| (t, "a header")));
+        for (template, whence) in templates {
+            for (source, context) in template.fields() {
+                match source {
+                    Source::Path(p) if !params.contains(&p.as_str()) => {
+                        return Err(fail(format!(
+                            "{whence} uses {{{{path.{p}}}}}, but the path has no {{{p}}} segment"
+                        )));
+                    }
+                    Source::Id if context == Context::Bare => {
+                        return Err(fail(format!(
+                            "{whence} has {{{{id}}}} outside a string: an id is text, quote it"
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (source, field, _) in &when {
+            if let Source::Path(p) = source {
+                if !params.contains(&p.as_str()) {
+                    return Err(fail(format!(
+                        "when {field:?}: the path has no {{{p}}} segment"
+                    )));
+                }
+            }
+        }
+        Ok(Self {
+            name,
+            method: route.method.clone(),
+            path: route.path.clone(),
+            segments,
+            when,
+            status,
+            headers,
+            body,
+            content_type,
+            id_prefix: route.id_prefix.clone(),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// The `{name}` segments' values when `method` and `path` are this route's.
+    pub(crate) fn path_params(&self, method: &Method, path: &str) -> Option<Params> {
+        if *method != self.method && !(*method == Method::HEAD && self.method == Method::GET) {
+            return None;
+        }
+        let parts: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+        if parts.len() != self.segments.len() {
+            return None;
+        }
+        let mut params = Vec::new();
+        for (segment, part) in self.segments.iter().zip(parts) {
+            match segment {
+                Segment::Literal(literal) if literal == part => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(_) if part.is_empty() => return None,
+                Segment::Param(name) => params.push((name.clone(), part.to_owned())),
+            }
+        }
+        Some(params)
+    }
+
+    /// Whether every condition holds; else which one failed.
+    pub(crate) fn conditions(&self, fields: &Fields<'_>) -> Result<(), String> {
+        for (source, field, want) in &self.when {
+            let holds = super::template::text_of(source, fields).is_some_and(|got| got == *want);
+            if !holds {
+                return Err(format!("{field} is not {want:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Draws the next `{{seq}}`: executions of the route, from 1.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Restarts `{{seq}}`.
+    pub(crate) fn reset(&self) {
+        self.seq.store(0, Ordering::Release);
+    }
+
+    /// `{{id}}` for execution `n` of the server: the prefix and a token drawn from the
+    /// seed.
+    pub(crate) fn id(&self, seed: u64, n: u64) -> String {
+        let mut rng = crate::rng::SplitMix64::new(seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut token = self.id_prefix.clone();
+        let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let mut bits = rng.next_u64();
+        for _ in 0..14 {
+            // The remainder of a division by 62 always indexes the alphabet.
+            token.push(char::from(alphabet[(bits % 62) as usize]));
+            bits /= 62;
+        }
+        token
+    }
+
+    /// The answer for one request: status, headers (the route's, rendered) and body.
+    pub(crate) fn render(
+        &self,
+        fields: &Fields<'_>,
+    ) -> Result<(Vec<(HeaderName, HeaderValue)>, String), String> {
+        let body = self.body.render(fields).map_err(|e| e.to_string())?;
+        let mut headers = Vec::with_capacity(self.headers.len() + 2);
+        if !self.content_type {
+            headers.push((
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ));
+        }
+        for (name, template) in &self.headers {
+            let text = template.render(fields).map_err(|e| e.to_string())?;
+            let value = HeaderValue::try_from(text)
+                .map_err(|_| format!("header {name} does not render to a valid header value"))?;
+            headers.push((name.clone(), value));
+        }
+        if let Ok(value) = HeaderValue::try_from(self.name.as_str()) {
+            headers.push((HeaderName::from_static("matched-route"), value));
+        }
+        Ok((headers, body))
+    }
+
+    /// `METHOD path`, for messages.
+    pub(crate) fn describe(&self) -> String {
+        format!("{:?} ({} {})", self.name, self.method, self.path)
+    }
+}
+
+/// The first route that answers `method` and `path` and for which `check` (its
+/// conditions, given its path parameters) holds, with those parameters; else why none
+/// did: the nearest route and the condition that failed.
+pub(crate) fn find<'r>(
+    routes: &'r [Compiled],
+    method: &Method,
+    path: &str,
+    check: impl Fn(&Compiled, &[(String, String)]) -> Result<(), String>,
+) -> Result<(&'r Compiled, Params), NoMatch> {
+    let mut nearest = None;
+    for route in routes {
+        let Some(params) = route.path_params(method, path) else {
+            continue;
+        };
+        match check(route, &params) {
+            Ok(()) => return Ok((route, params)),
+            Err(why) => {
+                if nearest.is_none() {
+                    nearest = Some(format!("nearest route {}: {why}", route.describe()));
+                }
+            }
+        }
+    }
+    Err(NoMatch(nearest.unwrap_or_else(|| {
+        format!("no route answers {method} {path}")
+    })))
+}

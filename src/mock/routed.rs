@@ -1,0 +1,203 @@
+//! One request to a mock server that has routes: the same steps as the built-in answer
+//! (log, fault before, key, body, the idempotent decision, fault after), with the
+//! answer matched and rendered from the caller's routes. For an operation, a stored or
+//! in-flight key answers first, whatever the routes are now; then the route is matched
+//! and its answer rendered and checked (a `404` or `400` from here is not stored and
+//! uses no id and no `{{seq}}`); then the operation executes and is stored.
+
+// As in the handler: a step's early answer is a whole response, moved once to hyper.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use super::fault::Phase;
+use super::handler::{Claim, Step, check_key, claim, execute, read_body, read_key, spoil};
+use super::response::{self, Body, Dropped, problem};
+use super::route::{Compiled, NoMatch, Params, find};
+use super::shared::Shared;
+use super::store::{ScopedKey, Stored};
+use super::template::{Fields, form_to_json};
+use super::wire::fingerprint;
+
+/// What a request offers the templates, owned so that the operation can render after
+/// its processing delay.
+struct RequestData {
+    body: Value,
+    query: Vec<(String, String)>,
+    headers: HeaderMap,
+}
+
+impl RequestData {
+    fn fields<'a>(&'a self, params: &'a [(String, String)], id: &'a str, seq: u64) -> Fields<'a> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Fields {
+            id,
+            seq,
+            now,
+            body: &self.body,
+            path: params,
+            query: &self.query,
+            headers: &self.headers,
+        }
+    }
+}
+
+/// Serves one request against the routes.
+pub(crate) async fn handle(
+    shared: &Arc<Shared>,
+    method: Method,
+    path: String,
+    request: Request<Incoming>,
+) -> Step<Result<Response<Body>, Dropped>> {
+    let operation = matches!(
+        method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    let (parts, body) = request.into_parts();
+    let key = read_key(shared, &method, &path, &parts);
+    let after = match shared.next_fault().map(|fault| fault.phase()) {
+        Some(Phase::Before(fault)) => return Err(fault.answer(shared.config.retry_after_dates)),
+        Some(Phase::After(fault)) => Some(fault),
+        None => None,
+    };
+    let key = if operation {
+        check_key(shared, key)?
+    } else {
+        None
+    };
+    let body = read_body(shared, body).await?;
+    let data = RequestData {
+        body: request_json(&parts.headers, &body)
+            .map_err(|detail| Ok(problem(StatusCode::BAD_REQUEST, "Invalid body", &detail)))?,
+        query: parts
+            .uri
+            .query()
+            .and_then(|q| serde_urlencoded::from_str(q).ok())
+            .unwrap_or_default(),
+        headers: parts.headers,
+    };
+    let routes = &shared.config.routes;
+
+    if !operation {
+        let (route, params) = matched(routes, &method, &path, &data)?;
+        let answer = render(route, &data.fields(&params, "", 0))?;
+        return Ok(spoil(after, response::stored(&answer, false)).await);
+    }
+
+    let claimed = match key {
+        Some(key) => {
+            let scoped = ScopedKey {
+                scope: data
+                    .headers
+                    .get(AUTHORIZATION)
+                    .map(|v| Bytes::copy_from_slice(v.as_bytes())),
+                key: key.into_boxed_str(),
+            };
+            let target = parts
+                .uri
+                .path_and_query()
+                .map_or(path.as_str(), |p| p.as_str());
+            match claim(shared, scoped, fingerprint(&method, target, &body)) {
+                Claim::Claimed(scoped) => Some(scoped),
+                Claim::Answer(answer) => return Ok(spoil(after, answer).await),
+                Claim::Early(answer) => return Err(Ok(answer)),
+            }
+        }
+        None => None,
+    };
+    // Matched and checked with a stand-in id and seq: the real ones are drawn only for
+    // an answer that will be stored.
+    let checked = matched(routes, &method, &path, &data).and_then(|(route, params)| {
+        render(route, &data.fields(&params, "id", 1))?;
+        Ok((position(routes, route), params))
+    });
+    let (index, params) = match checked {
+        Ok(found) => found,
+        Err(answer) => {
+            if let Some(scoped) = &claimed {
+                shared.abandon(scoped);
+            }
+            return Err(answer);
+        }
+    };
+    let stored = execute(shared.clone(), claimed, move |shared: &Shared, n| {
+        let route = &shared.config.routes[index];
+        let id = route.id(shared.config.seed, n);
+        let seq = route.next_seq();
+        render(route, &data.fields(&params, &id, seq)).unwrap_or_else(|_| Stored {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            headers: Box::default(),
+            body: Bytes::from_static(b"{\"error\": \"the answer could not be rendered\"}"),
+        })
+    })
+    .await?;
+    Ok(spoil(after, response::stored(&stored, false)).await)
+}
+
+/// The route that answers the request, or a `404` saying which nearly did.
+fn matched<'r>(
+    routes: &'r [Compiled],
+    method: &Method,
+    path: &str,
+    data: &RequestData,
+) -> Step<(&'r Compiled, Params)> {
+    find(routes, method, path, |route, params| {
+        route.conditions(&data.fields(params, "", 0))
+    })
+    .map_err(|NoMatch(why)| Ok(problem(StatusCode::NOT_FOUND, "No route", &why)))
+}
+
+fn position(routes: &[Compiled], route: &Compiled) -> usize {
+    routes
+        .iter()
+        .position(|r| std::ptr::eq(r, route))
+        .unwrap_or_default()
+}
+
+/// A route's answer for these fields, or a `400` naming what the request lacks.
+fn render(route: &Compiled, fields: &Fields<'_>) -> Step<Stored> {
+    let (headers, body) = route.render(fields).map_err(|detail| {
+        let detail = format!("route {:?}: {detail}", route.name);
+        Ok(problem(StatusCode::BAD_REQUEST, "Cannot answer", &detail))
+    })?;
+    Ok(Stored {
+        status: route.status,
+        headers: headers.into_boxed_slice(),
+        body: Bytes::from(body),
+    })
+}
+
+/// The body as JSON for the templates: JSON as it is, a form nested by its brackets,
+/// other text as a string, nothing as `null`.
+fn request_json(headers: &HeaderMap, body: &Bytes) -> Result<Value, String> {
+    if body.is_empty() {
+        return Ok(Value::Null);
+    }
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if content_type == "application/x-www-form-urlencoded" {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            .map_err(|e| format!("the body is not a valid form: {e}"))?;
+        return Ok(form_to_json(pairs));
+    }
+    match serde_json::from_slice(body) {
+        Ok(value) => Ok(value),
+        Err(e) if content_type == "application/json" || content_type.ends_with("+json") => {
+            Err(format!("the body is not valid JSON: {e}"))
+        }
+        Err(_) => Ok(Value::String(String::from_utf8_lossy(body).into_owned())),
+    }
+}

@@ -1,0 +1,300 @@
+//! The mock server playing the caller's own API: routes, templates and their answers,
+//! with every idempotency rule and fault still applying.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests panic on purpose.
+
+mod support;
+
+use idempotent_retry::IdempotencyKey;
+use idempotent_retry::mock::{Fault, MockError, MockServer, Route};
+use serde_json::{Value, json};
+use support::fast_client;
+
+/// A Stripe-shaped payment intents API.
+async fn payments() -> MockServer {
+    MockServer::builder()
+        .seed(7)
+        .route(
+            Route::post("/v1/payment_intents")
+                .name("declined")
+                .when("body.payment_method", "pm_card_declined")
+                .status(402)
+                .body(r#"{"error": {"type": "card_error", "code": "card_declined"}}"#),
+        )
+        .route(
+            Route::post("/v1/payment_intents")
+                .name("create")
+                .id_prefix("pi_")
+                .header("Request-Id", "req_{{seq}}")
+                .body(
+                    r#"{"id": "{{id}}", "object": "payment_intent", "amount": {{body.amount}},
+                        "currency": "{{body.currency}}", "status": "succeeded"}"#,
+                ),
+        )
+        .route(
+            Route::get("/v1/customers/{id}").body(
+                r#"{"id": "{{path.id}}", "object": "customer", "expand": "{{query.expand}}"}"#,
+            ),
+        )
+        .start()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_route_answers_with_its_rendered_template() {
+    let server = payments().await;
+    let resp = fast_client()
+        .post_idempotent(format!("{}/v1/payment_intents", server.uri()))
+        .json(&json!({"amount": 2000, "currency": "usd", "payment_method": "pm_card_visa"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["request-id"], "req_1");
+    assert_eq!(resp.headers()["matched-route"], "create");
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let intent: Value = resp.json().await.unwrap();
+    assert_eq!(intent["amount"], 2000);
+    assert_eq!(intent["currency"], "usd");
+    assert_eq!(intent["status"], "succeeded");
+    let id = intent["id"].as_str().unwrap();
+    assert!(id.starts_with("pi_") && id.len() > 10, "{id}");
+    assert_eq!(server.executions(), 1);
+}
+
+#[tokio::test]
+async fn form_bodies_fill_placeholders_as_stripe_clients_send_them() {
+    let server = payments().await;
+    let resp = fast_client()
+        .post_idempotent(format!("{}/v1/payment_intents", server.uri()))
+        .form(&[
+            ("amount", "1500"),
+            ("currency", "eur"),
+            ("payment_method", "pm_card_visa"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let intent: Value = resp.json().await.unwrap();
+    assert_eq!(
+        intent["amount"], 1500,
+        "a form's number stands bare as JSON"
+    );
+    assert_eq!(intent["currency"], "eur");
+}
+
+#[tokio::test]
+async fn a_business_error_is_stored_and_replayed_like_a_success() {
+    let server = payments().await;
+    let url = format!("{}/v1/payment_intents", server.uri());
+    let key = IdempotencyKey::parse("charge-declined-1").unwrap();
+    let body = json!({"amount": 2000, "currency": "usd", "payment_method": "pm_card_declined"});
+    let first = fast_client()
+        .post_idempotent(&url)
+        .json(&body)
+        .idempotency_key(key.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 402);
+    assert!(!first.is_replay());
+    let again = fast_client()
+        .post_idempotent(&url)
+        .json(&body)
+        .idempotency_key(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 402);
+    assert!(again.is_replay());
+    assert_eq!(again.headers()["matched-route"], "declined");
+    assert_eq!(first.bytes().await.unwrap(), again.bytes().await.unwrap());
+    assert_eq!(server.executions(), 1);
+}
+
+#[tokio::test]
+async fn a_lost_answer_on_a_route_is_replayed_byte_for_byte_once_executed() {
+    let server = payments().await;
+    server.inject(Fault::DropAfterProcessing, 1);
+    let resp = fast_client()
+        .post_idempotent(format!("{}/v1/payment_intents", server.uri()))
+        .json(&json!({"amount": 99, "currency": "usd", "payment_method": "pm_card_visa"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.is_replay());
+    assert_eq!(resp.attempts(), 2);
+    assert_eq!(
+        resp.headers()["request-id"],
+        "req_1",
+        "rendered once, stored, replayed"
+    );
+    assert_eq!(server.executions(), 1);
+    assert!(server.duplicates().is_empty());
+}
+
+#[tokio::test]
+async fn no_matching_route_is_a_404_naming_the_nearest_and_releases_the_key() {
+    let server = payments().await;
+    let client = fast_client();
+    let key = IdempotencyKey::parse("order-404").unwrap();
+    let resp = client
+        .post_idempotent(format!("{}/v1/refunds", server.uri()))
+        .idempotency_key(key.clone())
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let problem: Value = resp.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("POST /v1/refunds"),
+        "{problem}"
+    );
+    // A GET on the customers route with a path too long: the nearest says why.
+    let resp = reqwest::get(format!("{}/v1/customers/cus_1/extra", server.uri()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(server.executions(), 0);
+    // The key was not stored: the same key may be used for a request that matches.
+    let resp = client
+        .post_idempotent(format!("{}/v1/payment_intents", server.uri()))
+        .idempotency_key(key)
+        .json(&json!({"amount": 1, "currency": "usd", "payment_method": "pm_card_visa"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(!resp.is_replay());
+}
+
+#[tokio::test]
+async fn a_field_the_request_lacks_is_a_400_naming_it_and_uses_no_seq() {
+    let server = payments().await;
+    let url = format!("{}/v1/payment_intents", server.uri());
+    let resp = fast_client()
+        .post_idempotent(&url)
+        .json(&json!({"currency": "usd", "payment_method": "pm_card_visa"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let problem: Value = resp.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("body.amount"),
+        "{problem}"
+    );
+    assert_eq!(server.executions(), 0);
+    let resp = fast_client()
+        .post_idempotent(&url)
+        .json(&json!({"amount": 5, "currency": "usd", "payment_method": "pm_card_visa"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["request-id"], "req_1", "the 400 drew no seq");
+}
+
+#[tokio::test]
+async fn a_get_route_is_a_read_answered_anew_and_never_executed() {
+    let server = payments().await;
+    let resp = reqwest::get(format!(
+        "{}/v1/customers/cus_42?expand=sources",
+        server.uri()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let customer: Value = resp.json().await.unwrap();
+    assert_eq!(
+        customer,
+        json!({"id": "cus_42", "object": "customer", "expand": "sources"})
+    );
+    assert_eq!(server.executions(), 0);
+}
+
+#[tokio::test]
+async fn ids_come_from_the_seed() {
+    let ids = |seed| async move {
+        let server = MockServer::builder()
+            .seed(seed)
+            .route(
+                Route::post("/p")
+                    .id_prefix("x_")
+                    .body(r#"{"id": "{{id}}"}"#),
+            )
+            .start()
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let resp = fast_client()
+                .post_idempotent(format!("{}/p", server.uri()))
+                .send()
+                .await
+                .unwrap();
+            let body: Value = resp.json().await.unwrap();
+            ids.push(body["id"].as_str().unwrap().to_owned());
+        }
+        ids
+    };
+    let a = ids(1).await;
+    assert_eq!(a, ids(1).await);
+    assert_ne!(a, ids(2).await);
+    assert_eq!(a.iter().collect::<std::collections::HashSet<_>>().len(), 3);
+}
+
+#[tokio::test]
+async fn a_malformed_route_is_refused_at_start_naming_it() {
+    for (route, needles) in [
+        (
+            Route::post("/p").name("bad").body(r#"{"a": {{nope}}}"#),
+            vec!["\"bad\"", "1:7", "unknown placeholder"],
+        ),
+        (
+            Route::post("/p").name("open").body("{{id"),
+            vec!["\"open\"", "never closed"],
+        ),
+        (
+            Route::post("/p").name("bare").body(r#"{"id": {{id}}}"#),
+            vec!["\"bare\"", "quote it"],
+        ),
+        (
+            Route::post("/p/{x}")
+                .name("param")
+                .body(r#"{"y": "{{path.y}}"}"#),
+            vec!["\"param\"", "{y}"],
+        ),
+        (
+            Route::post("p").name("slash"),
+            vec!["\"slash\"", "start with '/'"],
+        ),
+        (
+            Route::post("/p").name("status").status(99),
+            vec!["\"status\"", "99"],
+        ),
+        (
+            Route::post("/p").name("header").header("bad name", "v"),
+            vec!["\"header\"", "bad name"],
+        ),
+        (
+            Route::post("/p").name("when").when("nope.x", "v"),
+            vec!["\"when\"", "unknown placeholder"],
+        ),
+    ] {
+        let err = MockServer::builder()
+            .route(route)
+            .start()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MockError::InvalidConfig { .. }));
+        let text = err.to_string();
+        for needle in needles {
+            assert!(text.contains(needle), "{text} lacks {needle}");
+        }
+    }
+}
