@@ -153,6 +153,7 @@
 //!
 //! Rust 1.85, the same as reqwest 0.13.
 
+mod builder;
 mod client;
 mod config;
 mod duration;
@@ -170,7 +171,8 @@ mod settings;
 mod telemetry;
 mod transport;
 
-pub use client::{IdempotentClient, IdempotentClientBuilder};
+pub use builder::IdempotentClientBuilder;
+pub use client::IdempotentClient;
 pub use config::ClientConfig;
 pub use duration::parse_duration;
 pub use error::{Error, GiveUpReason};

@@ -298,3 +298,82 @@ async fn a_malformed_route_is_refused_at_start_naming_it() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_stripe_stub_file_plays_payment_intents() {
+    let server = MockServer::builder()
+        .stubs_file(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/stripe.toml"))
+        .start()
+        .await
+        .unwrap();
+    let url = format!("{}/v1/payment_intents", server.uri());
+    let client = fast_client();
+    // As Stripe's clients send it: a form.
+    let resp = client
+        .post_idempotent(&url)
+        .bearer_auth("sk_test_123")
+        .form(&[
+            ("amount", "2000"),
+            ("currency", "usd"),
+            ("payment_method", "pm_card_visa"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let intent: Value = resp.json().await.unwrap();
+    assert_eq!(intent["object"], "payment_intent");
+    assert_eq!(intent["amount"], 2000);
+    let id = intent["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("pi_"));
+
+    let declined = client
+        .post_idempotent(&url)
+        .form(&[
+            ("amount", "500"),
+            ("currency", "usd"),
+            ("payment_method", "pm_card_chargeDeclined"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declined.status(), 402);
+    let error: Value = declined.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "card_declined");
+
+    let fetched: Value = reqwest::get(format!("{url}/{id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched["id"], id.as_str());
+    assert_eq!(server.executions(), 2, "the two POSTs; the GET is a read");
+}
+
+#[tokio::test]
+async fn a_bad_stub_file_is_refused_at_start_naming_it() {
+    let path = std::env::temp_dir().join(format!("bad-stubs-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[[route]]\nmethod = \"POST\"\npath = \"/p\"\nbody = '{{nope}}'\n",
+    )
+    .unwrap();
+    let err = MockServer::builder()
+        .stubs_file(&path)
+        .start()
+        .await
+        .unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains("bad-stubs") && text.contains("unknown placeholder"),
+        "{text}"
+    );
+    assert!(
+        MockServer::builder()
+            .stubs_file(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/stripe.toml"))
+            .check()
+            .is_ok()
+    );
+}

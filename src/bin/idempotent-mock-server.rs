@@ -19,6 +19,9 @@ usage: idempotent-mock-server [options]
   --key-ttl DURATION       how long completed keys are remembered (default 24h)
   --processing-delay DUR   time spent inside each operation (default 0ms)
   --max-keys N             most keys stored at once (default 100000)
+  --stubs FILE             play your API: routes from a TOML or JSON stub file
+                           (repeatable; tried in the order given)
+  --check                  check the settings and stub files, then exit
   -h, --help               this text
 
 Durations are a whole number and a unit: 250ms, 2s, 5m, 24h.
@@ -26,13 +29,27 @@ Admin: GET /__admin/stats, POST /__admin/faults, POST /__admin/reset.";
 
 fn main() -> ExitCode {
     match parse(std::env::args().skip(1)) {
-        Ok(Some(builder)) => run(builder),
+        Ok(Some((builder, true))) => check(&builder),
+        Ok(Some((builder, false))) => run(builder),
         Ok(None) => {
             println!("{USAGE}");
             ExitCode::SUCCESS
         }
         Err(message) => {
             eprintln!("idempotent-mock-server: {message}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check(builder: &MockServerBuilder) -> ExitCode {
+    match builder.check() {
+        Ok(()) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("idempotent-mock-server: {e}");
             ExitCode::from(2)
         }
     }
@@ -53,9 +70,13 @@ fn run(builder: MockServerBuilder) -> ExitCode {
     }
 }
 
-/// The builder the arguments describe, `None` for `--help`, or what is wrong.
-fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<MockServerBuilder>, String> {
+/// The builder the arguments describe and whether only to check it, `None` for
+/// `--help`, or what is wrong.
+fn parse(
+    mut args: impl Iterator<Item = String>,
+) -> Result<Option<(MockServerBuilder, bool)>, String> {
     let mut builder = MockServer::builder();
+    let mut check = false;
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         builder = match flag.as_str() {
@@ -82,10 +103,15 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<MockServerBuil
             "--key-ttl" => builder.key_ttl(duration(&flag, &value()?)?),
             "--processing-delay" => builder.processing_delay(duration(&flag, &value()?)?),
             "--max-keys" => builder.max_keys(number(&flag, &value()?)?),
+            "--stubs" => builder.stubs_file(value()?),
+            "--check" => {
+                check = true;
+                builder
+            }
             other => return Err(format!("unknown option {other}")),
         };
     }
-    Ok(Some(builder))
+    Ok(Some((builder, check)))
 }
 
 fn number<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T, String> {
@@ -101,7 +127,7 @@ fn duration(flag: &str, text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Result<Option<MockServerBuilder>, String> {
+    fn args(list: &[&str]) -> Result<Option<(MockServerBuilder, bool)>, String> {
         parse(list.iter().map(|s| (*s).to_owned()))
     }
 
@@ -121,8 +147,11 @@ mod tests {
             "250ms",
             "--max-keys",
             "10",
+            "--stubs",
+            "api.toml",
+            "--check",
         ]);
-        assert!(matches!(parsed, Ok(Some(_))));
+        assert!(matches!(parsed, Ok(Some((_, true)))));
         assert!(matches!(args(&["--help"]), Ok(None)));
     }
 

@@ -64,7 +64,14 @@ pub struct MockServerBuilder {
     key_header: Result<HeaderName, String>,
     seed: u64,
     rates: Vec<(Fault, f64)>,
-    routes: Vec<Route>,
+    routes: Vec<Routes>,
+}
+
+/// Where routes come from, in the order given.
+#[derive(Debug, Clone)]
+enum Routes {
+    One(Route),
+    File(std::path::PathBuf),
 }
 
 impl Default for MockServerBuilder {
@@ -179,8 +186,66 @@ impl MockServerBuilder {
     /// order, first match wins, none: `404`), with every idempotency rule and fault
     /// still applying to operations (POST, PUT, PATCH, DELETE). See [`Route`].
     pub fn route(mut self, route: Route) -> Self {
-        self.routes.push(route);
+        self.routes.push(Routes::One(route));
         self
+    }
+
+    /// Adds the routes of a stub file, TOML or JSON by its extension (read at `start`),
+    /// after the routes given so far. The schema is [`Route`]'s, under a top-level
+    /// `route` list; unknown fields are refused, and every error names the file, the
+    /// route and where.
+    ///
+    /// ```toml
+    /// [[route]]
+    /// name = "create"
+    /// method = "POST"
+    /// path = "/v1/payment_intents"
+    /// id_prefix = "pi_"
+    /// headers = { "Request-Id" = "req_{{seq}}" }
+    /// body = '{"id": "{{id}}", "amount": {{body.amount}}, "status": "succeeded"}'
+    /// ```
+    pub fn stubs_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.routes.push(Routes::File(path.into()));
+        self
+    }
+
+    /// Checks the settings and reads and checks the routes (stub files included),
+    /// without starting anything: what `start` would refuse, this refuses.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start), except for the address, which is not bound.
+    pub fn check(&self) -> Result<(), MockError> {
+        if let Err(reason) = &self.key_header {
+            return Err(MockError::InvalidConfig {
+                reason: reason.clone(),
+            });
+        }
+        if !self.rates.is_empty() {
+            RandomFaults::new(self.seed, &self.rates)
+                .map_err(|reason| MockError::InvalidConfig { reason })?;
+        }
+        self.compiled_routes().map(drop)
+    }
+
+    /// Every route, from builder calls and stub files in order, checked and parsed.
+    fn compiled_routes(&self) -> Result<Vec<Compiled>, MockError> {
+        let config_error = |reason: String| MockError::InvalidConfig { reason };
+        let mut listed = Vec::new();
+        for source in &self.routes {
+            match source {
+                Routes::One(route) => listed.push(route.clone()),
+                Routes::File(path) => {
+                    listed.extend(super::stubs::load(path).map_err(config_error)?)
+                }
+            }
+        }
+        listed
+            .iter()
+            .enumerate()
+            .map(|(i, route)| Compiled::new(route, i))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(config_error)
     }
 
     /// Starts the server.
@@ -200,14 +265,8 @@ impl MockServerBuilder {
     /// As [`start`](Self::start).
     pub fn start_blocking(self) -> Result<MockServer, MockError> {
         let config_error = |reason: String| MockError::InvalidConfig { reason };
+        let routes = self.compiled_routes()?;
         let key_header = self.key_header.map_err(config_error)?;
-        let routes = self
-            .routes
-            .iter()
-            .enumerate()
-            .map(|(i, route)| Compiled::new(route, i))
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(config_error)?;
         let random = if self.rates.is_empty() {
             None
         } else {

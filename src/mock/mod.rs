@@ -15,6 +15,10 @@
 //! | missing, with `require_key(true)` | `400` |
 //! | empty, over 255 bytes, or not visible ASCII | `400` |
 //!
+//! With [`Route`]s (or a stub file, [`MockServerBuilder::stubs_file`]) it plays your
+//! own API instead: the routes say what each request gets, and the rules above still
+//! hold for operations (POST, PUT, PATCH, DELETE).
+//!
 //! A body over `max_body_bytes` gets `413`, an invalid JSON or form body `400`. Errors
 //! are `application/problem+json` (RFC 9457). An operation, once started, completes and
 //! is stored even if its client disconnects.
@@ -54,6 +58,7 @@ mod routed;
 mod serve;
 mod shared;
 mod store;
+mod stubs;
 mod template;
 mod wire;
 

@@ -1,0 +1,472 @@
+//! The client's builder: every setting, checked by `build`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+
+use crate::client::Inner;
+use crate::retry::origins::{DEFAULT_MAX_ORIGINS, Origins};
+use crate::settings::{
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_SHOULD_RETRY_HEADER, RetryHook, Settings, SharedClassifier,
+};
+use crate::{
+    Attempt, ClientConfig, Decision, Error, IdempotentClient, KeyFormat, RetryBudget, RetryPolicy,
+};
+
+/// Configures an [`IdempotentClient`]. Setters never fail; [`build`](Self::build)
+/// reports anything that cannot work.
+///
+/// # Default
+///
+/// | setting | default |
+/// |---|---|
+/// | `retry_policy` | [`RetryPolicy::default`] (3 attempts, 500 ms base, full jitter, 30 s deadline) |
+/// | `attempt_timeout` | 10 s per attempt, connect to last byte (shrunk to what remains of the deadline) |
+/// | `max_response_bytes` | 16 MiB: far above any API answer, far below what would hurt the caller's memory |
+/// | `key_header` | `Idempotency-Key` |
+/// | `key_format` | [`KeyFormat::Bare`] |
+/// | `should_retry_header` | `Stripe-Should-Retry`: a server that says whether to retry is obeyed, as Stripe's own libraries do |
+/// | `retry_budget` | [`RetryBudget::default`], per origin (capacity 500, transient cost 14, throttling cost 5, refund 1: AWS retry behavior 2.1) |
+/// | `max_origins` | 10,000 origins remembered; past that, the one used least recently goes first |
+/// | `classifier` | [`default_classifier`](crate::default_classifier) |
+/// | `reqwest_client` | `reqwest::Client::builder().timeout(attempt_timeout).redirect(Policy::none()).build()`: the attempt timeout built in, and no redirects followed, so a 3xx is a final answer (a `303` after a POST means it executed) |
+#[must_use]
+pub struct IdempotentClientBuilder {
+    http: Option<reqwest::Client>,
+    policy: RetryPolicy,
+    attempt_timeout: Duration,
+    max_response_bytes: usize,
+    key_header: Result<HeaderName, String>,
+    key_format: KeyFormat,
+    should_retry_header: Result<Option<HeaderName>, String>,
+    budget: RetryBudget,
+    max_origins: usize,
+    classifier: Option<SharedClassifier>,
+    on_retry: Option<RetryHook>,
+}
+
+impl Default for IdempotentClientBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl IdempotentClientBuilder {
+    /// A builder with the defaults above.
+    pub fn new() -> Self {
+        Self {
+            http: None,
+            policy: RetryPolicy::default(),
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            key_header: Ok(HeaderName::from_static(DEFAULT_KEY_HEADER)),
+            key_format: KeyFormat::default(),
+            should_retry_header: Ok(Some(HeaderName::from_static(DEFAULT_SHOULD_RETRY_HEADER))),
+            budget: RetryBudget::default(),
+            max_origins: DEFAULT_MAX_ORIGINS,
+            classifier: None,
+            on_retry: None,
+        }
+    }
+
+    /// The retry policy for every request of this client (a request can override it).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_retry::{IdempotentClient, RetryPolicy};
+    /// let client = IdempotentClient::builder()
+    ///     .retry_policy(RetryPolicy::exponential().max_attempts(5).deadline(Duration::from_secs(10)))
+    ///     .build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Time for one attempt, from connecting to the last byte of the response.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_retry::IdempotentClient;
+    /// let client = IdempotentClient::builder().attempt_timeout(Duration::from_secs(2)).build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// The longest answer body the client reads. Each answer is read whole (an attempt
+    /// counts as answered only once its last byte arrived), so this bounds the memory
+    /// any server can make one `send()` use. A longer answer is not truncated and not
+    /// retried: it ends the operation with an error
+    /// ([`Error::is_response_too_large`]) that keeps its status, headers and key, and
+    /// whose outcome is unknown (the status says what the server did). A body that
+    /// declares its length is refused before it is read.
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// let client = IdempotentClient::builder().max_response_bytes(64 << 20).build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn max_response_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_bytes = bytes;
+        self
+    }
+
+    /// Sends requests through your own `reqwest::Client` (proxies, TLS roots, pools).
+    /// Its own `timeout`, if any, still applies; ours is set on each attempt.
+    ///
+    /// Mind its redirect policy: reqwest follows redirects by default, and a `307` or
+    /// `308` then re-sends the body *and the key* to the target, possibly another
+    /// origin. Build it with `.redirect(reqwest::redirect::Policy::none())` unless you
+    /// mean that. Whatever it does, an answer from another URL, or an error after a
+    /// redirect, counts as "may have executed".
+    ///
+    /// ```
+    /// use idempotent_retry::{reqwest, IdempotentClient};
+    /// let http = reqwest::Client::builder().user_agent("shop/1.0").build()?;
+    /// let client = IdempotentClient::builder().reqwest_client(http).build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn reqwest_client(mut self, client: reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
+    }
+
+    /// The header the key is sent in. Any valid header name.
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// let client = IdempotentClient::builder().key_header("X-Idempotency-Key").build()?;
+    /// assert!(IdempotentClient::builder().key_header("bad header").build().is_err());
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn key_header<K>(mut self, name: K) -> Self
+    where
+        HeaderName: TryFrom<K>,
+        <HeaderName as TryFrom<K>>::Error: fmt::Display,
+    {
+        self.key_header = HeaderName::try_from(name)
+            .map_err(|e| format!("key_header is not a valid header name: {e}"));
+        self
+    }
+
+    /// Bare key (the default) or IETF structured string (`"…"`).
+    ///
+    /// ```
+    /// use idempotent_retry::{IdempotentClient, KeyFormat};
+    /// let client = IdempotentClient::builder().key_format(KeyFormat::StructuredString).build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn key_format(mut self, format: KeyFormat) -> Self {
+        self.key_format = format;
+        self
+    }
+
+    /// The field in which the server says whether an answer should be retried, read on
+    /// non-2xx answers: `true` retries, `false` makes the answer final, whatever its
+    /// status says (anything else is ignored). The default is `Stripe-Should-Retry`,
+    /// which Stripe's own client libraries obey both ways. A classifier of yours still
+    /// has the last word ([`Attempt::should_retry_hint`]).
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// let client = IdempotentClient::builder().should_retry_header("X-Should-Retry").build()?;
+    /// assert!(IdempotentClient::builder().should_retry_header("bad header").build().is_err());
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn should_retry_header<K>(mut self, name: K) -> Self
+    where
+        HeaderName: TryFrom<K>,
+        <HeaderName as TryFrom<K>>::Error: fmt::Display,
+    {
+        self.should_retry_header = HeaderName::try_from(name)
+            .map(Some)
+            .map_err(|e| format!("should_retry_header is not a valid header name: {e}"));
+        self
+    }
+
+    /// Reads no should-retry field: the status alone (and your classifier) decides.
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// let client = IdempotentClient::builder().ignore_should_retry_header().build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn ignore_should_retry_header(mut self) -> Self {
+        self.should_retry_header = Ok(None);
+        self
+    }
+
+    /// The retry budget: a bucket per origin, shared by the client's clones;
+    /// [`RetryBudget::unlimited`] turns it off.
+    ///
+    /// ```
+    /// use idempotent_retry::{IdempotentClient, RetryBudget};
+    /// let client = IdempotentClient::builder().retry_budget(RetryBudget::new().capacity(50)).build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Most origins whose state (retry budget) the client remembers, at least 1. Past
+    /// it, the origin used least recently is forgotten (and starts again with a full
+    /// bucket), so a client that meets millions of hosts stays bounded.
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// let client = IdempotentClient::builder().max_origins(100).build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn max_origins(mut self, origins: usize) -> Self {
+        self.max_origins = origins;
+        self
+    }
+
+    /// Replaces the retry decision with yours; fall back to
+    /// [`default_classifier`](crate::default_classifier) for what you do not change.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use idempotent_retry::{default_classifier, Decision, IdempotentClient};
+    ///
+    /// let client = IdempotentClient::builder()
+    ///     .classifier(|attempt| match attempt.status() {
+    ///         // This API answers 404 for a few ms after a write: worth another try.
+    ///         Some(StatusCode::NOT_FOUND) => Decision::Retry,
+    ///         // We know this server answers 500 only for bad input: never retry it.
+    ///         Some(StatusCode::INTERNAL_SERVER_ERROR) => Decision::Final,
+    ///         _ => default_classifier(attempt),
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn classifier<F>(mut self, classifier: F) -> Self
+    where
+        F: Fn(&Attempt<'_>) -> Decision + Send + Sync + 'static,
+    {
+        self.classifier = Some(Arc::new(classifier));
+        self
+    }
+
+    /// Called before each retry's sleep with the failed attempt and the delay chosen
+    /// (backoff or `Retry-After`): a place for metrics. Keep it quick; it runs inline.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use idempotent_retry::IdempotentClient;
+    ///
+    /// let retries = Arc::new(AtomicU64::new(0));
+    /// let counter = retries.clone();
+    /// let client = IdempotentClient::builder()
+    ///     .on_retry(move |attempt, delay| {
+    ///         counter.fetch_add(1, Ordering::Relaxed);
+    ///         eprintln!("attempt {} failed ({:?}), next in {delay:?}", attempt.number(), attempt.status());
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn on_retry<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Attempt<'_>, Duration) + Send + Sync + 'static,
+    {
+        self.on_retry = Some(Arc::new(hook));
+        self
+    }
+
+    /// Takes every setting a [`ClientConfig`] holds (retry policy, attempt timeout,
+    /// answer bound, key header and form, should-retry field, retry budget, origins), for example one read from a configuration file.
+    /// Later calls still change single settings.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_retry::{ClientConfig, IdempotentClient};
+    ///
+    /// let config: ClientConfig = serde_json::from_str(r#"{"attempt_timeout": "2s"}"#)?;
+    /// let client = IdempotentClient::builder()
+    ///     .config(&config)
+    ///     .on_retry(|attempt, delay| eprintln!("retry {} in {delay:?}", attempt.number()))
+    ///     .build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn config(mut self, config: &ClientConfig) -> Self {
+        // Every field named: a new one does not compile until it is applied here.
+        let ClientConfig {
+            retry_policy,
+            attempt_timeout,
+            max_response_bytes,
+            key_header,
+            key_format,
+            should_retry_header,
+            retry_budget,
+            max_origins,
+        } = config;
+        self.policy = *retry_policy;
+        self.attempt_timeout = *attempt_timeout;
+        self.max_response_bytes = *max_response_bytes;
+        self.key_header = Ok(key_header.clone());
+        self.key_format = *key_format;
+        self.should_retry_header = Ok(should_retry_header.clone());
+        self.budget = *retry_budget;
+        self.max_origins = *max_origins;
+        self
+    }
+
+    /// Checks the settings and builds the client.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming the setting: an invalid retry policy
+    /// ([`RetryPolicy::validate`]), a zero `attempt_timeout`, an invalid `key_header`, or
+    /// a reqwest client that could not be built.
+    pub fn build(mut self) -> Result<IdempotentClient, Error> {
+        self.check()?;
+        let (http, http_timeout) = match self.http.take() {
+            Some(http) => (http, None),
+            None => {
+                // No redirects: a 3xx is the operation's final answer (a 303 after a
+                // POST means it executed), and a 307/308 would send body and key on to
+                // another URL.
+                let http = reqwest::Client::builder()
+                    .timeout(self.attempt_timeout)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|source| Error::InvalidConfig {
+                        reason: "could not build the default reqwest client".to_owned(),
+                        source: Some(source),
+                    })?;
+                (http, Some(self.attempt_timeout))
+            }
+        };
+        Ok(IdempotentClient {
+            inner: Arc::new(Inner {
+                http,
+                http_timeout,
+                settings: self.settings(),
+            }),
+        })
+    }
+
+    /// Everything `build` checks, before anything is built.
+    fn check(&self) -> Result<(), Error> {
+        self.policy.validate()?;
+        if self.attempt_timeout.is_zero() {
+            return Err(config("attempt_timeout must be greater than zero"));
+        }
+        if let Err(reason) = &self.key_header {
+            return Err(config(reason.clone()));
+        }
+        if let Err(reason) = &self.should_retry_header {
+            return Err(config(reason.clone()));
+        }
+        if self.max_origins == 0 {
+            return Err(config("max_origins must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Checks the settings and builds a [`reqwest_middleware`] layer with them, for a
+    /// `ClientWithMiddleware`: see [`IdempotencyMiddleware`](crate::IdempotencyMiddleware).
+    /// The layer sends through the client it is layered on, so `reqwest_client` plays no
+    /// part here.
+    ///
+    /// ```
+    /// use idempotent_retry::{IdempotentClient, RetryPolicy};
+    /// let layer = IdempotentClient::builder()
+    ///     .retry_policy(RetryPolicy::exponential().max_attempts(4))
+    ///     .build_middleware()?;
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    ///     .with(layer)
+    ///     .build();
+    /// # drop(client);
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build), but for the reqwest client, which is not built.
+    #[cfg(feature = "middleware")]
+    pub fn build_middleware(self) -> Result<crate::IdempotencyMiddleware, Error> {
+        self.check()?;
+        Ok(crate::IdempotencyMiddleware::from_settings(self.settings()))
+    }
+
+    /// The settings, once `check` passed (the defaults always pass it).
+    pub(crate) fn settings(self) -> Settings {
+        Settings {
+            policy: self.policy,
+            attempt_timeout: self.attempt_timeout,
+            max_response_bytes: self.max_response_bytes,
+            key_header: self
+                .key_header
+                .unwrap_or_else(|_| HeaderName::from_static(DEFAULT_KEY_HEADER)),
+            key_format: self.key_format,
+            should_retry_header: self.should_retry_header.unwrap_or_default(),
+            origins: Origins::new(self.budget, self.max_origins),
+            classifier: self.classifier,
+            on_retry: self.on_retry,
+        }
+    }
+}
+
+fn config(reason: impl Into<String>) -> Error {
+    Error::InvalidConfig {
+        reason: reason.into(),
+        source: None,
+    }
+}
+
+impl fmt::Debug for IdempotentClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotentClientBuilder")
+            .field("policy", &self.policy)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("key_header", &self.key_header)
+            .field("key_format", &self.key_format)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_rejects_bad_settings() {
+        let cases = [
+            (
+                IdempotentClient::builder()
+                    .retry_policy(RetryPolicy::exponential().max_attempts(0)),
+                "max_attempts",
+            ),
+            (
+                IdempotentClient::builder().attempt_timeout(Duration::ZERO),
+                "attempt_timeout",
+            ),
+            (
+                IdempotentClient::builder().key_header("no spaces"),
+                "key_header",
+            ),
+            (IdempotentClient::builder().key_header(""), "key_header"),
+            (
+                IdempotentClient::builder().should_retry_header("bad name"),
+                "should_retry_header",
+            ),
+            (IdempotentClient::builder().max_origins(0), "max_origins"),
+        ];
+        for (builder, needle) in cases {
+            let err = builder.build().unwrap_err();
+            assert!(matches!(err, Error::InvalidConfig { .. }));
+            assert!(err.to_string().contains(needle), "{err} lacks {needle}");
+        }
+    }
+}
