@@ -377,3 +377,64 @@ async fn a_bad_stub_file_is_refused_at_start_naming_it() {
             .is_ok()
     );
 }
+
+#[tokio::test]
+async fn a_created_resource_reads_back_for_its_caller_only() {
+    // With routes: the customer route creates, no GET route exists, read-back answers.
+    let server = MockServer::builder()
+        .stubs_file(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/stripe.toml"))
+        .start()
+        .await
+        .unwrap();
+    let created: Value = fast_client()
+        .post_idempotent(format!("{}/v1/customers", server.uri()))
+        .bearer_auth("sk_test_a")
+        .form(&[("email", "jo@example.com")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/customers/{id}", server.uri());
+    let mine = http
+        .get(&url)
+        .bearer_auth("sk_test_a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mine.status(), 200);
+    assert_eq!(mine.json::<Value>().await.unwrap(), created);
+    let theirs = http
+        .get(&url)
+        .bearer_auth("sk_test_b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        theirs.status(),
+        404,
+        "another caller's resource is not there for them"
+    );
+
+    // Without routes: the built-in answer's id reads back too.
+    let plain = MockServer::start().await;
+    let created: Value = fast_client()
+        .post_idempotent(format!("{}/orders", plain.uri()))
+        .json(&json!({"sku": "tea"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let read: Value = reqwest::get(format!("{}/orders/{}", plain.uri(), created["id"]))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read, created);
+}

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use super::admin;
 use super::fault::{After, Phase};
 use super::response::{self, Body, Dropped, problem};
-use super::shared::Shared;
+use super::shared::{Resource, Shared};
 use super::store::{Begin, ScopedKey, Stored};
 use super::wire::{Echo, decode_key, echo_body, fingerprint};
 use crate::IdempotencyKey;
@@ -41,6 +41,9 @@ pub(crate) async fn handle(
         };
     }
     let method = request.method().clone();
+    if let Some(answer) = read_back(&shared, &method, &path, request.headers()) {
+        return Ok(answer);
+    }
     if method != Method::POST && method != Method::PATCH {
         return Ok(problem(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -72,26 +75,53 @@ async fn operation(
     let echo = echo_body(&parts.headers, &body)
         .map_err(|detail| Ok(problem(StatusCode::BAD_REQUEST, "Invalid body", &detail)))?;
 
+    let scope = scope_of(&parts.headers);
+    let at = Resource {
+        scope: scope.clone(),
+        path: path.clone(),
+    };
     let Some(key) = key else {
-        let stored = execute(shared.clone(), None, create(path, echo)).await?;
+        let stored = execute(shared.clone(), None, at, create(path, echo)).await?;
         return Ok(spoil(after, response::stored(&stored, false)).await);
     };
     let scoped = ScopedKey {
-        scope: parts
-            .headers
-            .get(AUTHORIZATION)
-            .map(|v| Bytes::copy_from_slice(v.as_bytes())),
+        scope,
         key: key.into_boxed_str(),
     };
-    let earned = match claim(shared, scoped, fingerprint(&method, &path, &body)) {
+    let fingerprint = fingerprint(&method, &path, &body);
+    let earned = match claim(shared, scoped, fingerprint) {
         Claim::Claimed(scoped) => {
-            let stored = execute(shared.clone(), Some(scoped), create(path, echo)).await?;
+            let stored = execute(shared.clone(), Some(scoped), at, create(path, echo)).await?;
             response::stored(&stored, false)
         }
         Claim::Answer(answer) => answer,
         Claim::Early(answer) => return Err(Ok(answer)),
     };
     Ok(spoil(after, earned).await)
+}
+
+/// The caller's scope: the `Authorization` value, if any.
+pub(crate) fn scope_of(headers: &http::HeaderMap) -> Option<Bytes> {
+    headers
+        .get(AUTHORIZATION)
+        .map(|v| Bytes::copy_from_slice(v.as_bytes()))
+}
+
+/// A GET (or HEAD) of a resource an operation created: `200` with its stored body, for
+/// the same caller only.
+pub(crate) fn read_back(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    headers: &http::HeaderMap,
+) -> Option<Response<Body>> {
+    if *method != Method::GET && *method != Method::HEAD {
+        return None;
+    }
+    let stored = shared.resource(scope_of(headers), path)?;
+    let mut response = response::stored(&stored, false);
+    *response.status_mut() = StatusCode::OK;
+    Some(response)
 }
 
 /// What the idempotent decision gives a request with a key.
@@ -192,14 +222,15 @@ pub(crate) async fn read_body(shared: &Shared, body: Incoming) -> Step<Bytes> {
 pub(crate) async fn execute(
     shared: Arc<Shared>,
     key: Option<Arc<ScopedKey>>,
+    at: Resource,
     answer: impl FnOnce(&Shared, u64) -> Stored + Send + 'static,
 ) -> Step<Arc<Stored>> {
     if shared.config.processing_delay.is_zero() {
-        return Ok(shared.perform(key.as_deref(), |id| answer(&shared, id)));
+        return Ok(shared.perform(key.as_deref(), &at, |id| answer(&shared, id)));
     }
     let task = tokio::spawn(async move {
         tokio::time::sleep(shared.config.processing_delay).await;
-        shared.perform(key.as_deref(), |id| answer(&shared, id))
+        shared.perform(key.as_deref(), &at, |id| answer(&shared, id))
     });
     // A join error means the runtime is shutting down: the connection goes with it.
     task.await.map_err(|_| Err(Dropped))

@@ -12,16 +12,18 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::fault::Phase;
-use super::handler::{Claim, Step, check_key, claim, execute, read_body, read_key, spoil};
+use super::handler::{
+    Claim, Step, check_key, claim, execute, read_back, read_body, read_key, scope_of, spoil,
+};
 use super::response::{self, Body, Dropped, problem};
 use super::route::{Compiled, NoMatch, Params, find};
-use super::shared::Shared;
+use super::shared::{Resource, Shared};
 use super::store::{ScopedKey, Stored};
 use super::template::{Fields, form_to_json};
 use super::wire::fingerprint;
@@ -88,18 +90,25 @@ pub(crate) async fn handle(
     let routes = &shared.config.routes;
 
     if !operation {
-        let (route, params) = matched(routes, &method, &path, &data)?;
+        let (route, params) = match matched(routes, &method, &path, &data) {
+            Ok(found) => found,
+            // Routes first, then a resource an operation created, then 404.
+            Err(not_found) => {
+                return match read_back(shared, &method, &path, &data.headers) {
+                    Some(answer) => Ok(spoil(after, answer).await),
+                    None => Err(not_found),
+                };
+            }
+        };
         let answer = render(route, &data.fields(&params, "", 0))?;
         return Ok(spoil(after, response::stored(&answer, false)).await);
     }
 
+    let scope = scope_of(&data.headers);
     let claimed = match key {
         Some(key) => {
             let scoped = ScopedKey {
-                scope: data
-                    .headers
-                    .get(AUTHORIZATION)
-                    .map(|v| Bytes::copy_from_slice(v.as_bytes())),
+                scope: scope.clone(),
                 key: key.into_boxed_str(),
             };
             let target = parts
@@ -129,7 +138,8 @@ pub(crate) async fn handle(
             return Err(answer);
         }
     };
-    let stored = execute(shared.clone(), claimed, move |shared: &Shared, n| {
+    let at = Resource { scope, path };
+    let stored = execute(shared.clone(), claimed, at, move |shared: &Shared, n| {
         let route = &shared.config.routes[index];
         let id = route.id(shared.config.seed, n);
         let seq = route.next_seq();

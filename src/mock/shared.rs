@@ -1,7 +1,9 @@
 //! What the mock server's handlers share: its settings, the idempotency store, the
 //! fault plan, the request log and the counters read back by tests.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -39,6 +41,21 @@ struct Book {
     duplicates: BTreeMap<String, u64>,
 }
 
+/// Where an operation creates its resource: the path it was sent to, in its caller's
+/// scope (the `Authorization` value).
+#[derive(Debug, Clone)]
+pub(crate) struct Resource {
+    pub(crate) scope: Option<Bytes>,
+    pub(crate) path: String,
+}
+
+/// Created resources for read-back, bounded like the key store (oldest first out).
+#[derive(Debug, Default)]
+struct Resources {
+    map: HashMap<(Option<Bytes>, Box<str>), Arc<Stored>>,
+    order: VecDeque<(Option<Bytes>, Box<str>)>,
+}
+
 /// Most distinct duplicate keys remembered (there should be none).
 const MAX_DUPLICATES: usize = 10_000;
 
@@ -49,6 +66,7 @@ pub(crate) struct Shared {
     store: Mutex<Store>,
     faults: Mutex<Faults>,
     book: Mutex<Book>,
+    resources: Mutex<Resources>,
     executions: AtomicU64,
     requests: AtomicU64,
     replays: AtomicU64,
@@ -72,6 +90,7 @@ impl Shared {
             config,
             faults: Mutex::new(faults),
             book: Mutex::default(),
+            resources: Mutex::default(),
             executions: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             replays: AtomicU64::new(0),
@@ -131,6 +150,7 @@ impl Shared {
         }
         lock(&self.faults).scripted.clear();
         *lock(&self.book) = Book::default();
+        *lock(&self.resources) = Resources::default();
         for counter in [
             &self.executions,
             &self.requests,
@@ -186,11 +206,13 @@ impl Shared {
     pub(crate) fn perform(
         &self,
         key: Option<&ScopedKey>,
+        at: &Resource,
         answer: impl FnOnce(u64) -> Stored,
     ) -> Arc<Stored> {
         let id = self.next_id.fetch_add(1, Ordering::AcqRel);
         let stored = Arc::new(answer(id));
         self.executions.fetch_add(1, Ordering::AcqRel);
+        self.remember(at, &stored);
         if let Some(key) = key {
             let executions = lock(&self.store).complete(key, stored.clone());
             if executions > 1 {
@@ -202,6 +224,42 @@ impl Shared {
             }
         }
         stored
+    }
+
+    /// Keeps a created resource for read-back: a 2xx answer whose JSON body has a
+    /// top-level `id` is readable at `{path}/{id}` (within its caller's scope).
+    fn remember(&self, at: &Resource, stored: &Arc<Stored>) {
+        if !stored.status.is_success() {
+            return;
+        }
+        #[derive(serde::Deserialize)]
+        struct Created {
+            id: Option<serde_json::Value>,
+        }
+        let id = match serde_json::from_slice::<Created>(&stored.body)
+            .ok()
+            .and_then(|c| c.id)
+        {
+            Some(serde_json::Value::String(id)) => id,
+            Some(serde_json::Value::Number(id)) => id.to_string(),
+            _ => return,
+        };
+        let path = format!("{}/{id}", at.path.trim_end_matches('/'));
+        let mut resources = lock(&self.resources);
+        if resources.order.len() >= self.config.max_keys.max(1) {
+            if let Some(oldest) = resources.order.pop_front() {
+                resources.map.remove(&oldest);
+            }
+        }
+        let key = (at.scope.clone(), path.into_boxed_str());
+        resources.order.push_back(key.clone());
+        resources.map.insert(key, stored.clone());
+    }
+
+    /// A created resource at `path`, for a caller with this scope.
+    pub(crate) fn resource(&self, scope: Option<Bytes>, path: &str) -> Option<Arc<Stored>> {
+        let key = (scope, Box::from(path));
+        lock(&self.resources).map.get(&key).cloned()
     }
 
     /// Lets go of a key [`begin`](Self::begin) let through that will not execute.
