@@ -587,3 +587,117 @@ async fn c34_a_should_retry_hint_neither_true_nor_false_is_ignored() {
         .unwrap();
     assert_eq!(resp.status(), 201);
 }
+
+// ---- stub files: each refused at start with a clear error --------------------------
+
+/// The error `check()` gives for a stub file with this name and text; every needle must
+/// be in it, the file's name first.
+fn bad_stubs(name: &str, text: &str, needles: &[&str]) {
+    let dir = std::env::temp_dir().join(format!("bad-stubs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    let err = MockServer::builder()
+        .stubs_file(&path)
+        .check()
+        .expect_err(name)
+        .to_string();
+    std::fs::remove_file(&path).unwrap();
+    assert!(err.contains(name), "{err} does not name the file");
+    for needle in needles {
+        assert!(err.contains(needle), "{name}: {err} lacks {needle:?}");
+    }
+}
+
+const ROUTE: &str = "[[route]]\nname = \"r\"\nmethod = \"POST\"\npath = \"/p\"\n";
+
+#[test]
+fn s35_stub_with_an_unknown_field() {
+    bad_stubs(
+        "s35.toml",
+        &format!("{ROUTE}colour = \"red\"\n"),
+        &["unknown field", "colour"],
+    );
+}
+
+#[test]
+fn s36_stub_without_a_path() {
+    bad_stubs(
+        "s36.toml",
+        "[[route]]\nmethod = \"POST\"\n",
+        &["missing field", "path"],
+    );
+}
+
+#[test]
+fn s37_stub_file_that_is_not_toml() {
+    bad_stubs("s37.toml", "[[route]\nmethod = POST\n", &["line 1"]);
+}
+
+#[test]
+fn s38_stub_with_an_unknown_placeholder() {
+    bad_stubs(
+        "s38.toml",
+        &format!("{ROUTE}body = '''\n{{\"a\": 1,\n \"b\": {{{{amount}}}}}}'''\n"),
+        &["\"r\"", "(line 1)", "2:7", "unknown placeholder"],
+    );
+}
+
+#[test]
+fn s39_stub_with_an_unclosed_placeholder() {
+    bad_stubs(
+        "s39.toml",
+        &format!("{ROUTE}body = '{{{{id'\n"),
+        &["\"r\"", "never closed"],
+    );
+}
+
+#[test]
+fn s40_stub_with_a_bare_id() {
+    bad_stubs(
+        "s40.toml",
+        &format!("{ROUTE}body = '{{\"id\": {{{{id}}}}}}'\n"),
+        &["quote it"],
+    );
+}
+
+#[test]
+fn s41_stub_with_a_path_placeholder_the_path_lacks() {
+    bad_stubs(
+        "s41.toml",
+        "[[route]]\nmethod = \"GET\"\npath = \"/p/{id}\"\nbody = '\"{{path.name}}\"'\n",
+        &["{name}"],
+    );
+}
+
+#[test]
+fn s42_stub_with_a_status_that_is_not_final() {
+    bad_stubs("s42.toml", &format!("{ROUTE}status = 99\n"), &["status 99"]);
+}
+
+#[test]
+fn s43_stub_with_a_bad_header_name() {
+    bad_stubs(
+        "s43.toml",
+        &format!("{ROUTE}headers = {{ \"bad name\" = \"v\" }}\n"),
+        &["bad name"],
+    );
+}
+
+#[test]
+fn s44_json_stub_with_a_wrong_type() {
+    bad_stubs(
+        "s44.json",
+        r#"{"route": [{"method": "POST", "path": "/p", "status": "ok"}]}"#,
+        &["line 1", "invalid type"],
+    );
+}
+
+#[test]
+fn s45_stub_with_a_method_that_is_not_http() {
+    bad_stubs(
+        "s45.toml",
+        "[[route]]\nmethod = \"NOT A METHOD\"\npath = \"/p\"\n",
+        &["route 1", "not an HTTP method"],
+    );
+}

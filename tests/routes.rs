@@ -438,3 +438,46 @@ async fn a_created_resource_reads_back_for_its_caller_only() {
         .unwrap();
     assert_eq!(read, created);
 }
+
+#[tokio::test]
+async fn an_unstored_answer_executes_nothing_and_leaves_the_key_free() {
+    let server = MockServer::builder()
+        .route(
+            Route::post("/v1/charges")
+                .name("busy")
+                .when("header.x-load", "high")
+                .status(429)
+                .store(false)
+                .body(r#"{"error": "rate limited"}"#),
+        )
+        .route(
+            Route::post("/v1/charges")
+                .id_prefix("ch_")
+                .body(r#"{"id": "{{id}}"}"#),
+        )
+        .start()
+        .await
+        .unwrap();
+    let url = format!("{}/v1/charges", server.uri());
+    let key = IdempotencyKey::parse("charge-unstored").unwrap();
+    let busy = fast_client()
+        .post_idempotent(&url)
+        .header("x-load", "high")
+        .idempotency_key(key.clone())
+        .retry_policy(idempotent_retry::RetryPolicy::none())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(busy.status(), Some(reqwest::StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(server.executions(), 0);
+    // The same key, now under normal load: it executes, nothing was stored for it.
+    let resp = fast_client()
+        .post_idempotent(&url)
+        .idempotency_key(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(!resp.is_replay());
+    assert_eq!(server.executions(), 1);
+}

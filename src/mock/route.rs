@@ -47,6 +47,7 @@ pub struct Route {
     headers: Vec<(String, String)>,
     body: String,
     id_prefix: String,
+    store: bool,
 }
 
 impl Route {
@@ -69,6 +70,7 @@ impl Route {
             headers: Vec::new(),
             body: String::new(),
             id_prefix: String::new(),
+            store: true,
         }
     }
 
@@ -190,6 +192,20 @@ impl Route {
         self
     }
 
+    /// Whether an operation's answer is stored under its key (default `true`). With
+    /// `false`, as Stripe does for its `429`s, the answer is sent but nothing executes
+    /// or is stored: the key stays free, and a retry with it is answered anew.
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// let route = Route::post("/v1/charges").when("header.x-load", "high").status(429).store(false);
+    /// # drop(route);
+    /// ```
+    pub fn store(mut self, store: bool) -> Self {
+        self.store = store;
+        self
+    }
+
     /// What `{{id}}` starts with, such as `"pi_"`.
     ///
     /// ```
@@ -223,6 +239,8 @@ pub(crate) struct Compiled {
     body: Template,
     content_type: bool,
     id_prefix: String,
+    /// Whether answers are executions, stored under their key.
+    pub(crate) store: bool,
     /// Executions of the route, for `{{seq}}`.
     seq: AtomicU64,
 }
@@ -328,6 +346,7 @@ impl Compiled {
             body,
             content_type,
             id_prefix: route.id_prefix.clone(),
+            store: route.store,
             seq: AtomicU64::new(0),
         })
     }
@@ -367,6 +386,11 @@ impl Compiled {
     /// Draws the next `{{seq}}`: executions of the route, from 1.
     pub(crate) fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The route's executions so far.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
     }
 
     /// Restarts `{{seq}}`.

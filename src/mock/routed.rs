@@ -126,6 +126,11 @@ pub(crate) async fn handle(
     // Matched and checked with a stand-in id and seq: the real ones are drawn only for
     // an answer that will be stored.
     let checked = matched(routes, &method, &path, &data).and_then(|(route, params)| {
+        if !route.store {
+            // Not an execution: answered as is, nothing stored, the key left free.
+            let answer = render(route, &data.fields(&params, "", route.seq()))?;
+            return Err(Ok(response::stored(&answer, false)));
+        }
         render(route, &data.fields(&params, "id", 1))?;
         Ok((position(routes, route), params))
     });

@@ -34,6 +34,7 @@ struct Stub {
     headers: BTreeMap<String, String>,
     body: Option<String>,
     id_prefix: Option<String>,
+    store: Option<bool>,
 }
 
 /// A `when` value: text, or a scalar compared by its text.
@@ -124,6 +125,9 @@ fn route(stub: Stub) -> Result<Route, String> {
     }
     if let Some(prefix) = stub.id_prefix {
         route = route.id_prefix(prefix);
+    }
+    if let Some(store) = stub.store {
+        route = route.store(store);
     }
     Ok(route)
 }
