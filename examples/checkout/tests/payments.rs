@@ -1,11 +1,11 @@
-//! The payment step against idempotent-retry's mock server: lost answers, outages and a
-//! declined card, and how many times the card was charged in each case.
+//! The payment step against idempotent-retry's mock server playing a Stripe-shaped API
+//! from a stub file: a payment that succeeds, a declined card, create-then-retrieve,
+//! lost answers and an outage, and how many times the card was charged in each case.
 
 use std::time::Duration;
 
-use checkout::{Charge, ChargeError, Payments};
+use checkout::{ChargeError, Payments};
 use idempotent_retry::mock::{Fault, MockServer};
-use idempotent_retry::reqwest::StatusCode;
 use idempotent_retry::{IdempotentClient, RetryPolicy};
 
 /// A client with short delays, so the tests are quick.
@@ -22,63 +22,92 @@ fn client(max_attempts: u32) -> IdempotentClient {
         .unwrap()
 }
 
+/// The mock server playing the payments API of `examples/stripe.toml`.
+async fn stripe() -> MockServer {
+    MockServer::builder()
+        .stubs_file(concat!(env!("CARGO_MANIFEST_DIR"), "/../stripe.toml"))
+        .start()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
-async fn lost_answers_charge_the_card_once() {
-    let server = MockServer::start().await;
-    // The charge is made, but its answer is lost twice on the way back.
+async fn a_payment_succeeds_once() {
+    let server = stripe().await;
+    let payments = Payments::new(client(5), server.uri());
+
+    let charge = payments.charge(1999, "eur", "pm_card_visa").await.unwrap();
+
+    assert!(charge.id.starts_with("pi_"), "{charge:?}");
+    assert_eq!(charge.status, "succeeded");
+    assert!(!charge.replayed);
+    assert_eq!(server.executions(), 1);
+}
+
+#[tokio::test]
+async fn a_declined_card_is_the_apps_own_error_and_not_retried() {
+    let server = stripe().await;
+    let payments = Payments::new(client(5), server.uri());
+
+    let err = payments
+        .charge(500, "usd", "pm_card_chargeDeclined")
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(&err, ChargeError::Declined(code) if code == "card_declined"),
+        "{err:?}"
+    );
+    assert_eq!(server.requests().len(), 1, "a decline is final");
+}
+
+#[tokio::test]
+async fn a_payment_reads_back_after_it_is_made() {
+    let server = stripe().await;
+    let payments = Payments::new(client(5), server.uri());
+
+    let charge = payments.charge(4200, "usd", "pm_card_visa").await.unwrap();
+    let status = payments.retrieve(&charge.id).await.unwrap();
+
+    assert_eq!(status, "succeeded");
+    assert_eq!(server.executions(), 1, "the retrieve is a read");
+}
+
+#[tokio::test]
+async fn lost_answers_on_the_charge_charge_the_card_once() {
+    let server = stripe().await;
+    // The payment is made, but its answer is lost twice on the way back.
     server.inject(Fault::DropAfterProcessing, 2);
     let payments = Payments::new(client(5), server.uri());
 
-    let charge = payments.charge("order-1", 1999).await.unwrap();
+    let charge = payments.charge(1999, "eur", "pm_card_visa").await.unwrap();
 
-    assert_eq!(
-        charge,
-        Charge {
-            id: 1,
-            replayed: true
-        }
-    );
+    assert!(charge.replayed, "the API answered with the first payment");
     assert_eq!(server.executions(), 1, "charged once");
     assert!(server.duplicates().is_empty());
     assert_eq!(server.requests().len(), 3, "three attempts, one key");
 }
 
 #[tokio::test]
-async fn a_declined_card_is_not_retried() {
-    let server = MockServer::start().await;
-    server.inject(
-        Fault::StatusBeforeProcessing(StatusCode::PAYMENT_REQUIRED),
-        1,
-    );
-    let payments = Payments::new(client(5), server.uri());
-
-    let err = payments.charge("order-2", 500).await.unwrap_err();
-
-    assert!(
-        matches!(err, ChargeError::Refused(StatusCode::PAYMENT_REQUIRED)),
-        "{err:?}"
-    );
-    assert_eq!(server.requests().len(), 1);
-    assert_eq!(server.executions(), 0);
-}
-
-#[tokio::test]
 async fn an_unknown_outcome_is_resumed_with_its_key_and_charged_once() {
-    let server = MockServer::start().await;
+    let server = stripe().await;
     // Every answer of the first call is lost: its outcome is unknown.
     server.inject(Fault::DropAfterProcessing, 2);
     let payments = Payments::new(client(2), server.uri());
 
-    let Err(ChargeError::Unknown(key)) = payments.charge("order-3", 4200).await else {
+    let Err(ChargeError::Unknown(key)) = payments.charge(4200, "usd", "pm_card_visa").await else {
         panic!("expected an unknown outcome");
     };
     // The service stores the key with the order; later (a retry job, a restart) it
     // resumes the same charge.
     let saved = serde_json::to_string(&key).unwrap();
     let key = serde_json::from_str(&saved).unwrap();
-    let charge = payments.resume(key, "order-3", 4200).await.unwrap();
+    let charge = payments
+        .resume(key, 4200, "usd", "pm_card_visa")
+        .await
+        .unwrap();
 
-    assert!(charge.replayed, "the API answered with the first charge");
+    assert!(charge.replayed, "the API answered with the first payment");
     assert_eq!(server.executions(), 1, "charged once");
 }
 
@@ -92,7 +121,10 @@ async fn an_unreachable_api_charges_nothing() {
         .port();
     let payments = Payments::new(client(2), format!("http://127.0.0.1:{port}"));
 
-    let err = payments.charge("order-4", 100).await.unwrap_err();
+    let err = payments
+        .charge(100, "usd", "pm_card_visa")
+        .await
+        .unwrap_err();
 
     assert!(matches!(err, ChargeError::NotCharged(_)), "{err:?}");
 }
