@@ -65,11 +65,7 @@ async fn operation(
 ) -> Step<Result<Response<Body>, Dropped>> {
     let (parts, body) = request.into_parts();
     let key = read_key(shared, &method, &path, &parts);
-    let after = match shared.next_fault().map(|fault| fault.phase()) {
-        Some(Phase::Before(fault)) => return Err(fault.answer(shared.config.retry_after_dates)),
-        Some(Phase::After(fault)) => Some(fault),
-        None => None,
-    };
+    let after = draw_fault(shared)?;
     let key = check_key(shared, key)?;
     let body = read_body(shared, body).await?;
     let echo = echo_body(&parts.headers, &body)
@@ -168,6 +164,16 @@ pub(crate) fn read_key(
         (_, None) => None,
     });
     key
+}
+
+/// The request's fault, if any: one acting before processing answers now; one acting
+/// after is kept for the answer the request earns.
+pub(crate) fn draw_fault(shared: &Shared) -> Step<Option<After>> {
+    match shared.next_fault().map(|fault| fault.phase()) {
+        Some(Phase::Before(fault)) => Err(fault.answer(shared.config.retry_after_dates)),
+        Some(Phase::After(fault)) => Ok(Some(fault)),
+        None => Ok(None),
+    }
 }
 
 /// A valid key, or none where the server does not require one.

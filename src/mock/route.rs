@@ -444,22 +444,22 @@ impl Compiled {
     }
 }
 
-/// The first route that answers `method` and `path` and for which `check` (its
-/// conditions, given its path parameters) holds, with those parameters; else why none
-/// did: the nearest route and the condition that failed.
-pub(crate) fn find<'r>(
-    routes: &'r [Compiled],
+/// The index of the first route that answers `method` and `path` and for which `check`
+/// (its conditions, given its path parameters) holds, with those parameters; else why
+/// none did: the nearest route and the condition that failed.
+pub(crate) fn find(
+    routes: &[Compiled],
     method: &Method,
     path: &str,
     check: impl Fn(&Compiled, &[(String, String)]) -> Result<(), String>,
-) -> Result<(&'r Compiled, Params), NoMatch> {
+) -> Result<(usize, Params), NoMatch> {
     let mut nearest = None;
-    for route in routes {
+    for (index, route) in routes.iter().enumerate() {
         let Some(params) = route.path_params(method, path) else {
             continue;
         };
         match check(route, &params) {
-            Ok(()) => return Ok((route, params)),
+            Ok(()) => return Ok((index, params)),
             Err(why) => {
                 if nearest.is_none() {
                     nearest = Some(format!("nearest route {}: {why}", route.describe()));

@@ -12,21 +12,20 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use super::fault::Phase;
 use super::handler::{
-    Claim, Step, check_key, claim, execute, read_back, read_body, read_key, scope_of, spoil,
+    Claim, Step, check_key, claim, draw_fault, execute, read_back, read_body, read_key, scope_of,
+    spoil,
 };
 use super::response::{self, Body, Dropped, problem};
 use super::route::{Compiled, NoMatch, Params, find};
 use super::shared::{Resource, Shared};
 use super::store::{ScopedKey, Stored};
-use super::template::{Fields, form_to_json};
-use super::wire::fingerprint;
+use super::template::Fields;
+use super::wire::{body_json, fingerprint};
 
 /// What a request offers the templates, owned so that the operation can render after
 /// its processing delay.
@@ -34,17 +33,16 @@ struct RequestData {
     body: Value,
     query: Vec<(String, String)>,
     headers: HeaderMap,
+    /// Unix seconds when the request arrived, for `{{now}}`.
+    now: u64,
 }
 
 impl RequestData {
     fn fields<'a>(&'a self, params: &'a [(String, String)], id: &'a str, seq: u64) -> Fields<'a> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         Fields {
             id,
             seq,
-            now,
+            now: self.now,
             body: &self.body,
             path: params,
             query: &self.query,
@@ -66,11 +64,7 @@ pub(crate) async fn handle(
     );
     let (parts, body) = request.into_parts();
     let key = read_key(shared, &method, &path, &parts);
-    let after = match shared.next_fault().map(|fault| fault.phase()) {
-        Some(Phase::Before(fault)) => return Err(fault.answer(shared.config.retry_after_dates)),
-        Some(Phase::After(fault)) => Some(fault),
-        None => None,
-    };
+    let after = draw_fault(shared)?;
     let key = if operation {
         check_key(shared, key)?
     } else {
@@ -78,7 +72,7 @@ pub(crate) async fn handle(
     };
     let body = read_body(shared, body).await?;
     let data = RequestData {
-        body: request_json(&parts.headers, &body)
+        body: body_json(&parts.headers, &body)
             .map_err(|detail| Ok(problem(StatusCode::BAD_REQUEST, "Invalid body", &detail)))?,
         query: parts
             .uri
@@ -86,12 +80,15 @@ pub(crate) async fn handle(
             .and_then(|q| serde_urlencoded::from_str(q).ok())
             .unwrap_or_default(),
         headers: parts.headers,
+        now: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     };
     let routes = &shared.config.routes;
 
     if !operation {
         let (route, params) = match matched(routes, &method, &path, &data) {
-            Ok(found) => found,
+            Ok((index, params)) => (&routes[index], params),
             // Routes first, then a resource an operation created, then 404.
             Err(not_found) => {
                 return match read_back(shared, &method, &path, &data.headers) {
@@ -125,14 +122,15 @@ pub(crate) async fn handle(
     };
     // Matched and checked with a stand-in id and seq: the real ones are drawn only for
     // an answer that will be stored.
-    let checked = matched(routes, &method, &path, &data).and_then(|(route, params)| {
+    let checked = matched(routes, &method, &path, &data).and_then(|(index, params)| {
+        let route = &routes[index];
         if !route.store {
             // Not an execution: answered as is, nothing stored, the key left free.
             let answer = render(route, &data.fields(&params, "", route.seq()))?;
             return Err(Ok(response::stored(&answer, false)));
         }
         render(route, &data.fields(&params, "id", 1))?;
-        Ok((position(routes, route), params))
+        Ok((index, params))
     });
     let (index, params) = match checked {
         Ok(found) => found,
@@ -158,24 +156,18 @@ pub(crate) async fn handle(
     Ok(spoil(after, response::stored(&stored, false)).await)
 }
 
-/// The route that answers the request, or a `404` saying which nearly did.
-fn matched<'r>(
-    routes: &'r [Compiled],
+/// The index of the route that answers the request, with its path parameters, or a
+/// `404` saying which nearly did.
+fn matched(
+    routes: &[Compiled],
     method: &Method,
     path: &str,
     data: &RequestData,
-) -> Step<(&'r Compiled, Params)> {
+) -> Step<(usize, Params)> {
     find(routes, method, path, |route, params| {
         route.conditions(&data.fields(params, "", 0))
     })
     .map_err(|NoMatch(why)| Ok(problem(StatusCode::NOT_FOUND, "No route", &why)))
-}
-
-fn position(routes: &[Compiled], route: &Compiled) -> usize {
-    routes
-        .iter()
-        .position(|r| std::ptr::eq(r, route))
-        .unwrap_or_default()
 }
 
 /// A route's answer for these fields, or a `400` naming what the request lacks.
@@ -189,30 +181,4 @@ fn render(route: &Compiled, fields: &Fields<'_>) -> Step<Stored> {
         headers: headers.into_boxed_slice(),
         body: Bytes::from(body),
     })
-}
-
-/// The body as JSON for the templates: JSON as it is, a form nested by its brackets,
-/// other text as a string, nothing as `null`.
-fn request_json(headers: &HeaderMap, body: &Bytes) -> Result<Value, String> {
-    if body.is_empty() {
-        return Ok(Value::Null);
-    }
-    let content_type = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    if content_type == "application/x-www-form-urlencoded" {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-            .map_err(|e| format!("the body is not a valid form: {e}"))?;
-        return Ok(form_to_json(pairs));
-    }
-    match serde_json::from_slice(body) {
-        Ok(value) => Ok(value),
-        Err(e) if content_type == "application/json" || content_type.ends_with("+json") => {
-            Err(format!("the body is not valid JSON: {e}"))
-        }
-        Err(_) => Ok(Value::String(String::from_utf8_lossy(body).into_owned())),
-    }
 }

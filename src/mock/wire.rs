@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::template::form_to_json;
 use crate::IdempotencyKey;
 
 /// The key from its header, bare or as an RFC 8941 string (`"…"`, with `\"` and `\\`).
@@ -74,33 +75,63 @@ pub(crate) fn echo_body(headers: &HeaderMap, body: &Bytes) -> Result<Echo, Strin
     if body.is_empty() {
         return Ok(Echo::Value(Value::Null));
     }
-    let content_type = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
-    if content_type == "application/json" || content_type.ends_with("+json") {
-        raw_json().map_err(|e| format!("the body is not valid JSON: {e}"))
-    } else if content_type == "application/x-www-form-urlencoded" {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-            .map_err(|e| format!("the body is not a valid form: {e}"))?;
-        Ok(Echo::Value(Value::Object(
-            pairs
+    match body_kind(headers) {
+        BodyKind::Json => raw_json().map_err(|e| format!("the body is not valid JSON: {e}")),
+        BodyKind::Form => Ok(Echo::Value(Value::Object(
+            form_pairs(body)?
                 .into_iter()
                 .map(|(k, v)| (k, Value::String(v)))
                 .collect(),
-        )))
-    } else {
-        Ok(raw_json().unwrap_or_else(|_| {
+        ))),
+        BodyKind::Other => Ok(raw_json().unwrap_or_else(|_| {
             Echo::Value(Value::String(String::from_utf8_lossy(body).into_owned()))
-        }))
+        })),
     }
+}
+
+/// The body as JSON for a route's templates: JSON as it is, a form nested by its
+/// brackets, other text as a string (or as JSON if it is JSON), nothing as `null`.
+pub(crate) fn body_json(headers: &HeaderMap, body: &Bytes) -> Result<Value, String> {
+    if body.is_empty() {
+        return Ok(Value::Null);
+    }
+    match body_kind(headers) {
+        BodyKind::Json => {
+            serde_json::from_slice(body).map_err(|e| format!("the body is not valid JSON: {e}"))
+        }
+        BodyKind::Form => Ok(form_to_json(form_pairs(body)?)),
+        BodyKind::Other => Ok(serde_json::from_slice(body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))),
+    }
+}
+
+/// How a request body is written, by its `Content-Type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    Form,
+    Other,
+}
+
+fn body_kind(headers: &HeaderMap) -> BodyKind {
+    let media_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if media_type == "application/json" || media_type.ends_with("+json") {
+        BodyKind::Json
+    } else if media_type == "application/x-www-form-urlencoded" {
+        BodyKind::Form
+    } else {
+        BodyKind::Other
+    }
+}
+
+/// A form body's name-value pairs, in order.
+fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, String> {
+    serde_urlencoded::from_bytes(body).map_err(|e| format!("the body is not a valid form: {e}"))
 }
 
 pub(crate) fn fingerprint(method: &Method, path: &str, body: &[u8]) -> u64 {
