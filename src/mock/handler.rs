@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use super::admin;
 use super::fault::{After, Phase};
 use super::response::{self, Body, Dropped, problem};
-use super::shared::{Resource, Shared};
+use super::shared::{CreatedId, Resource, Shared};
 use super::store::{Begin, ScopedKey, Stored};
 use super::wire::{Echo, decode_key, echo_body, fingerprint};
 use crate::IdempotencyKey;
@@ -229,7 +229,7 @@ pub(crate) async fn execute(
     shared: Arc<Shared>,
     key: Option<Arc<ScopedKey>>,
     at: Resource,
-    answer: impl FnOnce(&Shared, u64) -> Stored + Send + 'static,
+    answer: impl FnOnce(&Shared, u64) -> (Stored, Option<CreatedId>) + Send + 'static,
 ) -> Step<Arc<Stored>> {
     if shared.config.processing_delay.is_zero() {
         return Ok(shared.perform(key.as_deref(), &at, |id| answer(&shared, id)));
@@ -242,12 +242,19 @@ pub(crate) async fn execute(
     task.await.map_err(|_| Err(Dropped))
 }
 
-/// The built-in operation: create the resource, `201` with what it echoes.
-fn create(path: String, echo: Echo) -> impl FnOnce(&Shared, u64) -> Stored + Send + 'static {
-    move |_, id| Stored {
-        status: StatusCode::CREATED,
-        headers: Box::default(),
-        body: echo.created(id, &path),
+/// The built-in operation: create the resource, `201` with what it echoes, readable
+/// at its id.
+fn create(
+    path: String,
+    echo: Echo,
+) -> impl FnOnce(&Shared, u64) -> (Stored, Option<CreatedId>) + Send + 'static {
+    move |_, id| {
+        let stored = Stored {
+            status: StatusCode::CREATED,
+            headers: Box::default(),
+            body: echo.created(id, &path),
+        };
+        (stored, Some(CreatedId::Number(id)))
     }
 }
 

@@ -22,7 +22,7 @@ use super::handler::{
 };
 use super::response::{self, Body, Dropped, problem};
 use super::route::{Compiled, NoMatch, Params, find};
-use super::shared::{Resource, Shared};
+use super::shared::{CreatedId, Resource, Shared};
 use super::store::{ScopedKey, Stored};
 use super::template::Fields;
 use super::wire::{body_json, fingerprint};
@@ -146,11 +146,13 @@ pub(crate) async fn handle(
         let route = &shared.config.routes[index];
         let id = route.id(shared.config.seed, n);
         let seq = route.next_seq();
-        render(route, &data.fields(&params, &id, seq)).unwrap_or_else(|_| Stored {
+        let stored = render(route, &data.fields(&params, &id, seq)).unwrap_or_else(|_| Stored {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             headers: Box::default(),
             body: Bytes::from_static(b"{\"error\": \"the answer could not be rendered\"}"),
-        })
+        });
+        let created = created_id(&stored);
+        (stored, created)
     })
     .await?;
     Ok(spoil(after, response::stored(&stored, false)).await)
@@ -168,6 +170,22 @@ fn matched(
         route.conditions(&data.fields(params, "", 0))
     })
     .map_err(|NoMatch(why)| Ok(problem(StatusCode::NOT_FOUND, "No route", &why)))
+}
+
+/// The top-level `id` of a 2xx answer, which makes it readable at `{path}/{id}`.
+fn created_id(stored: &Stored) -> Option<CreatedId> {
+    #[derive(serde::Deserialize)]
+    struct Created {
+        id: Option<Value>,
+    }
+    if !stored.status.is_success() {
+        return None;
+    }
+    match serde_json::from_slice::<Created>(&stored.body).ok()?.id? {
+        Value::String(id) => Some(CreatedId::Text(id)),
+        Value::Number(id) => Some(CreatedId::Text(id.to_string())),
+        _ => None,
+    }
 }
 
 /// A route's answer for these fields, or a `400` naming what the request lacks.

@@ -49,11 +49,30 @@ pub(crate) struct Resource {
     pub(crate) path: String,
 }
 
+/// The id of a resource an operation created, for read-back.
+#[derive(Debug)]
+pub(crate) enum CreatedId {
+    /// The built-in answer's numeric id.
+    Number(u64),
+    /// A route's answer's top-level `id`.
+    Text(String),
+}
+
+impl std::fmt::Display for CreatedId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Number(n) => write!(f, "{n}"),
+            Self::Text(text) => f.write_str(text),
+        }
+    }
+}
+
 /// Created resources for read-back, bounded like the key store (oldest first out).
+/// The map and the queue share each key.
 #[derive(Debug, Default)]
 struct Resources {
-    map: HashMap<(Option<Bytes>, Box<str>), Arc<Stored>>,
-    order: VecDeque<(Option<Bytes>, Box<str>)>,
+    map: HashMap<Arc<(Option<Bytes>, String)>, Arc<Stored>>,
+    order: VecDeque<Arc<(Option<Bytes>, String)>>,
 }
 
 /// Most distinct duplicate keys remembered (there should be none).
@@ -207,12 +226,15 @@ impl Shared {
         &self,
         key: Option<&ScopedKey>,
         at: &Resource,
-        answer: impl FnOnce(u64) -> Stored,
+        answer: impl FnOnce(u64) -> (Stored, Option<CreatedId>),
     ) -> Arc<Stored> {
         let id = self.next_id.fetch_add(1, Ordering::AcqRel);
-        let stored = Arc::new(answer(id));
+        let (stored, created) = answer(id);
+        let stored = Arc::new(stored);
         self.executions.fetch_add(1, Ordering::AcqRel);
-        self.remember(at, &stored);
+        if let Some(created) = created {
+            self.remember(at, created, &stored);
+        }
         if let Some(key) = key {
             let executions = lock(&self.store).complete(key, stored.clone());
             if executions > 1 {
@@ -226,39 +248,24 @@ impl Shared {
         stored
     }
 
-    /// Keeps a created resource for read-back: a 2xx answer whose JSON body has a
-    /// top-level `id` is readable at `{path}/{id}` (within its caller's scope).
-    fn remember(&self, at: &Resource, stored: &Arc<Stored>) {
-        if !stored.status.is_success() {
-            return;
-        }
-        #[derive(serde::Deserialize)]
-        struct Created {
-            id: Option<serde_json::Value>,
-        }
-        let id = match serde_json::from_slice::<Created>(&stored.body)
-            .ok()
-            .and_then(|c| c.id)
-        {
-            Some(serde_json::Value::String(id)) => id,
-            Some(serde_json::Value::Number(id)) => id.to_string(),
-            _ => return,
-        };
+    /// Keeps a created resource for read-back at `{path}/{id}`, within its caller's
+    /// scope; the oldest goes first past `max_keys`.
+    fn remember(&self, at: &Resource, id: CreatedId, stored: &Arc<Stored>) {
         let path = format!("{}/{id}", at.path.trim_end_matches('/'));
+        let key = Arc::new((at.scope.clone(), path));
         let mut resources = lock(&self.resources);
         if resources.order.len() >= self.config.max_keys.max(1) {
             if let Some(oldest) = resources.order.pop_front() {
                 resources.map.remove(&oldest);
             }
         }
-        let key = (at.scope.clone(), path.into_boxed_str());
         resources.order.push_back(key.clone());
         resources.map.insert(key, stored.clone());
     }
 
     /// A created resource at `path`, for a caller with this scope.
     pub(crate) fn resource(&self, scope: Option<Bytes>, path: &str) -> Option<Arc<Stored>> {
-        let key = (scope, Box::from(path));
+        let key = (scope, path.to_owned());
         lock(&self.resources).map.get(&key).cloned()
     }
 
