@@ -200,6 +200,12 @@ impl<'de> Deserialize<'de> for DurationText {
     }
 }
 
+/// A header name, read from the text of `field`.
+fn header_name<E: de::Error>(field: &str, name: String) -> Result<HeaderName, E> {
+    HeaderName::try_from(name.as_str())
+        .map_err(|e| E::custom(format_args!("{field}: {name:?} is not a header name: {e}")))
+}
+
 fn duration<'de, A: MapAccess<'de>>(map: &mut A, field: &str) -> Result<Duration, A::Error> {
     value::<DurationText, A>(map, field).map(|d| d.0)
 }
@@ -330,25 +336,13 @@ impl Table for ClientConfig {
             "retry_policy" => *retry_policy = value(map, field)?,
             "attempt_timeout" => *attempt_timeout = duration(map, field)?,
             "max_response_bytes" => *max_response_bytes = value(map, field)?,
-            "key_header" => {
-                let name: String = value(map, field)?;
-                *key_header = HeaderName::try_from(name.as_str()).map_err(|e| {
-                    de::Error::custom(format_args!(
-                        "key_header: {name:?} is not a header name: {e}"
-                    ))
-                })?;
-            }
+            "key_header" => *key_header = header_name(field, value(map, field)?)?,
             "key_format" => *key_format = value(map, field)?,
             "should_retry_header" => {
                 let name: String = value(map, field)?;
-                *should_retry_header = if name.is_empty() {
-                    None
-                } else {
-                    Some(HeaderName::try_from(name.as_str()).map_err(|e| {
-                        de::Error::custom(format_args!(
-                            "should_retry_header: {name:?} is not a header name: {e}"
-                        ))
-                    })?)
+                *should_retry_header = match name.is_empty() {
+                    true => None,
+                    false => Some(header_name(field, name)?),
                 };
             }
             "retry_budget" => *retry_budget = value(map, field)?,
@@ -483,6 +477,12 @@ mod tests {
                 r#"{"key_header": "bad header"}"#,
                 "key_header: \"bad header\" is not a header name",
             ),
+            (
+                r#"{"should_retry_header": "bad header"}"#,
+                "should_retry_header: \"bad header\" is not a header name",
+            ),
+            (r#"{"key_header": ""}"#, "key_header: \"\" is not a header name"),
+            (r#"{"max_origins": 0}"#, "max_origins: must be at least 1"),
             (
                 r#"{"key_format": "quoted"}"#,
                 "key_format: unknown variant `quoted`",
