@@ -481,7 +481,10 @@ mod tests {
                 r#"{"should_retry_header": "bad header"}"#,
                 "should_retry_header: \"bad header\" is not a header name",
             ),
-            (r#"{"key_header": ""}"#, "key_header: \"\" is not a header name"),
+            (
+                r#"{"key_header": ""}"#,
+                "key_header: \"\" is not a header name",
+            ),
             (r#"{"max_origins": 0}"#, "max_origins: must be at least 1"),
             (
                 r#"{"key_format": "quoted"}"#,

@@ -120,11 +120,10 @@ async fn c09_invalid_url() {
 async fn delay_after(retry_after: &str, cap: Duration) -> Duration {
     let first = ResponseTemplate::new(503).insert_header("retry-after", retry_after);
     let server = server_failing(first, 1).await;
-    let delays = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = delays.clone();
+    let (delays, hook) = support::delay_recorder();
     let resp = fast_builder()
         .retry_policy(support::fast_policy().max_retry_after(cap))
-        .on_retry(move |_, d| sink.lock().unwrap().push(d))
+        .on_retry(hook)
         .build()
         .unwrap()
         .post_idempotent(server.uri())
@@ -542,10 +541,9 @@ async fn c33_malformed_date_beside_a_retry_after_date_is_ignored() {
         .insert_header("retry-after", in_two_s.as_str())
         .insert_header("date", "not a date");
     let server = server_failing(first, 1).await;
-    let delays = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = delays.clone();
+    let (delays, hook) = support::retry_recorder(|attempt, d| (attempt.retry_after(), d));
     let resp = fast_builder()
-        .on_retry(move |attempt, d| sink.lock().unwrap().push((attempt.retry_after(), d)))
+        .on_retry(hook)
         .build()
         .unwrap()
         .post_idempotent(server.uri())
@@ -565,27 +563,16 @@ async fn c33_malformed_date_beside_a_retry_after_date_is_ignored() {
 async fn c34_a_should_retry_hint_neither_true_nor_false_is_ignored() {
     for (value, status) in [("maybe", 500), ("", 500), ("yes", 400)] {
         let first = ResponseTemplate::new(status).insert_header("stripe-should-retry", value);
-        let server = server_failing(first, 1).await;
-        let resp = fast_client()
-            .post_idempotent(server.uri())
-            .send()
-            .await
-            .unwrap();
         // The status decides: a 500 is retried (201), a 400 is final.
         let want = if status == 500 { 201 } else { 400 };
-        assert_eq!(resp.status(), want, "{value:?} on {status}");
+        let got = support::final_status(&fast_client(), first).await;
+        assert_eq!(got, want, "{value:?} on {status}");
     }
     let binary = ResponseTemplate::new(500).append_header(
         "stripe-should-retry",
         http::HeaderValue::from_bytes(b"\xfftrue").unwrap(),
     );
-    let server = server_failing(binary, 1).await;
-    let resp = fast_client()
-        .post_idempotent(server.uri())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+    assert_eq!(support::final_status(&fast_client(), binary).await, 201);
 }
 
 // ---- stub files: each refused at start with a clear error --------------------------

@@ -4,33 +4,18 @@
 mod support;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use idempotent_retry::{
-    Attempt, Decision, Error, GiveUpReason, IdempotencyKey, IdempotentClient, KeyFormat,
-    RetryBudget, RetryPolicy, default_classifier,
+    Decision, Error, GiveUpReason, IdempotencyKey, IdempotentClient, KeyFormat, RetryBudget,
+    RetryPolicy, default_classifier,
 };
 use support::{
-    assert_one_key, fast_builder, fast_client, fast_policy, header_received, keys_received,
-    server_failing,
+    assert_one_key, delay_recorder, fast_builder, fast_client, fast_policy, header_received,
+    keys_received, server_failing,
 };
 use wiremock::matchers::{body_json, body_string, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
-
-/// Records the delay chosen before each retry.
-type Delays = Arc<Mutex<Vec<Duration>>>;
-
-fn delay_recorder() -> (
-    Delays,
-    impl Fn(&Attempt<'_>, Duration) + Send + Sync + 'static,
-) {
-    let delays = Arc::new(Mutex::new(Vec::new()));
-    let sink = delays.clone();
-    (delays, move |_: &Attempt<'_>, d: Duration| {
-        sink.lock().unwrap().push(d)
-    })
-}
 
 #[tokio::test]
 async fn same_key_on_every_attempt_of_503_503_201() {

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use idempotent_retry::mock::{Fault, MockServer};
-use support::fast_client;
+use support::{fast_client, final_status};
 
 /// The gap between the first two requests the server received, after one 429 that
 /// asked for `wait`.
@@ -47,13 +47,14 @@ async fn retry_after_as_a_date_is_read_against_date_and_never_cut_short() {
     assert!(gap >= Duration::from_secs(1), "came back after {gap:?}");
 }
 
+/// An answer with this status and `Stripe-Should-Retry: hint`.
+fn hinted(status: u16, hint: &str) -> wiremock::ResponseTemplate {
+    wiremock::ResponseTemplate::new(status).insert_header("stripe-should-retry", hint)
+}
+
 /// A wiremock server answering `first` (with `Stripe-Should-Retry: hint`) once, then 201.
 async fn answering_with_hint(first: u16, hint: &str) -> wiremock::MockServer {
-    support::server_failing(
-        wiremock::ResponseTemplate::new(first).insert_header("stripe-should-retry", hint),
-        1,
-    )
-    .await
+    support::server_failing(hinted(first, hint), 1).await
 }
 
 #[tokio::test]
@@ -87,53 +88,36 @@ async fn stripe_should_retry_true_retries_a_400() {
 #[tokio::test]
 async fn the_hint_can_be_ignored_and_the_classifier_has_the_last_word() {
     // Off: the 500 is retried as its status says.
-    let server = answering_with_hint(500, "false").await;
-    let resp = support::fast_builder()
+    let off = support::fast_builder()
         .ignore_should_retry_header()
         .build()
-        .unwrap()
-        .post_idempotent(server.uri())
-        .send()
-        .await
         .unwrap();
-    assert_eq!(resp.status(), 201);
+    assert_eq!(final_status(&off, hinted(500, "false")).await, 201);
     // A classifier sees the hint and may overrule it.
-    let server = answering_with_hint(500, "false").await;
-    let resp = support::fast_builder()
+    let overruled = support::fast_builder()
         .classifier(|attempt| match attempt.should_retry_hint() {
             Some(false) => idempotent_retry::Decision::Retry,
             _ => idempotent_retry::default_classifier(attempt),
         })
         .build()
-        .unwrap()
-        .post_idempotent(server.uri())
-        .send()
-        .await
         .unwrap();
-    assert_eq!(resp.status(), 201);
+    assert_eq!(final_status(&overruled, hinted(500, "false")).await, 201);
     // Anything but true or false is ignored.
-    let server = answering_with_hint(500, "maybe").await;
-    let resp = fast_client()
-        .post_idempotent(server.uri())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+    assert_eq!(
+        final_status(&fast_client(), hinted(500, "maybe")).await,
+        201
+    );
 }
 
 #[tokio::test]
 async fn a_throttling_answer_without_retry_after_backs_off_from_its_own_base() {
-    let delays = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = delays.clone();
+    let (delays, hook) = support::retry_recorder(|attempt, delay| {
+        let status = attempt.status().map(|s| s.as_u16());
+        (status, attempt.is_throttling(), delay)
+    });
     let client = support::fast_builder()
         .retry_policy(support::fast_policy().throttled_initial_delay(Duration::from_millis(15)))
-        .on_retry(move |attempt, delay| {
-            sink.lock().unwrap().push((
-                attempt.status().map(|s| s.as_u16()),
-                attempt.is_throttling(),
-                delay,
-            ));
-        })
+        .on_retry(hook)
         .build()
         .unwrap();
     for status in [429, 503, 409] {

@@ -4,10 +4,20 @@
 
 mod support;
 
-use idempotent_retry::IdempotencyKey;
 use idempotent_retry::mock::{Fault, MockError, MockServer, Route};
+use idempotent_retry::{IdempotencyKey, IdempotentResponse};
 use serde_json::{Value, json};
 use support::fast_client;
+
+/// A keyed POST of `body` as JSON, through a client that retries quickly.
+async fn post_json(url: impl AsRef<str>, body: Value) -> IdempotentResponse {
+    fast_client()
+        .post_idempotent(url.as_ref())
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
 
 /// A Stripe-shaped payment intents API.
 async fn payments() -> MockServer {
@@ -43,12 +53,11 @@ async fn payments() -> MockServer {
 #[tokio::test]
 async fn a_route_answers_with_its_rendered_template() {
     let server = payments().await;
-    let resp = fast_client()
-        .post_idempotent(format!("{}/v1/payment_intents", server.uri()))
-        .json(&json!({"amount": 2000, "currency": "usd", "payment_method": "pm_card_visa"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_json(
+        format!("{}/v1/payment_intents", server.uri()),
+        json!({"amount": 2000, "currency": "usd", "payment_method": "pm_card_visa"}),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["request-id"], "req_1");
     assert_eq!(resp.headers()["matched-route"], "create");
@@ -116,12 +125,11 @@ async fn a_business_error_is_stored_and_replayed_like_a_success() {
 async fn a_lost_answer_on_a_route_is_replayed_byte_for_byte_once_executed() {
     let server = payments().await;
     server.inject(Fault::DropAfterProcessing, 1);
-    let resp = fast_client()
-        .post_idempotent(format!("{}/v1/payment_intents", server.uri()))
-        .json(&json!({"amount": 99, "currency": "usd", "payment_method": "pm_card_visa"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_json(
+        format!("{}/v1/payment_intents", server.uri()),
+        json!({"amount": 99, "currency": "usd", "payment_method": "pm_card_visa"}),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert!(resp.is_replay());
     assert_eq!(resp.attempts(), 2);
@@ -177,12 +185,11 @@ async fn no_matching_route_is_a_404_naming_the_nearest_and_releases_the_key() {
 async fn a_field_the_request_lacks_is_a_400_naming_it_and_uses_no_seq() {
     let server = payments().await;
     let url = format!("{}/v1/payment_intents", server.uri());
-    let resp = fast_client()
-        .post_idempotent(&url)
-        .json(&json!({"currency": "usd", "payment_method": "pm_card_visa"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_json(
+        &url,
+        json!({"currency": "usd", "payment_method": "pm_card_visa"}),
+    )
+    .await;
     assert_eq!(resp.status(), 400);
     let problem: Value = resp.json().await.unwrap();
     assert!(
@@ -190,12 +197,11 @@ async fn a_field_the_request_lacks_is_a_400_naming_it_and_uses_no_seq() {
         "{problem}"
     );
     assert_eq!(server.executions(), 0);
-    let resp = fast_client()
-        .post_idempotent(&url)
-        .json(&json!({"amount": 5, "currency": "usd", "payment_method": "pm_card_visa"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_json(
+        url,
+        json!({"amount": 5, "currency": "usd", "payment_method": "pm_card_visa"}),
+    )
+    .await;
     assert_eq!(resp.headers()["request-id"], "req_1", "the 400 drew no seq");
 }
 
@@ -421,12 +427,8 @@ async fn a_created_resource_reads_back_for_its_caller_only() {
 
     // Without routes: the built-in answer's id reads back too.
     let plain = MockServer::start().await;
-    let created: Value = fast_client()
-        .post_idempotent(format!("{}/orders", plain.uri()))
-        .json(&json!({"sku": "tea"}))
-        .send()
+    let created: Value = post_json(format!("{}/orders", plain.uri()), json!({"sku": "tea"}))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use idempotent_retry::{
-    IdempotentClient, IdempotentClientBuilder, Jitter, RetryBudget, RetryPolicy,
+    Attempt, IdempotentClient, IdempotentClientBuilder, Jitter, RetryBudget, RetryPolicy,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,6 +35,32 @@ pub fn fast_client() -> IdempotentClient {
     fast_builder().build().expect("valid test configuration")
 }
 
+/// What an `on_retry` recorder has seen, one entry per retry.
+pub type Recorded<T> = Arc<Mutex<Vec<T>>>;
+
+/// An `on_retry` hook that records `see(attempt, delay)` before each retry, and what it
+/// recorded.
+pub fn retry_recorder<T: Send + 'static>(
+    see: impl Fn(&Attempt<'_>, Duration) -> T + Send + Sync + 'static,
+) -> (
+    Recorded<T>,
+    impl Fn(&Attempt<'_>, Duration) + Send + Sync + 'static,
+) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    (seen, move |attempt: &Attempt<'_>, delay: Duration| {
+        sink.lock().unwrap().push(see(attempt, delay))
+    })
+}
+
+/// An `on_retry` hook that records the delay chosen before each retry.
+pub fn delay_recorder() -> (
+    Recorded<Duration>,
+    impl Fn(&Attempt<'_>, Duration) + Send + Sync + 'static,
+) {
+    retry_recorder(|_, delay| delay)
+}
+
 /// The `Idempotency-Key` of every request a wiremock server received, in order.
 pub async fn keys_received(server: &wiremock::MockServer) -> Vec<Option<String>> {
     header_received(server, "idempotency-key").await
@@ -56,6 +82,13 @@ pub async fn server_failing(first: ResponseTemplate, times: u64) -> MockServer {
         .mount(&server)
         .await;
     server
+}
+
+/// The status `client` ends with against a server that answers `first` once, then 201.
+pub async fn final_status(client: &IdempotentClient, first: ResponseTemplate) -> u16 {
+    let server = server_failing(first, 1).await;
+    let resp = client.post_idempotent(server.uri()).send().await.unwrap();
+    resp.status().as_u16()
 }
 
 /// Asserts `expected_len` requests, all with the same key; returns it.
