@@ -368,6 +368,12 @@ fn finish(ending: Ending<Answer>, key: IdempotencyKey, max_response_bytes: usize
 /// (its source an `http_body_util::LengthLimitError`), so no server can make the caller
 /// buffer without end.
 fn bounded(response: Response, limit: usize) -> Response {
+    // A body of a known length within the bound needs no wrapper: the connection
+    // delivers no more than the length it declared (and a decoded body has none).
+    let fits = |len: u64| usize::try_from(len).is_ok_and(|len| len <= limit);
+    if response.content_length().is_some_and(fits) {
+        return response;
+    }
     let url = response.url().clone();
     let (mut parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
     // reqwest keeps the URL in an extension that only its own builder can set.

@@ -310,23 +310,31 @@ async fn the_answer_body_is_bounded_and_the_response_keeps_its_url() {
         .build_middleware()
         .unwrap();
     let client = client(|c| c.with(layer));
-    let huge = support::ScriptedServer::start(vec![support::Action::StreamBody {
-        bytes: 256 << 20,
-        declared: false,
-    }])
-    .await;
-    let resp = client
-        .post(huge.url("/exports"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.url().as_str(), huge.url("/exports"));
-    assert!(resp.bytes().await.is_err(), "reading past the bound fails");
-    assert!(
-        huge.body_bytes_written() < 32 << 20,
-        "memory did not follow"
-    );
+    // Chunked (bounded while read) and declared past the bound (bounded too: only a
+    // declared length within it goes unwrapped).
+    for declared in [false, true] {
+        let huge = support::ScriptedServer::start(vec![support::Action::StreamBody {
+            bytes: 256 << 20,
+            declared,
+        }])
+        .await;
+        let resp = client
+            .post(huge.url("/exports"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.url().as_str(), huge.url("/exports"));
+        assert!(
+            resp.bytes().await.is_err(),
+            "{declared}: reading past the bound fails"
+        );
+        let written = huge.body_bytes_written();
+        assert!(
+            written < 32 << 20,
+            "{declared}: memory did not follow ({written})"
+        );
+    }
 
     let (resp, _) = through_two_503s(client).await;
     assert!(resp.url().as_str().starts_with("http://127.0.0.1:"));
