@@ -26,6 +26,8 @@ use super::shared::{Config, Shared};
 /// | `max_body_bytes` | 1 MiB |
 /// | `max_keys` | 100,000 stored keys (expired evicted first, then oldest completed) |
 /// | `max_log` | the last 100,000 requests |
+/// | `max_log_bytes` | 64 MiB of logged paths, keys, headers and bodies |
+/// | `log_credentials` | `false`: `Authorization` is logged as `[redacted]` |
 /// | `header_read_timeout` | 30 s to send a request's headers (also the keep-alive idle limit) |
 /// | `key_header` | `Idempotency-Key` |
 /// | random faults | none; `fault_rate` spreads a rate over all six kinds |
@@ -60,6 +62,8 @@ pub struct MockServerBuilder {
     max_body_bytes: usize,
     max_keys: usize,
     max_log: usize,
+    max_log_bytes: usize,
+    log_credentials: bool,
     header_read_timeout: Duration,
     key_header: Result<HeaderName, String>,
     seed: u64,
@@ -85,6 +89,8 @@ impl Default for MockServerBuilder {
             max_body_bytes: 1024 * 1024,
             max_keys: 100_000,
             max_log: 100_000,
+            max_log_bytes: 64 * 1024 * 1024,
+            log_credentials: false,
             header_read_timeout: Duration::from_secs(30),
             key_header: Ok(HeaderName::from_static(crate::DEFAULT_KEY_HEADER)),
             seed: 0,
@@ -134,9 +140,25 @@ impl MockServerBuilder {
         self
     }
 
-    /// Most requests kept in the read-back log (older ones are dropped).
+    /// Most requests kept in the read-back log (older ones are dropped); 0 keeps none.
     pub fn max_log(mut self, requests: usize) -> Self {
         self.max_log = requests;
+        self
+    }
+
+    /// Most bytes of paths, keys, headers and bodies kept in the read-back log: older
+    /// entries are dropped past it, and a body that cannot fit even alone is kept cut
+    /// (`body_truncated`).
+    pub fn max_log_bytes(mut self, bytes: usize) -> Self {
+        self.max_log_bytes = bytes;
+        self
+    }
+
+    /// Keep `Authorization` and `Proxy-Authorization` values in the log (by default
+    /// they read `[redacted]`, so that a log printed by a failing test or served by
+    /// `GET /__admin/requests` holds no credential).
+    pub fn log_credentials(mut self, keep: bool) -> Self {
+        self.log_credentials = keep;
         self
     }
 
@@ -171,9 +193,7 @@ impl MockServerBuilder {
     /// [`Fault::all_kinds`] (503 before, 500 after, 2 s delay after, both drops, 429
     /// with `Retry-After: 1`).
     pub fn fault_rate(self, rate: f64) -> Self {
-        let kinds = Fault::all_kinds(Duration::from_secs(2), Duration::from_secs(1));
-        let each = rate / kinds.len() as f64;
-        self.fault_rates(kinds.into_iter().map(|f| (f, each)))
+        self.fault_rates(super::fault::spread(rate))
     }
 
     /// Random faults with a probability each per request (adding up to at most 1).
@@ -240,12 +260,18 @@ impl MockServerBuilder {
                 }
             }
         }
-        listed
-            .iter()
-            .enumerate()
-            .map(|(i, route)| Compiled::new(route, i))
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(config_error)
+        let mut compiled: Vec<Compiled> = Vec::with_capacity(listed.len());
+        for (i, route) in listed.iter().enumerate() {
+            let route = Compiled::new(route, i, self.seed).map_err(config_error)?;
+            if compiled.iter().any(|r| r.name == route.name) {
+                return Err(config_error(format!(
+                    "two routes are named {:?}; names must be unique",
+                    route.name
+                )));
+            }
+            compiled.push(route);
+        }
+        Ok(compiled)
     }
 
     /// Starts the server.
@@ -300,14 +326,16 @@ impl MockServerBuilder {
                 max_body_bytes: self.max_body_bytes,
                 max_keys: self.max_keys,
                 max_log: self.max_log,
+                max_log_bytes: self.max_log_bytes,
+                log_credentials: self.log_credentials,
                 key_header,
-                routes,
                 seed: self.seed,
             },
             Faults {
                 scripted: Default::default(),
                 random,
             },
+            routes,
         ));
         let header_read_timeout = self.header_read_timeout;
         let (shutdown, stopped) = tokio::sync::oneshot::channel();
@@ -321,6 +349,7 @@ impl MockServerBuilder {
             shared,
             shutdown: Some(shutdown),
             thread: Some(thread),
+            expectations: std::sync::Mutex::default(),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The mock server's own error: test tooling fails apart from the client.
 
-/// Why a [`MockServer`](super::MockServer) did not start.
+/// What went wrong with a [`MockServer`](super::MockServer): it did not start, or a
+/// route was named that it does not have.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MockError {
@@ -22,6 +23,16 @@ pub enum MockError {
         /// The I/O error behind it.
         #[source]
         source: std::io::Error,
+    },
+
+    /// No route has this name, or this `METHOD path`.
+    #[error("the mock server has no route {route:?}; its routes are {known:?}")]
+    #[non_exhaustive]
+    UnknownRoute {
+        /// The name or `METHOD path` given.
+        route: String,
+        /// The names of the routes it has.
+        known: Vec<String>,
     },
 }
 

@@ -67,6 +67,14 @@ impl Fault {
     }
 }
 
+/// `rate` spread evenly over every kind of [`Fault::all_kinds`], with the parameters
+/// the random plan uses by default (2 s delays, `Retry-After: 1`).
+pub(crate) fn spread(rate: f64) -> Vec<(Fault, f64)> {
+    let kinds = Fault::all_kinds(Duration::from_secs(2), Duration::from_secs(1));
+    let each = rate / kinds.len() as f64;
+    kinds.into_iter().map(|f| (f, each)).collect()
+}
+
 /// When a fault acts: before the operation executes, or after, on its answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -215,6 +223,8 @@ impl Faults {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FaultRequest {
+    /// The route the fault is aimed at (a name or `METHOD path`); none: any request.
+    pub(crate) route: Option<String>,
     fault: String,
     #[serde(default = "one")]
     times: usize,

@@ -1,10 +1,11 @@
-//! One request to the mock server, as named steps: route, log, fault before, key, body,
+//! One request to the mock server, as named steps: route, body, log, key, fault before,
 //! the idempotent decision, the operation, fault after.
 
 // A step's early answer is a whole response, moved once per request to hyper, which
 // takes it by value: boxing it would only add an allocation.
 #![allow(clippy::result_large_err)]
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,7 +17,9 @@ use hyper::body::Incoming;
 
 use super::admin;
 use super::fault::{After, Phase};
+use super::log::Entry;
 use super::response::{self, Body, Dropped, problem};
+use super::route::Compiled;
 use super::shared::{CreatedId, Resource, Shared};
 use super::store::{Begin, ScopedKey, Stored};
 use super::wire::{Echo, decode_key, echo_body, fingerprint};
@@ -34,13 +37,13 @@ pub(crate) async fn handle(
     if let Some(admin_path) = path.strip_prefix("/__admin/") {
         return Ok(admin::handle(&shared, admin_path, request).await);
     }
-    if !shared.config.routes.is_empty() {
-        let method = request.method().clone();
-        return match super::routed::handle(&shared, method, path, request).await {
+    let method = request.method().clone();
+    let routes = shared.routes();
+    if !routes.is_empty() {
+        return match super::routed::handle(&shared, &routes, method, path, request).await {
             Ok(answer) | Err(answer) => answer,
         };
     }
-    let method = request.method().clone();
     if let Some(answer) = read_back(&shared, &method, &path, request.headers()) {
         return Ok(answer);
     }
@@ -63,11 +66,18 @@ async fn operation(
     path: String,
     request: Request<Incoming>,
 ) -> Step<Result<Response<Body>, Dropped>> {
-    let (parts, body) = request.into_parts();
-    let key = read_key(shared, &method, &path, &parts);
-    let after = draw_fault(shared)?;
+    let Received { parts, key, body } = receive(shared, &method, &path, request).await?;
+    log(
+        shared,
+        &method,
+        &path,
+        &parts.uri,
+        &parts.headers,
+        key.as_ref(),
+        (&body, None),
+    );
     let key = check_key(shared, key)?;
-    let body = read_body(shared, body).await?;
+    let after = draw_fault(shared, None).await?;
     let echo = echo_body(&parts.headers, &body)
         .map_err(|detail| Ok(problem(StatusCode::BAD_REQUEST, "Invalid body", &detail)))?;
 
@@ -94,6 +104,73 @@ async fn operation(
         Claim::Early(answer) => return Err(Ok(answer)),
     };
     Ok(spoil(after, earned).await)
+}
+
+/// A request as received: its head, its key as sent (decoded), its whole body.
+pub(crate) struct Received {
+    pub(crate) parts: Parts,
+    pub(crate) key: Option<Result<IdempotencyKey, String>>,
+    pub(crate) body: Bytes,
+}
+
+/// Reads the key and the whole body. A request that ends here (its body too large,
+/// its client gone) is logged now, without a body; otherwise the caller logs it once it
+/// knows the route.
+pub(crate) async fn receive(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    request: Request<Incoming>,
+) -> Step<Received> {
+    let (parts, body) = request.into_parts();
+    let key = parts.headers.get(&shared.config.key_header).map(decode_key);
+    match read_body(shared, body).await {
+        Ok(body) => Ok(Received { parts, key, body }),
+        Err(answer) => {
+            log(
+                shared,
+                method,
+                path,
+                &parts.uri,
+                &parts.headers,
+                key.as_ref(),
+                (&[], None),
+            );
+            Err(answer)
+        }
+    }
+}
+
+/// Counts the request and logs it, with the route that answers it, if any.
+pub(crate) fn log(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    key: Option<&Result<IdempotencyKey, String>>,
+    (body, route): (&[u8], Option<&str>),
+) {
+    let key = if shared.logging() {
+        match key {
+            Some(Ok(key)) => Some(Cow::Borrowed(key.as_str())),
+            Some(Err(_)) => headers
+                .get(&shared.config.key_header)
+                .map(|raw| String::from_utf8_lossy(raw.as_bytes())),
+            None => None,
+        }
+    } else {
+        None
+    };
+    shared.record(&Entry {
+        method,
+        path,
+        query: uri.query(),
+        key,
+        route,
+        headers,
+        body,
+    });
 }
 
 /// The caller's scope: the `Authorization` value, if any.
@@ -149,27 +226,11 @@ pub(crate) fn claim(shared: &Shared, scoped: ScopedKey, fingerprint: u64) -> Cla
     }
 }
 
-/// The key as sent, decoded, after counting and logging the request.
-pub(crate) fn read_key(
-    shared: &Shared,
-    method: &Method,
-    path: &str,
-    parts: &Parts,
-) -> Option<Result<IdempotencyKey, String>> {
-    let raw = parts.headers.get(&shared.config.key_header);
-    let key = raw.map(decode_key);
-    shared.record(method, path, || match (&key, raw) {
-        (Some(Ok(k)), _) => Some(k.as_str().to_owned()),
-        (_, Some(raw)) => Some(String::from_utf8_lossy(raw.as_bytes()).into_owned()),
-        (_, None) => None,
-    });
-    key
-}
-
-/// The request's fault, if any: one acting before processing answers now; one acting
-/// after is kept for the answer the request earns.
-pub(crate) fn draw_fault(shared: &Shared) -> Step<Option<After>> {
-    match shared.next_fault().map(|fault| fault.phase()) {
+/// The request's fault, if any (`route`: the route that answers it): one acting
+/// before processing answers now; one acting after is kept for the answer the request
+/// earns.
+pub(crate) async fn draw_fault(shared: &Shared, route: Option<&Compiled>) -> Step<Option<After>> {
+    match shared.next_fault(route).map(|fault| fault.phase()) {
         Some(Phase::Before(fault)) => Err(fault.answer(shared.config.retry_after_dates)),
         Some(Phase::After(fault)) => Ok(Some(fault)),
         None => Ok(None),

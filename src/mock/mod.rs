@@ -52,6 +52,7 @@ mod builder;
 mod error;
 mod fault;
 mod handler;
+mod log;
 mod response;
 mod route;
 mod routed;
@@ -63,16 +64,15 @@ mod template;
 mod wire;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
 
-use http::Method;
 use serde::Serialize;
 
 pub use builder::MockServerBuilder;
 pub use error::MockError;
 pub use fault::Fault;
-pub use route::Route;
+pub use log::ReceivedRequest;
+pub use route::{Route, RouteStats};
 
 use shared::Shared;
 
@@ -88,20 +88,6 @@ pub(crate) mod fuzzing {
         let request = serde_json::from_slice::<super::fault::FaultRequest>(bytes).ok()?;
         Some(request.into_fault())
     }
-}
-
-/// One request the server received (POST/PATCH, admin requests excluded).
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct ReceivedRequest {
-    /// `POST` or `PATCH`.
-    pub method: Method,
-    /// The URL path.
-    pub path: String,
-    /// The idempotency key as sent (decoded from the structured form), if any.
-    pub key: Option<String>,
-    /// When it arrived.
-    pub at: Instant,
 }
 
 /// The read-back figures, as `GET /__admin/stats` also gives them.
@@ -124,6 +110,8 @@ pub struct Stats {
     pub faults_queued: usize,
     /// Keys executed more than once. Must be empty.
     pub duplicates: Vec<String>,
+    /// Each route's figures, in route order (empty without routes).
+    pub routes: Vec<RouteStats>,
 }
 
 /// A running mock server on 127.0.0.1. It runs on its own thread and runtime, so it
@@ -135,6 +123,22 @@ pub struct MockServer {
     shared: Arc<Shared>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    expectations: Mutex<Vec<Expectation>>,
+}
+
+/// What a route must have done by the time the server drops.
+#[derive(Debug)]
+struct Expectation {
+    route: String,
+    count: Count,
+    times: u64,
+}
+
+/// What an expectation counts.
+#[derive(Clone, Copy, Debug)]
+enum Count {
+    Executions,
+    Requests,
 }
 
 impl MockServer {
@@ -227,9 +231,143 @@ impl MockServer {
         self.shared.stats()
     }
 
-    /// Forgets stored keys, counts, the request log and queued faults.
+    /// Forgets stored keys, counts, the request log and queued faults (the server's
+    /// and every route's); expectations stay.
     pub fn reset(&self) {
         self.shared.reset();
+    }
+
+    /// Queues `fault` for the next `times` requests that `route` answers, ahead of the
+    /// server's own queue. `route` is a route's name, or `"METHOD path"` for every
+    /// route with that method and path (each gets `times`).
+    ///
+    /// # Errors
+    ///
+    /// [`MockError::UnknownRoute`] if no route has that name or method and path.
+    pub fn inject_route(&self, route: &str, fault: Fault, times: usize) -> Result<(), MockError> {
+        for route in self.shared.select(route)? {
+            shared::lock(&route.faults).inject(fault.clone(), times);
+        }
+        Ok(())
+    }
+
+    /// The read-back figures of `route` (a name, or `"METHOD path"`: then the sums over
+    /// every route with that method and path).
+    ///
+    /// # Errors
+    ///
+    /// [`MockError::UnknownRoute`] if no route has that name or method and path.
+    pub fn route_stats(&self, route: &str) -> Result<RouteStats, MockError> {
+        let chosen = self.shared.select(route)?;
+        let mut stats = RouteStats {
+            name: route.to_owned(),
+            route: String::new(),
+            requests: 0,
+            executions: 0,
+        };
+        for one in &chosen {
+            let one = one.stats();
+            stats.route = one.route;
+            stats.requests += one.requests;
+            stats.executions += one.executions;
+        }
+        if let [only] = chosen.as_slice() {
+            stats.name.clone_from(&only.name);
+        }
+        Ok(stats)
+    }
+
+    /// The logged requests `route` answered, oldest first (bodies and headers
+    /// included, within `max_log` and `max_log_bytes`).
+    ///
+    /// # Errors
+    ///
+    /// [`MockError::UnknownRoute`] if no route has that name or method and path.
+    pub fn received(&self, route: &str) -> Result<Vec<ReceivedRequest>, MockError> {
+        let chosen = self.shared.select(route)?;
+        Ok(self.shared.requests_to(&chosen))
+    }
+
+    /// Expects `route` to have executed exactly `times` times (see
+    /// [`RouteStats::executions`]) when the server is dropped, as wiremock's `expect`
+    /// does: otherwise the drop panics with what the route received, unless the thread
+    /// is already panicking. `reset` does not clear expectations.
+    ///
+    /// ```
+    /// use idempotent_retry::mock::{MockServer, Route};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = MockServer::builder()
+    ///     .route(Route::post("/v1/charges").name("charge").body(r#"{"id": "{{id}}"}"#))
+    ///     .start()
+    ///     .await?;
+    /// server.expect("charge", 1)?;
+    /// idempotent_retry::IdempotentClient::new()
+    ///     .post_idempotent(format!("{}/v1/charges", server.uri()))
+    ///     .json(&serde_json::json!({"amount": 100}))
+    ///     .send()
+    ///     .await?;
+    /// drop(server); // checked here
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`MockError::UnknownRoute`] if no route has that name or method and path.
+    pub fn expect(&self, route: &str, times: u64) -> Result<(), MockError> {
+        self.expect_count(route, Count::Executions, times)
+    }
+
+    /// Expects `route` to have been sent exactly `times` requests (replays and faulted
+    /// ones included) when the server is dropped; see [`expect`](Self::expect).
+    ///
+    /// # Errors
+    ///
+    /// [`MockError::UnknownRoute`] if no route has that name or method and path.
+    pub fn expect_requests(&self, route: &str, times: u64) -> Result<(), MockError> {
+        self.expect_count(route, Count::Requests, times)
+    }
+
+    fn expect_count(&self, route: &str, count: Count, times: u64) -> Result<(), MockError> {
+        self.shared.select(route)?;
+        shared::lock(&self.expectations).push(Expectation {
+            route: route.to_owned(),
+            count,
+            times,
+        });
+        Ok(())
+    }
+
+    /// Every expectation that does not hold, as one message.
+    fn unmet(&self) -> Option<String> {
+        let expectations = std::mem::take(&mut *shared::lock(&self.expectations));
+        let mut message = String::new();
+        for expected in expectations {
+            let Ok(stats) = self.route_stats(&expected.route) else {
+                continue;
+            };
+            let (got, what) = match expected.count {
+                Count::Executions => (stats.executions, "executions"),
+                Count::Requests => (stats.requests, "requests"),
+            };
+            if got == expected.times {
+                continue;
+            }
+            let received = self.received(&expected.route).unwrap_or_default();
+            message.push_str(&format!(
+                "route {:?}: expected {} {what}, got {got}; it received {} request(s){}\n",
+                expected.route,
+                expected.times,
+                stats.requests,
+                if received.is_empty() { "" } else { ":" },
+            ));
+            for request in received {
+                message.push_str(&format!("  {}\n", request.line()));
+            }
+        }
+        (!message.is_empty()).then_some(message)
     }
 }
 
@@ -240,6 +378,11 @@ impl Drop for MockServer {
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+        if let Some(unmet) = self.unmet() {
+            if !std::thread::panicking() {
+                panic!("mock server expectations not met:\n{unmet}");
+            }
         }
     }
 }

@@ -2,10 +2,14 @@
 //! (literal and `{name}` segments), conditions on the request, and the answer it
 //! renders from templates.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderName, HeaderValue, Method, StatusCode};
+use serde::Serialize;
 
+use super::fault::{Fault, Faults, RandomFaults};
+use super::shared::lock;
 use super::template::{Context, Fields, Source, Template};
 
 /// One route of the mock server: what requests it answers and how.
@@ -48,6 +52,7 @@ pub struct Route {
     body: String,
     id_prefix: String,
     store: bool,
+    rates: Vec<(Fault, f64)>,
 }
 
 impl Route {
@@ -71,6 +76,7 @@ impl Route {
             body: String::new(),
             id_prefix: String::new(),
             store: true,
+            rates: Vec::new(),
         }
     }
 
@@ -217,6 +223,58 @@ impl Route {
         self.id_prefix = prefix.into();
         self
     }
+
+    /// Random faults on `rate` of this route's requests, spread evenly over
+    /// [`Fault::all_kinds`], drawn from the route's own generator (seeded from the
+    /// server's seed and the route's name, so adding a route changes no other route's
+    /// faults). It replaces the server's random plan for this route; queued faults
+    /// still come first.
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// let route = Route::post("/v1/charges").fault_rate(0.2);
+    /// # drop(route);
+    /// ```
+    pub fn fault_rate(self, rate: f64) -> Self {
+        self.fault_rates(super::fault::spread(rate))
+    }
+
+    /// Random faults on this route with a probability each (adding up to at most 1);
+    /// see [`fault_rate`](Self::fault_rate).
+    ///
+    /// ```
+    /// use idempotent_retry::mock::{Fault, Route};
+    /// let route = Route::post("/v1/charges").fault_rates([(Fault::DropAfterProcessing, 0.1)]);
+    /// # drop(route);
+    /// ```
+    pub fn fault_rates(mut self, rates: impl IntoIterator<Item = (Fault, f64)>) -> Self {
+        self.rates = rates.into_iter().collect();
+        self
+    }
+}
+
+/// One route's read-back figures, as [`Stats`](super::Stats) and `GET /__admin/routes`
+/// give them.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouteStats {
+    /// The route's name.
+    pub name: String,
+    /// `METHOD path`.
+    pub route: String,
+    /// Requests the route answered (matched), replays and faulted ones included.
+    pub requests: u64,
+    /// Times it made a fresh answer: executions for an operation (once per key; a
+    /// replay is not one), every answer for a read.
+    pub executions: u64,
+}
+
+/// A stable hash of a route's name (FNV-1a), so its fault generator depends on its
+/// name alone.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// One segment of a route's path.
@@ -243,6 +301,12 @@ pub(crate) struct Compiled {
     pub(crate) store: bool,
     /// Executions of the route, for `{{seq}}`.
     seq: AtomicU64,
+    /// Requests matched, for read-back.
+    requests: AtomicU64,
+    /// Fresh answers made, for read-back.
+    executions: AtomicU64,
+    /// Faults aimed at this route: queued, and its own random plan.
+    pub(crate) faults: Mutex<Faults>,
 }
 
 /// Why a request matched no route: the nearest route and the condition that failed.
@@ -253,7 +317,7 @@ pub(crate) type Params = Vec<(String, String)>;
 
 impl Compiled {
     /// Checks and parses `route`, the `index`-th; the error names the route.
-    pub(crate) fn new(route: &Route, index: usize) -> Result<Self, String> {
+    pub(crate) fn new(route: &Route, index: usize, seed: u64) -> Result<Self, String> {
         let name = route
             .name
             .clone()
@@ -335,7 +399,18 @@ impl Compiled {
                 }
             }
         }
+        let random = if route.rates.is_empty() {
+            None
+        } else {
+            Some(RandomFaults::new(seed ^ name_hash(&name), &route.rates).map_err(&fail)?)
+        };
         Ok(Self {
+            faults: Mutex::new(Faults {
+                scripted: Default::default(),
+                random,
+            }),
+            requests: AtomicU64::new(0),
+            executions: AtomicU64::new(0),
             name,
             method: route.method.clone(),
             path: route.path.clone(),
@@ -393,9 +468,60 @@ impl Compiled {
         self.seq.load(Ordering::Acquire)
     }
 
-    /// Restarts `{{seq}}`.
+    /// Restarts `{{seq}}` and the counts, and drops queued faults (the random plan
+    /// goes on from where it was).
     pub(crate) fn reset(&self) {
-        self.seq.store(0, Ordering::Release);
+        for counter in [&self.seq, &self.requests, &self.executions] {
+            counter.store(0, Ordering::Release);
+        }
+        lock(&self.faults).scripted.clear();
+    }
+
+    /// Counts a request the route answers.
+    pub(crate) fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts a fresh answer.
+    pub(crate) fn count_execution(&self) {
+        self.executions.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The route's read-back figures.
+    pub(crate) fn stats(&self) -> RouteStats {
+        RouteStats {
+            name: self.name.clone(),
+            route: format!("{} {}", self.method, self.path),
+            requests: self.requests.load(Ordering::Acquire),
+            executions: self.executions.load(Ordering::Acquire),
+        }
+    }
+
+    /// The route as `GET /__admin/routes` lists it.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let stats = self.stats();
+        serde_json::json!({
+            "name": stats.name,
+            "method": self.method.as_str(),
+            "path": self.path,
+            "status": self.status.as_u16(),
+            "store": self.store,
+            "requests": stats.requests,
+            "executions": stats.executions,
+        })
+    }
+
+    /// Whether `selector` addresses this route: its name, or its `METHOD path`.
+    pub(crate) fn answers_to(&self, selector: &str) -> bool {
+        self.name == selector
+            || selector.split_once(' ').is_some_and(|(method, path)| {
+                method.eq_ignore_ascii_case(self.method.as_str()) && path == self.path
+            })
+    }
+
+    /// Whether the route has its own random fault plan.
+    pub(crate) fn has_random_faults(&self) -> bool {
+        lock(&self.faults).random.is_some()
     }
 
     /// `{{id}}` for execution `n` of the server: the prefix and a token drawn from the
@@ -448,7 +574,7 @@ impl Compiled {
 /// (its conditions, given its path parameters) holds, with those parameters; else why
 /// none did: the nearest route and the condition that failed.
 pub(crate) fn find(
-    routes: &[Compiled],
+    routes: &[std::sync::Arc<Compiled>],
     method: &Method,
     path: &str,
     check: impl Fn(&Compiled, &[(String, String)]) -> Result<(), String>,

@@ -17,12 +17,12 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::handler::{
-    Claim, Step, check_key, claim, draw_fault, execute, read_back, read_body, read_key, scope_of,
-    spoil,
+    Claim, Received, Step, check_key, claim, draw_fault, execute, log, read_back, receive,
+    scope_of, spoil,
 };
 use super::response::{self, Body, Dropped, problem};
 use super::route::{Compiled, NoMatch, Params, find};
-use super::shared::{CreatedId, Resource, Shared};
+use super::shared::{CreatedId, Resource, Routes, Shared};
 use super::store::{ScopedKey, Stored};
 use super::template::Fields;
 use super::wire::{body_json, fingerprint};
@@ -54,6 +54,7 @@ impl RequestData {
 /// Serves one request against the routes.
 pub(crate) async fn handle(
     shared: &Arc<Shared>,
+    routes: &Routes,
     method: Method,
     path: String,
     request: Request<Incoming>,
@@ -62,18 +63,29 @@ pub(crate) async fn handle(
         method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
-    let (parts, body) = request.into_parts();
-    let key = read_key(shared, &method, &path, &parts);
-    let after = draw_fault(shared)?;
-    let key = if operation {
-        check_key(shared, key)?
-    } else {
-        None
+    let Received { parts, key, body } = receive(shared, &method, &path, request).await?;
+    let json = match body_json(&parts.headers, &body) {
+        Ok(json) => json,
+        Err(detail) => {
+            let head = (&parts.uri, &parts.headers);
+            log(
+                shared,
+                &method,
+                &path,
+                head.0,
+                head.1,
+                key.as_ref(),
+                (&body, None),
+            );
+            return Err(Ok(problem(
+                StatusCode::BAD_REQUEST,
+                "Invalid body",
+                &detail,
+            )));
+        }
     };
-    let body = read_body(shared, body).await?;
     let data = RequestData {
-        body: body_json(&parts.headers, &body)
-            .map_err(|detail| Ok(problem(StatusCode::BAD_REQUEST, "Invalid body", &detail)))?,
+        body: json,
         query: parts
             .uri
             .query()
@@ -84,10 +96,35 @@ pub(crate) async fn handle(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
-    let routes = &shared.config.routes;
+    let found = matched(routes, &method, &path, &data);
+    let route = found.as_ref().ok().map(|(index, _)| &routes[*index]);
+    let name = route.map(|r| r.name.as_str());
+    let uri = &parts.uri;
+    log(
+        shared,
+        &method,
+        &path,
+        uri,
+        &data.headers,
+        key.as_ref(),
+        (&body, name),
+    );
+    if let Some(route) = route {
+        route.count_request();
+    }
+    let key = if operation {
+        check_key(shared, key)?
+    } else {
+        None
+    };
+    // A request no route answers takes no fault.
+    let after = match route {
+        Some(route) => draw_fault(shared, Some(route)).await?,
+        None => None,
+    };
 
     if !operation {
-        let (route, params) = match matched(routes, &method, &path, &data) {
+        let (route, params) = match found {
             Ok((index, params)) => (&routes[index], params),
             // Routes first, then a resource an operation created, then 404.
             Err(not_found) => {
@@ -98,6 +135,7 @@ pub(crate) async fn handle(
             }
         };
         let answer = render(route, &data.fields(&params, "", 0))?;
+        route.count_execution();
         return Ok(spoil(after, response::stored(&answer, false)).await);
     }
 
@@ -108,10 +146,7 @@ pub(crate) async fn handle(
                 scope: scope.clone(),
                 key: key.into_boxed_str(),
             };
-            let target = parts
-                .uri
-                .path_and_query()
-                .map_or(path.as_str(), |p| p.as_str());
+            let target = uri.path_and_query().map_or(path.as_str(), |p| p.as_str());
             match claim(shared, scoped, fingerprint(&method, target, &body)) {
                 Claim::Claimed(scoped) => Some(scoped),
                 Claim::Answer(answer) => return Ok(spoil(after, answer).await),
@@ -120,9 +155,9 @@ pub(crate) async fn handle(
         }
         None => None,
     };
-    // Matched and checked with a stand-in id and seq: the real ones are drawn only for
-    // an answer that will be stored.
-    let checked = matched(routes, &method, &path, &data).and_then(|(index, params)| {
+    // Checked with a stand-in id and seq: the real ones are drawn only for an answer
+    // that will be stored.
+    let checked = found.and_then(|(index, params)| {
         let route = &routes[index];
         if !route.store {
             // Not an execution: answered as is, nothing stored, the key left free.
@@ -130,9 +165,9 @@ pub(crate) async fn handle(
             return Err(Ok(response::stored(&answer, false)));
         }
         render(route, &data.fields(&params, "id", 1))?;
-        Ok((index, params))
+        Ok((route.clone(), params))
     });
-    let (index, params) = match checked {
+    let (route, params) = match checked {
         Ok(found) => found,
         Err(answer) => {
             if let Some(scoped) = &claimed {
@@ -143,10 +178,10 @@ pub(crate) async fn handle(
     };
     let at = Resource { scope, path };
     let stored = execute(shared.clone(), claimed, at, move |shared: &Shared, n| {
-        let route = &shared.config.routes[index];
         let id = route.id(shared.config.seed, n);
         let seq = route.next_seq();
-        let stored = render(route, &data.fields(&params, &id, seq)).unwrap_or_else(|_| Stored {
+        route.count_execution();
+        let stored = render(&route, &data.fields(&params, &id, seq)).unwrap_or_else(|_| Stored {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             headers: Box::default(),
             body: Bytes::from_static(b"{\"error\": \"the answer could not be rendered\"}"),
@@ -161,7 +196,7 @@ pub(crate) async fn handle(
 /// The index of the route that answers the request, with its path parameters, or a
 /// `404` saying which nearly did.
 fn matched(
-    routes: &[Compiled],
+    routes: &[Arc<Compiled>],
     method: &Method,
     path: &str,
     data: &RequestData,

@@ -5,15 +5,20 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use http::{HeaderName, Method};
+use http::HeaderName;
 
 use super::fault::{Fault, Faults};
+use super::log::{Entry, Log};
 use super::route::Compiled;
 use super::store::{Begin, ScopedKey, Store, Stored};
-use super::{ReceivedRequest, Stats};
+use super::{MockError, ReceivedRequest, Stats};
+
+/// The routes, tried in order; replaced whole when one is added at run time, so a
+/// request keeps the list it started with.
+pub(crate) type Routes = Arc<Vec<Arc<Compiled>>>;
 
 /// Settings fixed when the server starts.
 #[derive(Debug)]
@@ -25,17 +30,17 @@ pub(crate) struct Config {
     pub(crate) max_body_bytes: usize,
     pub(crate) max_keys: usize,
     pub(crate) max_log: usize,
+    pub(crate) max_log_bytes: usize,
+    pub(crate) log_credentials: bool,
     pub(crate) key_header: HeaderName,
-    /// The caller's API, tried in order; empty: the built-in answer.
-    pub(crate) routes: Vec<Compiled>,
-    /// Seeds the ids routes draw.
+    /// Seeds the ids routes draw and their fault plans.
     pub(crate) seed: u64,
 }
 
 /// Read-back data beyond the store: the request log and the keys that executed twice.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Book {
-    log: VecDeque<ReceivedRequest>,
+    log: Log,
     /// Key → executions, for keys that executed more than once. Empty when idempotency
     /// held; capped at [`MAX_DUPLICATES`] keys so hostile input cannot grow it forever.
     duplicates: BTreeMap<String, u64>,
@@ -82,6 +87,8 @@ const MAX_DUPLICATES: usize = 10_000;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    /// The caller's API; empty: the built-in answer.
+    routes: RwLock<Routes>,
     store: Mutex<Store>,
     faults: Mutex<Faults>,
     book: Mutex<Book>,
@@ -103,12 +110,17 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, faults: Faults) -> Self {
+    pub(crate) fn new(config: Config, faults: Faults, routes: Vec<Compiled>) -> Self {
+        let log = Log::new(config.max_log, config.max_log_bytes, config.log_credentials);
         Self {
             store: Mutex::new(Store::new(config.key_ttl, config.max_keys)),
             config,
+            routes: RwLock::new(Arc::new(routes.into_iter().map(Arc::new).collect())),
             faults: Mutex::new(faults),
-            book: Mutex::default(),
+            book: Mutex::new(Book {
+                log,
+                duplicates: BTreeMap::new(),
+            }),
             resources: Mutex::default(),
             executions: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -132,7 +144,65 @@ impl Shared {
     }
 
     pub(crate) fn requests(&self) -> Vec<ReceivedRequest> {
-        lock(&self.book).log.iter().cloned().collect()
+        lock(&self.book).log.entries().cloned().collect()
+    }
+
+    /// The logged requests that these routes answered.
+    pub(crate) fn requests_to(&self, routes: &[Arc<Compiled>]) -> Vec<ReceivedRequest> {
+        lock(&self.book)
+            .log
+            .entries()
+            .filter(|r| {
+                r.route
+                    .as_deref()
+                    .is_some_and(|name| routes.iter().any(|route| route.name == name))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The routes now, in order.
+    pub(crate) fn routes(&self) -> Routes {
+        self.routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Adds routes after the others; a name already taken refuses them all.
+    pub(crate) fn add_routes(&self, added: Vec<Compiled>) -> Result<usize, String> {
+        let mut routes = self
+            .routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut list: Vec<Arc<Compiled>> = routes.as_ref().clone();
+        for route in added {
+            if list.iter().any(|r| r.name == route.name) {
+                return Err(format!("a route is already named {:?}", route.name));
+            }
+            list.push(Arc::new(route));
+        }
+        let count = list.len();
+        *routes = Arc::new(list);
+        Ok(count)
+    }
+
+    /// The routes `selector` names: the one with that name, or every route with that
+    /// `METHOD path`.
+    pub(crate) fn select(&self, selector: &str) -> Result<Vec<Arc<Compiled>>, MockError> {
+        let routes = self.routes();
+        let chosen: Vec<Arc<Compiled>> = routes
+            .iter()
+            .filter(|r| r.answers_to(selector))
+            .cloned()
+            .collect();
+        if chosen.is_empty() {
+            return Err(MockError::UnknownRoute {
+                route: selector.to_owned(),
+                known: routes.iter().map(|r| r.name.clone()).collect(),
+            });
+        }
+        Ok(chosen)
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -145,6 +215,7 @@ impl Shared {
             stored_keys: lock(&self.store).len(),
             faults_queued: lock(&self.faults).scripted.len(),
             duplicates: self.duplicates(),
+            routes: self.routes().iter().map(|r| r.stats()).collect(),
         }
     }
 
@@ -164,11 +235,15 @@ impl Shared {
     /// any, goes on from where it was.
     pub(crate) fn reset(&self) {
         lock(&self.store).clear();
-        for route in &self.config.routes {
+        for route in self.routes().iter() {
             route.reset();
         }
         lock(&self.faults).scripted.clear();
-        *lock(&self.book) = Book::default();
+        {
+            let mut book = lock(&self.book);
+            book.log.clear();
+            book.duplicates.clear();
+        }
         *lock(&self.resources) = Resources::default();
         for counter in [
             &self.executions,
@@ -181,29 +256,38 @@ impl Shared {
         }
     }
 
-    /// Counts a request and logs it, unless the log is off (`max_log` 0): then the key
-    /// is not even copied.
-    pub(crate) fn record(&self, method: &Method, path: &str, key: impl FnOnce() -> Option<String>) {
+    /// Counts a request and logs it (unless the log is off: then nothing is copied).
+    pub(crate) fn record(&self, entry: &Entry<'_>) {
         self.requests.fetch_add(1, Ordering::AcqRel);
-        if self.config.max_log == 0 {
-            return;
-        }
-        let key = key();
+        let at = Instant::now();
         let mut book = lock(&self.book);
-        if book.log.len() >= self.config.max_log {
-            book.log.pop_front();
-        }
-        book.log.push_back(ReceivedRequest {
-            method: method.clone(),
-            path: path.to_owned(),
-            key,
-            at: Instant::now(),
-        });
+        book.log.push(entry, at);
     }
 
-    /// The fault for the next request, if any: scripted ones first, then the random plan.
-    pub(crate) fn next_fault(&self) -> Option<Fault> {
-        lock(&self.faults).next()
+    /// Whether requests are logged at all, so that a request need not decode its key
+    /// for a log that keeps nothing.
+    pub(crate) fn logging(&self) -> bool {
+        self.config.max_log > 0 && self.config.max_log_bytes > 0
+    }
+
+    /// The fault for the next request to `route` (`None`: a request no route answers,
+    /// or a server without routes): the route's queued faults, then the server's; then
+    /// the route's random plan if it has one, else the server's.
+    pub(crate) fn next_fault(&self, route: Option<&Compiled>) -> Option<Fault> {
+        if let Some(route) = route {
+            if let Some(fault) = lock(&route.faults).scripted.pop_front() {
+                return Some(fault);
+            }
+        }
+        let mut faults = lock(&self.faults);
+        if let Some(fault) = faults.scripted.pop_front() {
+            return Some(fault);
+        }
+        if let Some(plan) = route.and_then(|r| r.has_random_faults().then_some(r)) {
+            drop(faults);
+            return lock(&plan.faults).next();
+        }
+        faults.next()
     }
 
     /// Decides, atomically for the key, what a request with this fingerprint gets.

@@ -35,6 +35,7 @@ struct Stub {
     body: Option<String>,
     id_prefix: Option<String>,
     store: Option<bool>,
+    fault_rate: Option<f64>,
 }
 
 /// A `when` value: text, or a scalar compared by its text.
@@ -98,10 +99,30 @@ pub(crate) fn load(path: &Path) -> Result<Vec<Route>, String> {
         let at = line.map_or(String::new(), |l| format!(" (line {l})"));
         let route = route(stub).map_err(|e| format!("{shown}: route {}{at}: {e}", index + 1))?;
         // Check now, so that the file, not only the route, is named.
-        Compiled::new(&route, index).map_err(|e| format!("{shown}{at}: {e}"))?;
+        Compiled::new(&route, index, 0).map_err(|e| format!("{shown}{at}: {e}"))?;
         routes.push(route);
     }
     Ok(routes)
+}
+
+/// Routes sent as JSON to `POST /__admin/routes`: one route object, a list of them,
+/// or a stub file's `{"route": [...]}`.
+pub(crate) fn from_json(text: &[u8]) -> Result<Vec<Route>, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| format!("not JSON: {e}"))?;
+    let stubs: Vec<Stub> = match &value {
+        serde_json::Value::Array(_) => serde_json::from_value(value),
+        serde_json::Value::Object(map) if map.contains_key("route") => {
+            serde_json::from_value::<JsonFile>(value).map(|file| file.route)
+        }
+        _ => serde_json::from_value(value).map(|stub| vec![stub]),
+    }
+    .map_err(|e| e.to_string())?;
+    stubs
+        .into_iter()
+        .enumerate()
+        .map(|(index, stub)| route(stub).map_err(|e| format!("route {}: {e}", index + 1)))
+        .collect()
 }
 
 fn route(stub: Stub) -> Result<Route, String> {
@@ -128,6 +149,9 @@ fn route(stub: Stub) -> Result<Route, String> {
     }
     if let Some(store) = stub.store {
         route = route.store(store);
+    }
+    if let Some(rate) = stub.fault_rate {
+        route = route.fault_rate(rate);
     }
     Ok(route)
 }
