@@ -2,8 +2,9 @@
 //! `IdempotentClient`, side by side.
 //!
 //! Starts the bundled mock server with a seeded mix of every fault kind (503 before
-//! processing, 500 after, a response delayed past the client's timeout, connections
-//! dropped before and after processing, 429 with `Retry-After`), then runs N logical
+//! processing, 500 after, a request stalled before and a response delayed after past the
+//! client's timeout, connections dropped and reset before and after processing, 429 with
+//! `Retry-After`, answers cut mid-body, garbage instead of an answer), then runs N logical
 //! operations twice: once with plain reqwest, retried on error without a key (as many
 //! applications do), once with `IdempotentClient`. Exits non-zero if the idempotent run
 //! executed any operation twice or lost one.
@@ -267,8 +268,9 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     println!(
         "{} operations, {} at a time, {:.0} % of requests faulted (seed {}): 503 before and 500 after \
-         processing, answers {} ms late (timeout {} ms), connections dropped before and after \
-         processing, 429 with Retry-After.\n",
+         processing, requests stalled and answers delayed {} ms (timeout {} ms), connections \
+         dropped and reset before and after processing, 429 with Retry-After, answers cut \
+         mid-body, garbage instead of an answer.\n",
         args.ops,
         args.concurrency,
         args.fault_rate * 100.0,

@@ -114,7 +114,8 @@
 //! | event `giving up` | `warn` | `attempts`, `http.request.resend_count`, `error.type`, `reason`, `outcome_unknown` |
 //!
 //! `error.type` is the status code for a 4xx or 5xx answer, else `timeout`, `connect`,
-//! `connection_closed`, `redirect`, `body` or `_OTHER`. The key is only ever on `debug`
+//! `connection_closed`, `malformed_response`, `redirect`, `body`, `response_too_large` or
+//! `_OTHER`. The key is only ever on `debug`
 //! events. [`IdempotentClientBuilder::on_retry`] is a hook for metrics.
 //!
 //! # Already on reqwest-middleware?

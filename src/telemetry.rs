@@ -54,8 +54,9 @@ pub(crate) fn record_end(attempts: u32, status: Option<StatusCode>, error: Optio
 
 /// The `error.type` of one attempt's outcome, low-cardinality as the conventions ask: the
 /// status code for a 4xx or 5xx answer; for a transport error `timeout`, `connect`,
-/// `connection_closed` (reset or closed before the response was complete), `redirect`,
-/// `body`, `response_too_large`, or `_OTHER`.
+/// `connection_closed` (reset or closed before the response was complete),
+/// `malformed_response` (what came back was not HTTP), `redirect`, `body`,
+/// `response_too_large`, or `_OTHER`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ErrorType {
     Status(StatusCode),
@@ -68,6 +69,7 @@ pub(crate) enum Transport {
     Timeout,
     Connect,
     ConnectionClosed,
+    MalformedResponse,
     Redirect,
     Body,
     ResponseTooLarge,
@@ -80,6 +82,7 @@ impl Transport {
             Self::Timeout => "timeout",
             Self::Connect => "connect",
             Self::ConnectionClosed => "connection_closed",
+            Self::MalformedResponse => "malformed_response",
             Self::Redirect => "redirect",
             Self::Body => "body",
             Self::ResponseTooLarge => "response_too_large",
@@ -112,6 +115,7 @@ fn transport_error_type(error: &reqwest::Error) -> Transport {
         Some(Lost::Timeout) => Transport::Timeout,
         Some(Lost::Connect) => Transport::Connect,
         Some(Lost::Closed) => Transport::ConnectionClosed,
+        Some(Lost::Malformed) => Transport::MalformedResponse,
         None if error.is_redirect() => Transport::Redirect,
         None if error.is_body() || error.is_decode() => Transport::Body,
         None => Transport::Other,

@@ -439,6 +439,8 @@ async fn the_client_gets_exactly_once_through_every_fault() {
             Fault::StatusBeforeProcessing(_)
                 | Fault::DropBeforeProcessing
                 | Fault::RateLimited { .. }
+                | Fault::DelayBeforeProcessing(_)
+                | Fault::ResetBeforeProcessing
         );
         assert_eq!(resp.is_replay(), after, "{fault:?}");
         let created: Value = resp.json().await.unwrap();
@@ -768,4 +770,101 @@ async fn guessed_keys_from_another_scope_neither_replay_nor_reveal() {
         0
     );
     assert_eq!(server.executions(), 40);
+}
+
+/// Sends one keyed POST over a raw connection and reads until the server closes it:
+/// what came back, or the read error that ended it.
+async fn raw_exchange(server: &MockServer, key: &str) -> (Vec<u8>, Option<std::io::ErrorKind>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.address())
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /orders HTTP/1.1\r\nHost: x\r\nIdempotency-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: 13\r\nConnection: close\r\n\r\n{{\"sku\":\"tea\"}}"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) => return (got, None),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) => return (got, Some(e.kind())),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_wire_faults_do_on_the_socket_what_they_say() {
+    let server = MockServer::start().await;
+
+    server.inject(Fault::ResetAfterProcessing, 1);
+    let (got, error) = raw_exchange(&server, "reset").await;
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(error, Some(std::io::ErrorKind::ConnectionReset));
+    assert_eq!(server.executions_for("reset"), 1);
+
+    server.inject(Fault::ResetBeforeProcessing, 1);
+    let (_, error) = raw_exchange(&server, "reset-before").await;
+    assert_eq!(error, Some(std::io::ErrorKind::ConnectionReset));
+    assert_eq!(server.executions_for("reset-before"), 0);
+
+    // A clean drop, for contrast, is an end of stream, not a reset.
+    server.inject(Fault::DropAfterProcessing, 1);
+    assert_eq!(raw_exchange(&server, "drop").await, (Vec::new(), None));
+
+    server.inject(Fault::GarbageAfterProcessing, 1);
+    let (got, _) = raw_exchange(&server, "garbage").await;
+    assert!(!got.is_empty());
+    assert!(!got.starts_with(b"HTTP/"), "{got:?}");
+    assert_eq!(server.executions_for("garbage"), 1);
+
+    server.inject(Fault::TruncateAfterProcessing, 1);
+    let (got, _) = raw_exchange(&server, "cut").await;
+    let text = String::from_utf8(got).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 201"), "{head}");
+    let declared: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        !body.is_empty() && body.len() < declared,
+        "{} of {declared}: {body}",
+        body.len()
+    );
+    assert_eq!(server.executions_for("cut"), 1);
+
+    // The same key afterwards gets the whole stored answer.
+    let (got, error) = raw_exchange(&server, "cut").await;
+    assert_eq!(error, None);
+    assert!(
+        String::from_utf8(got)
+            .unwrap()
+            .contains("idempotent-replayed: true")
+    );
+}
+
+#[tokio::test]
+async fn a_request_stalled_before_processing_executes_after_the_stall() {
+    let server = MockServer::start().await;
+    server.inject(Fault::DelayBeforeProcessing(Duration::from_millis(50)), 1);
+    let started = std::time::Instant::now();
+    let resp = fast_builder()
+        .build()
+        .unwrap()
+        .post_idempotent(format!("{}/orders", server.uri()))
+        .json(&json!({"sku": "tea"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert_eq!((resp.status().as_u16(), resp.attempts()), (201, 1));
+    assert_eq!(server.executions(), 1);
 }

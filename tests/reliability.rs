@@ -44,7 +44,7 @@ enum Ended {
 async fn chaos_soak_ten_thousand_operations_execute_exactly_once() {
     const OPS: u64 = 10_000;
     const CONCURRENCY: usize = 64;
-    const RATE_PER_KIND: f64 = 0.07; // six kinds: 42 % of requests faulted
+    const RATE_PER_KIND: f64 = 0.04; // eleven kinds: 44 % of requests faulted
     let server = MockServer::builder()
         .seed(2026)
         .fault_rates(
@@ -194,6 +194,11 @@ fn fault_strategy() -> impl Strategy<Value = Fault> {
         Just(Fault::RateLimited {
             retry_after: Duration::from_secs(1)
         }),
+        (60u64..120).prop_map(|ms| Fault::DelayBeforeProcessing(Duration::from_millis(ms))),
+        Just(Fault::ResetBeforeProcessing),
+        Just(Fault::ResetAfterProcessing),
+        Just(Fault::TruncateAfterProcessing),
+        Just(Fault::GarbageAfterProcessing),
     ]
 }
 

@@ -14,7 +14,7 @@ usage: idempotent-mock-server [options]
   --addr ADDR              listen address (default 127.0.0.1:0, a free port)
   --seed N                 seed for random faults (default 0)
   --fault-rate R           share of POST/PATCH requests given a random fault,
-                           spread over all six kinds (0 to 1, default 0)
+                           spread over all eleven kinds (0 to 1, default 0)
   --require-key            answer 400 to POST/PATCH without Idempotency-Key
   --key-ttl DURATION       how long completed keys are remembered (default 24h)
   --processing-delay DUR   time spent inside each operation (default 0ms)
@@ -25,7 +25,9 @@ usage: idempotent-mock-server [options]
   -h, --help               this text
 
 Durations are a whole number and a unit: 250ms, 2s, 5m, 24h.
-Admin: GET /__admin/stats, POST /__admin/faults, POST /__admin/reset.";
+Admin: GET /__admin/stats (with a per-route section), GET /__admin/requests (the log,
+headers and bodies), GET and POST /__admin/routes (list, add at run time),
+POST /__admin/faults (optional \"route\": a name or \"METHOD /path\"), POST /__admin/reset.";
 
 fn main() -> ExitCode {
     match parse(std::env::args().skip(1)) {

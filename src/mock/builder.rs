@@ -30,7 +30,7 @@ use super::shared::{Config, Shared};
 /// | `log_credentials` | `false`: `Authorization` is logged as `[redacted]` |
 /// | `header_read_timeout` | 30 s to send a request's headers (also the keep-alive idle limit) |
 /// | `key_header` | `Idempotency-Key` |
-/// | random faults | none; `fault_rate` spreads a rate over all six kinds |
+/// | random faults | none; `fault_rate` spreads a rate over all eleven kinds |
 /// | `addr` | `127.0.0.1:0` (a free port) |
 /// | routes | none: every POST/PATCH creates a resource (`201 {"id", "path", "body"}`) |
 ///
@@ -189,9 +189,10 @@ impl MockServerBuilder {
         self
     }
 
-    /// Random faults on `rate` of requests, spread evenly over the six kinds of
-    /// [`Fault::all_kinds`] (503 before, 500 after, 2 s delay after, both drops, 429
-    /// with `Retry-After: 1`).
+    /// Random faults on `rate` of requests, spread evenly over the eleven kinds of
+    /// [`Fault::all_kinds`] (503 before, 500 after, 2 s delays before and after, drops
+    /// and resets before and after, 429 with `Retry-After: 1`, a truncated answer,
+    /// garbage).
     pub fn fault_rate(self, rate: f64) -> Self {
         self.fault_rates(super::fault::spread(rate))
     }

@@ -8,6 +8,7 @@ use http::{HeaderValue, Response, StatusCode};
 use serde::Deserialize;
 
 use super::response::{Body, Dropped, problem};
+use super::socket::Sabotage;
 use crate::duration::parse_duration;
 use crate::rng::SplitMix64;
 
@@ -36,13 +37,28 @@ pub enum Fault {
         /// The wait the server asks for.
         retry_after: Duration,
     },
+    /// Wait this long before processing (a stalled server or a slow queue), then go on
+    /// as usual. A client that gives up meanwhile and closes the connection cancels the
+    /// request before it executes.
+    DelayBeforeProcessing(Duration),
+    /// Close the connection with a reset (TCP RST, "connection reset by peer") without
+    /// answering and without executing.
+    ResetBeforeProcessing,
+    /// Execute and store, then reset the connection (TCP RST) instead of answering.
+    ResetAfterProcessing,
+    /// Execute and store, then send the answer's head and about half its body, and
+    /// close: the declared `Content-Length` is never reached.
+    TruncateAfterProcessing,
+    /// Execute and store, then send bytes that are not HTTP instead of the answer.
+    GarbageAfterProcessing,
 }
 
 impl Fault {
     /// One of each kind, with the parameters the random plan uses by default: 503
-    /// before, 500 after, `delay` after, drops, and 429 asking for `retry_after`.
+    /// before, 500 after, `delay` before and after, drops, resets, 429 asking for
+    /// `retry_after`, a truncated answer and garbage.
     #[must_use]
-    pub fn all_kinds(delay: Duration, retry_after: Duration) -> [Fault; 6] {
+    pub fn all_kinds(delay: Duration, retry_after: Duration) -> [Fault; 11] {
         [
             Fault::StatusBeforeProcessing(StatusCode::SERVICE_UNAVAILABLE),
             Fault::StatusAfterProcessing(StatusCode::INTERNAL_SERVER_ERROR),
@@ -50,6 +66,11 @@ impl Fault {
             Fault::DropBeforeProcessing,
             Fault::DropAfterProcessing,
             Fault::RateLimited { retry_after },
+            Fault::DelayBeforeProcessing(delay),
+            Fault::ResetBeforeProcessing,
+            Fault::ResetAfterProcessing,
+            Fault::TruncateAfterProcessing,
+            Fault::GarbageAfterProcessing,
         ]
     }
 
@@ -60,9 +81,14 @@ impl Fault {
             Fault::StatusBeforeProcessing(status) => Phase::Before(Before::Status(status)),
             Fault::DropBeforeProcessing => Phase::Before(Before::Drop),
             Fault::RateLimited { retry_after } => Phase::Before(Before::RateLimited(retry_after)),
+            Fault::DelayBeforeProcessing(delay) => Phase::Before(Before::Delay(delay)),
+            Fault::ResetBeforeProcessing => Phase::Before(Before::Reset),
             Fault::StatusAfterProcessing(status) => Phase::After(After::Status(status)),
             Fault::DelayAfterProcessing(delay) => Phase::After(After::Delay(delay)),
             Fault::DropAfterProcessing => Phase::After(After::Drop),
+            Fault::ResetAfterProcessing => Phase::After(After::Reset),
+            Fault::TruncateAfterProcessing => Phase::After(After::Truncate),
+            Fault::GarbageAfterProcessing => Phase::After(After::Garbage),
         }
     }
 }
@@ -82,19 +108,35 @@ pub(crate) enum Phase {
     After(After),
 }
 
-/// A fault that answers in place of the operation, which does not execute.
+/// A fault that acts before the operation: most answer in its place, and it does not
+/// execute; a delay only holds it up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Before {
     Status(StatusCode),
     Drop,
     RateLimited(Duration),
+    Delay(Duration),
+    Reset,
 }
 
 impl Before {
-    /// The answer instead of the operation's; `dates` writes `Retry-After` as an
-    /// HTTP-date with a `Date` beside it.
-    pub(crate) fn answer(self, dates: bool) -> Result<Response<Body>, Dropped> {
-        match self {
+    /// Holds the request up for a delay (`None`: go on), or the answer instead of the
+    /// operation's; `dates` writes `Retry-After` as an HTTP-date with a `Date` beside
+    /// it.
+    pub(crate) async fn act(
+        self,
+        dates: bool,
+        sabotage: &Sabotage,
+    ) -> Option<Result<Response<Body>, Dropped>> {
+        Some(match self {
+            Before::Delay(delay) => {
+                tokio::time::sleep(delay).await;
+                return None;
+            }
+            Before::Reset => {
+                sabotage.reset();
+                Err(Dropped)
+            }
             Before::Status(status) => Ok(problem(
                 status,
                 "Injected fault",
@@ -124,7 +166,7 @@ impl Before {
                 }
                 Ok(response)
             }
-        }
+        })
     }
 }
 
@@ -140,12 +182,28 @@ pub(crate) enum After {
     Status(StatusCode),
     Delay(Duration),
     Drop,
+    Reset,
+    Truncate,
+    Garbage,
 }
 
 impl After {
     /// What becomes of the answer the request earned.
-    pub(crate) async fn spoil(self, earned: Response<Body>) -> Result<Response<Body>, Dropped> {
+    pub(crate) async fn spoil(
+        self,
+        earned: Response<Body>,
+        sabotage: &Sabotage,
+    ) -> Result<Response<Body>, Dropped> {
         match self {
+            After::Reset => {
+                sabotage.reset();
+                Err(Dropped)
+            }
+            After::Truncate => Ok(super::response::truncated(earned)),
+            After::Garbage => {
+                sabotage.garbage();
+                Ok(earned)
+            }
             After::Status(status) => Ok(problem(
                 status,
                 "Injected fault",
@@ -269,14 +327,23 @@ impl FaultRequest {
             }
             "drop_before_processing" => Fault::DropBeforeProcessing,
             "drop_after_processing" => Fault::DropAfterProcessing,
+            "delay_before_processing" => {
+                Fault::DelayBeforeProcessing(duration(&self.delay, "delay")?)
+            }
+            "reset_before_processing" => Fault::ResetBeforeProcessing,
+            "reset_after_processing" => Fault::ResetAfterProcessing,
+            "truncate_after_processing" => Fault::TruncateAfterProcessing,
+            "garbage_after_processing" => Fault::GarbageAfterProcessing,
             "rate_limited" => Fault::RateLimited {
                 retry_after: duration(&self.retry_after, "retry_after")?,
             },
             other => {
                 return Err(format!(
                     "unknown fault {other:?}; expected one of status_before_processing, \
-                     status_after_processing, delay_after_processing, drop_before_processing, \
-                     drop_after_processing, rate_limited"
+                     status_after_processing, delay_before_processing, delay_after_processing, \
+                     drop_before_processing, drop_after_processing, reset_before_processing, \
+                     reset_after_processing, truncate_after_processing, \
+                     garbage_after_processing, rate_limited"
                 ));
             }
         };
@@ -328,6 +395,19 @@ mod tests {
             request(r#"{"fault": "drop_before_processing"}"#),
             Ok((Fault::DropBeforeProcessing, 1))
         );
+        assert_eq!(
+            request(r#"{"fault": "delay_before_processing", "delay": "40ms"}"#),
+            Ok((Fault::DelayBeforeProcessing(Duration::from_millis(40)), 1))
+        );
+        for (name, fault) in [
+            ("reset_before_processing", Fault::ResetBeforeProcessing),
+            ("reset_after_processing", Fault::ResetAfterProcessing),
+            ("truncate_after_processing", Fault::TruncateAfterProcessing),
+            ("garbage_after_processing", Fault::GarbageAfterProcessing),
+        ] {
+            let json = format!(r#"{{"fault": "{name}", "times": 2}}"#);
+            assert_eq!(request(&json), Ok((fault, 2)));
+        }
     }
 
     #[test]
@@ -446,6 +526,7 @@ mod fuzz_by_property {
                 Just("status_before_processing"), Just("status_after_processing"),
                 Just("delay_after_processing"), Just("drop_before_processing"),
                 Just("drop_after_processing"), Just("rate_limited"), Just("bogus"),
+                Just("delay_before_processing"), Just("reset_after_processing"),
             ],
             fields in proptest::collection::vec((prop_oneof![Just("times"), Just("status"), Just("delay"), Just("retry_after"), Just("other")], field()), 0..5),
         ) {

@@ -21,6 +21,7 @@ use super::log::Entry;
 use super::response::{self, Body, Dropped, problem};
 use super::route::Compiled;
 use super::shared::{CreatedId, Resource, Shared};
+use super::socket::Sabotage;
 use super::store::{Begin, ScopedKey, Stored};
 use super::wire::{Echo, decode_key, echo_body, fingerprint};
 use crate::IdempotencyKey;
@@ -31,6 +32,7 @@ pub(crate) type Step<T> = Result<T, Result<Response<Body>, Dropped>>;
 /// Serves one request.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
+    sabotage: Arc<Sabotage>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Dropped> {
     let path = request.uri().path().to_owned();
@@ -40,7 +42,8 @@ pub(crate) async fn handle(
     let method = request.method().clone();
     let routes = shared.routes();
     if !routes.is_empty() {
-        return match super::routed::handle(&shared, &routes, method, path, request).await {
+        let wire = (&*sabotage, request);
+        return match super::routed::handle(&shared, &routes, method, path, wire).await {
             Ok(answer) | Err(answer) => answer,
         };
     }
@@ -54,7 +57,7 @@ pub(crate) async fn handle(
             "the mock server executes POST and PATCH; other methods have nothing to do",
         ));
     }
-    match operation(&shared, method, path, request).await {
+    match operation(&shared, &sabotage, method, path, request).await {
         Ok(answer) | Err(answer) => answer,
     }
 }
@@ -62,6 +65,7 @@ pub(crate) async fn handle(
 /// A POST or PATCH: everything after routing.
 async fn operation(
     shared: &Arc<Shared>,
+    sabotage: &Sabotage,
     method: Method,
     path: String,
     request: Request<Incoming>,
@@ -77,7 +81,7 @@ async fn operation(
         (&body, None),
     );
     let key = check_key(shared, key)?;
-    let after = draw_fault(shared, None).await?;
+    let after = draw_fault(shared, sabotage, None).await?;
     let echo = echo_body(&parts.headers, &body)
         .map_err(|detail| Ok(problem(StatusCode::BAD_REQUEST, "Invalid body", &detail)))?;
 
@@ -88,7 +92,7 @@ async fn operation(
     };
     let Some(key) = key else {
         let stored = execute(shared.clone(), None, at, create(path, echo)).await?;
-        return Ok(spoil(after, response::stored(&stored, false)).await);
+        return Ok(spoil(sabotage, after, response::stored(&stored, false)).await);
     };
     let scoped = ScopedKey {
         scope,
@@ -103,7 +107,7 @@ async fn operation(
         Claim::Answer(answer) => answer,
         Claim::Early(answer) => return Err(Ok(answer)),
     };
-    Ok(spoil(after, earned).await)
+    Ok(spoil(sabotage, after, earned).await)
 }
 
 /// A request as received: its head, its key as sent (decoded), its whole body.
@@ -229,9 +233,18 @@ pub(crate) fn claim(shared: &Shared, scoped: ScopedKey, fingerprint: u64) -> Cla
 /// The request's fault, if any (`route`: the route that answers it): one acting
 /// before processing answers now; one acting after is kept for the answer the request
 /// earns.
-pub(crate) async fn draw_fault(shared: &Shared, route: Option<&Compiled>) -> Step<Option<After>> {
+pub(crate) async fn draw_fault(
+    shared: &Shared,
+    sabotage: &Sabotage,
+    route: Option<&Compiled>,
+) -> Step<Option<After>> {
     match shared.next_fault(route).map(|fault| fault.phase()) {
-        Some(Phase::Before(fault)) => Err(fault.answer(shared.config.retry_after_dates)),
+        Some(Phase::Before(fault)) => {
+            match fault.act(shared.config.retry_after_dates, sabotage).await {
+                Some(answer) => Err(answer),
+                None => Ok(None),
+            }
+        }
         Some(Phase::After(fault)) => Ok(Some(fault)),
         None => Ok(None),
     }
@@ -321,11 +334,12 @@ fn create(
 
 /// The answer the request earned, spoiled by an *after processing* fault if it has one.
 pub(crate) async fn spoil(
+    sabotage: &Sabotage,
     after: Option<After>,
     earned: Response<Body>,
 ) -> Result<Response<Body>, Dropped> {
     match after {
-        Some(fault) => fault.spoil(earned).await,
+        Some(fault) => fault.spoil(earned, sabotage).await,
         None => Ok(earned),
     }
 }

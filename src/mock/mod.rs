@@ -58,6 +58,7 @@ mod route;
 mod routed;
 mod serve;
 mod shared;
+mod socket;
 mod store;
 mod stubs;
 mod template;

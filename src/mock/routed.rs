@@ -23,6 +23,7 @@ use super::handler::{
 use super::response::{self, Body, Dropped, problem};
 use super::route::{Compiled, NoMatch, Params, find};
 use super::shared::{CreatedId, Resource, Routes, Shared};
+use super::socket::Sabotage;
 use super::store::{ScopedKey, Stored};
 use super::template::Fields;
 use super::wire::{body_json, fingerprint};
@@ -57,7 +58,7 @@ pub(crate) async fn handle(
     routes: &Routes,
     method: Method,
     path: String,
-    request: Request<Incoming>,
+    (sabotage, request): (&Sabotage, Request<Incoming>),
 ) -> Step<Result<Response<Body>, Dropped>> {
     let operation = matches!(
         method,
@@ -119,7 +120,7 @@ pub(crate) async fn handle(
     };
     // A request no route answers takes no fault.
     let after = match route {
-        Some(route) => draw_fault(shared, Some(route)).await?,
+        Some(route) => draw_fault(shared, sabotage, Some(route)).await?,
         None => None,
     };
 
@@ -129,14 +130,14 @@ pub(crate) async fn handle(
             // Routes first, then a resource an operation created, then 404.
             Err(not_found) => {
                 return match read_back(shared, &method, &path, &data.headers) {
-                    Some(answer) => Ok(spoil(after, answer).await),
+                    Some(answer) => Ok(spoil(sabotage, after, answer).await),
                     None => Err(not_found),
                 };
             }
         };
         let answer = render(route, &data.fields(&params, "", 0))?;
         route.count_execution();
-        return Ok(spoil(after, response::stored(&answer, false)).await);
+        return Ok(spoil(sabotage, after, response::stored(&answer, false)).await);
     }
 
     let scope = scope_of(&data.headers);
@@ -149,7 +150,7 @@ pub(crate) async fn handle(
             let target = uri.path_and_query().map_or(path.as_str(), |p| p.as_str());
             match claim(shared, scoped, fingerprint(&method, target, &body)) {
                 Claim::Claimed(scoped) => Some(scoped),
-                Claim::Answer(answer) => return Ok(spoil(after, answer).await),
+                Claim::Answer(answer) => return Ok(spoil(sabotage, after, answer).await),
                 Claim::Early(answer) => return Err(Ok(answer)),
             }
         }
@@ -190,7 +191,7 @@ pub(crate) async fn handle(
         (stored, created)
     })
     .await?;
-    Ok(spoil(after, response::stored(&stored, false)).await)
+    Ok(spoil(sabotage, after, response::stored(&stored, false)).await)
 }
 
 /// The index of the route that answers the request, with its path parameters, or a

@@ -7,6 +7,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::handler;
 use super::shared::Shared;
+use super::socket::{Sabotage, Socket};
 
 /// Accepts connections until `stopped` fires.
 pub(crate) async fn serve(
@@ -39,10 +40,13 @@ pub(crate) async fn serve(
         let shared = shared.clone();
         let http = http.clone();
         tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request| handler::handle(shared.clone(), request));
+            let sabotage = Arc::new(Sabotage::default());
+            let socket = Socket::new(stream, sabotage.clone());
+            let service = hyper::service::service_fn(move |request| {
+                handler::handle(shared.clone(), sabotage.clone(), request)
+            });
             // Errors here are closed connections, deliberate (faults) or the client's.
-            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+            let _ = http.serve_connection(TokioIo::new(socket), service).await;
         });
     }
 }

@@ -201,8 +201,10 @@ pub fn is_retryable_status(status: StatusCode) -> bool {
     )
 }
 
-/// Whether a transport error is worth retrying: a timeout, a failed connect, or a
-/// connection that was reset or closed before the response was complete.
+/// Whether a transport error is worth retrying: a timeout, a failed connect, a
+/// connection that was reset or closed before the response was complete, or an answer
+/// that is not HTTP (bytes no HTTP parser accepts: nothing usable arrived, exactly as if
+/// the connection had closed).
 ///
 /// Walks the whole `source()` chain and looks at types (`reqwest::Error`,
 /// `hyper::Error`, `std::io::Error` kinds), never at message text. Every failure to
@@ -222,6 +224,8 @@ pub(crate) enum Lost {
     Connect,
     /// The connection was reset or closed before the response was complete.
     Closed,
+    /// What came back was not an HTTP response.
+    Malformed,
 }
 
 /// Walks the `source()` chain by type, never by message text, for the first sign of a
@@ -242,6 +246,8 @@ pub(crate) fn lost(error: &(dyn StdError + 'static)) -> Option<Lost> {
                 Some(Lost::Timeout)
             } else if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
                 Some(Lost::Closed)
+            } else if e.is_parse() {
+                Some(Lost::Malformed)
             } else {
                 None
             }
