@@ -20,7 +20,7 @@ use super::fault::{After, Phase};
 use super::log::Entry;
 use super::response::{self, Body, Dropped, problem};
 use super::route::Compiled;
-use super::shared::{CreatedId, Resource, Shared};
+use super::shared::{CreatedId, Performed, Resource, Shared};
 use super::socket::Sabotage;
 use super::store::{Begin, ScopedKey, Stored};
 use super::wire::{Echo, decode_key, echo_body, fingerprint};
@@ -303,32 +303,31 @@ pub(crate) async fn execute(
     shared: Arc<Shared>,
     key: Option<Arc<ScopedKey>>,
     at: Resource,
-    answer: impl FnOnce(&Shared, u64) -> (Stored, Option<CreatedId>) + Send + 'static,
+    answer: impl FnOnce(&Shared, u64) -> Performed + Send + 'static,
 ) -> Step<Arc<Stored>> {
-    if shared.config.processing_delay.is_zero() {
-        return Ok(shared.perform(key.as_deref(), &at, |id| answer(&shared, id)));
-    }
-    let task = tokio::spawn(async move {
-        tokio::time::sleep(shared.config.processing_delay).await;
+    let performed = if shared.config.processing_delay.is_zero() {
         shared.perform(key.as_deref(), &at, |id| answer(&shared, id))
-    });
-    // A join error means the runtime is shutting down: the connection goes with it.
-    task.await.map_err(|_| Err(Dropped))
+    } else {
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(shared.config.processing_delay).await;
+            shared.perform(key.as_deref(), &at, |id| answer(&shared, id))
+        });
+        // A join error means the runtime is shutting down: the connection goes with it.
+        task.await.map_err(|_| Err(Dropped))?
+    };
+    performed.map_err(|failed| Ok(response::stored(&failed, false)))
 }
 
 /// The built-in operation: create the resource, `201` with what it echoes, readable
 /// at its id.
-fn create(
-    path: String,
-    echo: Echo,
-) -> impl FnOnce(&Shared, u64) -> (Stored, Option<CreatedId>) + Send + 'static {
+fn create(path: String, echo: Echo) -> impl FnOnce(&Shared, u64) -> Performed + Send + 'static {
     move |_, id| {
         let stored = Stored {
             status: StatusCode::CREATED,
             headers: Box::default(),
             body: echo.created(id, &path),
         };
-        (stored, Some(CreatedId::Number(id)))
+        Ok((stored, Some(CreatedId::Number(id))))
     }
 }
 

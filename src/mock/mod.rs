@@ -49,6 +49,7 @@
 
 mod admin;
 mod builder;
+mod closure;
 mod error;
 mod fault;
 mod handler;
@@ -70,6 +71,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 pub use builder::MockServerBuilder;
+pub use closure::{MockRequest, MockResponse};
 pub use error::MockError;
 pub use fault::Fault;
 pub use log::ReceivedRequest;

@@ -125,10 +125,15 @@ pub(crate) fn stored(stored: &Stored, replayed: bool) -> Response<Body> {
     response
 }
 
+/// The body of an RFC 9457 `application/problem+json` answer.
+pub(crate) fn problem_body(status: StatusCode, title: &str, detail: &str) -> Bytes {
+    let body = json!({ "type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail });
+    Bytes::from(body.to_string())
+}
+
 /// An RFC 9457 `application/problem+json` answer.
 pub(crate) fn problem(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
-    let body = json!({ "type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail });
-    let mut response = Response::new(Body::full(Bytes::from(body.to_string())));
+    let mut response = Response::new(Body::full(problem_body(status, title, detail)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use serde::Serialize;
 
+use super::closure::{Handler, MockRequest, MockResponse};
 use super::fault::{Fault, Faults, RandomFaults};
 use super::shared::lock;
 use super::template::{Context, Fields, Source, Template};
@@ -53,6 +54,7 @@ pub struct Route {
     id_prefix: String,
     store: bool,
     rates: Vec<(Fault, f64)>,
+    handler: Option<Handler>,
 }
 
 impl Route {
@@ -77,6 +79,7 @@ impl Route {
             id_prefix: String::new(),
             store: true,
             rates: Vec::new(),
+            handler: None,
         }
     }
 
@@ -224,6 +227,35 @@ impl Route {
         self
     }
 
+    /// Answers with a closure instead of the templates, for logic no template
+    /// expresses (state across requests, computed fields). For an operation it runs
+    /// inside the operation: once per key, its answer stored and replayed like a
+    /// template's; for a read, on every request. A panic, or an answer HTTP cannot
+    /// carry, is a `500` that is not stored (the key is let go). `when` conditions
+    /// still choose the route.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use idempotent_retry::mock::{MockResponse, Route};
+    ///
+    /// let balance = AtomicU64::new(10_000);
+    /// let route = Route::post("/v1/transfers").handler(move |request| {
+    ///     let amount = request.body["amount"].as_u64().unwrap_or(0);
+    ///     match balance.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_sub(amount)) {
+    ///         Ok(before) => MockResponse::json(201, &serde_json::json!({"id": request.id, "balance": before - amount})),
+    ///         Err(_) => MockResponse::json(402, &serde_json::json!({"error": "insufficient_funds"})),
+    ///     }
+    /// });
+    /// # drop(route);
+    /// ```
+    pub fn handler(
+        mut self,
+        handler: impl Fn(&MockRequest) -> MockResponse + Send + Sync + 'static,
+    ) -> Self {
+        self.handler = Some(Handler(std::sync::Arc::new(handler)));
+        self
+    }
+
     /// Random faults on `rate` of this route's requests, spread evenly over
     /// [`Fault::all_kinds`], drawn from the route's own generator (seeded from the
     /// server's seed and the route's name, so adding a route changes no other route's
@@ -307,6 +339,8 @@ pub(crate) struct Compiled {
     executions: AtomicU64,
     /// Faults aimed at this route: queued, and its own random plan.
     pub(crate) faults: Mutex<Faults>,
+    /// The closure that answers instead of the templates, if any.
+    pub(crate) handler: Option<Handler>,
 }
 
 /// Why a request matched no route: the nearest route and the condition that failed.
@@ -411,6 +445,7 @@ impl Compiled {
             }),
             requests: AtomicU64::new(0),
             executions: AtomicU64::new(0),
+            handler: route.handler.clone(),
             name,
             method: route.method.clone(),
             path: route.path.clone(),

@@ -16,6 +16,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::Value;
 
+use super::closure::MockRequest;
 use super::handler::{
     Claim, Received, Step, check_key, claim, draw_fault, execute, log, read_back, receive,
     scope_of, spoil,
@@ -39,6 +40,25 @@ struct RequestData {
 }
 
 impl RequestData {
+    /// What a closure handler sees, copied.
+    fn request(
+        &self,
+        (method, path, params): (&Method, &str, &Params),
+        id: String,
+        seq: u64,
+    ) -> MockRequest {
+        MockRequest {
+            method: method.clone(),
+            path: path.to_owned(),
+            params: params.clone(),
+            query: self.query.clone(),
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            id,
+            seq,
+        }
+    }
+
     fn fields<'a>(&'a self, params: &'a [(String, String)], id: &'a str, seq: u64) -> Fields<'a> {
         Fields {
             id,
@@ -135,7 +155,7 @@ pub(crate) async fn handle(
                 };
             }
         };
-        let answer = render(route, &data.fields(&params, "", 0))?;
+        let answer = answer(route, &data, (&method, &path, &params), "", 0)?;
         route.count_execution();
         return Ok(spoil(sabotage, after, response::stored(&answer, false)).await);
     }
@@ -162,10 +182,12 @@ pub(crate) async fn handle(
         let route = &routes[index];
         if !route.store {
             // Not an execution: answered as is, nothing stored, the key left free.
-            let answer = render(route, &data.fields(&params, "", route.seq()))?;
+            let answer = answer(route, &data, (&method, &path, &params), "", route.seq())?;
             return Err(Ok(response::stored(&answer, false)));
         }
-        render(route, &data.fields(&params, "id", 1))?;
+        if route.handler.is_none() {
+            render(route, &data.fields(&params, "id", 1))?;
+        }
         Ok((route.clone(), params))
     });
     let (route, params) = match checked {
@@ -177,18 +199,25 @@ pub(crate) async fn handle(
             return Err(answer);
         }
     };
-    let at = Resource { scope, path };
+    let at = Resource {
+        scope,
+        path: path.clone(),
+    };
     let stored = execute(shared.clone(), claimed, at, move |shared: &Shared, n| {
         let id = route.id(shared.config.seed, n);
         let seq = route.next_seq();
+        let stored = match &route.handler {
+            Some(handler) => {
+                let request = data.request((&method, &path, &params), id, seq);
+                handler.answer(&request, &route.name).map_err(failed)?
+            }
+            // Checked above with stand-ins: only a bug could fail it here.
+            None => render(&route, &data.fields(&params, &id, seq))
+                .unwrap_or_else(|_| failed("the answer could not be rendered".into())),
+        };
         route.count_execution();
-        let stored = render(&route, &data.fields(&params, &id, seq)).unwrap_or_else(|_| Stored {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            headers: Box::default(),
-            body: Bytes::from_static(b"{\"error\": \"the answer could not be rendered\"}"),
-        });
         let created = created_id(&stored);
-        (stored, created)
+        Ok((stored, created))
     })
     .await?;
     Ok(spoil(sabotage, after, response::stored(&stored, false)).await)
@@ -221,6 +250,37 @@ fn created_id(stored: &Stored) -> Option<CreatedId> {
         Value::String(id) => Some(CreatedId::Text(id)),
         Value::Number(id) => Some(CreatedId::Text(id.to_string())),
         _ => None,
+    }
+}
+
+/// A route's answer to a request that stores nothing: its closure's (a failure is a
+/// `500`), or its templates rendered (a field the request lacks is a `400`).
+fn answer(
+    route: &Compiled,
+    data: &RequestData,
+    at: (&Method, &str, &Params),
+    id: &str,
+    seq: u64,
+) -> Step<Stored> {
+    match &route.handler {
+        Some(handler) => {
+            let request = data.request(at, id.to_owned(), seq);
+            Ok(handler.answer(&request, &route.name).unwrap_or_else(failed))
+        }
+        None => render(route, &data.fields(at.2, id, seq)),
+    }
+}
+
+/// The `500` for an answer that could not be made, as a problem+json.
+fn failed(detail: String) -> Stored {
+    let status = StatusCode::INTERNAL_SERVER_ERROR;
+    Stored {
+        status,
+        headers: Box::new([(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/problem+json"),
+        )]),
+        body: response::problem_body(status, "Handler failed", &detail),
     }
 }
 

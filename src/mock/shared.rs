@@ -72,6 +72,10 @@ impl std::fmt::Display for CreatedId {
     }
 }
 
+/// What an operation made: its answer to store and the id of what it created; or an
+/// answer to send without storing, when it could not run.
+pub(crate) type Performed = Result<(Stored, Option<CreatedId>), Stored>;
+
 /// Created resources for read-back, bounded like the key store (oldest first out).
 /// The map and the queue share each key.
 #[derive(Debug, Default)]
@@ -305,15 +309,24 @@ impl Shared {
 
     /// The operation itself: assigns the resource's id, makes its answer with `answer`,
     /// counts the execution and stores the answer under the key that
-    /// [`begin`](Self::begin) let through.
+    /// [`begin`](Self::begin) let through. An `Err` from `answer` (a closure handler
+    /// that failed) is no execution: it is not stored and the key is let go.
     pub(crate) fn perform(
         &self,
         key: Option<&ScopedKey>,
         at: &Resource,
-        answer: impl FnOnce(u64) -> (Stored, Option<CreatedId>),
-    ) -> Arc<Stored> {
+        answer: impl FnOnce(u64) -> Performed,
+    ) -> Result<Arc<Stored>, Stored> {
         let id = self.next_id.fetch_add(1, Ordering::AcqRel);
-        let (stored, created) = answer(id);
+        let (stored, created) = match answer(id) {
+            Ok(done) => done,
+            Err(failed) => {
+                if let Some(key) = key {
+                    self.abandon(key);
+                }
+                return Err(failed);
+            }
+        };
         let stored = Arc::new(stored);
         self.executions.fetch_add(1, Ordering::AcqRel);
         if let Some(created) = created {
@@ -329,7 +342,7 @@ impl Shared {
                 }
             }
         }
-        stored
+        Ok(stored)
     }
 
     /// Keeps a created resource for read-back at `{path}/{id}`, within its caller's
