@@ -1,5 +1,5 @@
 //! Mock server throughput and growth, under a wrk-like raw-TCP load from the same
-//! process: the idempotent mock (new keys, replays), `wiremock` 0.6 with one mounted
+//! process: the idempotent mock (new keys, a route's templated answer, replays), `wiremock` 0.6 with one mounted
 //! mock answering 201, and a bare hyper server answering 201 (the ceiling). Then the
 //! mock's latency as stored keys grow to 1,000,000 and as connections go 1 → 256.
 //!
@@ -62,11 +62,29 @@ async fn throughput(quick: bool, body: &str) {
             .mount(server)
             .await;
     }
+    // The same operation played by a route: its answer rendered from a template that
+    // reads the body, as a user's stub file would.
+    let routed = MockServer::builder()
+        .max_keys(1_000_000)
+        .route(
+            idempotent_retry::mock::Route::post("/orders")
+                .status(201)
+                .id_prefix("ord_")
+                .body(r#"{"id": "{{id}}", "path": "/orders", "pad": "{{body.pad}}"}"#),
+        )
+        .start()
+        .await
+        .unwrap();
     let bare = support::bare_hyper(2);
-    const WIREMOCK: usize = 2;
-    const BARE: usize = 4;
+    const WIREMOCK: usize = 3;
+    const BARE: usize = 5;
     let mut targets = [
         Target::new("idempotent mock, new keys", mock.address(), Keys::Unique(0)),
+        Target::new(
+            "idempotent mock with a route, new keys",
+            routed.address(),
+            Keys::Unique(0),
+        ),
         Target::new(
             "idempotent mock, replays",
             mock.address(),

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::closure::{Handler, MockRequest, MockResponse};
 use super::fault::{Fault, Faults, RandomFaults};
 use super::shared::lock;
+use super::store::Stored;
 use super::template::{Context, Fields, Source, Template};
 
 /// One route of the mock server: what requests it answers and how.
@@ -301,6 +302,10 @@ pub struct RouteStats {
     pub executions: u64,
 }
 
+fn invalid_header(name: &HeaderName) -> String {
+    format!("header {name} does not render to a valid header value")
+}
+
 /// A stable hash of a route's name (FNV-1a), so its fault generator depends on its
 /// name alone.
 fn name_hash(name: &str) -> u64 {
@@ -341,6 +346,8 @@ pub(crate) struct Compiled {
     pub(crate) faults: Mutex<Faults>,
     /// The closure that answers instead of the templates, if any.
     pub(crate) handler: Option<Handler>,
+    /// The `Matched-Route` header's value: the name, when it can be one.
+    matched: Option<HeaderValue>,
 }
 
 /// Why a request matched no route: the nearest route and the condition that failed.
@@ -446,6 +453,7 @@ impl Compiled {
             requests: AtomicU64::new(0),
             executions: AtomicU64::new(0),
             handler: route.handler.clone(),
+            matched: HeaderValue::try_from(name.as_str()).ok(),
             name,
             method: route.method.clone(),
             path: route.path.clone(),
@@ -574,11 +582,22 @@ impl Compiled {
         token
     }
 
-    /// The answer for one request: status, headers (the route's, rendered) and body.
-    pub(crate) fn render(
-        &self,
-        fields: &Fields<'_>,
-    ) -> Result<(Vec<(HeaderName, HeaderValue)>, String), String> {
+    /// Whether the request fills every placeholder of the answer and its headers
+    /// render to valid values, without rendering anything (no allocation): the check
+    /// made before an operation draws its id and `{{seq}}`.
+    pub(crate) fn check(&self, fields: &Fields<'_>) -> Result<(), String> {
+        self.body.check(fields).map_err(|e| e.to_string())?;
+        for (name, template) in &self.headers {
+            if !template.check_header(fields).map_err(|e| e.to_string())? {
+                return Err(invalid_header(name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The answer for one request: status, headers (the route's, rendered) and body,
+    /// the body and each templated header in one allocation.
+    pub(crate) fn render(&self, fields: &Fields<'_>) -> Result<Stored, String> {
         let body = self.body.render(fields).map_err(|e| e.to_string())?;
         let mut headers = Vec::with_capacity(self.headers.len() + 2);
         if !self.content_type {
@@ -589,14 +608,17 @@ impl Compiled {
         }
         for (name, template) in &self.headers {
             let text = template.render(fields).map_err(|e| e.to_string())?;
-            let value = HeaderValue::try_from(text)
-                .map_err(|_| format!("header {name} does not render to a valid header value"))?;
+            let value = HeaderValue::try_from(text).map_err(|_| invalid_header(name))?;
             headers.push((name.clone(), value));
         }
-        if let Ok(value) = HeaderValue::try_from(self.name.as_str()) {
-            headers.push((HeaderName::from_static("matched-route"), value));
+        if let Some(value) = &self.matched {
+            headers.push((HeaderName::from_static("matched-route"), value.clone()));
         }
-        Ok((headers, body))
+        Ok(Stored {
+            status: self.status,
+            headers: headers.into_boxed_slice(),
+            body: body.into(),
+        })
     }
 
     /// `METHOD path`, for messages.

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::Value;
@@ -186,7 +185,9 @@ pub(crate) async fn handle(
             return Err(Ok(response::stored(&answer, false)));
         }
         if route.handler.is_none() {
-            render(route, &data.fields(&params, "id", 1))?;
+            route
+                .check(&data.fields(&params, "id", 1))
+                .map_err(|detail| cannot_answer(route, &detail))?;
         }
         Ok((route.clone(), params))
     });
@@ -284,15 +285,15 @@ fn failed(detail: String) -> Stored {
     }
 }
 
+/// The `400` for a request the route cannot answer, naming what it lacks.
+fn cannot_answer(route: &Compiled, detail: &str) -> Result<Response<Body>, Dropped> {
+    let detail = format!("route {:?}: {detail}", route.name);
+    Ok(problem(StatusCode::BAD_REQUEST, "Cannot answer", &detail))
+}
+
 /// A route's answer for these fields, or a `400` naming what the request lacks.
 fn render(route: &Compiled, fields: &Fields<'_>) -> Step<Stored> {
-    let (headers, body) = route.render(fields).map_err(|detail| {
-        let detail = format!("route {:?}: {detail}", route.name);
-        Ok(problem(StatusCode::BAD_REQUEST, "Cannot answer", &detail))
-    })?;
-    Ok(Stored {
-        status: route.status,
-        headers: headers.into_boxed_slice(),
-        body: Bytes::from(body),
-    })
+    route
+        .render(fields)
+        .map_err(|detail| cannot_answer(route, &detail))
 }

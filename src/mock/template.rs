@@ -8,6 +8,7 @@
 //! naming it, never an empty string.
 
 use std::fmt;
+use std::io;
 
 use http::HeaderMap;
 use serde_json::Value;
@@ -101,9 +102,10 @@ pub(crate) struct Fields<'a> {
     pub(crate) headers: &'a HeaderMap,
 }
 
-/// A field's value: JSON from the body, or text from elsewhere.
+/// A field's value: JSON from the body, a number, or text from elsewhere.
 enum Found<'a> {
     Json(&'a Value),
+    Number(u64),
     Text(std::borrow::Cow<'a, str>),
 }
 
@@ -189,13 +191,38 @@ impl Template {
         })
     }
 
-    /// Renders the template for one request, into one allocation unless the values are
-    /// long.
-    pub(crate) fn render(&self, fields: &Fields<'_>) -> Result<String, RenderError> {
-        let mut out = String::with_capacity(self.literal_len + 16 * self.segments.len());
+    /// Renders the template for one request into exactly one allocation: a first
+    /// pass measures (and finds any field the request cannot fill), the second writes
+    /// into a buffer of that size.
+    pub(crate) fn render(&self, fields: &Fields<'_>) -> Result<Vec<u8>, RenderError> {
+        let len = self.check(fields)?;
+        let mut out = Vec::with_capacity(len);
+        self.write(&mut out, fields)?;
+        debug_assert_eq!(out.len(), len, "the measure and the render agree");
+        Ok(out)
+    }
+
+    /// Whether the request fills every placeholder, and the rendered length; allocates
+    /// nothing.
+    pub(crate) fn check(&self, fields: &Fields<'_>) -> Result<usize, RenderError> {
+        let mut measure = Measure(0);
+        self.write(&mut measure, fields)?;
+        Ok(measure.0)
+    }
+
+    /// For a header template: whether the request fills every placeholder, and whether
+    /// the result is a valid header value (visible ASCII, spaces, tabs, and bytes past
+    /// ASCII); allocates nothing.
+    pub(crate) fn check_header(&self, fields: &Fields<'_>) -> Result<bool, RenderError> {
+        let mut check = HeaderCheck(true);
+        self.write(&mut check, fields)?;
+        Ok(check.0)
+    }
+
+    fn write(&self, out: &mut impl io::Write, fields: &Fields<'_>) -> Result<(), RenderError> {
         for segment in &self.segments {
             match segment {
-                Segment::Literal(text) => out.push_str(text),
+                Segment::Literal(text) => put(out, text.as_bytes()),
                 Segment::Field {
                     source,
                     context,
@@ -207,11 +234,93 @@ impl Template {
                     };
                     let found = find(source, fields)
                         .ok_or_else(|| fail("the request has no such field"))?;
-                    write_value(&mut out, found, *context).map_err(fail)?;
+                    write_value(out, &found, *context).map_err(fail)?;
                 }
             }
         }
-        Ok(out)
+        Ok(())
+    }
+}
+
+/// A sink that counts what would be written.
+struct Measure(usize);
+
+impl io::Write for Measure {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A sink that checks that what would be written is a valid header value, by the rule
+/// `http::HeaderValue` applies.
+struct HeaderCheck(bool);
+
+impl io::Write for HeaderCheck {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 &= buf.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t');
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes to a sink that cannot fail: a `Vec` or a [`Measure`].
+fn put(out: &mut impl io::Write, bytes: &[u8]) {
+    // Both sinks take every byte; an error cannot happen.
+    let _ = out.write_all(bytes);
+}
+
+/// A sink that writes what it is given as the content of a JSON string: `"` and `\`
+/// escaped, control characters as escapes. It works byte by byte, which is sound for
+/// UTF-8: every byte it escapes is ASCII, and multi-byte sequences pass through whole.
+struct Escape<'a, W: io::Write>(&'a mut W);
+
+impl<W: io::Write> io::Write for Escape<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut start = 0;
+        for (i, &byte) in buf.iter().enumerate() {
+            let escaped: &[u8] = match byte {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0x08 => b"\\b",
+                0x0c => b"\\f",
+                0x00..=0x1f => {
+                    put(self.0, &buf[start..i]);
+                    let hex = b"0123456789abcdef";
+                    let code = [
+                        b'\\',
+                        b'u',
+                        b'0',
+                        b'0',
+                        hex[usize::from(byte >> 4)],
+                        hex[usize::from(byte & 0xf)],
+                    ];
+                    put(self.0, &code);
+                    start = i + 1;
+                    continue;
+                }
+                _ => continue,
+            };
+            put(self.0, &buf[start..i]);
+            put(self.0, escaped);
+            start = i + 1;
+        }
+        put(self.0, &buf[start..]);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -270,8 +379,8 @@ fn find<'a>(source: &Source, fields: &'a Fields<'a>) -> Option<Found<'a>> {
     };
     match source {
         Source::Id => text(fields.id),
-        Source::Seq => Some(Found::Text(fields.seq.to_string().into())),
-        Source::Now => Some(Found::Text(fields.now.to_string().into())),
+        Source::Seq => Some(Found::Number(fields.seq)),
+        Source::Now => Some(Found::Number(fields.now)),
         Source::Body(path) => json_at(fields.body, path).map(Found::Json),
         Source::Path(name) => lookup(fields.path, name),
         Source::Query(name) => lookup(fields.query, name),
@@ -287,6 +396,7 @@ fn find<'a>(source: &Source, fields: &'a Fields<'a>) -> Option<Found<'a>> {
 pub(crate) fn text_of(source: &Source, fields: &Fields<'_>) -> Option<String> {
     Some(match find(source, fields)? {
         Found::Text(text) => text.into_owned(),
+        Found::Number(n) => n.to_string(),
         Found::Json(Value::String(s)) => s.clone(),
         Found::Json(value) => value.to_string(),
     })
@@ -301,36 +411,42 @@ pub(crate) fn json_at<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value
     })
 }
 
-fn write_value(out: &mut String, found: Found<'_>, context: Context) -> Result<(), &'static str> {
+fn write_value(
+    out: &mut impl io::Write,
+    found: &Found<'_>,
+    context: Context,
+) -> Result<(), &'static str> {
     match (context, found) {
-        (Context::Text, Found::Text(text)) => out.push_str(&text),
-        (Context::Text, Found::Json(Value::String(s))) => out.push_str(s),
-        (Context::Text, Found::Json(value)) => out.push_str(&value.to_string()),
-        (Context::InString, Found::Text(text)) => escape_into(out, &text),
-        (Context::InString, Found::Json(Value::String(s))) => escape_into(out, s),
-        (Context::InString, Found::Json(value)) => escape_into(out, &value.to_string()),
+        (_, Found::Number(n)) => {
+            // A `u64` in decimal: digits only, the same in every context.
+            let _ = write!(out, "{n}");
+        }
+        (Context::Text, Found::Text(text)) => put(out, text.as_bytes()),
+        (Context::Text, Found::Json(Value::String(s))) => put(out, s.as_bytes()),
         (Context::Bare, Found::Json(Value::String(s))) => bare_text(out, s)?,
-        (Context::Bare, Found::Text(text)) => bare_text(out, &text)?,
-        (Context::Bare, Found::Json(value)) => out.push_str(&value.to_string()),
+        (Context::Text | Context::Bare, Found::Json(value)) => json_into(out, value),
+        (Context::InString, Found::Text(text)) => put(&mut Escape(out), text.as_bytes()),
+        (Context::InString, Found::Json(Value::String(s))) => put(&mut Escape(out), s.as_bytes()),
+        (Context::InString, Found::Json(value)) => json_into(&mut Escape(out), value),
+        (Context::Bare, Found::Text(text)) => bare_text(out, text)?,
     }
     Ok(())
+}
+
+/// A JSON value's text.
+fn json_into(out: &mut impl io::Write, value: &Value) {
+    // Serializing a `Value` cannot fail, and neither can the sinks.
+    let _ = serde_json::to_writer(out, value);
 }
 
 /// Text written where a JSON value stands: it must be one (a number, true, false, null
 /// or JSON text).
-fn bare_text(out: &mut String, text: &str) -> Result<(), &'static str> {
+fn bare_text(out: &mut impl io::Write, text: &str) -> Result<(), &'static str> {
     if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
         return Err("is not a JSON value here (quote the placeholder to write it as a string)");
     }
-    out.push_str(text);
+    put(out, text.as_bytes());
     Ok(())
-}
-
-/// `text` as the content of a JSON string.
-fn escape_into(out: &mut String, text: &str) {
-    let quoted = Value::from(text).to_string();
-    // `to_string` of a string value is always `"…"`.
-    out.push_str(&quoted[1..quoted.len() - 1]);
 }
 
 /// A form body as JSON: values are strings; `a[b]` nests as `a.b`; `a[]` and repeated
@@ -399,15 +515,18 @@ mod tests {
         headers.insert("request-id", HeaderValue::from_static("req_9"));
         let path = [("id".to_owned(), "pi_1".to_owned())];
         let query = [("expand".to_owned(), "customer".to_owned())];
-        Template::body(template).unwrap().render(&Fields {
-            id: "pi_abc",
-            seq: 7,
-            now: 1_800_000_000,
-            body,
-            path: &path,
-            query: &query,
-            headers: &headers,
-        })
+        Template::body(template)
+            .unwrap()
+            .render(&Fields {
+                id: "pi_abc",
+                seq: 7,
+                now: 1_800_000_000,
+                body,
+                path: &path,
+                query: &query,
+                headers: &headers,
+            })
+            .map(|bytes| String::from_utf8(bytes).unwrap())
     }
 
     #[test]
@@ -519,6 +638,28 @@ mod tests {
                 headers: &HeaderMap::new(),
             })
             .unwrap();
-        assert_eq!(out, "req_3-eur");
+        assert_eq!(out, b"req_3-eur");
+    }
+
+    proptest::proptest! {
+        /// Our escaper writes what serde_json writes inside a string, and the measuring
+        /// pass agrees with the render to the byte, for any text in any context.
+        #[test]
+        fn escaping_matches_serde_json_and_the_measure_matches_the_render(text in "\\PC*|[\\x00-\\x7f]*") {
+            let body = json!({"t": text, "nested": {"t": text}});
+            let out = render(r#"{"a": "{{body.t}}", "b": "{{body.nested}}", "c": {{body.nested}}}"#, &body).unwrap();
+            let parsed: Value = serde_json::from_str(&out).unwrap();
+            proptest::prop_assert_eq!(&parsed["a"], &body["t"]);
+            proptest::prop_assert_eq!(parsed["b"].as_str().unwrap(), body["nested"].to_string());
+            proptest::prop_assert_eq!(&parsed["c"], &body["nested"]);
+            let quoted = render(r#""{{body.t}}""#, &body).unwrap();
+            proptest::prop_assert_eq!(quoted, serde_json::to_string(&text).unwrap());
+            let template = Template::body(r#"["{{body.t}}", {{body.nested}}]"#).unwrap();
+            let headers = HeaderMap::new();
+            let fields = Fields { id: "", seq: 0, now: 0, body: &body, path: &[], query: &[], headers: &headers };
+            let rendered = template.render(&fields).unwrap();
+            proptest::prop_assert_eq!(template.check(&fields).unwrap(), rendered.len());
+            proptest::prop_assert_eq!(rendered.capacity(), rendered.len(), "one exact allocation");
+        }
     }
 }
