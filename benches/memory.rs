@@ -32,7 +32,13 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
-async fn per_key(keys: u64, body: &str, label: &str, builder: impl Fn() -> MockServer) {
+/// Measures the live heap per key added, and fails past `bound` bytes per key.
+async fn per_key(
+    keys: u64,
+    body: &str,
+    (label, bound): (&str, f64),
+    builder: impl Fn() -> MockServer,
+) {
     let server = builder();
     // Warm up: runtime, connection buffers and the first table sizes.
     load(
@@ -61,9 +67,10 @@ async fn per_key(keys: u64, body: &str, label: &str, builder: impl Fn() -> MockS
     let stats = server.stats();
     assert_eq!(stats.stored_keys as u64, keys + 1_000, "nothing evicted");
     let per_key = (after - before) as f64 / keys as f64;
-    // The target: at most 1 KiB per stored key, body included. The CI smoke run checks
-    // it too.
-    assert!(per_key <= 1024.0, "{label}: {per_key:.0} bytes per key");
+    // The targets (the CI smoke run checks them too): the store at most 1 KiB per key,
+    // body included; with the request log on, which keeps a copy of each request's
+    // body and headers (~310 bytes here) until `max_log` or `max_log_bytes`, 1.5 KiB.
+    assert!(per_key <= bound, "{label}: {per_key:.0} bytes per key");
     println!(
         "| {label} | {keys} | {:.1} | {per_key:.0} |",
         (after - before) as f64 / (1024.0 * 1024.0),
@@ -88,7 +95,7 @@ fn main() {
         println!("| configuration | keys added | heap growth MiB | bytes per key |");
         println!("|---|---:|---:|---:|");
         let bound = (2 * keys) as usize;
-        per_key(keys, &body, "store only (`max_log(0)`)", || {
+        per_key(keys, &body, ("store only (`max_log(0)`)", 1024.0), || {
             MockServer::builder()
                 .max_keys(bound)
                 .max_log(0)
@@ -96,7 +103,7 @@ fn main() {
                 .unwrap()
         })
         .await;
-        per_key(keys, &body, "defaults (request log on)", || {
+        per_key(keys, &body, ("defaults (request log on)", 1536.0), || {
             MockServer::builder()
                 .max_keys(bound)
                 .start_blocking()

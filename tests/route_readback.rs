@@ -154,11 +154,11 @@ async fn the_log_keeps_headers_and_bodies_with_credentials_redacted() {
     let received = server.received("charge").unwrap();
     assert_eq!(received.len(), 1);
     let request = &received[0];
-    assert_eq!(request.route.as_deref(), Some("charge"));
+    assert_eq!(request.route(), Some("charge"));
     assert_eq!(request.header("authorization"), Some("[redacted]"));
     assert_eq!(request.header("content-type"), Some("application/json"));
     assert_eq!(
-        serde_json::from_slice::<Value>(&request.body).unwrap(),
+        serde_json::from_slice::<Value>(request.body()).unwrap(),
         json!({"amount": 700})
     );
     assert!(request.key.is_some());
@@ -186,7 +186,7 @@ async fn the_log_stays_within_max_log_bytes() {
     let log = server.requests();
     assert!(!log.is_empty());
     assert!(log.len() < 50, "{} entries kept", log.len());
-    let newest = serde_json::from_slice::<Value>(&log.last().unwrap().body).unwrap();
+    let newest = serde_json::from_slice::<Value>(log.last().unwrap().body()).unwrap();
     assert_eq!(newest["amount"], 49, "the newest entries are the ones kept");
     assert_eq!(
         server.stats().requests,

@@ -153,7 +153,7 @@ pub(crate) fn log(
     uri: &http::Uri,
     headers: &http::HeaderMap,
     key: Option<&Result<IdempotencyKey, String>>,
-    (body, route): (&[u8], Option<&str>),
+    (body, route): (&[u8], Option<&Arc<str>>),
 ) {
     let key = if shared.logging() {
         match key {

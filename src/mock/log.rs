@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,6 +16,9 @@ use http::{HeaderMap, Method};
 const REDACTED: &str = "[redacted]";
 
 /// One request the server received (admin requests excluded).
+///
+/// It is kept compact (headers as one block of text, the route's name shared with the
+/// route), since a test server may log 100,000 of them.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ReceivedRequest {
@@ -24,31 +28,59 @@ pub struct ReceivedRequest {
     pub path: String,
     /// The idempotency key as sent (decoded from the structured form), if any.
     pub key: Option<String>,
-    /// The name of the route that answered it; `None` without routes or when none
-    /// matched.
-    pub route: Option<String>,
     /// When it arrived.
     pub at: Instant,
-    /// How long after the server started it arrived.
-    pub since_start: Duration,
-    /// The body as received, cut at the log's byte bound (see
-    /// [`body_truncated`](Self::body_truncated)); empty when the request ended before
-    /// its body was read (a body over `max_body_bytes`, a client gone mid-body).
-    pub body: Bytes,
-    /// Whether `body` is only the start of what was received.
-    pub body_truncated: bool,
-    /// The query string, if any.
-    pub query: Option<String>,
-    /// `(name, value)` pairs, as received (credentials redacted unless asked).
-    headers: Vec<(String, String)>,
+    route: Option<Arc<str>>,
+    since_start: Duration,
+    body: Bytes,
+    body_truncated: bool,
+    query: Option<Box<str>>,
+    /// `name: value` lines, names lower case.
+    headers: Box<str>,
 }
 
 impl ReceivedRequest {
-    /// The request's headers in the order received, names lower case.
-    /// `Authorization` and `Proxy-Authorization` read `[redacted]` unless the server
-    /// was built with `log_credentials(true)`.
+    /// The name of the route that answered it; `None` without routes or when none
+    /// matched.
+    #[must_use]
+    pub fn route(&self) -> Option<&str> {
+        self.route.as_deref()
+    }
+
+    /// How long after the server started it arrived.
+    #[must_use]
+    pub fn since_start(&self) -> Duration {
+        self.since_start
+    }
+
+    /// The body as received, cut at the log's byte bound (see
+    /// [`body_truncated`](Self::body_truncated)); empty when the request ended before
+    /// its body was read (a body over `max_body_bytes`, a client gone mid-body).
+    #[must_use]
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// Whether [`body`](Self::body) is only the start of what was received.
+    #[must_use]
+    pub fn body_truncated(&self) -> bool {
+        self.body_truncated
+    }
+
+    /// The query string, if any.
+    #[must_use]
+    pub fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+
+    /// The request's headers in the order received, names lower case (values that are
+    /// not UTF-8 have their bad bytes replaced). `Authorization` and
+    /// `Proxy-Authorization` read `[redacted]` unless the server was built with
+    /// `log_credentials(true)`.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.headers
+            .lines()
+            .filter_map(|line| line.split_once(": "))
     }
 
     /// The first value of header `name` (any case), if present.
@@ -68,13 +100,9 @@ impl ReceivedRequest {
     /// What the entry counts against the log's byte bound.
     fn weight(&self) -> usize {
         self.path.len()
-            + self.query.as_ref().map_or(0, String::len)
+            + self.query.as_ref().map_or(0, |q| q.len())
             + self.key.as_ref().map_or(0, String::len)
-            + self
-                .headers
-                .iter()
-                .map(|(n, v)| n.len() + v.len())
-                .sum::<usize>()
+            + self.headers.len()
             + self.body.len()
     }
 
@@ -100,17 +128,18 @@ impl ReceivedRequest {
 
     /// The entry as `GET /__admin/requests` lists it.
     pub(crate) fn to_json(&self) -> serde_json::Value {
-        let headers: serde_json::Map<String, serde_json::Value> = self
-            .headers
-            .iter()
-            .map(|(n, v)| (n.clone(), serde_json::Value::from(v.as_str())))
-            .collect();
+        let mut headers = serde_json::Map::new();
+        for (name, value) in self.headers() {
+            headers
+                .entry(name)
+                .or_insert_with(|| serde_json::Value::from(value));
+        }
         serde_json::json!({
             "method": self.method.as_str(),
             "path": self.path,
             "query": self.query,
             "key": self.key,
-            "route": self.route,
+            "route": self.route(),
             "ms": u64::try_from(self.since_start.as_millis()).unwrap_or(u64::MAX),
             "headers": headers,
             "body": self.body_text(),
@@ -125,7 +154,7 @@ pub(crate) struct Entry<'a> {
     pub(crate) path: &'a str,
     pub(crate) query: Option<&'a str>,
     pub(crate) key: Option<std::borrow::Cow<'a, str>>,
-    pub(crate) route: Option<&'a str>,
+    pub(crate) route: Option<&'a Arc<str>>,
     pub(crate) headers: &'a HeaderMap,
     pub(crate) body: &'a [u8],
 }
@@ -163,31 +192,33 @@ impl Log {
         if !self.is_on() {
             return;
         }
-        let headers = entry
+        // Sized for the usual case, values in UTF-8, so the text is allocated once.
+        let size = entry
             .headers
             .iter()
-            .map(|(name, value)| {
-                let value = if !self.credentials
-                    && (name == AUTHORIZATION || name == PROXY_AUTHORIZATION)
-                {
-                    REDACTED.to_owned()
+            .map(|(n, v)| n.as_str().len() + v.len() + 3)
+            .sum();
+        let mut headers = String::with_capacity(size);
+        for (name, value) in entry.headers {
+            let value =
+                if !self.credentials && (name == AUTHORIZATION || name == PROXY_AUTHORIZATION) {
+                    std::borrow::Cow::Borrowed(REDACTED)
                 } else {
-                    String::from_utf8_lossy(value.as_bytes()).into_owned()
+                    String::from_utf8_lossy(value.as_bytes())
                 };
-                (name.as_str().to_owned(), value)
-            })
-            .collect();
+            let _ = writeln!(headers, "{name}: {value}");
+        }
         let mut received = ReceivedRequest {
             method: entry.method.clone(),
             path: entry.path.to_owned(),
             key: entry.key.as_deref().map(str::to_owned),
-            route: entry.route.map(str::to_owned),
+            route: entry.route.cloned(),
             at,
             since_start: at.saturating_duration_since(self.started),
             body: Bytes::new(),
             body_truncated: false,
-            query: entry.query.map(str::to_owned),
-            headers,
+            query: entry.query.map(Box::from),
+            headers: headers.into_boxed_str(),
         };
         let room = self.max_bytes.saturating_sub(received.weight());
         received.body_truncated = entry.body.len() > room;
@@ -238,7 +269,7 @@ mod tests {
         for _ in 0..10 {
             log.push(&entry(&headers, &[b'x'; 40]), Instant::now());
         }
-        // Each entry weighs 2 + 1 + 40 = 43 bytes: two fit in 100.
+        // Each entry weighs 2 + 1 + 40 = 43 bytes (no headers): two fit in 100.
         assert_eq!(log.entries().count(), 2);
         assert!(log.bytes <= 100);
         log.push(&entry(&headers, &[b'y'; 500]), Instant::now());

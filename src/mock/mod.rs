@@ -275,7 +275,7 @@ impl MockServer {
             stats.executions += one.executions;
         }
         if let [only] = chosen.as_slice() {
-            stats.name.clone_from(&only.name);
+            stats.name = only.name.to_string();
         }
         Ok(stats)
     }

@@ -2,8 +2,8 @@
 //! (literal and `{name}` segments), conditions on the request, and the answer it
 //! renders from templates.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use serde::Serialize;
@@ -253,7 +253,7 @@ impl Route {
         mut self,
         handler: impl Fn(&MockRequest) -> MockResponse + Send + Sync + 'static,
     ) -> Self {
-        self.handler = Some(Handler(std::sync::Arc::new(handler)));
+        self.handler = Some(Handler(Arc::new(handler)));
         self
     }
 
@@ -324,7 +324,8 @@ enum Segment {
 /// A route checked and parsed when the server starts.
 #[derive(Debug)]
 pub(crate) struct Compiled {
-    pub(crate) name: String,
+    /// Shared with every log entry of a request the route answered.
+    pub(crate) name: Arc<str>,
     pub(crate) method: Method,
     path: String,
     segments: Vec<Segment>,
@@ -454,7 +455,7 @@ impl Compiled {
             executions: AtomicU64::new(0),
             handler: route.handler.clone(),
             matched: HeaderValue::try_from(name.as_str()).ok(),
-            name,
+            name: name.into(),
             method: route.method.clone(),
             path: route.path.clone(),
             segments,
@@ -533,7 +534,7 @@ impl Compiled {
     /// The route's read-back figures.
     pub(crate) fn stats(&self) -> RouteStats {
         RouteStats {
-            name: self.name.clone(),
+            name: self.name.to_string(),
             route: format!("{} {}", self.method, self.path),
             requests: self.requests.load(Ordering::Acquire),
             executions: self.executions.load(Ordering::Acquire),
@@ -556,7 +557,7 @@ impl Compiled {
 
     /// Whether `selector` addresses this route: its name, or its `METHOD path`.
     pub(crate) fn answers_to(&self, selector: &str) -> bool {
-        self.name == selector
+        *self.name == *selector
             || selector.split_once(' ').is_some_and(|(method, path)| {
                 method.eq_ignore_ascii_case(self.method.as_str()) && path == self.path
             })
@@ -631,7 +632,7 @@ impl Compiled {
 /// (its conditions, given its path parameters) holds, with those parameters; else why
 /// none did: the nearest route and the condition that failed.
 pub(crate) fn find(
-    routes: &[std::sync::Arc<Compiled>],
+    routes: &[Arc<Compiled>],
     method: &Method,
     path: &str,
     check: impl Fn(&Compiled, &[(String, String)]) -> Result<(), String>,

@@ -118,7 +118,7 @@ pub(crate) async fn handle(
     };
     let found = matched(routes, &method, &path, &data);
     let route = found.as_ref().ok().map(|(index, _)| &routes[*index]);
-    let name = route.map(|r| r.name.as_str());
+    let name = route.map(|r| &r.name);
     let uri = &parts.uri;
     log(
         shared,

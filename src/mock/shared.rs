@@ -157,9 +157,8 @@ impl Shared {
             .log
             .entries()
             .filter(|r| {
-                r.route
-                    .as_deref()
-                    .is_some_and(|name| routes.iter().any(|route| route.name == name))
+                r.route()
+                    .is_some_and(|name| routes.iter().any(|route| *route.name == *name))
             })
             .cloned()
             .collect()
@@ -203,7 +202,7 @@ impl Shared {
         if chosen.is_empty() {
             return Err(MockError::UnknownRoute {
                 route: selector.to_owned(),
-                known: routes.iter().map(|r| r.name.clone()).collect(),
+                known: routes.iter().map(|r| r.name.to_string()).collect(),
             });
         }
         Ok(chosen)
