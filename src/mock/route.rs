@@ -475,12 +475,12 @@ impl Compiled {
         if *method != self.method && !(*method == Method::HEAD && self.method == Method::GET) {
             return None;
         }
-        let parts: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
-        if parts.len() != self.segments.len() {
-            return None;
-        }
+        // Walked in step, without collecting the parts: a route without `{name}`
+        // segments matches without allocating.
+        let mut parts = path.strip_prefix('/')?.split('/');
         let mut params = Vec::new();
-        for (segment, part) in self.segments.iter().zip(parts) {
+        for segment in &self.segments {
+            let part = parts.next()?;
             match segment {
                 Segment::Literal(literal) if literal == part => {}
                 Segment::Literal(_) => return None,
@@ -488,7 +488,7 @@ impl Compiled {
                 Segment::Param(name) => params.push((name.clone(), part.to_owned())),
             }
         }
-        Some(params)
+        parts.next().is_none().then_some(params)
     }
 
     /// Whether every condition holds; else which one failed.

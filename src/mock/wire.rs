@@ -118,11 +118,14 @@ fn body_kind(headers: &HeaderMap) -> BodyKind {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    if media_type == "application/json" || media_type.ends_with("+json") {
+        .map_or("", str::trim);
+    // Media types are case-insensitive; compared without making a lower-case copy.
+    let ends_with_json = media_type.len() >= 5
+        && media_type.is_char_boundary(media_type.len() - 5)
+        && media_type[media_type.len() - 5..].eq_ignore_ascii_case("+json");
+    if media_type.eq_ignore_ascii_case("application/json") || ends_with_json {
         BodyKind::Json
-    } else if media_type == "application/x-www-form-urlencoded" {
+    } else if media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
         BodyKind::Form
     } else {
         BodyKind::Other
@@ -146,6 +149,27 @@ pub(crate) fn fingerprint(method: &Method, path: &str, body: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn media_types_are_read_without_regard_to_case() {
+        for (written, kind) in [
+            ("application/json", BodyKind::Json),
+            ("Application/JSON; charset=utf-8", BodyKind::Json),
+            ("application/merge-patch+JSON", BodyKind::Json),
+            (" application/x-www-form-urlencoded ", BodyKind::Form),
+            ("APPLICATION/X-WWW-FORM-URLENCODED", BodyKind::Form),
+            ("text/plain", BodyKind::Other),
+            ("json", BodyKind::Other),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_bytes(written.as_bytes()).unwrap(),
+            );
+            assert_eq!(body_kind(&headers), kind, "{written}");
+        }
+        assert_eq!(body_kind(&HeaderMap::new()), BodyKind::Other);
+    }
 
     fn decode(bytes: &[u8]) -> Option<Result<IdempotencyKey, String>> {
         HeaderValue::from_bytes(bytes).ok().map(|v| decode_key(&v))
