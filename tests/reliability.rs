@@ -37,6 +37,7 @@ enum Ended {
     Err {
         key: IdempotencyKey,
         outcome_unknown: bool,
+        why: String,
     },
 }
 
@@ -109,6 +110,7 @@ async fn chaos_soak_ten_thousand_operations_execute_exactly_once() {
                             Ended::Err {
                                 key,
                                 outcome_unknown: e.is_outcome_unknown(),
+                                why: format!("{:?}", e.give_up_reason()),
                             },
                             attempts,
                         )
@@ -129,13 +131,18 @@ async fn chaos_soak_ten_thousand_operations_execute_exactly_once() {
     let attempts: u64 = ended.iter().map(|(_, a)| u64::from(*a)).sum();
     let mut ids = HashSet::new();
     let mut failed = Vec::new();
+    let mut reasons = std::collections::BTreeMap::<&str, u64>::new();
     for (end, _) in &ended {
         match end {
             Ended::Ok { id } => assert!(ids.insert(*id), "two operations got result {id}"),
             Ended::Err {
                 key,
                 outcome_unknown,
-            } => failed.push((key.clone(), *outcome_unknown)),
+                why,
+            } => {
+                failed.push((key.clone(), *outcome_unknown));
+                *reasons.entry(why).or_default() += 1;
+            }
         }
     }
     let executed_failures: u64 = failed
@@ -144,9 +151,9 @@ async fn chaos_soak_ten_thousand_operations_execute_exactly_once() {
         .sum();
     let stats = server.stats();
     println!(
-        "chaos soak: {OPS} operations, {CONCURRENCY} concurrent, 42 % faulted: {} ok, {} failed, \
-         {attempts} attempts ({} requests at the server), {} executions, {} replays, {} conflicts, \
-         {} duplicates, {:.1} s",
+        "chaos soak: {OPS} operations, {CONCURRENCY} concurrent, 44 % faulted: {} ok, {} failed \
+         {reasons:?}, {attempts} attempts ({} requests at the server), {} executions, {} replays, \
+         {} conflicts, {} duplicates, {:.1} s",
         ids.len(),
         failed.len(),
         stats.requests,

@@ -99,7 +99,7 @@ pub(crate) mod fuzzing {
 pub struct Stats {
     /// Operations executed (side effects performed).
     pub executions: u64,
-    /// POST/PATCH requests received.
+    /// Requests received (without routes, POST and PATCH; with routes, all of them).
     pub requests: u64,
     /// Stored answers sent again for a repeated key.
     pub replays: u64,
@@ -175,8 +175,11 @@ impl MockServer {
         self.addr
     }
 
-    /// Queues `fault` for the next `times` POST/PATCH requests, after faults already
-    /// queued. A retry is a new request and takes the next fault.
+    /// Queues `fault` for the next `times` requests the server processes, after faults
+    /// already queued: without routes, POST and PATCH requests with an acceptable key
+    /// and body; with routes, any request a route answers (a route's own queue, see
+    /// [`inject_route`](Self::inject_route), comes first). A retry is a new request and
+    /// takes the next fault.
     pub fn inject(&self, fault: Fault, times: usize) {
         self.shared.inject(fault, times);
     }
@@ -203,8 +206,9 @@ impl MockServer {
         self.shared.duplicates()
     }
 
-    /// The POST/PATCH requests received, oldest first (the most recent
-    /// `max_log` of them).
+    /// The requests received, oldest first, with their headers and bodies (the most
+    /// recent, within `max_log` and `max_log_bytes`): without routes, POST and PATCH
+    /// requests; with routes, every request.
     #[must_use]
     pub fn requests(&self) -> Vec<ReceivedRequest> {
         self.shared.requests()
