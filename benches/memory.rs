@@ -119,12 +119,22 @@ fn main() {
             .max_keys(1_000_000)
             .start_blocking()
             .unwrap();
+        let routed = MockServer::builder()
+            .max_keys(1_000_000)
+            .route(support::orders_route())
+            .start_blocking()
+            .unwrap();
         // Raw-TCP load: the load generator itself allocates nothing per request.
         for (label, addr, keys) in [
             ("raw-TCP load → bare hyper", bare, Keys::None),
             (
                 "raw-TCP load → mock, new keys",
                 mock.address(),
+                Keys::Unique(0),
+            ),
+            (
+                "raw-TCP load → mock with a route, new keys",
+                routed.address(),
                 Keys::Unique(0),
             ),
             (

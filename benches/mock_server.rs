@@ -66,12 +66,7 @@ async fn throughput(quick: bool, body: &str) {
     // reads the body, as a user's stub file would.
     let routed = MockServer::builder()
         .max_keys(1_000_000)
-        .route(
-            idempotent_retry::mock::Route::post("/orders")
-                .status(201)
-                .id_prefix("ord_")
-                .body(r#"{"id": "{{id}}", "path": "/orders", "pad": "{{body.pad}}"}"#),
-        )
+        .route(support::orders_route())
         .start()
         .await
         .unwrap();

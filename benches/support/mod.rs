@@ -24,6 +24,15 @@ pub fn body_200() -> String {
     body
 }
 
+/// `POST /orders` played by a route whose template reads the body, as a user's stub
+/// file would: the routed counterpart of the mock's built-in answer.
+pub fn orders_route() -> idempotent_retry::mock::Route {
+    idempotent_retry::mock::Route::post("/orders")
+        .status(201)
+        .id_prefix("ord_")
+        .body(r#"{"id": "{{id}}", "path": "/orders", "pad": "{{body.pad}}"}"#)
+}
+
 /// A minimal hyper HTTP/1.1 server on its own thread and runtime (`threads` workers):
 /// reads the body, answers `201` with `{"id":1}`. Runs until the process ends.
 pub fn bare_hyper(threads: usize) -> SocketAddr {
