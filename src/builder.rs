@@ -7,6 +7,8 @@ use std::time::Duration;
 use http::header::HeaderName;
 
 use crate::client::Inner;
+use crate::journal::Journal;
+use crate::journaled::{JournalSettings, LEASE_MARGIN, ResumeHeaders};
 use crate::retry::origins::{DEFAULT_MAX_ORIGINS, Origins};
 use crate::settings::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, DEFAULT_MAX_RESPONSE_BYTES,
@@ -32,6 +34,8 @@ use crate::{
 /// | `retry_budget` | [`RetryBudget::default`], per origin (capacity 500, transient cost 14, throttling cost 5, refund 1: AWS retry behavior 2.1) |
 /// | `max_origins` | 10,000 origins remembered; past that, the one used least recently goes first |
 /// | `classifier` | [`default_classifier`](crate::default_classifier) |
+/// | `journal` | none: operations survive lost answers, not a crash of the process ([`journal`](crate::journal)) |
+/// | `sensitive_header` | `Authorization`, `Proxy-Authorization` and `Cookie` are never journalled |
 /// | `reqwest_client` | `reqwest::Client::builder().timeout(attempt_timeout).redirect(Policy::none()).build()`: the attempt timeout built in, and no redirects followed, so a 3xx is a final answer (a `303` after a POST means it executed) |
 #[must_use]
 pub struct IdempotentClientBuilder {
@@ -46,6 +50,11 @@ pub struct IdempotentClientBuilder {
     max_origins: usize,
     classifier: Option<SharedClassifier>,
     on_retry: Option<RetryHook>,
+    journal: Option<Arc<dyn Journal>>,
+    sensitive: Vec<HeaderName>,
+    /// The first invalid `sensitive_header` name, reported by `build`.
+    bad_sensitive: Option<String>,
+    resume_headers: Option<ResumeHeaders>,
 }
 
 impl Default for IdempotentClientBuilder {
@@ -69,6 +78,10 @@ impl IdempotentClientBuilder {
             max_origins: DEFAULT_MAX_ORIGINS,
             classifier: None,
             on_retry: None,
+            journal: None,
+            sensitive: Vec::new(),
+            bad_sensitive: None,
+            resume_headers: None,
         }
     }
 
@@ -282,6 +295,80 @@ impl IdempotentClientBuilder {
         self
     }
 
+    /// Records operations in `journal` so that exactly-once survives a crash of this
+    /// process: a request with an
+    /// [`operation_id`](crate::IdempotentRequestBuilder::operation_id) is recorded before
+    /// its first attempt and completed with its final answer. See
+    /// [`journal`](crate::journal).
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// use idempotent_retry::journal::MemoryJournal;
+    ///
+    /// let client = IdempotentClient::builder().journal(MemoryJournal::new()).build()?;
+    /// # drop(client);
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn journal(mut self, journal: impl Journal) -> Self {
+        self.journal = Some(Arc::new(journal));
+        self
+    }
+
+    /// A header never written to the journal, besides `Authorization`,
+    /// `Proxy-Authorization` and `Cookie` (an API key header, a signature). A re-send
+    /// takes it from the request at hand, or from
+    /// [`resume_headers`](Self::resume_headers).
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// use idempotent_retry::journal::MemoryJournal;
+    ///
+    /// let client = IdempotentClient::builder()
+    ///     .journal(MemoryJournal::new())
+    ///     .sensitive_header("x-api-key")
+    ///     .build()?;
+    /// # drop(client);
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn sensitive_header(mut self, name: &str) -> Self {
+        match HeaderName::try_from(name) {
+            Ok(name) => self.sensitive.push(name),
+            Err(e) => {
+                self.bad_sensitive
+                    .get_or_insert_with(|| format!("sensitive_header {name:?}: {e}"));
+            }
+        }
+        self
+    }
+
+    /// The secrets (the headers never journalled) of an operation that
+    /// [`resume_pending`](crate::IdempotentClient::resume_pending) re-sends with no
+    /// request at hand, by the operation's URL: typically its `Authorization`.
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// use idempotent_retry::journal::MemoryJournal;
+    /// use idempotent_retry::reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+    ///
+    /// let client = IdempotentClient::builder()
+    ///     .journal(MemoryJournal::new())
+    ///     .resume_headers(|_url| {
+    ///         let mut headers = HeaderMap::new();
+    ///         headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer sk_test_123"));
+    ///         headers
+    ///     })
+    ///     .build()?;
+    /// # drop(client);
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn resume_headers<F>(mut self, headers: F) -> Self
+    where
+        F: Fn(&reqwest::Url) -> http::HeaderMap + Send + Sync + 'static,
+    {
+        self.resume_headers = Some(Arc::new(headers));
+        self
+    }
+
     /// Takes every setting a [`ClientConfig`] holds (retry policy, attempt timeout,
     /// answer bound, key header and form, should-retry field, retry budget, origins), for example one read from a configuration file.
     /// Later calls still change single settings.
@@ -370,6 +457,19 @@ impl IdempotentClientBuilder {
         if self.max_origins == 0 {
             return Err(config("max_origins must be at least 1"));
         }
+        if let Some(reason) = &self.bad_sensitive {
+            return Err(config(reason.clone()));
+        }
+        if let Some(journal) = &self.journal {
+            let lease = journal.lease_duration();
+            if self.attempt_timeout + LEASE_MARGIN >= lease {
+                return Err(config(format!(
+                    "the journal's lease_duration ({lease:?}) must exceed attempt_timeout ({:?}) \
+                     by more than {LEASE_MARGIN:?}, the time to record an answer",
+                    self.attempt_timeout
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -396,6 +496,11 @@ impl IdempotentClientBuilder {
     #[cfg(feature = "middleware")]
     pub fn build_middleware(self) -> Result<crate::IdempotencyMiddleware, Error> {
         self.check()?;
+        if self.journal.is_some() {
+            return Err(config(
+                "the middleware does not journal operations: build() a client for a journal",
+            ));
+        }
         Ok(crate::IdempotencyMiddleware::from_settings(self.settings()))
     }
 
@@ -413,6 +518,13 @@ impl IdempotentClientBuilder {
             origins: Origins::new(self.budget, self.max_origins),
             classifier: self.classifier,
             on_retry: self.on_retry,
+            journal: self.journal.map(|journal| {
+                Box::new(JournalSettings {
+                    journal,
+                    sensitive: self.sensitive,
+                    resume_headers: self.resume_headers,
+                })
+            }),
         }
     }
 }

@@ -94,6 +94,32 @@ impl IdempotentClient {
         let request = self.inner.http.request(method, url);
         IdempotentRequestBuilder::new(self.clone(), request)
     }
+
+    /// The journal's operations that are not completed, oldest first: pending ones, and
+    /// those that need a person's attention (`needs_attention` says why). The oldest
+    /// pending age against the journal's `max_resume_age` is the figure to alert on.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] without a journal; [`Error::Journal`] if it cannot be
+    /// read.
+    pub async fn pending(&self) -> Result<Vec<crate::journal::PendingOperation>, crate::Error> {
+        crate::journaled::pending(self).await
+    }
+
+    /// Sends every pending operation that no live worker holds again, one after the
+    /// other, each with its recorded key and bytes (and the secrets from
+    /// [`resume_headers`](crate::IdempotentClientBuilder::resume_headers)); call it when
+    /// a process starts. Operations too old to resume are not sent: they are reported
+    /// as needing attention.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] without a journal; [`Error::Journal`] if it cannot be
+    /// read. Each operation's own end is in the report.
+    pub async fn resume_pending(&self) -> Result<crate::journal::ResumeReport, crate::Error> {
+        crate::journaled::resume_pending(self).await
+    }
 }
 
 impl Default for IdempotentClient {

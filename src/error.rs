@@ -155,6 +155,55 @@ pub enum Error {
         source: reqwest_middleware::Error,
     },
 
+    /// The operation journal could not record or read the operation (feature-free: any
+    /// [`Journal`](crate::journal::Journal)). Found before the first attempt, nothing
+    /// was sent by this call; `outcome_unknown` says whether an earlier call may have
+    /// sent it (the journal held a record of it).
+    #[error("operation {operation_id:?}: {source}")]
+    #[non_exhaustive]
+    Journal {
+        /// The caller's operation id.
+        operation_id: String,
+        /// The operation's key, when one was known.
+        key: Option<IdempotencyKey>,
+        /// Whether the operation may have executed (by an earlier call).
+        outcome_unknown: bool,
+        /// The journal's error.
+        #[source]
+        source: crate::journal::JournalError,
+    },
+
+    /// A request was sent under an operation id the journal holds for a different
+    /// request (method, URL, body, or a key of yours that is not the recorded one).
+    /// Nothing was sent. The recorded operation may have executed.
+    #[error("operation {operation_id:?} was recorded for a different request: {reason}")]
+    #[non_exhaustive]
+    OperationMismatch {
+        /// The caller's operation id.
+        operation_id: String,
+        /// The recorded operation's key.
+        key: IdempotencyKey,
+        /// What differs.
+        reason: String,
+    },
+
+    /// The operation must not be sent automatically again: it is older than the
+    /// journal's `max_resume_age` (the server may have forgotten its key, so a re-send
+    /// could execute it twice), or it was marked so before. Nothing was sent by this
+    /// call. A person decides: look the operation up at the server by its key.
+    #[error("operation {operation_id:?} needs attention ({reason}); it is {}s old", age.as_secs())]
+    #[non_exhaustive]
+    NeedsAttention {
+        /// The caller's operation id.
+        operation_id: String,
+        /// The operation's key.
+        key: IdempotencyKey,
+        /// How long ago it was recorded, by the journal's clock.
+        age: Duration,
+        /// Why.
+        reason: String,
+    },
+
     /// The response body could not be decoded as the requested JSON type. The
     /// operation got its final answer: the status says what the server did.
     #[error("response body ({status}) is not the expected JSON")]
@@ -195,6 +244,16 @@ pub enum GiveUpReason {
     /// The classifier or the `on_retry` hook panicked. The panic is not passed on, so
     /// that the key and the outcome reach the caller.
     CallbackPanicked,
+    /// Another worker holds the journalled operation's lease: it is driving it now.
+    LeaseHeld,
+    /// The journalled operation's lease was taken over by another worker (this one's
+    /// ran out), which goes on with it.
+    LeaseLost,
+    /// The journalled operation grew older than the journal's `max_resume_age`: it is
+    /// left for a person to decide ([`Error::NeedsAttention`] on the next send).
+    TooOld,
+    /// The journal could not be written between attempts: the operation stays pending.
+    JournalFailed,
 }
 
 impl fmt::Display for GiveUpReason {
@@ -207,6 +266,10 @@ impl fmt::Display for GiveUpReason {
             Self::NotRetryable => "error is not retryable",
             Self::CallbackPanicked => "the classifier or the on_retry hook panicked",
             Self::ResponseTooLarge => "the answer is longer than max_response_bytes",
+            Self::LeaseHeld => "another worker is driving this operation",
+            Self::LeaseLost => "another worker took this operation over",
+            Self::TooOld => "the operation is older than the journal's max_resume_age",
+            Self::JournalFailed => "the journal could not be written",
         })
     }
 }
@@ -220,7 +283,10 @@ impl Error {
             Self::InvalidRequest { key, .. }
             | Self::Failed { key, .. }
             | Self::Decode { key, .. }
-            | Self::ResponseTooLarge { key, .. } => Some(key),
+            | Self::ResponseTooLarge { key, .. }
+            | Self::OperationMismatch { key, .. }
+            | Self::NeedsAttention { key, .. } => Some(key),
+            Self::Journal { key, .. } => key.as_ref(),
             #[cfg(feature = "middleware")]
             Self::MiddlewareLayer { key, .. } => Some(key),
             _ => None,
@@ -268,8 +334,13 @@ impl Error {
             }
             | Self::InvalidRequest {
                 outcome_unknown, ..
+            }
+            | Self::Journal {
+                outcome_unknown, ..
             } => *outcome_unknown,
-            Self::ResponseTooLarge { .. } => true,
+            Self::ResponseTooLarge { .. }
+            | Self::OperationMismatch { .. }
+            | Self::NeedsAttention { .. } => true,
             #[cfg(feature = "middleware")]
             Self::MiddlewareLayer { .. } => true,
             _ => false,

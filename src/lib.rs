@@ -159,6 +159,8 @@ mod client;
 mod config;
 mod duration;
 mod error;
+pub mod journal;
+mod journaled;
 mod key;
 #[cfg(feature = "middleware")]
 mod middleware;

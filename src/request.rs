@@ -49,6 +49,8 @@ pub struct IdempotentRequestBuilder {
     /// Boxed: an override is rare, and the builder is moved at every chained call.
     policy: Option<Box<RetryPolicy>>,
     timeout: Option<Duration>,
+    /// The caller's name for the operation, for the journal.
+    operation_id: Option<Box<str>>,
 }
 
 impl IdempotentRequestBuilder {
@@ -62,6 +64,7 @@ impl IdempotentRequestBuilder {
             fresh_key: true,
             policy: None,
             timeout: None,
+            operation_id: None,
         }
     }
 
@@ -252,6 +255,25 @@ impl IdempotentRequestBuilder {
         &self.key
     }
 
+    /// Names the logical operation with your own business id (`"order-42/charge"`), so
+    /// that the client's [journal](crate::journal) records it before the first attempt
+    /// and a later `send()` with the same id (after a crash, in a re-run of your code)
+    /// finds it: a completed operation returns its recorded answer without any I/O, a
+    /// pending one is sent again with its recorded key and bytes, a different request is
+    /// refused before any I/O. Without a journal, `send()` is an error.
+    ///
+    /// ```
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// let request = client
+    ///     .post_idempotent("http://127.0.0.1:8080/v1/charges")
+    ///     .operation_id("order-42/charge");
+    /// # drop(request);
+    /// ```
+    pub fn operation_id(mut self, id: impl Into<String>) -> Self {
+        self.operation_id = Some(id.into().into_boxed_str());
+        self
+    }
+
     /// A retry policy for this request only.
     ///
     /// ```
@@ -285,8 +307,11 @@ impl IdempotentRequestBuilder {
     ///
     /// Responses the classifier calls final (2xx, 3xx, 4xx other than 408/409/429 by
     /// default) are `Ok`, whatever their status, as with reqwest.
-    pub fn send(self) -> impl Future<Output = Result<IdempotentResponse, Error>> + Send + 'static {
-        let operation = self.prepare().map(|operation| {
+    pub fn send(
+        mut self,
+    ) -> impl Future<Output = Result<IdempotentResponse, Error>> + Send + 'static {
+        let operation_id = self.operation_id.take();
+        let operation = self.prepare().map(|operation| -> SendFuture {
             let span = crate::telemetry::operation_span(
                 operation.template.method(),
                 operation.template.url(),
@@ -294,7 +319,10 @@ impl IdempotentRequestBuilder {
             // Boxed: the retry loop's state holds a whole request. The caller's future
             // holds one pointer, so moving it costs nothing, and nothing is allocated
             // when `prepare` already failed.
-            Box::pin(operation.run().instrument(span))
+            match operation_id {
+                Some(id) => Box::pin(crate::journaled::send(operation, id.into()).instrument(span)),
+                None => Box::pin(operation.run().instrument(span)),
+            }
         });
         async move { operation?.await }
     }
@@ -310,6 +338,7 @@ impl IdempotentRequestBuilder {
             fresh_key,
             policy,
             timeout,
+            operation_id: _,
         } = self;
         let settings = &client.inner.settings;
         // Nothing is sent; only a key of the caller's may have been sent before.
@@ -385,6 +414,10 @@ impl fmt::Debug for IdempotentRequestBuilder {
             .finish_non_exhaustive()
     }
 }
+
+/// An operation's future, as `send` boxes it: a plain one or a journalled one.
+type SendFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<IdempotentResponse, Error>> + Send + 'static>>;
 
 /// A body set through the builder, and the content type that goes with it.
 struct Body {

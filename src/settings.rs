@@ -45,4 +45,6 @@ pub(crate) struct Settings {
     pub(crate) origins: Origins,
     pub(crate) classifier: Option<SharedClassifier>,
     pub(crate) on_retry: Option<RetryHook>,
+    /// The operation journal, for requests with an operation id.
+    pub(crate) journal: Option<Box<crate::journaled::JournalSettings>>,
 }

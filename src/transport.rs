@@ -150,6 +150,14 @@ impl Template {
         self.request.url()
     }
 
+    pub(crate) fn headers(&self) -> &HeaderMap {
+        self.request.headers()
+    }
+
+    pub(crate) fn body(&self) -> Option<&Bytes> {
+        self.body.as_ref()
+    }
+
     /// A fresh copy for one attempt, bounded by `timeout`. `client_timeout` is the one
     /// the reqwest client applies to requests that set none.
     fn attempt(&self, timeout: Duration, client_timeout: Option<Duration>) -> reqwest::Request {
@@ -181,14 +189,47 @@ pub(crate) struct Operation {
     pub(crate) timeout: Duration,
 }
 
-/// The client's side of the engine's contract: send one attempt of the template.
-struct Sender<'a> {
-    client: &'a Inner,
-    template: &'a Template,
+/// What may stop an operation before an attempt: nothing, for a plain send; the
+/// journal's lease and the operation's age, for a journalled one.
+pub(crate) trait Guard: Send {
+    /// Whether the attempt numbered `made + 1` may go, with this timeout.
+    fn before_attempt(
+        &mut self,
+        made: u32,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), GiveUpReason>> + Send;
 }
 
-impl Transport for Sender<'_> {
+/// The guard of a plain send: every attempt may go.
+pub(crate) struct Unguarded;
+
+impl Guard for Unguarded {
+    fn before_attempt(
+        &mut self,
+        _: u32,
+        _: Duration,
+    ) -> impl Future<Output = Result<(), GiveUpReason>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// The client's side of the engine's contract: send one attempt of the template.
+struct Sender<'a, G> {
+    client: &'a Inner,
+    template: &'a Template,
+    guard: G,
+}
+
+impl<G: Guard> Transport for Sender<'_, G> {
     type Answer = Answer;
+
+    fn before_attempt(
+        &mut self,
+        made: u32,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), GiveUpReason>> + Send {
+        self.guard.before_attempt(made, timeout)
+    }
 
     fn send(&mut self, timeout: Duration) -> impl Future<Output = Answer> + Send {
         let client = self.client;
@@ -218,8 +259,16 @@ impl Transport for Sender<'_> {
 impl Operation {
     /// Runs the operation through the retry engine and turns its end into the
     /// caller's result.
-    #[allow(clippy::manual_async_fn)] // On purpose: see the comment inside.
     pub(crate) fn run(self) -> impl Future<Output = Result<IdempotentResponse, Error>> + Send {
+        self.run_guarded(Unguarded)
+    }
+
+    /// As [`run`](Self::run), with `guard` asked before every attempt.
+    #[allow(clippy::manual_async_fn)] // On purpose: see the comment inside.
+    pub(crate) fn run_guarded<G: Guard>(
+        self,
+        guard: G,
+    ) -> impl Future<Output = Result<IdempotentResponse, Error>> + Send {
         // An async block rather than an async fn: the fn would hold `self` twice in its
         // state, as its argument and as the block's capture.
         async move {
@@ -229,6 +278,7 @@ impl Operation {
             let mut sender = Sender {
                 client: inner,
                 template: &self.template,
+                guard,
             };
             let template = &self.template;
             let engine = Engine::new(

@@ -32,6 +32,18 @@ pub(crate) trait Transport {
     /// Sends one attempt, bounded by `timeout`.
     fn send(&mut self, timeout: Duration) -> impl Future<Output = Self::Answer> + Send;
 
+    /// May the attempt numbered `made + 1` be sent, with this timeout? The journalled
+    /// client renews its lease and checks the operation's age here; the reason ends the
+    /// operation before the attempt. Every other front end always may.
+    fn before_attempt(
+        &mut self,
+        made: u32,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), GiveUpReason>> + Send {
+        let _ = (made, timeout);
+        std::future::ready(Ok(()))
+    }
+
     /// The answer as the engine judges it; `None` for an answer that is not the
     /// engine's to judge (another middleware layer's own error): it ends the
     /// operation, which may have executed, since nothing says how far the attempt got.
@@ -138,6 +150,9 @@ impl<'a> Engine<'a> {
                 Ok(timeout) => timeout,
                 Err(reason) => break End::GaveUp(reason, last.map(|l| *l)),
             };
+            if let Err(reason) = transport.before_attempt(self.made, timeout).await {
+                break End::GaveUp(self.give_up(reason), last.map(|l| *l));
+            }
             // A block, so that nothing of this attempt is kept across the sleep.
             let delay = {
                 let answer = transport.send(timeout).await;

@@ -1,0 +1,245 @@
+//! A journal in memory: for tests, and for one process that only needs exactly-once
+//! across its own retries and restarts of its tasks (not of the process).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::{
+    Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease,
+    RecordedAnswer, RecordedRequest,
+};
+
+/// One operation's row.
+#[derive(Debug)]
+struct Row {
+    request: RecordedRequest,
+    state: EntryState,
+    created: Instant,
+    attempts: u32,
+    holder: Option<String>,
+    token: u64,
+    expires: Instant,
+}
+
+/// A [`Journal`] in memory, shared by its clones. Its clock is the process's monotonic
+/// clock. Nothing survives the process: use it in tests (it implements every rule the
+/// durable stores do, leases and fencing included), or where a crash of the process
+/// need not be survived.
+///
+/// ```
+/// use idempotent_retry::IdempotentClient;
+/// use idempotent_retry::journal::MemoryJournal;
+///
+/// let journal = MemoryJournal::new();
+/// let client = IdempotentClient::builder().journal(journal.clone()).build()?;
+/// # drop(client);
+/// # Ok::<(), idempotent_retry::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct MemoryJournal {
+    rows: Arc<Mutex<HashMap<String, Row>>>,
+    lease_duration: Duration,
+    max_resume_age: Duration,
+}
+
+impl Default for MemoryJournal {
+    fn default() -> Self {
+        Self {
+            rows: Arc::default(),
+            lease_duration: super::DEFAULT_LEASE_DURATION,
+            max_resume_age: super::DEFAULT_MAX_RESUME_AGE,
+        }
+    }
+}
+
+impl MemoryJournal {
+    /// An empty journal, with a 30 s lease and a 20 h `max_resume_age`.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long a claim holds an operation unless renewed (default 30 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_retry::journal::MemoryJournal;
+    /// let journal = MemoryJournal::new().lease_duration(Duration::from_secs(5));
+    /// # drop(journal);
+    /// ```
+    #[must_use]
+    pub fn lease_duration(mut self, duration: Duration) -> Self {
+        self.lease_duration = duration;
+        self
+    }
+
+    /// The oldest an operation may be when its next attempt could end (default 20 h).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_retry::journal::MemoryJournal;
+    /// let journal = MemoryJournal::new().max_resume_age(Duration::from_secs(3600));
+    /// # drop(journal);
+    /// ```
+    #[must_use]
+    pub fn max_resume_age(mut self, age: Duration) -> Self {
+        self.max_resume_age = age;
+        self
+    }
+
+    fn rows(&self) -> MutexGuard<'_, HashMap<String, Row>> {
+        // Every critical section leaves the map consistent: a poisoned lock carries no
+        // information.
+        self.rows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The row a lease names, if the lease is still its own.
+    fn leased<'a>(
+        rows: &'a mut HashMap<String, Row>,
+        lease: &Lease,
+    ) -> Result<&'a mut Row, JournalError> {
+        rows.get_mut(&lease.id)
+            .filter(|row| row.token == lease.token && row.state == EntryState::Pending)
+            .ok_or_else(|| JournalError::lease_lost(lease.id.clone()))
+    }
+}
+
+fn entry(id: &str, row: &Row, now: Instant) -> JournalEntry {
+    JournalEntry {
+        id: id.to_owned(),
+        request: row.request.clone(),
+        state: row.state.clone(),
+        age: now.saturating_duration_since(row.created),
+        attempts: row.attempts,
+        holder: row.holder.clone().filter(|_| row.expires > now),
+    }
+}
+
+impl Journal for MemoryJournal {
+    fn find<'a>(&'a self, id: &'a str) -> JournalFuture<'a, Option<JournalEntry>> {
+        let now = Instant::now();
+        let found = self.rows().get(id).map(|row| entry(id, row, now));
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn insert<'a>(
+        &'a self,
+        id: &'a str,
+        request: &'a RecordedRequest,
+        holder: &'a str,
+        lease: Duration,
+    ) -> JournalFuture<'a, Inserted> {
+        let now = Instant::now();
+        let mut rows = self.rows();
+        let inserted = if rows.contains_key(id) {
+            Inserted::Exists
+        } else {
+            rows.insert(
+                id.to_owned(),
+                Row {
+                    request: request.clone(),
+                    state: EntryState::Pending,
+                    created: now,
+                    attempts: 0,
+                    holder: Some(holder.to_owned()),
+                    token: 1,
+                    expires: now + lease,
+                },
+            );
+            Inserted::Recorded(Lease {
+                id: id.to_owned(),
+                token: 1,
+            })
+        };
+        Box::pin(async move { Ok(inserted) })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        id: &'a str,
+        holder: &'a str,
+        lease: Duration,
+    ) -> JournalFuture<'a, Claimed> {
+        let now = Instant::now();
+        let mut rows = self.rows();
+        let claimed = match rows.get_mut(id) {
+            Some(row) if row.state == EntryState::Pending => match &row.holder {
+                Some(other) if row.expires > now && other != holder => Claimed::Held {
+                    holder: other.clone(),
+                    remaining: row.expires - now,
+                },
+                _ => {
+                    row.token += 1;
+                    row.holder = Some(holder.to_owned());
+                    row.expires = now + lease;
+                    Claimed::Lease(Lease {
+                        id: id.to_owned(),
+                        token: row.token,
+                    })
+                }
+            },
+            _ => Claimed::NotPending,
+        };
+        Box::pin(async move { Ok(claimed) })
+    }
+
+    fn renew<'a>(&'a self, lease: &'a Lease, duration: Duration) -> JournalFuture<'a, ()> {
+        let now = Instant::now();
+        let mut rows = self.rows();
+        let renewed = Self::leased(&mut rows, lease).map(|row| row.expires = now + duration);
+        Box::pin(async move { renewed })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        lease: &'a Lease,
+        answer: &'a RecordedAnswer,
+    ) -> JournalFuture<'a, ()> {
+        let mut rows = self.rows();
+        let completed = Self::leased(&mut rows, lease).map(|row| {
+            row.state = EntryState::Completed(answer.clone());
+            row.holder = None;
+        });
+        Box::pin(async move { completed })
+    }
+
+    fn release<'a>(
+        &'a self,
+        lease: &'a Lease,
+        attempts: u32,
+        attention: Option<&'a str>,
+    ) -> JournalFuture<'a, ()> {
+        let mut rows = self.rows();
+        let released = Self::leased(&mut rows, lease).map(|row| {
+            row.attempts += attempts;
+            row.holder = None;
+            if let Some(reason) = attention {
+                row.state = EntryState::NeedsAttention(reason.to_owned());
+            }
+        });
+        Box::pin(async move { released })
+    }
+
+    fn pending(&self) -> JournalFuture<'_, Vec<JournalEntry>> {
+        let now = Instant::now();
+        let mut pending: Vec<JournalEntry> = self
+            .rows()
+            .iter()
+            .filter(|(_, row)| !matches!(row.state, EntryState::Completed(_)))
+            .map(|(id, row)| entry(id, row, now))
+            .collect();
+        pending.sort_by(|a, b| b.age.cmp(&a.age).then_with(|| a.id.cmp(&b.id)));
+        Box::pin(async move { Ok(pending) })
+    }
+
+    fn lease_duration(&self) -> Duration {
+        self.lease_duration
+    }
+
+    fn max_resume_age(&self) -> Duration {
+        self.max_resume_age
+    }
+}

@@ -1,0 +1,367 @@
+//! The operation journal: exactly once across client crashes.
+//!
+//! The server remembers keys; without a journal, the client forgets them when its
+//! process dies. With one, [`send`](crate::IdempotentRequestBuilder::send) of a request
+//! that has an [`operation_id`](crate::IdempotentRequestBuilder::operation_id) first
+//! records the operation durably (id, key, the exact key header, method, URL, the
+//! headers that define the request, body, created time), *then* sends it. Run the same
+//! code again after a crash and the same id finds the record: a completed operation
+//! returns its recorded answer without any I/O, a pending one is re-sent with its
+//! recorded key and exactly its recorded bytes, and a different request under the same id
+//! is refused before any I/O.
+//!
+//! ```no_run
+//! use idempotent_retry::IdempotentClient;
+//! use idempotent_retry::journal::MemoryJournal;
+//!
+//! # async fn run() -> Result<(), idempotent_retry::Error> {
+//! let client = IdempotentClient::builder().journal(MemoryJournal::new()).build()?;
+//! let resp = client
+//!     .post_idempotent("https://api.example/v1/charges")
+//!     .operation_id("order-42/charge")
+//!     .json(&serde_json::json!({"amount": 4200}))
+//!     .send()
+//!     .await?;
+//! # drop(resp);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The rules the journal keeps:
+//!
+//! - **Durable before the first attempt.** If the record cannot be written, nothing is
+//!   sent and the error says so ([`Error::Journal`](crate::Error::Journal)).
+//! - **One worker at a time.** Driving an operation takes its lease, which expires by
+//!   the journal's clock unless renewed; every claim returns a fencing token, and every
+//!   renew, complete and release is conditional on it (a write that matches nothing is
+//!   [`JournalError::LeaseLost`], never a silent success). A worker renews before every
+//!   attempt after the first, and `lease_duration` must exceed the attempt timeout, so
+//!   an attempt is only sent while the lease covers it.
+//! - **No secrets stored.** `Authorization`, `Proxy-Authorization`, `Cookie` and the
+//!   headers named with
+//!   [`sensitive_header`](crate::IdempotentClientBuilder::sensitive_header) are left
+//!   out of the record; a re-send takes them from the request at hand, and
+//!   [`resume_pending`](crate::IdempotentClient::resume_pending) from
+//!   [`resume_headers`](crate::IdempotentClientBuilder::resume_headers).
+//! - **Only a final answer completes an operation.** Anything else leaves it pending and
+//!   resumable. An operation older than `max_resume_age` (by the time its next attempt
+//!   could end) is never sent again: the server may have forgotten its key, so a re-send
+//!   could execute it twice. It is reported
+//!   ([`Error::NeedsAttention`](crate::Error::NeedsAttention)) and listed apart by
+//!   [`pending`](crate::IdempotentClient::pending), for a person to decide.
+//! - **The outcome is honest.** A send under a key that was recorded before (a resume)
+//!   starts outcome-unknown; a failed journalled send says
+//!   [`may_have_executed`](crate::Error::may_have_executed) unless the journal confirmed
+//!   that no record existed before it. If recording the final answer fails after the
+//!   answer arrived, `send()` still returns it, the record stays pending (a resume gets
+//!   the server's replay) and a warning event says so.
+//!
+//! Stores: [`MemoryJournal`] (tests, one process, no feature), `SqliteJournal`
+//! (feature `journal-sqlite`: one file, the embedded default). The [`Journal`] trait
+//! lets you put it on your own database.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+mod memory;
+#[cfg(feature = "journal-sqlite")]
+mod sqlite;
+
+pub use memory::MemoryJournal;
+#[cfg(feature = "journal-sqlite")]
+pub use sqlite::{SqliteJournal, SqliteJournalBuilder};
+
+/// A journal's answer, boxed so that [`Journal`] can be used as `dyn Journal`.
+pub type JournalFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, JournalError>> + Send + 'a>>;
+
+/// Where operations are recorded before they are sent. Implement it to keep the
+/// journal in your own database; every method must be atomic, and every write that
+/// names a [`Lease`] must apply only if the operation's current token is that lease's
+/// (else [`JournalError::LeaseLost`]).
+///
+/// Times (`created`, lease expiry, age) are the journal's own clock: the database's,
+/// when it has one that every worker shares.
+pub trait Journal: Send + Sync + 'static {
+    /// The operation recorded under `id`, if any.
+    fn find<'a>(&'a self, id: &'a str) -> JournalFuture<'a, Option<JournalEntry>>;
+
+    /// Records a new operation and gives its lease to `holder` in the same step, durably
+    /// (synced to disk) before it returns; [`Inserted::Exists`] if `id` is taken.
+    fn insert<'a>(
+        &'a self,
+        id: &'a str,
+        request: &'a RecordedRequest,
+        holder: &'a str,
+        lease: Duration,
+    ) -> JournalFuture<'a, Inserted>;
+
+    /// Gives the lease of a pending operation to `holder` if nobody holds it or its
+    /// lease ran out, with a new token.
+    fn claim<'a>(
+        &'a self,
+        id: &'a str,
+        holder: &'a str,
+        lease: Duration,
+    ) -> JournalFuture<'a, Claimed>;
+
+    /// Extends the lease by `duration` from now.
+    fn renew<'a>(&'a self, lease: &'a Lease, duration: Duration) -> JournalFuture<'a, ()>;
+
+    /// Records the final answer and lets the lease go.
+    fn complete<'a>(
+        &'a self,
+        lease: &'a Lease,
+        answer: &'a RecordedAnswer,
+    ) -> JournalFuture<'a, ()>;
+
+    /// Lets the lease go, the operation still pending: `attempts` more were made, and
+    /// `attention`, if given, says why no automatic send may happen again.
+    fn release<'a>(
+        &'a self,
+        lease: &'a Lease,
+        attempts: u32,
+        attention: Option<&'a str>,
+    ) -> JournalFuture<'a, ()>;
+
+    /// Every operation that is not completed (pending, or needing attention), oldest
+    /// first.
+    fn pending(&self) -> JournalFuture<'_, Vec<JournalEntry>>;
+
+    /// How long a claim holds an operation unless renewed. It must exceed the attempt
+    /// timeout (plus a second to record the answer): a worker renews before each
+    /// attempt, so an attempt only goes out while the lease covers it.
+    fn lease_duration(&self) -> Duration {
+        DEFAULT_LEASE_DURATION
+    }
+
+    /// The oldest an operation may be when its next attempt could end: past it, it is
+    /// never sent again automatically (the server may have forgotten its key).
+    fn max_resume_age(&self) -> Duration {
+        DEFAULT_MAX_RESUME_AGE
+    }
+}
+
+/// The default lease: long enough for a 10 s attempt and its answer's record, short
+/// enough that a dead worker's operations are taken over within half a minute.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(30);
+
+/// The default oldest resumable age: 20 hours, below the 24 hours for which Stripe
+/// keeps keys (the IETF draft leaves it to the server; 24 h is the common choice), so
+/// that a resume never reaches a server that has forgotten the key.
+pub const DEFAULT_MAX_RESUME_AGE: Duration = Duration::from_secs(20 * 3600);
+
+/// What is recorded of a request: exactly the bytes every re-send uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// The method, such as `POST`.
+    pub method: String,
+    /// The full URL.
+    pub url: String,
+    /// The idempotency key.
+    pub key: String,
+    /// The key header's name, as sent.
+    pub key_header: String,
+    /// The key header's value, byte for byte (it may be a structured string).
+    pub key_value: Vec<u8>,
+    /// The headers that define the request, in order, without the key header and
+    /// without secrets.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// A final answer as recorded: what a later `send()` with the same id returns without
+/// any I/O.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+/// Where an operation stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EntryState {
+    /// Not finished: it may be sent again (by the worker that holds its lease).
+    Pending,
+    /// Finished, with its final answer.
+    Completed(RecordedAnswer),
+    /// Never to be sent automatically again, for this reason; a person decides.
+    NeedsAttention(String),
+}
+
+/// One operation in the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// The caller's operation id.
+    pub id: String,
+    /// The request as recorded.
+    pub request: RecordedRequest,
+    /// Where it stands.
+    pub state: EntryState,
+    /// How long ago it was recorded, by the journal's clock.
+    pub age: Duration,
+    /// Attempts made so far, across every worker that drove it.
+    pub attempts: u32,
+    /// Who holds its lease, if the lease has not run out.
+    pub holder: Option<String>,
+}
+
+/// An operation that is not completed, as [`pending`](crate::IdempotentClient::pending)
+/// lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PendingOperation {
+    /// The caller's operation id.
+    pub id: String,
+    /// Its key.
+    pub key: String,
+    /// Its method.
+    pub method: String,
+    /// Its URL.
+    pub url: String,
+    /// How long ago it was recorded, by the journal's clock.
+    pub age: Duration,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// `Some(why)` when it must not be sent automatically again; a person decides.
+    pub needs_attention: Option<String>,
+    /// The worker driving it now, if any.
+    pub holder: Option<String>,
+}
+
+impl From<JournalEntry> for PendingOperation {
+    fn from(entry: JournalEntry) -> Self {
+        Self {
+            id: entry.id,
+            key: entry.request.key,
+            method: entry.request.method,
+            url: entry.request.url,
+            age: entry.age,
+            attempts: entry.attempts,
+            needs_attention: match entry.state {
+                EntryState::NeedsAttention(reason) => Some(reason),
+                _ => None,
+            },
+            holder: entry.holder,
+        }
+    }
+}
+
+/// What [`resume_pending`](crate::IdempotentClient::resume_pending) did, by operation
+/// id.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct ResumeReport {
+    /// Operations that got their final answer now.
+    pub completed: Vec<String>,
+    /// Operations still pending, with the error that ended this try (resume again
+    /// later; [`Error::retry_at`](crate::Error::retry_at) says when, if the server did).
+    pub still_pending: Vec<(String, crate::Error)>,
+    /// Operations that must not be sent automatically: a person decides.
+    pub needs_attention: Vec<String>,
+    /// Operations another worker was driving, left to it.
+    pub held_elsewhere: Vec<String>,
+}
+
+/// The right to drive one operation, until its expiry by the journal's clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The operation's id.
+    pub id: String,
+    /// The fencing token: every claim gets a greater one, and a write naming an older
+    /// one is refused.
+    pub token: u64,
+}
+
+/// What [`Journal::insert`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Inserted {
+    /// Recorded, and the lease is the caller's.
+    Recorded(Lease),
+    /// An operation with this id exists already; nothing was written.
+    Exists,
+}
+
+/// What [`Journal::claim`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Claimed {
+    /// The lease is the caller's.
+    Lease(Lease),
+    /// Another worker holds a lease that has not run out: for about this long.
+    Held {
+        /// The worker that holds it.
+        holder: String,
+        /// Until its lease runs out, unless renewed.
+        remaining: Duration,
+    },
+    /// The operation is not pending (completed, needing attention, or unknown).
+    NotPending,
+}
+
+/// A journal's own failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// The store could not be read or written (a full disk, a read-only file, a
+    /// database that is down).
+    #[error("the journal could not be used: {reason}")]
+    #[non_exhaustive]
+    Storage {
+        /// What failed.
+        reason: String,
+        /// The store's own error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// What the store holds is not a journal this version can read (another file, a
+    /// newer schema, a damaged record).
+    #[error("the journal holds something it cannot read: {reason}")]
+    #[non_exhaustive]
+    Corrupt {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A write named a lease that is no longer the operation's: another worker took it
+    /// over after it ran out.
+    #[error("the lease on operation {id:?} was lost to another worker")]
+    #[non_exhaustive]
+    LeaseLost {
+        /// The operation's id.
+        id: String,
+    },
+}
+
+impl JournalError {
+    /// A [`Storage`](Self::Storage) error with its cause.
+    pub fn storage(
+        reason: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Storage {
+            reason: reason.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A [`Corrupt`](Self::Corrupt) error.
+    pub fn corrupt(reason: impl Into<String>) -> Self {
+        Self::Corrupt {
+            reason: reason.into(),
+        }
+    }
+
+    /// A [`LeaseLost`](Self::LeaseLost) error.
+    pub fn lease_lost(id: impl Into<String>) -> Self {
+        Self::LeaseLost { id: id.into() }
+    }
+}

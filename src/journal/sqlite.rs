@@ -1,0 +1,625 @@
+//! The journal in one SQLite file (feature `journal-sqlite`): the embedded default, for
+//! a process or several on one machine. SQLite is bundled: nothing to install.
+//!
+//! Durable means synced: WAL with `synchronous=FULL`, so a write is on disk when it
+//! returns. Claims run in `BEGIN IMMEDIATE` transactions; writes that name a lease are
+//! conditional on its token. The journal's clock is the machine's wall clock, shared by
+//! every process on it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    Claimed, DEFAULT_LEASE_DURATION, DEFAULT_MAX_RESUME_AGE, EntryState, Inserted, Journal,
+    JournalEntry, JournalError, JournalFuture, Lease, RecordedAnswer, RecordedRequest,
+};
+
+/// Marks a SQLite file as this crate's journal (`PRAGMA application_id`), so that
+/// another application's database is refused rather than written into.
+const APPLICATION_ID: i32 = 0x4944_454d; // "IDEM"
+
+/// The schema this version writes; a file with a newer one is refused.
+const SCHEMA_VERSION: i32 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS operations (
+    id TEXT PRIMARY KEY NOT NULL,
+    key TEXT NOT NULL,
+    method TEXT NOT NULL,
+    url TEXT NOT NULL,
+    key_header TEXT NOT NULL,
+    key_value BLOB NOT NULL,
+    headers BLOB NOT NULL,
+    body BLOB NOT NULL,
+    created_ms INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    attention TEXT,
+    answer_status INTEGER,
+    answer_headers BLOB,
+    answer_body BLOB,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    holder TEXT,
+    token INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS operations_open ON operations (state, created_ms);
+";
+
+const PENDING: i64 = 0;
+const COMPLETED: i64 = 1;
+const ATTENTION: i64 = 2;
+
+/// Settings for a [`SqliteJournal`].
+///
+/// # Default
+///
+/// | setting | default |
+/// |---|---|
+/// | `lease_duration` | 30 s ([`DEFAULT_LEASE_DURATION`]) |
+/// | `max_resume_age` | 20 h ([`DEFAULT_MAX_RESUME_AGE`], below Stripe's 24 h) |
+/// | `busy_timeout` | 5 s waiting for another process's write |
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use idempotent_retry::journal::SqliteJournal;
+///
+/// # async fn run() -> Result<(), idempotent_retry::Error> {
+/// let journal = SqliteJournal::builder("ops.db")
+///     .lease_duration(Duration::from_secs(30))
+///     .max_resume_age(Duration::from_secs(20 * 3600))
+///     .open()
+///     .await?;
+/// # drop(journal);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct SqliteJournalBuilder {
+    path: PathBuf,
+    lease_duration: Duration,
+    max_resume_age: Duration,
+    busy_timeout: Duration,
+}
+
+impl SqliteJournalBuilder {
+    /// How long a claim holds an operation unless renewed.
+    pub fn lease_duration(mut self, duration: Duration) -> Self {
+        self.lease_duration = duration;
+        self
+    }
+
+    /// The oldest an operation may be when its next attempt could end.
+    pub fn max_resume_age(mut self, age: Duration) -> Self {
+        self.max_resume_age = age;
+        self
+    }
+
+    /// How long a write waits for another process's to finish.
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// Opens the journal, creating the file and its schema if needed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a zero lease; an
+    /// [`Error::Journal`](crate::Error::Journal) if the file cannot be opened or
+    /// created, is not a SQLite database, is another application's database, or has a
+    /// newer schema.
+    pub async fn open(self) -> Result<SqliteJournal, crate::Error> {
+        if self.lease_duration.is_zero() || self.max_resume_age.is_zero() {
+            return Err(crate::Error::InvalidConfig {
+                reason: "lease_duration and max_resume_age must be greater than zero".into(),
+                source: None,
+            });
+        }
+        let path = self.path.clone();
+        let busy = self.busy_timeout;
+        let connection = blocking(move || open(&path, busy))
+            .await
+            .map_err(|source| crate::Error::Journal {
+                operation_id: String::new(),
+                key: None,
+                outcome_unknown: false,
+                source,
+            })?;
+        Ok(SqliteJournal {
+            connection: Arc::new(Mutex::new(connection)),
+            lease_duration: self.lease_duration,
+            max_resume_age: self.max_resume_age,
+        })
+    }
+}
+
+/// The operation journal in one SQLite file (feature `journal-sqlite`): see
+/// [`journal`](crate::journal). Clones share one connection.
+///
+/// ```no_run
+/// use idempotent_retry::IdempotentClient;
+/// use idempotent_retry::journal::SqliteJournal;
+///
+/// # async fn run() -> Result<(), idempotent_retry::Error> {
+/// let journal = SqliteJournal::open("ops.db").await?;
+/// let client = IdempotentClient::builder().journal(journal).build()?;
+/// # drop(client);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct SqliteJournal {
+    connection: Arc<Mutex<Connection>>,
+    lease_duration: Duration,
+    max_resume_age: Duration,
+}
+
+impl SqliteJournal {
+    /// A builder for the journal in the file at `path`.
+    pub fn builder(path: impl AsRef<Path>) -> SqliteJournalBuilder {
+        SqliteJournalBuilder {
+            path: path.as_ref().to_owned(),
+            lease_duration: DEFAULT_LEASE_DURATION,
+            max_resume_age: DEFAULT_MAX_RESUME_AGE,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Opens the journal at `path` with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`SqliteJournalBuilder::open`].
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, crate::Error> {
+        Self::builder(path).open().await
+    }
+
+    /// Runs `work` on the connection, off the async threads.
+    fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, JournalError> + Send + 'static,
+    ) -> JournalFuture<'static, T> {
+        let connection = self.connection.clone();
+        Box::pin(blocking(move || work(&mut lock(&connection))))
+    }
+}
+
+/// Runs blocking SQLite work on tokio's blocking threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, JournalError> + Send + 'static,
+) -> Result<T, JournalError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) => Err(JournalError::storage(
+            "the journal's worker thread failed",
+            e,
+        )),
+    }
+}
+
+fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding the connection leaves SQLite itself consistent (every
+    // write is a transaction): the poison flag carries no information.
+    connection
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn storage(what: &'static str) -> impl Fn(rusqlite::Error) -> JournalError {
+    move |e| match e {
+        rusqlite::Error::SqliteFailure(code, _)
+            if code.code == rusqlite::ErrorCode::NotADatabase =>
+        {
+            JournalError::corrupt(format!("{what}: the file is not a SQLite database"))
+        }
+        e => JournalError::storage(what, e),
+    }
+}
+
+fn open(path: &Path, busy: Duration) -> Result<Connection, JournalError> {
+    let shown = path.display().to_string();
+    let connection = Connection::open(path)
+        .map_err(|e| JournalError::storage(format!("could not open the journal {shown}"), e))?;
+    connection
+        .busy_timeout(busy)
+        .map_err(storage("could not set the busy timeout"))?;
+    let application_id: i32 = connection
+        .pragma_query_value(None, "application_id", |row| row.get(0))
+        .map_err(storage("could not read the journal"))?;
+    let version: i32 = connection
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(storage("could not read the journal"))?;
+    let tables: i64 = connection
+        .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+        .map_err(storage("could not read the journal"))?;
+    if application_id != APPLICATION_ID && (application_id != 0 || tables > 0) {
+        return Err(JournalError::corrupt(format!(
+            "{shown} is another application's SQLite database, not an operation journal"
+        )));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(JournalError::corrupt(format!(
+            "{shown} has journal schema {version}; this version reads up to {SCHEMA_VERSION}"
+        )));
+    }
+    // WAL for concurrent readers; FULL so that a commit is synced before it returns.
+    let mode: String = connection
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(storage("could not turn on WAL"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(JournalError::Storage {
+            reason: format!("{shown}: SQLite refused WAL mode (journal_mode is {mode})"),
+            source: None,
+        });
+    }
+    connection
+        .pragma_update(None, "synchronous", "FULL")
+        .map_err(storage("could not set synchronous=FULL"))?;
+    connection
+        .execute_batch(SCHEMA)
+        .map_err(storage("could not create the journal's schema"))?;
+    connection
+        .pragma_update(None, "application_id", APPLICATION_ID)
+        .map_err(storage("could not mark the journal"))?;
+    connection
+        .pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(storage("could not mark the journal's schema"))?;
+    Ok(connection)
+}
+
+/// The journal's clock: milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn since(earlier_ms: i64, now: i64) -> Duration {
+    Duration::from_millis(u64::try_from(now.saturating_sub(earlier_ms)).unwrap_or(0))
+}
+
+/// Headers as one blob: for each, the name's and the value's length (4 bytes each,
+/// little-endian) and bytes.
+fn encode(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        for part in [name.as_bytes(), value.as_slice()] {
+            // A header is far below 4 GiB; a longer one could not have been sent.
+            out.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    out
+}
+
+fn decode(mut blob: &[u8]) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
+    let bad = || JournalError::corrupt("a header list is damaged");
+    let take = |blob: &mut &[u8]| -> Result<Vec<u8>, JournalError> {
+        let (len, rest) = blob.split_first_chunk::<4>().ok_or_else(bad)?;
+        let len = usize::try_from(u32::from_le_bytes(*len)).map_err(|_| bad())?;
+        if rest.len() < len {
+            return Err(bad());
+        }
+        let (part, rest) = rest.split_at(len);
+        *blob = rest;
+        Ok(part.to_vec())
+    };
+    let mut headers = Vec::new();
+    while !blob.is_empty() {
+        let name = String::from_utf8(take(&mut blob)?).map_err(|_| bad())?;
+        let value = take(&mut blob)?;
+        headers.push((name, value));
+    }
+    Ok(headers)
+}
+
+const COLUMNS: &str = "id, key, method, url, key_header, key_value, headers, body, created_ms, \
+     state, attention, answer_status, answer_headers, answer_body, attempts, holder, expires_ms";
+
+/// A row as read, before its blobs are checked.
+struct RawRow {
+    id: String,
+    request: (String, String, String, String, Vec<u8>, Vec<u8>, Vec<u8>),
+    created_ms: i64,
+    state: i64,
+    attention: Option<String>,
+    answer: (Option<i64>, Option<Vec<u8>>, Option<Vec<u8>>),
+    attempts: i64,
+    holder: Option<String>,
+    expires_ms: i64,
+}
+
+fn raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        id: row.get(0)?,
+        request: (
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+            row.get(5)?,
+            row.get(6)?,
+            row.get(7)?,
+        ),
+        created_ms: row.get(8)?,
+        state: row.get(9)?,
+        attention: row.get(10)?,
+        answer: (row.get(11)?, row.get(12)?, row.get(13)?),
+        attempts: row.get(14)?,
+        holder: row.get(15)?,
+        expires_ms: row.get(16)?,
+    })
+}
+
+fn entry(row: RawRow, now: i64) -> Result<JournalEntry, JournalError> {
+    let (key, method, url, key_header, key_value, headers, body) = row.request;
+    let state = match row.state {
+        PENDING => EntryState::Pending,
+        COMPLETED => {
+            let (Some(status), Some(headers), Some(body)) = row.answer else {
+                return Err(JournalError::corrupt(format!(
+                    "operation {:?} is completed without its answer",
+                    row.id
+                )));
+            };
+            EntryState::Completed(RecordedAnswer {
+                status: u16::try_from(status)
+                    .map_err(|_| JournalError::corrupt(format!("status {status}")))?,
+                headers: decode(&headers)?,
+                body: Bytes::from(body),
+            })
+        }
+        ATTENTION => EntryState::NeedsAttention(row.attention.unwrap_or_default()),
+        other => return Err(JournalError::corrupt(format!("operation state {other}"))),
+    };
+    Ok(JournalEntry {
+        request: RecordedRequest {
+            method,
+            url,
+            key,
+            key_header,
+            key_value,
+            headers: decode(&headers)?,
+            body: Bytes::from(body),
+        },
+        state,
+        age: since(row.created_ms, now),
+        attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
+        holder: row.holder.filter(|_| row.expires_ms > now),
+        id: row.id,
+    })
+}
+
+fn find(connection: &Connection, id: &str) -> Result<Option<JournalEntry>, JournalError> {
+    let row = connection
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM operations WHERE id = ?1"),
+            [id],
+            raw,
+        )
+        .optional()
+        .map_err(storage("could not read an operation"))?;
+    row.map(|row| entry(row, now_ms())).transpose()
+}
+
+/// A write that names a lease: it applied, or the lease is no longer the operation's.
+fn leased(changed: usize, lease: &Lease) -> Result<(), JournalError> {
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(JournalError::lease_lost(lease.id.clone()))
+    }
+}
+
+impl Journal for SqliteJournal {
+    fn find<'a>(&'a self, id: &'a str) -> JournalFuture<'a, Option<JournalEntry>> {
+        let id = id.to_owned();
+        self.with(move |connection| find(connection, &id))
+    }
+
+    fn insert<'a>(
+        &'a self,
+        id: &'a str,
+        request: &'a RecordedRequest,
+        holder: &'a str,
+        lease: Duration,
+    ) -> JournalFuture<'a, Inserted> {
+        let (id, request, holder) = (id.to_owned(), request.clone(), holder.to_owned());
+        self.with(move |connection| {
+            let now = now_ms();
+            let inserted = connection
+                .execute(
+                    "INSERT INTO operations (id, key, method, url, key_header, key_value, headers, \
+                     body, created_ms, state, holder, token, expires_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, 1, ?11) \
+                     ON CONFLICT (id) DO NOTHING",
+                    params![
+                        id,
+                        request.key,
+                        request.method,
+                        request.url,
+                        request.key_header,
+                        request.key_value,
+                        encode(&request.headers),
+                        &request.body[..],
+                        now,
+                        holder,
+                        now.saturating_add(ms(lease)),
+                    ],
+                )
+                .map_err(storage("could not record the operation"))?;
+            Ok(if inserted == 1 {
+                Inserted::Recorded(Lease { id, token: 1 })
+            } else {
+                Inserted::Exists
+            })
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        id: &'a str,
+        holder: &'a str,
+        lease: Duration,
+    ) -> JournalFuture<'a, Claimed> {
+        let (id, holder) = (id.to_owned(), holder.to_owned());
+        self.with(move |connection| {
+            let claim = storage("could not claim the operation");
+            let tx = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(&claim)?;
+            let now = now_ms();
+            let row: Option<(i64, Option<String>, i64, i64)> = tx
+                .query_row(
+                    "SELECT state, holder, token, expires_ms FROM operations WHERE id = ?1",
+                    [&id],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                )
+                .optional()
+                .map_err(&claim)?;
+            let claimed = match row {
+                Some((PENDING, Some(other), _, expires)) if expires > now && other != holder => {
+                    Claimed::Held {
+                        holder: other,
+                        remaining: since(now, expires),
+                    }
+                }
+                Some((PENDING, _, token, _)) => {
+                    let token = token.saturating_add(1);
+                    tx.execute(
+                        "UPDATE operations SET holder = ?2, token = ?3, expires_ms = ?4 WHERE id = ?1",
+                        params![id, holder, token, now.saturating_add(ms(lease))],
+                    )
+                    .map_err(&claim)?;
+                    Claimed::Lease(Lease {
+                        id,
+                        token: u64::try_from(token).unwrap_or(0),
+                    })
+                }
+                _ => Claimed::NotPending,
+            };
+            tx.commit().map_err(&claim)?;
+            Ok(claimed)
+        })
+    }
+
+    fn renew<'a>(&'a self, lease: &'a Lease, duration: Duration) -> JournalFuture<'a, ()> {
+        let lease = lease.clone();
+        self.with(move |connection| {
+            let changed = connection
+                .execute(
+                    "UPDATE operations SET expires_ms = ?3 WHERE id = ?1 AND token = ?2 AND state = 0",
+                    params![lease.id, token(&lease), now_ms().saturating_add(ms(duration))],
+                )
+                .map_err(storage("could not renew the lease"))?;
+            leased(changed, &lease)
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        lease: &'a Lease,
+        answer: &'a RecordedAnswer,
+    ) -> JournalFuture<'a, ()> {
+        let (lease, answer) = (lease.clone(), answer.clone());
+        self.with(move |connection| {
+            let changed = connection
+                .execute(
+                    "UPDATE operations SET state = 1, answer_status = ?3, answer_headers = ?4, \
+                     answer_body = ?5, holder = NULL WHERE id = ?1 AND token = ?2 AND state = 0",
+                    params![
+                        lease.id,
+                        token(&lease),
+                        answer.status,
+                        encode(&answer.headers),
+                        &answer.body[..],
+                    ],
+                )
+                .map_err(storage("could not record the answer"))?;
+            leased(changed, &lease)
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        lease: &'a Lease,
+        attempts: u32,
+        attention: Option<&'a str>,
+    ) -> JournalFuture<'a, ()> {
+        let (lease, attention) = (lease.clone(), attention.map(str::to_owned));
+        self.with(move |connection| {
+            let state = if attention.is_some() {
+                ATTENTION
+            } else {
+                PENDING
+            };
+            let changed = connection
+                .execute(
+                    "UPDATE operations SET attempts = attempts + ?3, holder = NULL, state = ?4, \
+                     attention = ?5 WHERE id = ?1 AND token = ?2 AND state = 0",
+                    params![lease.id, token(&lease), attempts, state, attention],
+                )
+                .map_err(storage("could not release the lease"))?;
+            leased(changed, &lease)
+        })
+    }
+
+    fn pending(&self) -> JournalFuture<'_, Vec<JournalEntry>> {
+        self.with(move |connection| {
+            let read = storage("could not list pending operations");
+            let mut statement = connection
+                .prepare(&format!(
+                    "SELECT {COLUMNS} FROM operations WHERE state != 1 ORDER BY created_ms, id"
+                ))
+                .map_err(&read)?;
+            let rows = statement
+                .query_map([], raw)
+                .map_err(&read)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&read)?;
+            let now = now_ms();
+            rows.into_iter().map(|row| entry(row, now)).collect()
+        })
+    }
+
+    fn lease_duration(&self) -> Duration {
+        self.lease_duration
+    }
+
+    fn max_resume_age(&self) -> Duration {
+        self.max_resume_age
+    }
+}
+
+/// A lease's token as SQLite stores it.
+fn token(lease: &Lease) -> i64 {
+    i64::try_from(lease.token).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_blobs_round_trip_and_damage_is_caught() {
+        let headers = vec![
+            ("content-type".to_owned(), b"application/json".to_vec()),
+            ("x-empty".to_owned(), Vec::new()),
+            ("x-bytes".to_owned(), vec![0x80, 0xff]),
+        ];
+        let blob = encode(&headers);
+        assert_eq!(decode(&blob).unwrap(), headers);
+        assert!(decode(&blob[..blob.len() - 1]).is_err());
+        assert!(decode(&[1, 0]).is_err());
+        assert_eq!(decode(&[]).unwrap(), Vec::new());
+    }
+}

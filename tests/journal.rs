@@ -1,0 +1,568 @@
+//! The operation journal: recorded before the first attempt, resumed with its key and
+//! bytes, completed answers without I/O, mismatches refused before I/O, leases and
+//! fencing, too-old operations left for a person, secrets never stored. Every rule is
+//! checked on each store (memory, and SQLite with the `journal-sqlite` feature).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests panic on purpose.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use idempotent_retry::journal::{
+    Claimed, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease, MemoryJournal,
+    RecordedAnswer, RecordedRequest,
+};
+use idempotent_retry::mock::{Fault, MockServer};
+use idempotent_retry::{Error, GiveUpReason, IdempotentClient, IdempotentClientBuilder};
+use serde_json::json;
+use support::fast_builder;
+
+fn client(journal: impl Journal) -> IdempotentClient {
+    builder(journal).build().unwrap()
+}
+
+fn builder(journal: impl Journal) -> IdempotentClientBuilder {
+    fast_builder()
+        .attempt_timeout(Duration::from_millis(500))
+        .journal(journal)
+}
+
+/// A fresh SQLite file in the target directory, unique per test.
+#[cfg(feature = "journal-sqlite")]
+fn sqlite_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("idempotent-retry-journal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.db"));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    path
+}
+
+/// Runs one scenario against each store.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(idempotent_retry::journal::MemoryJournal::new()).await;
+                }
+            )*
+        }
+        #[cfg(feature = "journal-sqlite")]
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let path = super::sqlite_path(stringify!($name));
+                    let journal = idempotent_retry::journal::SqliteJournal::open(&path).await.unwrap();
+                    super::$name(journal).await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_store!(
+    a_completed_operation_answers_again_without_io,
+    a_resume_reuses_the_recorded_key_and_executes_once,
+    a_different_request_under_a_recorded_id_is_refused_before_io,
+    resume_pending_completes_what_a_failed_run_left,
+    secrets_are_never_recorded_and_resumes_get_them_back,
+    a_dead_workers_lease_is_taken_over_when_it_runs_out,
+);
+
+async fn a_completed_operation_answers_again_without_io(journal: impl Journal + Clone) {
+    let server = MockServer::start().await;
+    let client = client(journal.clone());
+    let url = format!("{}/v1/charges", server.uri());
+    let first = client
+        .post_idempotent(&url)
+        .operation_id("order-1/charge")
+        .json(&json!({"amount": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((first.status().as_u16(), first.attempts()), (201, 1));
+    let entry = journal.find("order-1/charge").await.unwrap().unwrap();
+    assert_eq!(entry.request.key, first.idempotency_key().as_str());
+
+    // The application runs again from the top: a new builder, a new minted key.
+    let again = client
+        .post_idempotent(&url)
+        .operation_id("order-1/charge")
+        .json(&json!({"amount": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.attempts(), 0, "answered from the journal");
+    assert_eq!(again.status(), first.status());
+    assert_eq!(again.idempotency_key(), first.idempotency_key());
+    assert_eq!(
+        again.headers()["content-type"],
+        first.headers()["content-type"]
+    );
+    assert_eq!(again.bytes().await.unwrap(), first.bytes().await.unwrap());
+    assert_eq!(server.requests().len(), 1, "no I/O the second time");
+    assert!(client.pending().await.unwrap().is_empty());
+}
+
+async fn a_resume_reuses_the_recorded_key_and_executes_once(journal: impl Journal + Clone) {
+    let server = MockServer::start().await;
+    // Every answer of the first run is lost after the charge is made.
+    server.inject(Fault::DropAfterProcessing, 2);
+    let client = builder(journal.clone())
+        .retry_policy(support::fast_policy().max_attempts(2))
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/charges", server.uri());
+    let send = || {
+        client
+            .post_idempotent(&url)
+            .operation_id("order-2/charge")
+            .json(&json!({"amount": 200}))
+            .send()
+    };
+    let err = send().await.unwrap_err();
+    assert!(err.is_outcome_unknown(), "{err}");
+    let recorded = journal.find("order-2/charge").await.unwrap().unwrap();
+    assert_eq!(
+        err.idempotency_key().unwrap().as_str(),
+        recorded.request.key
+    );
+    assert_eq!(recorded.attempts, 2);
+
+    let resumed = send().await.unwrap();
+    assert_eq!(resumed.idempotency_key().as_str(), recorded.request.key);
+    assert!(resumed.is_replay(), "the server's stored answer");
+    assert_eq!(server.executions(), 1);
+    let keys: Vec<_> = server.requests().into_iter().map(|r| r.key).collect();
+    assert_eq!(keys, vec![Some(recorded.request.key.clone()); 3]);
+}
+
+async fn a_different_request_under_a_recorded_id_is_refused_before_io(
+    journal: impl Journal + Clone,
+) {
+    let server = MockServer::start().await;
+    let client = client(journal);
+    let url = format!("{}/v1/charges", server.uri());
+    client
+        .post_idempotent(&url)
+        .operation_id("order-3/charge")
+        .json(&json!({"amount": 300, "currency": "eur"}))
+        .send()
+        .await
+        .unwrap();
+    // The same JSON with its keys in another order is the same request.
+    let same = client
+        .post_idempotent(&url)
+        .operation_id("order-3/charge")
+        .body(r#"{"currency":"eur","amount":300}"#)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same.attempts(), 0);
+    for (request, needle) in [
+        (
+            client
+                .post_idempotent(&url)
+                .json(&json!({"amount": 301, "currency": "eur"})),
+            "body",
+        ),
+        (
+            client
+                .post_idempotent(format!("{}/v1/refunds", server.uri()))
+                .json(&json!({"amount": 300, "currency": "eur"})),
+            "URL",
+        ),
+        (
+            client
+                .put_idempotent(&url)
+                .json(&json!({"amount": 300, "currency": "eur"})),
+            "method",
+        ),
+        (
+            client
+                .post_idempotent(&url)
+                .json(&json!({"amount": 300, "currency": "eur"}))
+                .idempotency_key(idempotent_retry::IdempotencyKey::parse("another").unwrap()),
+            "key",
+        ),
+    ] {
+        let err = request
+            .operation_id("order-3/charge")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::OperationMismatch { reason, .. } if reason.contains(needle)),
+            "{needle}: {err:?}"
+        );
+        assert!(err.may_have_executed(), "the recorded one may have");
+    }
+    assert_eq!(server.requests().len(), 1, "nothing sent for a mismatch");
+}
+
+async fn resume_pending_completes_what_a_failed_run_left(journal: impl Journal + Clone) {
+    let server = MockServer::start().await;
+    server.inject(
+        Fault::StatusBeforeProcessing(http::StatusCode::SERVICE_UNAVAILABLE),
+        4,
+    );
+    let client = builder(journal.clone())
+        .retry_policy(support::fast_policy().max_attempts(2))
+        .build()
+        .unwrap();
+    for n in 0..2 {
+        let err = client
+            .post_idempotent(format!("{}/v1/charges", server.uri()))
+            .operation_id(format!("order-4/charge-{n}"))
+            .json(&json!({"n": n}))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Failed { .. }), "{err}");
+    }
+    let pending = client.pending().await.unwrap();
+    assert_eq!(pending.len(), 2);
+    assert!(
+        pending
+            .iter()
+            .all(|p| p.needs_attention.is_none() && p.holder.is_none())
+    );
+
+    let report = client.resume_pending().await.unwrap();
+    let mut completed = report.completed.clone();
+    completed.sort();
+    assert_eq!(completed, ["order-4/charge-0", "order-4/charge-1"]);
+    assert!(report.still_pending.is_empty() && report.needs_attention.is_empty());
+    assert!(client.pending().await.unwrap().is_empty());
+    assert_eq!(server.executions(), 2);
+    assert!(server.duplicates().is_empty());
+}
+
+async fn secrets_are_never_recorded_and_resumes_get_them_back(journal: impl Journal + Clone) {
+    let server = MockServer::builder()
+        .log_credentials(true)
+        .start()
+        .await
+        .unwrap();
+    server.inject(
+        Fault::StatusBeforeProcessing(http::StatusCode::SERVICE_UNAVAILABLE),
+        2,
+    );
+    let client = builder(journal.clone())
+        .retry_policy(support::fast_policy().max_attempts(2))
+        .sensitive_header("x-api-key")
+        .resume_headers(|_| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("authorization", "Bearer sk_resumed".parse().unwrap());
+            headers
+        })
+        .build()
+        .unwrap();
+    client
+        .post_idempotent(format!("{}/v1/charges", server.uri()))
+        .operation_id("order-5/charge")
+        .bearer_auth("sk_live_secret")
+        .header("x-api-key", "ak_secret")
+        .header("x-trace", "kept")
+        .header("cookie", "session=secret")
+        .json(&json!({"amount": 500}))
+        .send()
+        .await
+        .unwrap_err();
+    let recorded = journal.find("order-5/charge").await.unwrap().unwrap();
+    let names: Vec<&str> = recorded
+        .request
+        .headers
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert!(names.contains(&"x-trace"), "{names:?}");
+    for secret in ["authorization", "x-api-key", "cookie"] {
+        assert!(!names.contains(&secret), "{secret} recorded: {names:?}");
+    }
+    let sent = server.requests();
+    assert_eq!(
+        sent[0].header("authorization"),
+        Some("Bearer sk_live_secret")
+    );
+
+    client.resume_pending().await.unwrap();
+    let resumed = server.requests().pop().unwrap();
+    assert_eq!(resumed.header("authorization"), Some("Bearer sk_resumed"));
+    assert_eq!(resumed.header("x-trace"), Some("kept"));
+    assert_eq!(
+        resumed.header("x-api-key"),
+        None,
+        "nothing to re-attach it from"
+    );
+    assert_eq!(server.executions(), 1);
+}
+
+async fn a_dead_workers_lease_is_taken_over_when_it_runs_out(journal: impl Journal + Clone) {
+    let server = MockServer::start().await;
+    let url = format!("{}/v1/charges", server.uri());
+    let client = client(journal.clone());
+    // A worker records the operation, takes its lease for 300 ms and dies.
+    let key = client.post_idempotent(&url).key().clone();
+    let request = RecordedRequest {
+        method: "POST".into(),
+        url: url.clone(),
+        key: key.as_str().into(),
+        key_header: "idempotency-key".into(),
+        key_value: key.as_str().as_bytes().to_vec(),
+        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        body: bytes::Bytes::from_static(br#"{"amount":600}"#),
+    };
+    let Inserted::Recorded(dead) = journal
+        .insert(
+            "order-6/charge",
+            &request,
+            "dead-worker",
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("a new id is recorded");
+    };
+
+    let started = std::time::Instant::now();
+    let resp = client
+        .post_idempotent(&url)
+        .operation_id("order-6/charge")
+        .json(&json!({"amount": 600}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "it waited for the lease to run out"
+    );
+    assert_eq!(resp.idempotency_key(), &key);
+    assert_eq!(server.executions(), 1);
+    // The dead worker's token is fenced off: its late writes are refused.
+    let answer = RecordedAnswer {
+        status: 500,
+        headers: Vec::new(),
+        body: bytes::Bytes::new(),
+    };
+    assert!(matches!(
+        journal.complete(&dead, &answer).await,
+        Err(JournalError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        journal.renew(&dead, Duration::from_secs(1)).await,
+        Err(JournalError::LeaseLost { .. })
+    ));
+    assert_eq!(
+        journal
+            .claim("order-6/charge", "late", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        Claimed::NotPending
+    );
+}
+
+#[tokio::test]
+async fn an_operation_too_old_to_resume_is_reported_not_sent() {
+    let server = MockServer::start().await;
+    server.inject(Fault::DropAfterProcessing, 1);
+    let journal = MemoryJournal::new().max_resume_age(Duration::from_millis(400));
+    let client = fast_builder()
+        .attempt_timeout(Duration::from_millis(300))
+        .retry_policy(support::fast_policy().max_attempts(1))
+        .journal(journal.clone())
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/charges", server.uri());
+    let send = || {
+        client
+            .post_idempotent(&url)
+            .operation_id("order-7/charge")
+            .json(&json!({"amount": 700}))
+            .send()
+    };
+    assert!(send().await.unwrap_err().is_outcome_unknown());
+    // 150 ms later, an attempt could end past 400 ms of age: the server may have
+    // forgotten the key by then, so the operation is not sent again.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let err = send().await.unwrap_err();
+    let Error::NeedsAttention {
+        operation_id, age, ..
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(operation_id, "order-7/charge");
+    assert!(*age >= Duration::from_millis(150));
+    assert!(err.may_have_executed());
+    assert_eq!(server.requests().len(), 1, "not re-sent");
+    let pending = client.pending().await.unwrap();
+    assert!(pending[0].needs_attention.is_some());
+    let report = client.resume_pending().await.unwrap();
+    assert_eq!(report.needs_attention, ["order-7/charge"]);
+    assert!(matches!(send().await, Err(Error::NeedsAttention { .. })));
+    assert_eq!(server.requests().len(), 1);
+}
+
+/// A journal whose store is down: every call fails.
+#[derive(Clone)]
+struct Down;
+
+impl Journal for Down {
+    fn find<'a>(&'a self, _: &'a str) -> JournalFuture<'a, Option<JournalEntry>> {
+        Box::pin(async { Err(down()) })
+    }
+    fn insert<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a RecordedRequest,
+        _: &'a str,
+        _: Duration,
+    ) -> JournalFuture<'a, Inserted> {
+        Box::pin(async { Err(down()) })
+    }
+    fn claim<'a>(&'a self, _: &'a str, _: &'a str, _: Duration) -> JournalFuture<'a, Claimed> {
+        Box::pin(async { Err(down()) })
+    }
+    fn renew<'a>(&'a self, _: &'a Lease, _: Duration) -> JournalFuture<'a, ()> {
+        Box::pin(async { Err(down()) })
+    }
+    fn complete<'a>(&'a self, _: &'a Lease, _: &'a RecordedAnswer) -> JournalFuture<'a, ()> {
+        Box::pin(async { Err(down()) })
+    }
+    fn release<'a>(&'a self, _: &'a Lease, _: u32, _: Option<&'a str>) -> JournalFuture<'a, ()> {
+        Box::pin(async { Err(down()) })
+    }
+    fn pending(&self) -> JournalFuture<'_, Vec<JournalEntry>> {
+        Box::pin(async { Err(down()) })
+    }
+}
+
+fn down() -> JournalError {
+    JournalError::storage(
+        "the database is down",
+        std::io::Error::other("connection refused"),
+    )
+}
+
+#[tokio::test]
+async fn a_journal_that_cannot_record_means_nothing_is_sent() {
+    let server = MockServer::start().await;
+    let err = client(Down)
+        .post_idempotent(format!("{}/v1/charges", server.uri()))
+        .operation_id("order-8/charge")
+        .json(&json!({"amount": 800}))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Journal { operation_id, .. } if operation_id == "order-8/charge")
+    );
+    assert!(!err.may_have_executed(), "the key was fresh and never sent");
+    assert!(err.to_string().contains("down"), "{err}");
+    assert!(server.requests().is_empty());
+}
+
+#[tokio::test]
+async fn the_rules_around_a_journal_are_checked_before_io() {
+    let server = MockServer::start().await;
+    let url = format!("{}/v1/charges", server.uri());
+    let err = support::fast_client()
+        .post_idempotent(&url)
+        .operation_id("no-journal")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, Error::InvalidRequest { reason, .. } if reason.contains("journal")));
+    let err = fast_builder()
+        .attempt_timeout(Duration::from_secs(30))
+        .journal(MemoryJournal::new())
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("lease_duration"), "{err}");
+    let err = fast_builder()
+        .journal(MemoryJournal::new())
+        .sensitive_header("bad header")
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("sensitive_header"), "{err}");
+    let err = client(MemoryJournal::new().lease_duration(Duration::from_secs(2)))
+        .post_idempotent(&url)
+        .operation_id("long")
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidRequest { reason, .. } if reason.contains("lease_duration"))
+    );
+    assert!(server.requests().is_empty());
+    let _ = GiveUpReason::LeaseHeld;
+}
+
+#[cfg(feature = "journal-sqlite")]
+mod sqlite_file {
+    use super::*;
+    use idempotent_retry::journal::SqliteJournal;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_recorded_operation_survives_closing_and_reopening_the_file() {
+        let path = sqlite_path("survives");
+        let server = MockServer::start().await;
+        server.inject(Fault::DropAfterProcessing, 2);
+        let url = format!("{}/v1/charges", server.uri());
+        {
+            let client = builder(SqliteJournal::open(&path).await.unwrap())
+                .retry_policy(support::fast_policy().max_attempts(2))
+                .build()
+                .unwrap();
+            client
+                .post_idempotent(&url)
+                .operation_id("order-9/charge")
+                .json(&json!({"amount": 900}))
+                .send()
+                .await
+                .unwrap_err();
+        }
+        // A new process, in effect: a new connection to the same file.
+        let client = client(SqliteJournal::open(&path).await.unwrap());
+        assert_eq!(client.pending().await.unwrap().len(), 1);
+        let resp = client
+            .post_idempotent(&url)
+            .operation_id("order-9/charge")
+            .json(&json!({"amount": 900}))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.is_replay());
+        assert_eq!(server.executions(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_that_is_not_a_journal_is_refused() {
+        let garbage = sqlite_path("garbage");
+        std::fs::write(&garbage, vec![0x42u8; 8192]).unwrap();
+        let err = SqliteJournal::open(&garbage).await.unwrap_err();
+        assert!(err.to_string().contains("not a SQLite database"), "{err}");
+
+        let foreign = sqlite_path("foreign");
+        rusqlite::Connection::open(&foreign)
+            .unwrap()
+            .execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY);")
+            .unwrap();
+        let err = SqliteJournal::open(&foreign).await.unwrap_err();
+        assert!(err.to_string().contains("another application"), "{err}");
+
+        let nowhere = PathBuf::from("/nonexistent-dir/ops.db");
+        let err = SqliteJournal::open(&nowhere).await.unwrap_err();
+        assert!(matches!(err, Error::Journal { .. }), "{err}");
+        assert!(err.to_string().contains("ops.db"), "{err}");
+    }
+}
