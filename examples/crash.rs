@@ -1,0 +1,336 @@
+//! Exactly once across crashes: a journalled worker killed at random, again and again.
+//!
+//! Starts the mock server in its own process with random faults, then a worker process
+//! that runs N operations, each with an operation id, through an `IdempotentClient` with
+//! a SQLite journal. The worker is killed (SIGKILL: no cleanup, no flush) at random
+//! moments and restarted each time; every start first resumes what the journal holds,
+//! then runs every operation from the top, as an application would after a crash. In the
+//! end one worker runs to completion, and the server's own count decides: every
+//! operation executed exactly once, no key twice, nothing left pending. Exits non-zero
+//! otherwise.
+//!
+//! ```text
+//! cargo run --release --all-features --example crash -- [--ops 1000] [--kills 20] [--seed 7] [--fault-rate 0.2]
+//! ```
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use idempotent_retry::journal::SqliteJournal;
+use idempotent_retry::mock::MockServer;
+use idempotent_retry::{IdempotentClient, RetryBudget, RetryPolicy};
+use serde_json::{Value, json};
+
+/// A worker's attempt timeout; its journal's lease must outlast it.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(400);
+const LEASE: Duration = Duration::from_secs(2);
+/// How many operations a worker drives at once.
+const CONCURRENCY: usize = 16;
+
+struct Args {
+    ops: u64,
+    kills: u32,
+    seed: u64,
+    fault_rate: f64,
+}
+
+fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut args = Args {
+        ops: 1000,
+        kills: 20,
+        seed: 7,
+        fault_rate: 0.2,
+    };
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let bad = || format!("{flag} {value}: not a valid number");
+        match flag.as_str() {
+            "--ops" => args.ops = value.parse().map_err(|_| bad())?,
+            "--kills" => args.kills = value.parse().map_err(|_| bad())?,
+            "--seed" => args.seed = value.parse().map_err(|_| bad())?,
+            "--fault-rate" => args.fault_rate = value.parse().map_err(|_| bad())?,
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    if !(0.0..1.0).contains(&args.fault_rate) {
+        return Err("--fault-rate must be at least 0 and below 1".into());
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1).peekable();
+    match argv.peek().map(String::as_str) {
+        Some("server") => {
+            argv.next();
+            server(argv)
+        }
+        Some("worker") => {
+            argv.next();
+            worker(argv)
+        }
+        _ => match parse_args(argv) {
+            Ok(args) => orchestrate(&args),
+            Err(e) => {
+                eprintln!("crash: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+/// The mock server, in this process, until its standard input closes.
+fn server(mut argv: impl Iterator<Item = String>) -> ExitCode {
+    let (Some(seed), Some(rate)) = (argv.next(), argv.next()) else {
+        return ExitCode::from(2);
+    };
+    let (Ok(seed), Ok(rate)) = (seed.parse::<u64>(), rate.parse::<f64>()) else {
+        return ExitCode::from(2);
+    };
+    let server = match MockServer::builder()
+        .seed(seed)
+        .fault_rate(rate)
+        .start_blocking()
+    {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("crash server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", server.uri());
+    let _ = std::io::stdout().flush();
+    // Runs until the orchestrator closes our input (or dies).
+    let _ = std::io::stdin().lines().count();
+    ExitCode::SUCCESS
+}
+
+/// One worker run: resume what the journal holds, then every operation from the top.
+/// Exits 0 once every operation has its final answer.
+fn worker(mut argv: impl Iterator<Item = String>) -> ExitCode {
+    let (Some(uri), Some(journal), Some(ops)) = (argv.next(), argv.next(), argv.next()) else {
+        return ExitCode::from(2);
+    };
+    let Ok(ops) = ops.parse::<u64>() else {
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("crash worker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_worker(&uri, Path::new(&journal), ops)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("crash worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_worker(uri: &str, journal: &Path, ops: u64) -> Result<bool, idempotent_retry::Error> {
+    let journal = SqliteJournal::builder(journal)
+        .lease_duration(LEASE)
+        .open()
+        .await?;
+    let client = IdempotentClient::builder()
+        .journal(journal)
+        .attempt_timeout(ATTEMPT_TIMEOUT)
+        .retry_policy(
+            RetryPolicy::exponential()
+                .max_attempts(6)
+                .initial_delay(Duration::from_millis(20))
+                .max_delay(Duration::from_millis(200))
+                .deadline(Duration::from_secs(10)),
+        )
+        .retry_budget(RetryBudget::unlimited())
+        .build()?;
+    let report = client.resume_pending().await?;
+    // For the orchestrator's table: operations this start found pending and finished.
+    println!("resumed {}", report.completed.len());
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut tasks = Vec::new();
+    for op in 0..ops {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let (client, url) = (client.clone(), format!("{uri}/orders"));
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            client
+                .post_idempotent(url)
+                .operation_id(format!("order-{op}"))
+                .json(&json!({ "op": op }))
+                .send()
+                .await
+                .is_ok()
+        }));
+    }
+    let mut done = true;
+    for task in tasks {
+        done &= task.await.unwrap_or(false);
+    }
+    Ok(done)
+}
+
+/// A small seeded generator for the kill times (SplitMix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+fn spawn_worker(exe: &Path, uri: &str, journal: &Path, ops: u64) -> std::io::Result<Child> {
+    Command::new(exe)
+        .arg("worker")
+        .arg(uri)
+        .arg(journal)
+        .arg(ops.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+}
+
+/// Waits for a worker and adds up the operations it resumed, if it lived to say.
+fn reap(mut child: Child, resumed: &mut u64) -> std::io::Result<std::process::ExitStatus> {
+    let status = child.wait()?;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(n) = line.strip_prefix("resumed ") {
+                *resumed += n.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Ok(status)
+}
+
+fn orchestrate(args: &Args) -> ExitCode {
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("crash: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("idempotent-retry-crash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let journal: PathBuf = dir.join("ops.db");
+
+    let mut server = Command::new(&exe)
+        .arg("server")
+        .arg(args.seed.to_string())
+        .arg(args.fault_rate.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut first_line = String::new();
+    if let Some(out) = server.stdout.take() {
+        BufReader::new(out).read_line(&mut first_line)?;
+    }
+    let uri = first_line.trim().to_owned();
+    if !uri.starts_with("http://") {
+        let _ = server.kill();
+        return Err(format!("the server did not start: {first_line:?}").into());
+    }
+    println!(
+        "{} operations against the mock server at {uri} ({:.0} % of requests faulted, its own \
+         process); a journalled worker killed {} times at random (seed {})",
+        args.ops,
+        args.fault_rate * 100.0,
+        args.kills,
+        args.seed
+    );
+
+    let started = Instant::now();
+    let mut rng = Rng(args.seed);
+    let (mut kills, mut resumed) = (0, 0);
+    for _ in 0..args.kills {
+        let mut child = spawn_worker(&exe, &uri, &journal, args.ops)?;
+        std::thread::sleep(Duration::from_millis(50 + rng.next() % 500));
+        if child.try_wait()?.is_none() {
+            child.kill()?; // SIGKILL: the worker gets no chance to clean up.
+            kills += 1;
+        }
+        reap(child, &mut resumed)?;
+    }
+    let mut finishing_runs = 0;
+    let finished = loop {
+        finishing_runs += 1;
+        let child = spawn_worker(&exe, &uri, &journal, args.ops)?;
+        let status = reap(child, &mut resumed)?;
+        if status.success() {
+            break true;
+        }
+        if finishing_runs >= 10 {
+            break false;
+        }
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stats, pending) = runtime.block_on(async {
+        let stats: Value = reqwest::get(format!("{uri}/__admin/stats"))
+            .await?
+            .json()
+            .await?;
+        let journal = SqliteJournal::open(&journal).await?;
+        let client = IdempotentClient::builder().journal(journal).build()?;
+        let pending = client.pending().await?.len();
+        Ok::<_, Box<dyn std::error::Error>>((stats, pending))
+    })?;
+    drop(server.stdin.take());
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let executions = stats["executions"].as_u64().unwrap_or(0);
+    let duplicates = stats["duplicates"].as_array().map_or(0, Vec::len);
+    println!();
+    println!(
+        "| kills | operations | executions | duplicates | pending | resumed at a start | requests | worker runs to finish | time |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {kills} | {} | {executions} | {duplicates} | {pending} | {resumed} | {} | {finishing_runs} | {:.1} s |",
+        args.ops,
+        stats["requests"].as_u64().unwrap_or(0),
+        started.elapsed().as_secs_f64()
+    );
+    let ok = finished && executions == args.ops && duplicates == 0 && pending == 0;
+    if ok {
+        println!("\nOK: every operation executed exactly once, across {kills} kills.");
+    } else {
+        println!(
+            "\nFAIL: expected {} executions, 0 duplicates and 0 pending{}",
+            args.ops,
+            if finished {
+                ""
+            } else {
+                "; the last worker never finished"
+            }
+        );
+    }
+    Ok(ok)
+}
