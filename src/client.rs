@@ -101,7 +101,8 @@ impl IdempotentClient {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] without a journal; [`Error::Journal`] if it cannot be
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) without a journal;
+    /// [`Error::Journal`](crate::Error::Journal) if it cannot be
     /// read.
     pub async fn pending(&self) -> Result<Vec<crate::journal::PendingOperation>, crate::Error> {
         crate::journaled::pending(self).await
@@ -115,7 +116,8 @@ impl IdempotentClient {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] without a journal; [`Error::Journal`] if it cannot be
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) without a journal;
+    /// [`Error::Journal`](crate::Error::Journal) if it cannot be
     /// read. Each operation's own end is in the report.
     pub async fn resume_pending(&self) -> Result<crate::journal::ResumeReport, crate::Error> {
         crate::journaled::resume_pending(self).await

@@ -125,6 +125,15 @@
 //! its docs for the ordering pitfall it avoids). `IdempotentClientBuilder::build_middleware`
 //! makes one with the same settings as a client.
 //!
+//! # Surviving a crash of the process
+//!
+//! The server remembers keys; a process that dies forgets them. With a
+//! [journal](journal) (`IdempotentClientBuilder::journal`), a request given an
+//! `operation_id` is recorded durably before its first attempt and completed with its
+//! final answer: run the same code again after a crash and it finds the record, returns
+//! a completed answer without I/O or re-sends the pending operation with its recorded key
+//! and bytes.
+//!
 //! # Testing with the mock server
 //!
 //! [`mock::MockServer`] is an idempotent HTTP server with fault injection that runs in
@@ -142,6 +151,7 @@
 //! | `http2` | yes | HTTP/2 in the default reqwest client |
 //! | `mock` | no | [`mock::MockServer`] and the `idempotent-mock-server` binary (a hyper server): test tooling, for `[dev-dependencies]` |
 //! | `middleware` | no | `IdempotencyMiddleware`: the same safe retries as one `reqwest-middleware` 0.5 layer |
+//! | `journal-sqlite` | no | `journal::SqliteJournal`: the [operation journal](journal) in one SQLite file (bundled), so exactly-once survives a crash of the process |
 //! | `fuzzing` | no | internal: entry points for the `cargo fuzz` targets in `fuzz/`; no API promise |
 //!
 //! Every combination of them builds (CI checks the whole powerset).
