@@ -128,7 +128,7 @@
 //! # Surviving a crash of the process
 //!
 //! The server remembers keys; a process that dies forgets them. With a
-//! [journal](journal) (`IdempotentClientBuilder::journal`), a request given an
+//! [journal] (`IdempotentClientBuilder::journal`), a request given an
 //! `operation_id` is recorded durably before its first attempt and completed with its
 //! final answer: run the same code again after a crash and it finds the record, returns
 //! a completed answer without I/O or re-sends the pending operation with its recorded key
@@ -151,7 +151,7 @@
 //! | `http2` | yes | HTTP/2 in the default reqwest client |
 //! | `mock` | no | [`mock::MockServer`] and the `idempotent-mock-server` binary (a hyper server): test tooling, for `[dev-dependencies]` |
 //! | `middleware` | no | `IdempotencyMiddleware`: the same safe retries as one `reqwest-middleware` 0.5 layer |
-//! | `journal-sqlite` | no | `journal::SqliteJournal`: the [operation journal](journal) in one SQLite file (bundled), so exactly-once survives a crash of the process |
+//! | `journal-sqlite` | no | `journal::SqliteJournal`: the [operation journal](mod@journal) in one SQLite file (bundled), so exactly-once survives a crash of the process |
 //! | `fuzzing` | no | internal: entry points for the `cargo fuzz` targets in `fuzz/`; no API promise |
 //!
 //! Every combination of them builds (CI checks the whole powerset).
