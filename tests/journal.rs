@@ -566,3 +566,166 @@ mod sqlite_file {
         assert!(err.to_string().contains("ops.db"), "{err}");
     }
 }
+
+/// Where a worker died while driving one operation.
+#[derive(Clone, Copy, Debug)]
+enum CrashPoint {
+    /// Before anything was recorded.
+    BeforeRecord,
+    /// After the record, before any attempt.
+    AfterRecord,
+    /// After an attempt reached the server, before its answer came back.
+    AfterSend,
+    /// After the answer came back, before it was recorded.
+    AfterAnswer,
+    /// It did not die.
+    None,
+}
+
+mod interleavings {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn crash_point() -> impl Strategy<Value = CrashPoint> {
+        prop_oneof![
+            Just(CrashPoint::BeforeRecord),
+            Just(CrashPoint::AfterRecord),
+            Just(CrashPoint::AfterSend),
+            Just(CrashPoint::AfterAnswer),
+            Just(CrashPoint::None),
+        ]
+    }
+
+    /// What a dead worker left behind for operation `id`, by where it died: the first
+    /// worker records it (with a key of its own), a later one claims the record.
+    async fn die_at(
+        point: CrashPoint,
+        journal: &MemoryJournal,
+        server: &MockServer,
+        id: &str,
+        body: &serde_json::Value,
+    ) {
+        let url = format!("{}/orders", server.uri());
+        let existing = journal.find(id).await.unwrap();
+        let key = match &existing {
+            Some(entry) => entry.request.key.clone(),
+            None => idempotent_retry::IdempotencyKey::new_v4()
+                .as_str()
+                .to_owned(),
+        };
+        let request = RecordedRequest {
+            method: "POST".into(),
+            url: url.clone(),
+            key: key.clone(),
+            key_header: "idempotency-key".into(),
+            key_value: key.as_bytes().to_vec(),
+            headers: vec![("content-type".into(), b"application/json".to_vec())],
+            body: bytes::Bytes::from(body.to_string()),
+        };
+        let dead_lease = Duration::from_millis(40);
+        let take = || async {
+            if existing.is_some() {
+                // A live lease (another dead worker's) must run out first.
+                loop {
+                    match journal.claim(id, "dead", dead_lease).await.unwrap() {
+                        Claimed::Lease(_) | Claimed::NotPending => return,
+                        _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            } else {
+                journal
+                    .insert(id, &request, "dead", dead_lease)
+                    .await
+                    .unwrap();
+            }
+        };
+        let send = || async {
+            // The dead worker's attempt, as it went on the wire.
+            reqwest::Client::new()
+                .post(&url)
+                .header("idempotency-key", key.as_str())
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+        };
+        match point {
+            CrashPoint::BeforeRecord | CrashPoint::None => {}
+            CrashPoint::AfterRecord => take().await,
+            CrashPoint::AfterSend => {
+                take().await;
+                // The request reached the server; the worker died before the answer.
+                server.inject(Fault::DropAfterProcessing, 1);
+                let _ = send().await;
+            }
+            CrashPoint::AfterAnswer => {
+                take().await;
+                assert!(send().await.unwrap().status().is_success());
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Workers die at any of the crash points, on any of the operations, one after
+        /// another; a last worker runs every operation from the top. Every operation
+        /// executes exactly once, with the key its first record holds.
+        #[test]
+        fn any_crash_point_on_any_operation_executes_each_once(
+            crashes in proptest::collection::vec((0usize..4, crash_point()), 1..8),
+            seed in any::<u64>(),
+        ) {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let server = MockServer::builder().seed(seed).start().await.unwrap();
+                let journal = MemoryJournal::new().lease_duration(Duration::from_millis(1_500));
+                let client = fast_builder()
+                    .attempt_timeout(Duration::from_millis(300))
+                    .journal(journal.clone())
+                    .build()
+                    .unwrap();
+                let body = |op: usize| json!({ "op": op });
+                let id = |op: usize| format!("op-{op}");
+                let mut first_keys = std::collections::HashMap::new();
+                for (op, point) in &crashes {
+                    if let CrashPoint::None = point {
+                        // A worker that lives: it runs the operation to its end.
+                        client
+                            .post_idempotent(format!("{}/orders", server.uri()))
+                            .operation_id(id(*op))
+                            .json(&body(*op))
+                            .send()
+                            .await
+                            .unwrap();
+                    } else {
+                        die_at(*point, &journal, &server, &id(*op), &body(*op)).await;
+                    }
+                    if let Some(entry) = journal.find(&id(*op)).await.unwrap() {
+                        first_keys.entry(*op).or_insert(entry.request.key);
+                    }
+                }
+                for op in 0..4 {
+                    let resp = client
+                        .post_idempotent(format!("{}/orders", server.uri()))
+                        .operation_id(id(op))
+                        .json(&body(op))
+                        .send()
+                        .await
+                        .unwrap();
+                    if let Some(key) = first_keys.get(&op) {
+                        assert_eq!(resp.idempotency_key().as_str(), key, "op {op} kept its key");
+                    }
+                    assert_eq!(server.executions_for(resp.idempotency_key().as_str()), 1, "op {op}");
+                }
+                assert_eq!(server.executions(), 4, "{crashes:?}");
+                assert!(server.duplicates().is_empty());
+                assert!(client.pending().await.unwrap().is_empty());
+            });
+        }
+    }
+}
