@@ -254,6 +254,9 @@ pub enum GiveUpReason {
     TooOld,
     /// The journal could not be written between attempts: the operation stays pending.
     JournalFailed,
+    /// The journalled operation may not be sent yet: a server asked for a wait that
+    /// has not passed ([`Error::retry_after`] says how long is left).
+    NotYet,
 }
 
 impl fmt::Display for GiveUpReason {
@@ -270,6 +273,7 @@ impl fmt::Display for GiveUpReason {
             Self::LeaseLost => "another worker took this operation over",
             Self::TooOld => "the operation is older than the journal's max_resume_age",
             Self::JournalFailed => "the journal could not be written",
+            Self::NotYet => "the server asked for a wait that has not passed yet",
         })
     }
 }

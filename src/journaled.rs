@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::journal::{
     Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, Lease, PendingOperation,
-    RecordedAnswer, RecordedRequest, ResumeReport,
+    RecordedAnswer, RecordedRequest, Release, ResumeReport,
 };
 use crate::transport::{Guard, Operation, Template};
 use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentClient, IdempotentResponse};
@@ -145,7 +145,40 @@ pub(crate) async fn send(operation: Operation, id: String) -> Result<IdempotentR
             .await
             .map_err(journal_error(Some(&key), true))?;
         match claimed {
+            Claimed::Lease(lease) if entry.resumes >= journal.max_resumes() => {
+                let reason = format!(
+                    "taken up {} times without a final answer",
+                    entry.resumes + 1
+                );
+                let release = Release {
+                    attention: Some(reason.clone()),
+                    ..Release::default()
+                };
+                journal
+                    .release(&lease, &release)
+                    .await
+                    .map_err(journal_error(Some(&key), true))?;
+                warn!(operation_id = %id, %reason, "operation needs attention");
+                return Err(Error::NeedsAttention {
+                    operation_id: id,
+                    key,
+                    age: entry.age,
+                    reason,
+                });
+            }
             Claimed::Lease(lease) => break (lease, entry.age, entry.request, true),
+            Claimed::NotBefore { remaining } => {
+                return Err(Error::Failed {
+                    key,
+                    attempts: 0,
+                    reason: GiveUpReason::NotYet,
+                    outcome_unknown: true,
+                    last_response: None,
+                    source: None,
+                    retry_after: Some(remaining),
+                    retry_at: std::time::SystemTime::now().checked_add(remaining),
+                });
+            }
             Claimed::Held { remaining, .. } => {
                 let wait = remaining.min(HELD_POLL);
                 if deadline.is_some_and(|d| Instant::now() + wait >= d) {
@@ -178,7 +211,11 @@ pub(crate) async fn send(operation: Operation, id: String) -> Result<IdempotentR
     let max_age = journal.max_resume_age();
     if entry_age + operation.timeout > max_age {
         let reason = "older than the journal's max_resume_age";
-        if let Err(e) = journal.release(&lease, 0, Some(reason)).await {
+        let release = Release {
+            attention: Some(reason.into()),
+            ..Release::default()
+        };
+        if let Err(e) = journal.release(&lease, &release).await {
             warn!(operation_id = %id, error = %e, "could not mark the operation as needing attention");
         }
         warn!(operation_id = %id, age_s = entry_age.as_secs(), "operation too old to resume");
@@ -237,9 +274,22 @@ pub(crate) async fn send(operation: Operation, id: String) -> Result<IdempotentR
                 _ => None,
             };
             if reason != Some(GiveUpReason::LeaseLost) {
-                let attention = (reason == Some(GiveUpReason::TooOld))
-                    .then_some("older than the journal's max_resume_age");
-                if let Err(e) = journal.release(&lease, e.attempts(), attention).await {
+                let attention = match (reason, e) {
+                    (Some(GiveUpReason::TooOld), _) => {
+                        Some("older than the journal's max_resume_age".to_owned())
+                    }
+                    (_, Error::ResponseTooLarge { limit, .. }) => Some(format!(
+                        "its answer is longer than the {limit} bytes the client reads"
+                    )),
+                    _ => None,
+                };
+                let release = Release {
+                    attempts: e.attempts(),
+                    attention,
+                    // No path sends it before the wait the server asked for.
+                    not_before: e.retry_after().filter(|wait| !wait.is_zero()),
+                };
+                if let Err(e) = journal.release(&lease, &release).await {
                     warn!(operation_id = %id, error = %e, "could not release the operation's lease");
                 }
             }

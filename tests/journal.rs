@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use idempotent_retry::journal::{
     Claimed, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease, MemoryJournal,
-    RecordedAnswer, RecordedRequest,
+    RecordedAnswer, RecordedRequest, Release,
 };
 use idempotent_retry::mock::{Fault, MockServer};
 use idempotent_retry::{Error, GiveUpReason, IdempotentClient, IdempotentClientBuilder};
@@ -66,6 +66,7 @@ macro_rules! on_every_store {
 }
 
 on_every_store!(
+    a_wait_the_server_asked_for_holds_every_send_until_it_passes,
     a_completed_operation_answers_again_without_io,
     a_resume_reuses_the_recorded_key_and_executes_once,
     a_different_request_under_a_recorded_id_is_refused_before_io,
@@ -73,6 +74,60 @@ on_every_store!(
     secrets_are_never_recorded_and_resumes_get_them_back,
     a_dead_workers_lease_is_taken_over_when_it_runs_out,
 );
+
+async fn a_wait_the_server_asked_for_holds_every_send_until_it_passes(
+    journal: impl Journal + Clone,
+) {
+    let server = MockServer::start().await;
+    // A 429 asking for 1 s, longer than this client waits: it stops at once.
+    server.inject(
+        Fault::RateLimited {
+            retry_after: Duration::from_secs(1),
+        },
+        1,
+    );
+    let client = builder(journal.clone())
+        .retry_policy(support::fast_policy().max_retry_after(Duration::from_millis(10)))
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/charges", server.uri());
+    let send = || {
+        client
+            .post_idempotent(&url)
+            .operation_id("order-0/charge")
+            .json(&json!({"amount": 1}))
+            .send()
+    };
+    let err = send().await.unwrap_err();
+    assert_eq!(err.give_up_reason(), Some(GiveUpReason::RetryAfterTooLong));
+    let entry = journal.find("order-0/charge").await.unwrap().unwrap();
+    assert!(
+        entry
+            .not_before
+            .is_some_and(|w| w > Duration::from_millis(500))
+    );
+
+    // A re-run straight away sends nothing and says how long is left.
+    let err = send().await.unwrap_err();
+    assert_eq!(err.give_up_reason(), Some(GiveUpReason::NotYet));
+    assert!(
+        err.retry_after()
+            .is_some_and(|w| w > Duration::from_millis(500))
+    );
+    assert_eq!(err.attempts(), 0);
+    let report = client.resume_pending().await.unwrap();
+    assert_eq!(report.still_pending.len(), 1);
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "nothing sent before the wait passed"
+    );
+
+    tokio::time::sleep(err.retry_after().unwrap()).await;
+    let resp = send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(server.executions(), 1);
+}
 
 async fn a_completed_operation_answers_again_without_io(journal: impl Journal + Clone) {
     let server = MockServer::start().await;
@@ -370,6 +425,40 @@ async fn a_dead_workers_lease_is_taken_over_when_it_runs_out(journal: impl Journ
 }
 
 #[tokio::test]
+async fn an_operation_taken_up_too_often_needs_attention() {
+    let server = MockServer::start().await;
+    server.inject(
+        Fault::StatusBeforeProcessing(http::StatusCode::BAD_GATEWAY),
+        10,
+    );
+    let client = fast_builder()
+        .attempt_timeout(Duration::from_millis(300))
+        .retry_policy(support::fast_policy().max_attempts(1))
+        .journal(MemoryJournal::new().max_resumes(2))
+        .build()
+        .unwrap();
+    let send = || {
+        client
+            .post_idempotent(format!("{}/v1/charges", server.uri()))
+            .operation_id("order-10/charge")
+            .json(&json!({"amount": 10}))
+            .send()
+    };
+    for _ in 0..3 {
+        assert!(matches!(send().await, Err(Error::Failed { .. })));
+    }
+    let err = send().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NeedsAttention { reason, .. } if reason.contains("3 times")),
+        "{err:?}"
+    );
+    assert_eq!(server.requests().len(), 3, "the fourth run sent nothing");
+    let pending = client.pending().await.unwrap();
+    assert_eq!(pending[0].attempts, 3);
+    assert!(pending[0].needs_attention.is_some());
+}
+
+#[tokio::test]
 async fn an_operation_too_old_to_resume_is_reported_not_sent() {
     let server = MockServer::start().await;
     server.inject(Fault::DropAfterProcessing, 1);
@@ -437,7 +526,7 @@ impl Journal for Down {
     fn complete<'a>(&'a self, _: &'a Lease, _: &'a RecordedAnswer) -> JournalFuture<'a, ()> {
         Box::pin(async { Err(down()) })
     }
-    fn release<'a>(&'a self, _: &'a Lease, _: u32, _: Option<&'a str>) -> JournalFuture<'a, ()> {
+    fn release<'a>(&'a self, _: &'a Lease, _: &'a Release) -> JournalFuture<'a, ()> {
         Box::pin(async { Err(down()) })
     }
     fn pending(&self) -> JournalFuture<'_, Vec<JournalEntry>> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease,
-    RecordedAnswer, RecordedRequest,
+    RecordedAnswer, RecordedRequest, Release,
 };
 
 /// One operation's row.
@@ -20,6 +20,8 @@ struct Row {
     holder: Option<String>,
     token: u64,
     expires: Instant,
+    not_before: Option<Instant>,
+    resumes: u32,
 }
 
 /// A [`Journal`] in memory, shared by its clones. Its clock is the process's monotonic
@@ -41,6 +43,7 @@ pub struct MemoryJournal {
     rows: Arc<Mutex<HashMap<String, Row>>>,
     lease_duration: Duration,
     max_resume_age: Duration,
+    max_resumes: u32,
 }
 
 impl Default for MemoryJournal {
@@ -49,6 +52,7 @@ impl Default for MemoryJournal {
             rows: Arc::default(),
             lease_duration: super::DEFAULT_LEASE_DURATION,
             max_resume_age: super::DEFAULT_MAX_RESUME_AGE,
+            max_resumes: super::DEFAULT_MAX_RESUMES,
         }
     }
 }
@@ -88,6 +92,20 @@ impl MemoryJournal {
         self
     }
 
+    /// How many times an operation may be taken up again without a final answer
+    /// (default 20).
+    ///
+    /// ```
+    /// use idempotent_retry::journal::MemoryJournal;
+    /// let journal = MemoryJournal::new().max_resumes(5);
+    /// # drop(journal);
+    /// ```
+    #[must_use]
+    pub fn max_resumes(mut self, resumes: u32) -> Self {
+        self.max_resumes = resumes;
+        self
+    }
+
     fn rows(&self) -> MutexGuard<'_, HashMap<String, Row>> {
         // Every critical section leaves the map consistent: a poisoned lock carries no
         // information.
@@ -115,6 +133,8 @@ fn entry(id: &str, row: &Row, now: Instant) -> JournalEntry {
         age: now.saturating_duration_since(row.created),
         attempts: row.attempts,
         holder: row.holder.clone().filter(|_| row.expires > now),
+        not_before: row.not_before.filter(|at| *at > now).map(|at| at - now),
+        resumes: row.resumes,
     }
 }
 
@@ -147,6 +167,8 @@ impl Journal for MemoryJournal {
                     holder: Some(holder.to_owned()),
                     token: 1,
                     expires: now + lease,
+                    not_before: None,
+                    resumes: 0,
                 },
             );
             Inserted::Recorded(Lease {
@@ -171,8 +193,12 @@ impl Journal for MemoryJournal {
                     holder: other.clone(),
                     remaining: row.expires - now,
                 },
+                _ if row.not_before.is_some_and(|at| at > now) => Claimed::NotBefore {
+                    remaining: row.not_before.map_or(Duration::ZERO, |at| at - now),
+                },
                 _ => {
                     row.token += 1;
+                    row.resumes += 1;
                     row.holder = Some(holder.to_owned());
                     row.expires = now + lease;
                     Claimed::Lease(Lease {
@@ -206,18 +232,15 @@ impl Journal for MemoryJournal {
         Box::pin(async move { completed })
     }
 
-    fn release<'a>(
-        &'a self,
-        lease: &'a Lease,
-        attempts: u32,
-        attention: Option<&'a str>,
-    ) -> JournalFuture<'a, ()> {
+    fn release<'a>(&'a self, lease: &'a Lease, release: &'a Release) -> JournalFuture<'a, ()> {
+        let now = Instant::now();
         let mut rows = self.rows();
         let released = Self::leased(&mut rows, lease).map(|row| {
-            row.attempts += attempts;
+            row.attempts += release.attempts;
             row.holder = None;
-            if let Some(reason) = attention {
-                row.state = EntryState::NeedsAttention(reason.to_owned());
+            row.not_before = release.not_before.map(|wait| now + wait);
+            if let Some(reason) = &release.attention {
+                row.state = EntryState::NeedsAttention(reason.clone());
             }
         });
         Box::pin(async move { released })
@@ -241,5 +264,9 @@ impl Journal for MemoryJournal {
 
     fn max_resume_age(&self) -> Duration {
         self.max_resume_age
+    }
+
+    fn max_resumes(&self) -> u32 {
+        self.max_resumes
     }
 }

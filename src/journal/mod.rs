@@ -99,7 +99,7 @@ pub trait Journal: Send + Sync + 'static {
     ) -> JournalFuture<'a, Inserted>;
 
     /// Gives the lease of a pending operation to `holder` if nobody holds it or its
-    /// lease ran out, with a new token.
+    /// lease ran out, and its *not before* instant has passed, with a new token.
     fn claim<'a>(
         &'a self,
         id: &'a str,
@@ -117,14 +117,9 @@ pub trait Journal: Send + Sync + 'static {
         answer: &'a RecordedAnswer,
     ) -> JournalFuture<'a, ()>;
 
-    /// Lets the lease go, the operation still pending: `attempts` more were made, and
-    /// `attention`, if given, says why no automatic send may happen again.
-    fn release<'a>(
-        &'a self,
-        lease: &'a Lease,
-        attempts: u32,
-        attention: Option<&'a str>,
-    ) -> JournalFuture<'a, ()>;
+    /// Lets the lease go, the operation still pending (or needing attention, if
+    /// `release.attention` says why).
+    fn release<'a>(&'a self, lease: &'a Lease, release: &'a Release) -> JournalFuture<'a, ()>;
 
     /// Every operation that is not completed (pending, or needing attention), oldest
     /// first.
@@ -142,7 +137,17 @@ pub trait Journal: Send + Sync + 'static {
     fn max_resume_age(&self) -> Duration {
         DEFAULT_MAX_RESUME_AGE
     }
+
+    /// How many times an operation may be taken up again without a final answer;
+    /// past it, it needs a person's attention rather than more sends.
+    fn max_resumes(&self) -> u32 {
+        DEFAULT_MAX_RESUMES
+    }
 }
+
+/// The default number of resumes: enough to ride out hours of restarts and outages,
+/// few enough that an operation no server will ever answer stops being sent.
+pub const DEFAULT_MAX_RESUMES: u32 = 20;
 
 /// The default lease: long enough for a 10 s attempt and its answer's record, short
 /// enough that a dead worker's operations are taken over within half a minute.
@@ -212,6 +217,24 @@ pub struct JournalEntry {
     pub attempts: u32,
     /// Who holds its lease, if the lease has not run out.
     pub holder: Option<String>,
+    /// How long until it may be sent again, when a server asked for a wait
+    /// (`Retry-After`) that the last worker did not sit out.
+    pub not_before: Option<Duration>,
+    /// How many times a worker took it up again after the one that recorded it.
+    pub resumes: u32,
+}
+
+/// What a worker that lets an operation go says of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Release {
+    /// Attempts it made.
+    pub attempts: u32,
+    /// Why no automatic send may happen again, if so: the operation then needs a
+    /// person's attention.
+    pub attention: Option<String>,
+    /// No send before this long from now (the journal's clock): the wait the server
+    /// asked for.
+    pub not_before: Option<Duration>,
 }
 
 /// An operation that is not completed, as [`pending`](crate::IdempotentClient::pending)
@@ -235,6 +258,8 @@ pub struct PendingOperation {
     pub needs_attention: Option<String>,
     /// The worker driving it now, if any.
     pub holder: Option<String>,
+    /// How long until it may be sent again, when a server asked for a wait.
+    pub not_before: Option<Duration>,
 }
 
 impl From<JournalEntry> for PendingOperation {
@@ -246,6 +271,7 @@ impl From<JournalEntry> for PendingOperation {
             url: entry.request.url,
             age: entry.age,
             attempts: entry.attempts,
+            not_before: entry.not_before,
             needs_attention: match entry.state {
                 EntryState::NeedsAttention(reason) => Some(reason),
                 _ => None,
@@ -306,6 +332,11 @@ pub enum Claimed {
     },
     /// The operation is not pending (completed, needing attention, or unknown).
     NotPending,
+    /// A server asked for a wait that has not passed: no worker may send it before.
+    NotBefore {
+        /// What is left of the wait.
+        remaining: Duration,
+    },
 }
 
 /// A journal's own failure.

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     Claimed, DEFAULT_LEASE_DURATION, DEFAULT_MAX_RESUME_AGE, EntryState, Inserted, Journal,
-    JournalEntry, JournalError, JournalFuture, Lease, RecordedAnswer, RecordedRequest,
+    JournalEntry, JournalError, JournalFuture, Lease, RecordedAnswer, RecordedRequest, Release,
 };
 
 /// Marks a SQLite file as this crate's journal (`PRAGMA application_id`), so that
@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS operations (
     attempts INTEGER NOT NULL DEFAULT 0,
     holder TEXT,
     token INTEGER NOT NULL,
-    expires_ms INTEGER NOT NULL
+    expires_ms INTEGER NOT NULL,
+    not_before_ms INTEGER,
+    resumes INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS operations_open ON operations (state, created_ms);
 ";
@@ -61,6 +63,7 @@ const ATTENTION: i64 = 2;
 /// |---|---|
 /// | `lease_duration` | 30 s ([`DEFAULT_LEASE_DURATION`]) |
 /// | `max_resume_age` | 20 h ([`DEFAULT_MAX_RESUME_AGE`], below Stripe's 24 h) |
+/// | `max_resumes` | 20 ([`DEFAULT_MAX_RESUMES`](super::DEFAULT_MAX_RESUMES)) |
 /// | `busy_timeout` | 5 s waiting for another process's write |
 ///
 /// ```no_run
@@ -83,6 +86,7 @@ pub struct SqliteJournalBuilder {
     path: PathBuf,
     lease_duration: Duration,
     max_resume_age: Duration,
+    max_resumes: u32,
     busy_timeout: Duration,
 }
 
@@ -96,6 +100,12 @@ impl SqliteJournalBuilder {
     /// The oldest an operation may be when its next attempt could end.
     pub fn max_resume_age(mut self, age: Duration) -> Self {
         self.max_resume_age = age;
+        self
+    }
+
+    /// How many times an operation may be taken up again without a final answer.
+    pub fn max_resumes(mut self, resumes: u32) -> Self {
+        self.max_resumes = resumes;
         self
     }
 
@@ -134,6 +144,7 @@ impl SqliteJournalBuilder {
             connection: Arc::new(Mutex::new(connection)),
             lease_duration: self.lease_duration,
             max_resume_age: self.max_resume_age,
+            max_resumes: self.max_resumes,
         })
     }
 }
@@ -157,6 +168,7 @@ pub struct SqliteJournal {
     connection: Arc<Mutex<Connection>>,
     lease_duration: Duration,
     max_resume_age: Duration,
+    max_resumes: u32,
 }
 
 impl SqliteJournal {
@@ -166,6 +178,7 @@ impl SqliteJournal {
             path: path.as_ref().to_owned(),
             lease_duration: DEFAULT_LEASE_DURATION,
             max_resume_age: DEFAULT_MAX_RESUME_AGE,
+            max_resumes: super::DEFAULT_MAX_RESUMES,
             busy_timeout: Duration::from_secs(5),
         }
     }
@@ -323,7 +336,8 @@ fn decode(mut blob: &[u8]) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
 }
 
 const COLUMNS: &str = "id, key, method, url, key_header, key_value, headers, body, created_ms, \
-     state, attention, answer_status, answer_headers, answer_body, attempts, holder, expires_ms";
+     state, attention, answer_status, answer_headers, answer_body, attempts, holder, expires_ms, \
+     not_before_ms, resumes";
 
 /// A row as read, before its blobs are checked.
 struct RawRow {
@@ -336,6 +350,8 @@ struct RawRow {
     attempts: i64,
     holder: Option<String>,
     expires_ms: i64,
+    not_before_ms: Option<i64>,
+    resumes: i64,
 }
 
 fn raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -357,6 +373,8 @@ fn raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         attempts: row.get(14)?,
         holder: row.get(15)?,
         expires_ms: row.get(16)?,
+        not_before_ms: row.get(17)?,
+        resumes: row.get(18)?,
     })
 }
 
@@ -395,6 +413,11 @@ fn entry(row: RawRow, now: i64) -> Result<JournalEntry, JournalError> {
         age: since(row.created_ms, now),
         attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
         holder: row.holder.filter(|_| row.expires_ms > now),
+        not_before: row
+            .not_before_ms
+            .filter(|at| *at > now)
+            .map(|at| since(now, at)),
+        resumes: u32::try_from(row.resumes).unwrap_or(u32::MAX),
         id: row.id,
     })
 }
@@ -478,25 +501,38 @@ impl Journal for SqliteJournal {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(&claim)?;
             let now = now_ms();
-            let row: Option<(i64, Option<String>, i64, i64)> = tx
+            let row: Option<(i64, Option<String>, i64, i64, Option<i64>)> = tx
                 .query_row(
-                    "SELECT state, holder, token, expires_ms FROM operations WHERE id = ?1",
+                    "SELECT state, holder, token, expires_ms, not_before_ms FROM operations \
+                     WHERE id = ?1",
                     [&id],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                    |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                        ))
+                    },
                 )
                 .optional()
                 .map_err(&claim)?;
             let claimed = match row {
-                Some((PENDING, Some(other), _, expires)) if expires > now && other != holder => {
+                Some((PENDING, Some(other), _, expires, _)) if expires > now && other != holder => {
                     Claimed::Held {
                         holder: other,
                         remaining: since(now, expires),
                     }
                 }
-                Some((PENDING, _, token, _)) => {
+                Some((PENDING, _, _, _, Some(at))) if at > now => Claimed::NotBefore {
+                    remaining: since(now, at),
+                },
+                Some((PENDING, _, token, _, _)) => {
                     let token = token.saturating_add(1);
                     tx.execute(
-                        "UPDATE operations SET holder = ?2, token = ?3, expires_ms = ?4 WHERE id = ?1",
+                        "UPDATE operations SET holder = ?2, token = ?3, expires_ms = ?4, \
+                         resumes = resumes + 1 WHERE id = ?1",
                         params![id, holder, token, now.saturating_add(ms(lease))],
                     )
                     .map_err(&claim)?;
@@ -549,24 +585,29 @@ impl Journal for SqliteJournal {
         })
     }
 
-    fn release<'a>(
-        &'a self,
-        lease: &'a Lease,
-        attempts: u32,
-        attention: Option<&'a str>,
-    ) -> JournalFuture<'a, ()> {
-        let (lease, attention) = (lease.clone(), attention.map(str::to_owned));
+    fn release<'a>(&'a self, lease: &'a Lease, release: &'a Release) -> JournalFuture<'a, ()> {
+        let (lease, release) = (lease.clone(), release.clone());
         self.with(move |connection| {
-            let state = if attention.is_some() {
+            let state = if release.attention.is_some() {
                 ATTENTION
             } else {
                 PENDING
             };
+            let not_before = release
+                .not_before
+                .map(|wait| now_ms().saturating_add(ms(wait)));
             let changed = connection
                 .execute(
                     "UPDATE operations SET attempts = attempts + ?3, holder = NULL, state = ?4, \
-                     attention = ?5 WHERE id = ?1 AND token = ?2 AND state = 0",
-                    params![lease.id, token(&lease), attempts, state, attention],
+                     attention = ?5, not_before_ms = ?6 WHERE id = ?1 AND token = ?2 AND state = 0",
+                    params![
+                        lease.id,
+                        token(&lease),
+                        release.attempts,
+                        state,
+                        release.attention,
+                        not_before
+                    ],
                 )
                 .map_err(storage("could not release the lease"))?;
             leased(changed, &lease)
@@ -597,6 +638,10 @@ impl Journal for SqliteJournal {
 
     fn max_resume_age(&self) -> Duration {
         self.max_resume_age
+    }
+
+    fn max_resumes(&self) -> u32 {
+        self.max_resumes
     }
 }
 
