@@ -339,6 +339,9 @@ const COLUMNS: &str = "id, key, method, url, key_header, key_value, headers, bod
      state, attention, answer_status, answer_headers, answer_body, attempts, holder, expires_ms, \
      not_before_ms, resumes";
 
+/// What a claim reads: state, holder, token, lease expiry, not-before.
+type ClaimRow = (i64, Option<String>, i64, i64, Option<i64>);
+
 /// A row as read, before its blobs are checked.
 struct RawRow {
     id: String,
@@ -501,7 +504,7 @@ impl Journal for SqliteJournal {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(&claim)?;
             let now = now_ms();
-            let row: Option<(i64, Option<String>, i64, i64, Option<i64>)> = tx
+            let row: Option<ClaimRow> = tx
                 .query_row(
                     "SELECT state, holder, token, expires_ms, not_before_ms FROM operations \
                      WHERE id = ?1",
