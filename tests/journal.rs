@@ -51,6 +51,23 @@ macro_rules! on_every_store {
                 }
             )*
         }
+        /// Every scenario against one throwaway PostgreSQL cluster, each in its own
+        /// namespace.
+        #[cfg(feature = "journal-postgres")]
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn postgres() {
+            let Some(cluster) = support::postgres::Cluster::start("journal") else {
+                return;
+            };
+            $(
+                let journal = idempotent_retry::journal::PostgresJournal::builder(&cluster.url)
+                    .namespace(stringify!($name))
+                    .connect()
+                    .await
+                    .unwrap();
+                $name(journal).await;
+            )*
+        }
         #[cfg(feature = "journal-sqlite")]
         mod sqlite {
             $(

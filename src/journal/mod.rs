@@ -57,8 +57,9 @@
 //!   the server's replay) and a warning event says so.
 //!
 //! Stores: [`MemoryJournal`] (tests, one process, no feature), `SqliteJournal`
-//! (feature `journal-sqlite`: one file, the embedded default). The [`Journal`] trait
-//! lets you put it on your own database.
+//! (feature `journal-sqlite`: one file, the embedded default), `PostgresJournal`
+//! (feature `journal-postgres`: a fleet of workers on many machines sharing one
+//! journal). The [`Journal`] trait lets you put it on your own database.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -66,11 +67,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+#[cfg(any(feature = "journal-sqlite", feature = "journal-postgres"))]
+mod blob;
 mod memory;
+#[cfg(feature = "journal-postgres")]
+mod postgres;
 #[cfg(feature = "journal-sqlite")]
 mod sqlite;
 
 pub use memory::MemoryJournal;
+#[cfg(feature = "journal-postgres")]
+pub use postgres::{PostgresJournal, PostgresJournalBuilder};
 #[cfg(feature = "journal-sqlite")]
 pub use sqlite::{SqliteJournal, SqliteJournalBuilder};
 

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::blob::{decode, encode};
 use super::{
     Claimed, DEFAULT_LEASE_DURATION, DEFAULT_MAX_RESUME_AGE, EntryState, Inserted, Journal,
     JournalEntry, JournalError, JournalFuture, Lease, RecordedAnswer, RecordedRequest, Release,
@@ -298,41 +299,6 @@ fn ms(duration: Duration) -> i64 {
 
 fn since(earlier_ms: i64, now: i64) -> Duration {
     Duration::from_millis(u64::try_from(now.saturating_sub(earlier_ms)).unwrap_or(0))
-}
-
-/// Headers as one blob: for each, the name's and the value's length (4 bytes each,
-/// little-endian) and bytes.
-fn encode(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, value) in headers {
-        for part in [name.as_bytes(), value.as_slice()] {
-            // A header is far below 4 GiB; a longer one could not have been sent.
-            out.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_le_bytes());
-            out.extend_from_slice(part);
-        }
-    }
-    out
-}
-
-fn decode(mut blob: &[u8]) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
-    let bad = || JournalError::corrupt("a header list is damaged");
-    let take = |blob: &mut &[u8]| -> Result<Vec<u8>, JournalError> {
-        let (len, rest) = blob.split_first_chunk::<4>().ok_or_else(bad)?;
-        let len = usize::try_from(u32::from_le_bytes(*len)).map_err(|_| bad())?;
-        if rest.len() < len {
-            return Err(bad());
-        }
-        let (part, rest) = rest.split_at(len);
-        *blob = rest;
-        Ok(part.to_vec())
-    };
-    let mut headers = Vec::new();
-    while !blob.is_empty() {
-        let name = String::from_utf8(take(&mut blob)?).map_err(|_| bad())?;
-        let value = take(&mut blob)?;
-        headers.push((name, value));
-    }
-    Ok(headers)
 }
 
 const COLUMNS: &str = "id, key, method, url, key_header, key_value, headers, body, created_ms, \
@@ -651,23 +617,4 @@ impl Journal for SqliteJournal {
 /// A lease's token as SQLite stores it.
 fn token(lease: &Lease) -> i64 {
     i64::try_from(lease.token).unwrap_or(i64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_blobs_round_trip_and_damage_is_caught() {
-        let headers = vec![
-            ("content-type".to_owned(), b"application/json".to_vec()),
-            ("x-empty".to_owned(), Vec::new()),
-            ("x-bytes".to_owned(), vec![0x80, 0xff]),
-        ];
-        let blob = encode(&headers);
-        assert_eq!(decode(&blob).unwrap(), headers);
-        assert!(decode(&blob[..blob.len() - 1]).is_err());
-        assert!(decode(&[1, 0]).is_err());
-        assert_eq!(decode(&[]).unwrap(), Vec::new());
-    }
 }

@@ -1,0 +1,592 @@
+//! The journal in PostgreSQL (feature `journal-postgres`): one journal shared by a fleet
+//! of workers on many machines.
+//!
+//! Every time is the database's (`now()`), the one clock the whole fleet shares. Writes
+//! are committed with `synchronous_commit = on`: synced before they return. A claim is
+//! one conditional `UPDATE … RETURNING`, atomic under the row's lock; every write that
+//! names a lease is conditional on its token. The schema is created and migrated under
+//! a fleet-wide advisory lock, and a namespace keeps two applications' ids apart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_postgres::{Client, NoTls, Row};
+
+use super::blob::{decode, encode};
+use super::{
+    Claimed, DEFAULT_LEASE_DURATION, DEFAULT_MAX_RESUME_AGE, DEFAULT_MAX_RESUMES, EntryState,
+    Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease, RecordedAnswer,
+    RecordedRequest, Release,
+};
+
+/// The schema this version writes; a database with a newer one is refused.
+const SCHEMA_VERSION: i32 = 1;
+
+/// The advisory lock under which the schema is created or migrated, fleet-wide.
+const SCHEMA_LOCK: i64 = 0x4944_454d_504f_5354; // "IDEMPOST"
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS idempotent_retry_schema (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotent_retry_operations (
+    namespace TEXT NOT NULL,
+    id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    method TEXT NOT NULL,
+    url TEXT NOT NULL,
+    key_header TEXT NOT NULL,
+    key_value BYTEA NOT NULL,
+    headers BYTEA NOT NULL,
+    body BYTEA NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    state SMALLINT NOT NULL DEFAULT 0,
+    attention TEXT,
+    answer_status INTEGER,
+    answer_headers BYTEA,
+    answer_body BYTEA,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    holder TEXT,
+    token BIGINT NOT NULL DEFAULT 1,
+    expires_at TIMESTAMPTZ NOT NULL,
+    not_before TIMESTAMPTZ,
+    resumes BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (namespace, id)
+);
+CREATE INDEX IF NOT EXISTS idempotent_retry_operations_open
+    ON idempotent_retry_operations (namespace, state, created_at);
+";
+
+/// What every read selects, ages and waits computed by the database's clock.
+const COLUMNS: &str = "id, key, method, url, key_header, key_value, headers, body, state, \
+    attention, answer_status, answer_headers, answer_body, attempts, \
+    CASE WHEN expires_at > now() THEN holder END AS live_holder, \
+    (EXTRACT(EPOCH FROM (now() - created_at)) * 1000)::BIGINT AS age_ms, \
+    (EXTRACT(EPOCH FROM (not_before - now())) * 1000)::BIGINT AS wait_ms, resumes";
+
+const PENDING: i16 = 0;
+const COMPLETED: i16 = 1;
+const ATTENTION: i16 = 2;
+
+/// Settings for a [`PostgresJournal`].
+///
+/// # Default
+///
+/// | setting | default |
+/// |---|---|
+/// | `lease_duration` | 30 s ([`DEFAULT_LEASE_DURATION`]) |
+/// | `max_resume_age` | 20 h ([`DEFAULT_MAX_RESUME_AGE`]) |
+/// | `max_resumes` | 20 ([`DEFAULT_MAX_RESUMES`]) |
+/// | `namespace` | `""`: set one per application sharing a database |
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use idempotent_retry::journal::PostgresJournal;
+///
+/// # async fn run() -> Result<(), idempotent_retry::Error> {
+/// let journal = PostgresJournal::builder("postgres://app@db.internal/payments")
+///     .namespace("checkout")
+///     .lease_duration(Duration::from_secs(30))
+///     .connect()
+///     .await?;
+/// # drop(journal);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct PostgresJournalBuilder {
+    url: String,
+    namespace: String,
+    lease_duration: Duration,
+    max_resume_age: Duration,
+    max_resumes: u32,
+}
+
+impl PostgresJournalBuilder {
+    /// Keeps this application's operation ids apart from another's in the same tables.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How long a claim holds an operation unless renewed.
+    pub fn lease_duration(mut self, duration: Duration) -> Self {
+        self.lease_duration = duration;
+        self
+    }
+
+    /// The oldest an operation may be when its next attempt could end.
+    pub fn max_resume_age(mut self, age: Duration) -> Self {
+        self.max_resume_age = age;
+        self
+    }
+
+    /// How many times an operation may be taken up again without a final answer.
+    pub fn max_resumes(mut self, resumes: u32) -> Self {
+        self.max_resumes = resumes;
+        self
+    }
+
+    /// Connects, and creates or checks the schema under a fleet-wide lock.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a zero lease or age;
+    /// an [`Error::Journal`](crate::Error::Journal) if the database cannot be reached or
+    /// has a newer schema.
+    pub async fn connect(self) -> Result<PostgresJournal, crate::Error> {
+        if self.lease_duration.is_zero() || self.max_resume_age.is_zero() {
+            return Err(crate::Error::InvalidConfig {
+                reason: "lease_duration and max_resume_age must be greater than zero".into(),
+                source: None,
+            });
+        }
+        let journal = PostgresJournal {
+            shared: Arc::new(Shared {
+                url: self.url,
+                namespace: self.namespace,
+                client: tokio::sync::Mutex::new(None),
+            }),
+            lease_duration: self.lease_duration,
+            max_resume_age: self.max_resume_age,
+            max_resumes: self.max_resumes,
+        };
+        let result = async {
+            let client = journal.client().await?;
+            migrate(&client).await
+        };
+        result.await.map_err(|source| crate::Error::Journal {
+            operation_id: String::new(),
+            key: None,
+            outcome_unknown: false,
+            source,
+        })?;
+        Ok(journal)
+    }
+}
+
+/// What the journal's clones share: where the database is, and one connection to it
+/// (queries from many tasks are pipelined on it), made again if it breaks.
+#[derive(Debug)]
+struct Shared {
+    url: String,
+    namespace: String,
+    client: tokio::sync::Mutex<Option<Arc<Client>>>,
+}
+
+/// The operation journal in PostgreSQL (feature `journal-postgres`): see
+/// [`journal`](crate::journal). Clones share one connection.
+///
+/// ```no_run
+/// use idempotent_retry::IdempotentClient;
+/// use idempotent_retry::journal::PostgresJournal;
+///
+/// # async fn run() -> Result<(), idempotent_retry::Error> {
+/// let journal = PostgresJournal::connect("postgres://app@db.internal/payments").await?;
+/// let client = IdempotentClient::builder().journal(journal).build()?;
+/// # drop(client);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PostgresJournal {
+    shared: Arc<Shared>,
+    lease_duration: Duration,
+    max_resume_age: Duration,
+    max_resumes: u32,
+}
+
+impl PostgresJournal {
+    /// A builder for the journal in the database at `url` (a `postgres://` URL or a
+    /// `key=value` connection string).
+    pub fn builder(url: impl Into<String>) -> PostgresJournalBuilder {
+        PostgresJournalBuilder {
+            url: url.into(),
+            namespace: String::new(),
+            lease_duration: DEFAULT_LEASE_DURATION,
+            max_resume_age: DEFAULT_MAX_RESUME_AGE,
+            max_resumes: DEFAULT_MAX_RESUMES,
+        }
+    }
+
+    /// Connects to the journal at `url` with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`PostgresJournalBuilder::connect`].
+    pub async fn connect(url: impl Into<String>) -> Result<Self, crate::Error> {
+        Self::builder(url).connect().await
+    }
+
+    /// The connection, made (again) if there is none or it broke.
+    async fn client(&self) -> Result<Arc<Client>, JournalError> {
+        let mut slot = self.shared.client.lock().await;
+        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        let (client, connection) = tokio_postgres::connect(&self.shared.url, NoTls)
+            .await
+            .map_err(|e| JournalError::storage("could not connect to the journal's database", e))?;
+        // The connection's I/O runs beside the journal; it ends when the client is
+        // dropped or the server goes away (then the next call connects again).
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+            .batch_execute("SET synchronous_commit = on")
+            .await
+            .map_err(sql("could not ask for synchronous commits"))?;
+        let client = Arc::new(client);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    fn namespace(&self) -> &str {
+        &self.shared.namespace
+    }
+}
+
+fn sql(what: &'static str) -> impl Fn(tokio_postgres::Error) -> JournalError {
+    move |e| JournalError::storage(what, e)
+}
+
+/// Creates the schema or checks it, under the fleet-wide lock.
+async fn migrate(client: &Client) -> Result<(), JournalError> {
+    let fail = sql("could not create the journal's schema");
+    client.batch_execute("BEGIN").await.map_err(&fail)?;
+    let result = async {
+        client
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .await
+            .map_err(&fail)?;
+        client.batch_execute(SCHEMA).await.map_err(&fail)?;
+        let version: Option<i32> = client
+            .query_opt("SELECT max(version) FROM idempotent_retry_schema", &[])
+            .await
+            .map_err(&fail)?
+            .and_then(|row| row.get(0));
+        match version {
+            None => {
+                client
+                    .execute(
+                        "INSERT INTO idempotent_retry_schema (version) VALUES ($1)",
+                        &[&SCHEMA_VERSION],
+                    )
+                    .await
+                    .map_err(&fail)?;
+                Ok(())
+            }
+            Some(v) if v > SCHEMA_VERSION => Err(JournalError::corrupt(format!(
+                "the database has journal schema {v}; this version reads up to {SCHEMA_VERSION}"
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+    .await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    client.batch_execute(end).await.map_err(&fail)?;
+    result
+}
+
+fn ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn millis(value: Option<i64>) -> Option<Duration> {
+    value
+        .filter(|ms| *ms > 0)
+        .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+}
+
+fn entry(row: &Row) -> Result<JournalEntry, JournalError> {
+    let bad = |e: tokio_postgres::Error| JournalError::corrupt(format!("a row: {e}"));
+    let state: i16 = row.try_get("state").map_err(bad)?;
+    let state = match state {
+        PENDING => EntryState::Pending,
+        COMPLETED => {
+            let status: Option<i32> = row.try_get("answer_status").map_err(bad)?;
+            let headers: Option<Vec<u8>> = row.try_get("answer_headers").map_err(bad)?;
+            let body: Option<Vec<u8>> = row.try_get("answer_body").map_err(bad)?;
+            let (Some(status), Some(headers), Some(body)) = (status, headers, body) else {
+                return Err(JournalError::corrupt(
+                    "a completed operation without its answer",
+                ));
+            };
+            EntryState::Completed(RecordedAnswer {
+                status: u16::try_from(status)
+                    .map_err(|_| JournalError::corrupt(format!("status {status}")))?,
+                headers: decode(&headers)?,
+                body: Bytes::from(body),
+            })
+        }
+        ATTENTION => EntryState::NeedsAttention(
+            row.try_get::<_, Option<String>>("attention")
+                .map_err(bad)?
+                .unwrap_or_default(),
+        ),
+        other => return Err(JournalError::corrupt(format!("operation state {other}"))),
+    };
+    let headers: Vec<u8> = row.try_get("headers").map_err(bad)?;
+    let body: Vec<u8> = row.try_get("body").map_err(bad)?;
+    let attempts: i64 = row.try_get("attempts").map_err(bad)?;
+    let resumes: i64 = row.try_get("resumes").map_err(bad)?;
+    Ok(JournalEntry {
+        id: row.try_get("id").map_err(bad)?,
+        request: RecordedRequest {
+            method: row.try_get("method").map_err(bad)?,
+            url: row.try_get("url").map_err(bad)?,
+            key: row.try_get("key").map_err(bad)?,
+            key_header: row.try_get("key_header").map_err(bad)?,
+            key_value: row.try_get("key_value").map_err(bad)?,
+            headers: decode(&headers)?,
+            body: Bytes::from(body),
+        },
+        state,
+        age: millis(row.try_get("age_ms").map_err(bad)?).unwrap_or_default(),
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        holder: row.try_get("live_holder").map_err(bad)?,
+        not_before: millis(row.try_get("wait_ms").map_err(bad)?),
+        resumes: u32::try_from(resumes).unwrap_or(u32::MAX),
+    })
+}
+
+/// A write that names a lease: it applied, or the lease is no longer the operation's.
+fn leased(changed: u64, lease: &Lease) -> Result<(), JournalError> {
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(JournalError::lease_lost(lease.id.clone()))
+    }
+}
+
+fn token(lease: &Lease) -> i64 {
+    i64::try_from(lease.token).unwrap_or(i64::MAX)
+}
+
+impl Journal for PostgresJournal {
+    fn find<'a>(&'a self, id: &'a str) -> JournalFuture<'a, Option<JournalEntry>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    &format!(
+                        "SELECT {COLUMNS} FROM idempotent_retry_operations \
+                         WHERE namespace = $1 AND id = $2"
+                    ),
+                    &[&self.namespace(), &id],
+                )
+                .await
+                .map_err(sql("could not read an operation"))?;
+            row.as_ref().map(entry).transpose()
+        })
+    }
+
+    fn insert<'a>(
+        &'a self,
+        id: &'a str,
+        request: &'a RecordedRequest,
+        holder: &'a str,
+        lease: Duration,
+    ) -> JournalFuture<'a, Inserted> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let inserted = client
+                .execute(
+                    "INSERT INTO idempotent_retry_operations (namespace, id, key, method, url, \
+                     key_header, key_value, headers, body, holder, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                     now() + $11::float8 * interval '1 millisecond') \
+                     ON CONFLICT (namespace, id) DO NOTHING",
+                    &[
+                        &self.namespace(),
+                        &id,
+                        &request.key,
+                        &request.method,
+                        &request.url,
+                        &request.key_header,
+                        &request.key_value,
+                        &encode(&request.headers),
+                        &&request.body[..],
+                        &holder,
+                        &(ms(lease) as f64),
+                    ],
+                )
+                .await
+                .map_err(sql("could not record the operation"))?;
+            Ok(if inserted == 1 {
+                Inserted::Recorded(Lease {
+                    id: id.to_owned(),
+                    token: 1,
+                })
+            } else {
+                Inserted::Exists
+            })
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        id: &'a str,
+        holder: &'a str,
+        lease: Duration,
+    ) -> JournalFuture<'a, Claimed> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let claim = sql("could not claim the operation");
+            // One statement: the row's lock makes the test and the take atomic.
+            let taken = client
+                .query_opt(
+                    "UPDATE idempotent_retry_operations SET holder = $3, token = token + 1, \
+                     resumes = resumes + 1, expires_at = now() + $4::float8 * interval '1 millisecond' \
+                     WHERE namespace = $1 AND id = $2 AND state = 0 \
+                     AND (holder IS NULL OR expires_at <= now() OR holder = $3) \
+                     AND (not_before IS NULL OR not_before <= now()) \
+                     RETURNING token",
+                    &[&self.namespace(), &id, &holder, &(ms(lease) as f64)],
+                )
+                .await
+                .map_err(&claim)?;
+            if let Some(row) = taken {
+                let token: i64 = row.try_get(0).map_err(&claim)?;
+                return Ok(Claimed::Lease(Lease {
+                    id: id.to_owned(),
+                    token: u64::try_from(token).unwrap_or(0),
+                }));
+            }
+            // Not taken: say why.
+            let why = client
+                .query_opt(
+                    "SELECT state, CASE WHEN expires_at > now() THEN holder END, \
+                     (EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::BIGINT, \
+                     (EXTRACT(EPOCH FROM (not_before - now())) * 1000)::BIGINT \
+                     FROM idempotent_retry_operations WHERE namespace = $1 AND id = $2",
+                    &[&self.namespace(), &id],
+                )
+                .await
+                .map_err(&claim)?;
+            let Some(row) = why else {
+                return Ok(Claimed::NotPending);
+            };
+            let state: i16 = row.try_get(0).map_err(&claim)?;
+            let other: Option<String> = row.try_get(1).map_err(&claim)?;
+            let expires: Option<i64> = row.try_get(2).map_err(&claim)?;
+            let wait: Option<i64> = row.try_get(3).map_err(&claim)?;
+            Ok(match (state, other, millis(wait)) {
+                (PENDING, Some(holder), _) => Claimed::Held {
+                    holder,
+                    remaining: millis(expires).unwrap_or_default(),
+                },
+                (PENDING, None, Some(remaining)) => Claimed::NotBefore { remaining },
+                _ => Claimed::NotPending,
+            })
+        })
+    }
+
+    fn renew<'a>(&'a self, lease: &'a Lease, duration: Duration) -> JournalFuture<'a, ()> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let changed = client
+                .execute(
+                    "UPDATE idempotent_retry_operations \
+                     SET expires_at = now() + $4::float8 * interval '1 millisecond' \
+                     WHERE namespace = $1 AND id = $2 AND token = $3 AND state = 0",
+                    &[
+                        &self.namespace(),
+                        &lease.id,
+                        &token(lease),
+                        &(ms(duration) as f64),
+                    ],
+                )
+                .await
+                .map_err(sql("could not renew the lease"))?;
+            leased(changed, lease)
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        lease: &'a Lease,
+        answer: &'a RecordedAnswer,
+    ) -> JournalFuture<'a, ()> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let changed = client
+                .execute(
+                    "UPDATE idempotent_retry_operations SET state = 1, answer_status = $4, \
+                     answer_headers = $5, answer_body = $6, holder = NULL \
+                     WHERE namespace = $1 AND id = $2 AND token = $3 AND state = 0",
+                    &[
+                        &self.namespace(),
+                        &lease.id,
+                        &token(lease),
+                        &i32::from(answer.status),
+                        &encode(&answer.headers),
+                        &&answer.body[..],
+                    ],
+                )
+                .await
+                .map_err(sql("could not record the answer"))?;
+            leased(changed, lease)
+        })
+    }
+
+    fn release<'a>(&'a self, lease: &'a Lease, release: &'a Release) -> JournalFuture<'a, ()> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let state = if release.attention.is_some() {
+                ATTENTION
+            } else {
+                PENDING
+            };
+            let wait = release.not_before.map(|wait| ms(wait) as f64);
+            let changed = client
+                .execute(
+                    "UPDATE idempotent_retry_operations SET attempts = attempts + $4, \
+                     holder = NULL, state = $5, attention = $6, \
+                     not_before = now() + $7::float8 * interval '1 millisecond' \
+                     WHERE namespace = $1 AND id = $2 AND token = $3 AND state = 0",
+                    &[
+                        &self.namespace(),
+                        &lease.id,
+                        &token(lease),
+                        &i64::from(release.attempts),
+                        &state,
+                        &release.attention,
+                        &wait,
+                    ],
+                )
+                .await
+                .map_err(sql("could not release the lease"))?;
+            leased(changed, lease)
+        })
+    }
+
+    fn pending(&self) -> JournalFuture<'_, Vec<JournalEntry>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM idempotent_retry_operations \
+                         WHERE namespace = $1 AND state != 1 ORDER BY created_at, id"
+                    ),
+                    &[&self.namespace()],
+                )
+                .await
+                .map_err(sql("could not list pending operations"))?;
+            rows.iter().map(entry).collect()
+        })
+    }
+
+    fn lease_duration(&self) -> Duration {
+        self.lease_duration
+    }
+
+    fn max_resume_age(&self) -> Duration {
+        self.max_resume_age
+    }
+
+    fn max_resumes(&self) -> u32 {
+        self.max_resumes
+    }
+}

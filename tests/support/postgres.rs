@@ -1,0 +1,156 @@
+//! A throwaway PostgreSQL cluster for one test: `initdb` in a temporary directory, a
+//! server on a free loopback port, stopped and removed on drop. The server refuses to
+//! run as root, so as root it runs as the `postgres` user (Debian's package makes one).
+//!
+//! Without PostgreSQL's programs the tests that need it skip, saying why, unless
+//! `IDEMPOTENT_RETRY_REQUIRE_POSTGRES` is set (as `.ci/run` does): then they fail.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    pub url: String,
+}
+
+/// The directory with `initdb` and `pg_ctl`: `pg_config --bindir`, or the newest
+/// `/usr/lib/postgresql/*/bin`.
+fn bin_dir() -> Option<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return Some(dir);
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// Runs a PostgreSQL program, as the `postgres` user when we are root.
+fn run(bin: &Path, program: &str, args: &[&str]) -> std::process::Output {
+    let program = bin.join(program);
+    let output = if is_root() {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(&program)
+            .args(args)
+            .output()
+    } else {
+        Command::new(&program).args(args).output()
+    };
+    output.unwrap_or_else(|e| panic!("{}: {e}", program.display()))
+}
+
+impl Cluster {
+    /// A new cluster, or `None` (with the reason printed) where PostgreSQL is missing
+    /// and not required.
+    pub fn start(name: &str) -> Option<Cluster> {
+        let Some(bin) = bin_dir() else {
+            let reason = "PostgreSQL's initdb was not found (pg_config, /usr/lib/postgresql)";
+            if std::env::var_os("IDEMPOTENT_RETRY_REQUIRE_POSTGRES").is_some() {
+                panic!("{reason}, and IDEMPOTENT_RETRY_REQUIRE_POSTGRES is set");
+            }
+            eprintln!("skipping the PostgreSQL test {name}: {reason}");
+            return None;
+        };
+        let dir =
+            std::env::temp_dir().join(format!("idempotent-retry-pg-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown {}", dir.display());
+        }
+        let data = dir.join("data");
+        let data_arg = data.to_str().unwrap();
+        let out = run(
+            &bin,
+            "initdb",
+            &[
+                "-D",
+                data_arg,
+                "-U",
+                "journal",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=on -c max_connections=50",
+            dir.display()
+        );
+        let log = dir.join("server.log");
+        let out = run(
+            &bin,
+            "pg_ctl",
+            &[
+                "-D",
+                data_arg,
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Some(Cluster {
+            url: format!("postgres://journal@127.0.0.1:{port}/postgres"),
+            bin,
+            dir,
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = run(
+            &self.bin,
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap_or_default(),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
