@@ -9,17 +9,21 @@
 //! operation executed exactly once, no key twice, nothing left pending. Exits non-zero
 //! otherwise.
 //!
+//! With `--postgres URL`, the journal is PostgreSQL and `--workers N` worker processes
+//! (a fleet) share it, each killed at random in every round.
+//!
 //! ```text
 //! cargo run --release --all-features --example crash -- [--ops 1000] [--kills 20] [--seed 7] [--fault-rate 0.2]
+//!     [--postgres postgres://user@127.0.0.1/db --workers 3]
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idempotent_retry::journal::SqliteJournal;
+use idempotent_retry::journal::{Journal, PostgresJournal, SqliteJournal};
 use idempotent_retry::mock::MockServer;
 use idempotent_retry::{IdempotentClient, RetryBudget, RetryPolicy};
 use serde_json::{Value, json};
@@ -35,6 +39,8 @@ struct Args {
     kills: u32,
     seed: u64,
     fault_rate: f64,
+    postgres: Option<String>,
+    workers: usize,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -43,6 +49,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         kills: 20,
         seed: 7,
         fault_rate: 0.2,
+        postgres: None,
+        workers: 1,
     };
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -52,11 +60,18 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--kills" => args.kills = value.parse().map_err(|_| bad())?,
             "--seed" => args.seed = value.parse().map_err(|_| bad())?,
             "--fault-rate" => args.fault_rate = value.parse().map_err(|_| bad())?,
+            "--postgres" => args.postgres = Some(value),
+            "--workers" => args.workers = value.parse().map_err(|_| bad())?,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
     if !(0.0..1.0).contains(&args.fault_rate) {
         return Err("--fault-rate must be at least 0 and below 1".into());
+    }
+    if args.workers == 0 || (args.workers > 1 && args.postgres.is_none()) {
+        return Err(
+            "--workers above 1 needs --postgres (a fleet shares a PostgreSQL journal)".into(),
+        );
     }
     Ok(args)
 }
@@ -128,7 +143,7 @@ fn worker(mut argv: impl Iterator<Item = String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_worker(&uri, Path::new(&journal), ops)) {
+    match runtime.block_on(run_worker(&uri, &journal, ops)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(3),
         Err(e) => {
@@ -138,13 +153,47 @@ fn worker(mut argv: impl Iterator<Item = String>) -> ExitCode {
     }
 }
 
-async fn run_worker(uri: &str, journal: &Path, ops: u64) -> Result<bool, idempotent_retry::Error> {
-    let journal = SqliteJournal::builder(journal)
-        .lease_duration(LEASE)
-        .open()
-        .await?;
-    let client = IdempotentClient::builder()
-        .journal(journal)
+/// The journal a worker uses: PostgreSQL for a URL, else the SQLite file at `place`.
+async fn open_journal(place: &str) -> Result<Box<dyn JournalHandle>, idempotent_retry::Error> {
+    Ok(if place.starts_with("postgres://") {
+        Box::new(
+            PostgresJournal::builder(place)
+                .namespace("crash-demo")
+                .lease_duration(LEASE)
+                .connect()
+                .await?,
+        )
+    } else {
+        Box::new(
+            SqliteJournal::builder(place)
+                .lease_duration(LEASE)
+                .open()
+                .await?,
+        )
+    })
+}
+
+/// Either journal, to hand to the client builder.
+trait JournalHandle {
+    fn into_builder(
+        self: Box<Self>,
+        builder: idempotent_retry::IdempotentClientBuilder,
+    ) -> idempotent_retry::IdempotentClientBuilder;
+}
+
+impl<J: Journal> JournalHandle for J {
+    fn into_builder(
+        self: Box<Self>,
+        builder: idempotent_retry::IdempotentClientBuilder,
+    ) -> idempotent_retry::IdempotentClientBuilder {
+        builder.journal(*self)
+    }
+}
+
+async fn run_worker(uri: &str, journal: &str, ops: u64) -> Result<bool, idempotent_retry::Error> {
+    let journal = open_journal(journal).await?;
+    let client = journal
+        .into_builder(IdempotentClient::builder())
         .attempt_timeout(ATTEMPT_TIMEOUT)
         .retry_policy(
             RetryPolicy::exponential()
@@ -196,7 +245,7 @@ impl Rng {
     }
 }
 
-fn spawn_worker(exe: &Path, uri: &str, journal: &Path, ops: u64) -> std::io::Result<Child> {
+fn spawn_worker(exe: &Path, uri: &str, journal: &str, ops: u64) -> std::io::Result<Child> {
     Command::new(exe)
         .arg("worker")
         .arg(uri)
@@ -235,7 +284,10 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("idempotent-retry-crash-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let journal: PathBuf = dir.join("ops.db");
+    let journal: String = match &args.postgres {
+        Some(url) => url.clone(),
+        None => dir.join("ops.db").display().to_string(),
+    };
 
     let mut server = Command::new(&exe)
         .arg("server")
@@ -255,9 +307,16 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     }
     println!(
         "{} operations against the mock server at {uri} ({:.0} % of requests faulted, its own \
-         process); a journalled worker killed {} times at random (seed {})",
+         process); {} journalled worker(s) sharing a {} journal, killed at random in {} rounds \
+         (seed {})",
         args.ops,
         args.fault_rate * 100.0,
+        args.workers,
+        if args.postgres.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
         args.kills,
         args.seed
     );
@@ -266,20 +325,31 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let mut rng = Rng(args.seed);
     let (mut kills, mut resumed) = (0, 0);
     for _ in 0..args.kills {
-        let mut child = spawn_worker(&exe, &uri, &journal, args.ops)?;
-        std::thread::sleep(Duration::from_millis(50 + rng.next() % 500));
-        if child.try_wait()?.is_none() {
-            child.kill()?; // SIGKILL: the worker gets no chance to clean up.
-            kills += 1;
+        let mut fleet = Vec::new();
+        for _ in 0..args.workers {
+            fleet.push(spawn_worker(&exe, &uri, &journal, args.ops)?);
         }
-        reap(child, &mut resumed)?;
+        for mut child in fleet {
+            std::thread::sleep(Duration::from_millis(50 + rng.next() % 500));
+            if child.try_wait()?.is_none() {
+                child.kill()?; // SIGKILL: the worker gets no chance to clean up.
+                kills += 1;
+            }
+            reap(child, &mut resumed)?;
+        }
     }
     let mut finishing_runs = 0;
     let finished = loop {
         finishing_runs += 1;
-        let child = spawn_worker(&exe, &uri, &journal, args.ops)?;
-        let status = reap(child, &mut resumed)?;
-        if status.success() {
+        let mut fleet = Vec::new();
+        for _ in 0..args.workers {
+            fleet.push(spawn_worker(&exe, &uri, &journal, args.ops)?);
+        }
+        let mut all = true;
+        for child in fleet {
+            all &= reap(child, &mut resumed)?.success();
+        }
+        if all {
             break true;
         }
         if finishing_runs >= 10 {
@@ -295,8 +365,11 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
             .await?
             .json()
             .await?;
-        let journal = SqliteJournal::open(&journal).await?;
-        let client = IdempotentClient::builder().journal(journal).build()?;
+        let client = open_journal(&journal)
+            .await?
+            .into_builder(IdempotentClient::builder())
+            .attempt_timeout(ATTEMPT_TIMEOUT)
+            .build()?;
         let pending = client.pending().await?.len();
         Ok::<_, Box<dyn std::error::Error>>((stats, pending))
     })?;
