@@ -204,6 +204,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// A person abandoned this operation ([`Resolution::Abandoned`]): it is never sent
+    /// again. It may have executed before that.
+    ///
+    /// [`Resolution::Abandoned`]: crate::journal::Resolution::Abandoned
+    #[error("operation {operation_id:?} was abandoned: {reason}")]
+    #[non_exhaustive]
+    Abandoned {
+        /// The caller's operation id.
+        operation_id: String,
+        /// The operation's key.
+        key: IdempotencyKey,
+        /// Why, as the person said.
+        reason: String,
+    },
+
     /// The response body could not be decoded as the requested JSON type. The
     /// operation got its final answer: the status says what the server did.
     #[error("response body ({status}) is not the expected JSON")]
@@ -289,7 +304,8 @@ impl Error {
             | Self::Decode { key, .. }
             | Self::ResponseTooLarge { key, .. }
             | Self::OperationMismatch { key, .. }
-            | Self::NeedsAttention { key, .. } => Some(key),
+            | Self::NeedsAttention { key, .. }
+            | Self::Abandoned { key, .. } => Some(key),
             Self::Journal { key, .. } => key.as_ref(),
             #[cfg(feature = "middleware")]
             Self::MiddlewareLayer { key, .. } => Some(key),
@@ -344,7 +360,8 @@ impl Error {
             } => *outcome_unknown,
             Self::ResponseTooLarge { .. }
             | Self::OperationMismatch { .. }
-            | Self::NeedsAttention { .. } => true,
+            | Self::NeedsAttention { .. }
+            | Self::Abandoned { .. } => true,
             #[cfg(feature = "middleware")]
             Self::MiddlewareLayer { .. } => true,
             _ => false,

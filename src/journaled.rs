@@ -138,6 +138,13 @@ pub(crate) async fn send(operation: Operation, id: String) -> Result<IdempotentR
                     reason: reason.clone(),
                 });
             }
+            EntryState::Abandoned(reason) => {
+                return Err(Error::Abandoned {
+                    operation_id: id,
+                    key,
+                    reason: reason.clone(),
+                });
+            }
             _ => {}
         }
         let claimed = journal
@@ -536,6 +543,10 @@ pub(crate) async fn resume_pending(client: &IdempotentClient) -> Result<ResumeRe
             source,
         })?;
     let mut report = ResumeReport::default();
+    match js.journal.housekeep().await {
+        Ok(removed) => report.removed = removed,
+        Err(e) => warn!(error = %e, "could not remove old completed operations"),
+    }
     for entry in entries {
         if let EntryState::NeedsAttention(_) = entry.state {
             report.needs_attention.push(entry.id);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use idempotent_retry::journal::{
     Claimed, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease, MemoryJournal,
-    RecordedAnswer, RecordedRequest, Release,
+    RecordedAnswer, RecordedRequest, Release, Resolution,
 };
 use idempotent_retry::mock::{Fault, MockServer};
 use idempotent_retry::{Error, GiveUpReason, IdempotentClient, IdempotentClientBuilder};
@@ -67,6 +67,13 @@ macro_rules! on_every_store {
                     .unwrap();
                 $name(journal).await;
             )*
+            let journal = idempotent_retry::journal::PostgresJournal::builder(&cluster.url)
+                .namespace("housekeeping")
+                .completed_retention(std::time::Duration::from_millis(50))
+                .connect()
+                .await
+                .unwrap();
+            housekeeping_keeps_the_journal_bounded(journal).await;
         }
         #[cfg(feature = "journal-sqlite")]
         mod sqlite {
@@ -83,6 +90,7 @@ macro_rules! on_every_store {
 }
 
 on_every_store!(
+    a_persons_resolution_is_what_later_sends_get,
     a_wait_the_server_asked_for_holds_every_send_until_it_passes,
     a_completed_operation_answers_again_without_io,
     a_resume_reuses_the_recorded_key_and_executes_once,
@@ -91,6 +99,71 @@ on_every_store!(
     secrets_are_never_recorded_and_resumes_get_them_back,
     a_dead_workers_lease_is_taken_over_when_it_runs_out,
 );
+
+async fn a_persons_resolution_is_what_later_sends_get(journal: impl Journal + Clone) {
+    let server = MockServer::start().await;
+    server.inject(
+        Fault::StatusBeforeProcessing(http::StatusCode::BAD_GATEWAY),
+        3,
+    );
+    let client = builder(journal.clone())
+        .retry_policy(support::fast_policy().max_attempts(1))
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/refunds", server.uri());
+    let send = |id: &'static str| {
+        client
+            .post_idempotent(&url)
+            .operation_id(id)
+            .json(&json!({"refund": id}))
+            .send()
+    };
+    for id in ["abandon", "complete", "resend"] {
+        assert!(send(id).await.is_err(), "{id} is left pending");
+    }
+    let answer = RecordedAnswer {
+        status: 200,
+        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        body: bytes::Bytes::from_static(br#"{"refunded": "by hand"}"#),
+    };
+    let resolutions = [
+        (
+            "abandon",
+            Resolution::Abandoned("refunded by the support desk".into()),
+        ),
+        ("complete", Resolution::Completed(answer)),
+        ("resend", Resolution::Resend),
+    ];
+    for (id, resolution) in &resolutions {
+        assert!(journal.resolve(id, resolution).await.unwrap(), "{id}");
+    }
+    let err = send("abandon").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Abandoned { reason, .. } if reason.contains("support desk")),
+        "{err:?}"
+    );
+    let done = send("complete").await.unwrap();
+    assert_eq!((done.status().as_u16(), done.attempts()), (200, 0));
+    assert_eq!(done.text().await.unwrap(), r#"{"refunded": "by hand"}"#);
+    assert_eq!(server.requests().len(), 3, "neither was sent");
+    let resent = send("resend").await.unwrap();
+    assert_eq!((resent.status().as_u16(), resent.attempts()), (201, 1));
+    assert_eq!(server.executions(), 1);
+    // A closed operation is not open to another resolution.
+    assert!(
+        !journal
+            .resolve("complete", &Resolution::Resend)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !journal
+            .resolve("unknown", &Resolution::Resend)
+            .await
+            .unwrap()
+    );
+    assert!(client.pending().await.unwrap().is_empty());
+}
 
 async fn a_wait_the_server_asked_for_holds_every_send_until_it_passes(
     journal: impl Journal + Clone,
@@ -441,6 +514,63 @@ async fn a_dead_workers_lease_is_taken_over_when_it_runs_out(journal: impl Journ
     );
 }
 
+/// Housekeeping removes closed operations past their retention, nothing else.
+async fn housekeeping_keeps_the_journal_bounded(journal: impl Journal + Clone) {
+    let server = MockServer::start().await;
+    let client = client(journal.clone());
+    let url = format!("{}/orders", server.uri());
+    for n in 0..3 {
+        client
+            .post_idempotent(&url)
+            .operation_id(format!("done-{n}"))
+            .json(&json!({"n": n}))
+            .send()
+            .await
+            .unwrap();
+    }
+    server.inject(
+        Fault::StatusBeforeProcessing(http::StatusCode::BAD_GATEWAY),
+        5,
+    );
+    let open = builder(journal.clone())
+        .retry_policy(support::fast_policy().max_attempts(1))
+        .build()
+        .unwrap()
+        .post_idempotent(&url)
+        .operation_id("open")
+        .json(&json!({"n": "open"}))
+        .send()
+        .await;
+    assert!(open.is_err());
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(journal.housekeep().await.unwrap(), 3);
+    assert!(journal.find("done-0").await.unwrap().is_none());
+    assert!(
+        journal.find("open").await.unwrap().is_some(),
+        "open ones stay"
+    );
+    assert_eq!(journal.housekeep().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn housekeeping_in_memory() {
+    housekeeping_keeps_the_journal_bounded(
+        MemoryJournal::new().completed_retention(Duration::from_millis(50)),
+    )
+    .await;
+}
+
+#[cfg(feature = "journal-sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_in_sqlite() {
+    let journal = idempotent_retry::journal::SqliteJournal::builder(sqlite_path("housekeeping"))
+        .completed_retention(Duration::from_millis(50))
+        .open()
+        .await
+        .unwrap();
+    housekeeping_keeps_the_journal_bounded(journal).await;
+}
+
 #[tokio::test]
 async fn an_operation_taken_up_too_often_needs_attention() {
     let server = MockServer::start().await;
@@ -547,6 +677,12 @@ impl Journal for Down {
         Box::pin(async { Err(down()) })
     }
     fn pending(&self) -> JournalFuture<'_, Vec<JournalEntry>> {
+        Box::pin(async { Err(down()) })
+    }
+    fn resolve<'a>(&'a self, _: &'a str, _: &'a Resolution) -> JournalFuture<'a, bool> {
+        Box::pin(async { Err(down()) })
+    }
+    fn housekeep(&self) -> JournalFuture<'_, u64> {
         Box::pin(async { Err(down()) })
     }
 }

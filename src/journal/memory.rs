@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease,
-    RecordedAnswer, RecordedRequest, Release,
+    RecordedAnswer, RecordedRequest, Release, Resolution,
 };
 
 /// One operation's row.
@@ -22,6 +22,8 @@ struct Row {
     expires: Instant,
     not_before: Option<Instant>,
     resumes: u32,
+    /// When it was completed or abandoned, for housekeeping.
+    closed: Option<Instant>,
 }
 
 /// A [`Journal`] in memory, shared by its clones. Its clock is the process's monotonic
@@ -44,6 +46,7 @@ pub struct MemoryJournal {
     lease_duration: Duration,
     max_resume_age: Duration,
     max_resumes: u32,
+    completed_retention: Duration,
 }
 
 impl Default for MemoryJournal {
@@ -53,6 +56,7 @@ impl Default for MemoryJournal {
             lease_duration: super::DEFAULT_LEASE_DURATION,
             max_resume_age: super::DEFAULT_MAX_RESUME_AGE,
             max_resumes: super::DEFAULT_MAX_RESUMES,
+            completed_retention: super::DEFAULT_COMPLETED_RETENTION,
         }
     }
 }
@@ -103,6 +107,20 @@ impl MemoryJournal {
     #[must_use]
     pub fn max_resumes(mut self, resumes: u32) -> Self {
         self.max_resumes = resumes;
+        self
+    }
+
+    /// How long a completed operation is kept (default 7 days).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_retry::journal::MemoryJournal;
+    /// let journal = MemoryJournal::new().completed_retention(Duration::from_secs(86_400));
+    /// # drop(journal);
+    /// ```
+    #[must_use]
+    pub fn completed_retention(mut self, retention: Duration) -> Self {
+        self.completed_retention = retention;
         self
     }
 
@@ -169,6 +187,7 @@ impl Journal for MemoryJournal {
                     expires: now + lease,
                     not_before: None,
                     resumes: 0,
+                    closed: None,
                 },
             );
             Inserted::Recorded(Lease {
@@ -228,6 +247,7 @@ impl Journal for MemoryJournal {
         let completed = Self::leased(&mut rows, lease).map(|row| {
             row.state = EntryState::Completed(answer.clone());
             row.holder = None;
+            row.closed = Some(Instant::now());
         });
         Box::pin(async move { completed })
     }
@@ -251,7 +271,12 @@ impl Journal for MemoryJournal {
         let mut pending: Vec<JournalEntry> = self
             .rows()
             .iter()
-            .filter(|(_, row)| !matches!(row.state, EntryState::Completed(_)))
+            .filter(|(_, row)| {
+                !matches!(
+                    row.state,
+                    EntryState::Completed(_) | EntryState::Abandoned(_)
+                )
+            })
             .map(|(id, row)| entry(id, row, now))
             .collect();
         pending.sort_by(|a, b| b.age.cmp(&a.age).then_with(|| a.id.cmp(&b.id)));
@@ -268,5 +293,57 @@ impl Journal for MemoryJournal {
 
     fn max_resumes(&self) -> u32 {
         self.max_resumes
+    }
+
+    fn completed_retention(&self) -> Duration {
+        self.completed_retention
+    }
+
+    fn resolve<'a>(&'a self, id: &'a str, resolution: &'a Resolution) -> JournalFuture<'a, bool> {
+        let now = Instant::now();
+        let mut rows = self.rows();
+        let resolved = match rows.get_mut(id) {
+            Some(row)
+                if matches!(
+                    row.state,
+                    EntryState::Pending | EntryState::NeedsAttention(_)
+                ) && !(row.holder.is_some() && row.expires > now) =>
+            {
+                row.token += 1;
+                row.holder = None;
+                match resolution {
+                    Resolution::Completed(answer) => {
+                        row.state = EntryState::Completed(answer.clone());
+                        row.closed = Some(now);
+                    }
+                    Resolution::Abandoned(reason) => {
+                        row.state = EntryState::Abandoned(reason.clone());
+                        row.closed = Some(now);
+                    }
+                    Resolution::Resend => {
+                        row.state = EntryState::Pending;
+                        row.created = now;
+                        row.resumes = 0;
+                        row.not_before = None;
+                    }
+                }
+                true
+            }
+            _ => false,
+        };
+        Box::pin(async move { Ok(resolved) })
+    }
+
+    fn housekeep(&self) -> JournalFuture<'_, u64> {
+        let now = Instant::now();
+        let retention = self.completed_retention;
+        let mut rows = self.rows();
+        let before = rows.len();
+        rows.retain(|_, row| {
+            !row.closed
+                .is_some_and(|closed| now.saturating_duration_since(closed) >= retention)
+        });
+        let removed = (before - rows.len()) as u64;
+        Box::pin(async move { Ok(removed) })
     }
 }

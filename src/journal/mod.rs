@@ -150,6 +150,43 @@ pub trait Journal: Send + Sync + 'static {
     fn max_resumes(&self) -> u32 {
         DEFAULT_MAX_RESUMES
     }
+
+    /// A person's decision on an operation that is not completed (pending, or needing
+    /// attention) and that no live worker holds. `false` if there was none such.
+    fn resolve<'a>(&'a self, id: &'a str, resolution: &'a Resolution) -> JournalFuture<'a, bool>;
+
+    /// Deletes completed and abandoned operations closed more than
+    /// [`completed_retention`](Self::completed_retention) ago that no worker holds;
+    /// returns how many. The client calls it from
+    /// [`resume_pending`](crate::IdempotentClient::resume_pending), so the journal never
+    /// grows without bound.
+    fn housekeep(&self) -> JournalFuture<'_, u64>;
+
+    /// How long a completed operation is kept: the longest time after its answer that
+    /// its id may be run again and get that answer back without I/O. After it, the id
+    /// is forgotten, and running it again is a new operation with a new key.
+    fn completed_retention(&self) -> Duration {
+        DEFAULT_COMPLETED_RETENTION
+    }
+}
+
+/// The default retention of completed operations: a week, far beyond any server's key
+/// lifetime, so a re-run of the application within it never reaches the server.
+pub const DEFAULT_COMPLETED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What a person decided about an operation the client would not send on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resolution {
+    /// It did run (the server says so): this is its answer, which a later `send()` with
+    /// its id returns without I/O.
+    Completed(RecordedAnswer),
+    /// Never send it; a later `send()` with its id is
+    /// [`Error::Abandoned`](crate::Error::Abandoned).
+    Abandoned(String),
+    /// Send it again, as recorded and with its key (the server has no trace of it, or
+    /// the person accepts the risk): pending anew, its age and resumes counted from now.
+    Resend,
 }
 
 /// The default number of resumes: enough to ride out hours of restarts and outages,
@@ -207,6 +244,8 @@ pub enum EntryState {
     Completed(RecordedAnswer),
     /// Never to be sent automatically again, for this reason; a person decides.
     NeedsAttention(String),
+    /// Closed by a person without an answer, for this reason: never sent again.
+    Abandoned(String),
 }
 
 /// One operation in the journal.
@@ -302,6 +341,8 @@ pub struct ResumeReport {
     pub needs_attention: Vec<String>,
     /// Operations another worker was driving, left to it.
     pub held_elsewhere: Vec<String>,
+    /// Completed operations removed by housekeeping, past their retention.
+    pub removed: u64,
 }
 
 /// The right to drive one operation, until its expiry by the journal's clock.

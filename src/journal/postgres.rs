@@ -15,9 +15,9 @@ use tokio_postgres::{Client, NoTls, Row};
 
 use super::blob::{decode, encode};
 use super::{
-    Claimed, DEFAULT_LEASE_DURATION, DEFAULT_MAX_RESUME_AGE, DEFAULT_MAX_RESUMES, EntryState,
-    Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease, RecordedAnswer,
-    RecordedRequest, Release,
+    Claimed, DEFAULT_COMPLETED_RETENTION, DEFAULT_LEASE_DURATION, DEFAULT_MAX_RESUME_AGE,
+    DEFAULT_MAX_RESUMES, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture,
+    Lease, RecordedAnswer, RecordedRequest, Release, Resolution,
 };
 
 /// The schema this version writes; a database with a newer one is refused.
@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS idempotent_retry_operations (
     expires_at TIMESTAMPTZ NOT NULL,
     not_before TIMESTAMPTZ,
     resumes BIGINT NOT NULL DEFAULT 0,
+    closed_at TIMESTAMPTZ,
     PRIMARY KEY (namespace, id)
 );
 CREATE INDEX IF NOT EXISTS idempotent_retry_operations_open
@@ -66,6 +67,7 @@ const COLUMNS: &str = "id, key, method, url, key_header, key_value, headers, bod
 const PENDING: i16 = 0;
 const COMPLETED: i16 = 1;
 const ATTENTION: i16 = 2;
+const ABANDONED: i16 = 3;
 
 /// Settings for a [`PostgresJournal`].
 ///
@@ -76,6 +78,7 @@ const ATTENTION: i16 = 2;
 /// | `lease_duration` | 30 s ([`DEFAULT_LEASE_DURATION`]) |
 /// | `max_resume_age` | 20 h ([`DEFAULT_MAX_RESUME_AGE`]) |
 /// | `max_resumes` | 20 ([`DEFAULT_MAX_RESUMES`]) |
+/// | `completed_retention` | 7 days ([`DEFAULT_COMPLETED_RETENTION`]) |
 /// | `namespace` | `""`: set one per application sharing a database |
 ///
 /// ```no_run
@@ -100,6 +103,7 @@ pub struct PostgresJournalBuilder {
     lease_duration: Duration,
     max_resume_age: Duration,
     max_resumes: u32,
+    completed_retention: Duration,
 }
 
 impl PostgresJournalBuilder {
@@ -127,6 +131,12 @@ impl PostgresJournalBuilder {
         self
     }
 
+    /// How long a completed operation is kept, its answer ready without I/O.
+    pub fn completed_retention(mut self, retention: Duration) -> Self {
+        self.completed_retention = retention;
+        self
+    }
+
     /// Connects, and creates or checks the schema under a fleet-wide lock.
     ///
     /// # Errors
@@ -150,6 +160,7 @@ impl PostgresJournalBuilder {
             lease_duration: self.lease_duration,
             max_resume_age: self.max_resume_age,
             max_resumes: self.max_resumes,
+            completed_retention: self.completed_retention,
         };
         let result = async {
             let client = journal.client().await?;
@@ -194,6 +205,7 @@ pub struct PostgresJournal {
     lease_duration: Duration,
     max_resume_age: Duration,
     max_resumes: u32,
+    completed_retention: Duration,
 }
 
 impl PostgresJournal {
@@ -206,6 +218,7 @@ impl PostgresJournal {
             lease_duration: DEFAULT_LEASE_DURATION,
             max_resume_age: DEFAULT_MAX_RESUME_AGE,
             max_resumes: DEFAULT_MAX_RESUMES,
+            completed_retention: DEFAULT_COMPLETED_RETENTION,
         }
     }
 
@@ -320,6 +333,11 @@ fn entry(row: &Row) -> Result<JournalEntry, JournalError> {
             })
         }
         ATTENTION => EntryState::NeedsAttention(
+            row.try_get::<_, Option<String>>("attention")
+                .map_err(bad)?
+                .unwrap_or_default(),
+        ),
+        ABANDONED => EntryState::Abandoned(
             row.try_get::<_, Option<String>>("attention")
                 .map_err(bad)?
                 .unwrap_or_default(),
@@ -513,7 +531,7 @@ impl Journal for PostgresJournal {
             let changed = client
                 .execute(
                     "UPDATE idempotent_retry_operations SET state = 1, answer_status = $4, \
-                     answer_headers = $5, answer_body = $6, holder = NULL \
+                     answer_headers = $5, answer_body = $6, holder = NULL, closed_at = now() \
                      WHERE namespace = $1 AND id = $2 AND token = $3 AND state = 0",
                     &[
                         &self.namespace(),
@@ -568,7 +586,7 @@ impl Journal for PostgresJournal {
                 .query(
                     &format!(
                         "SELECT {COLUMNS} FROM idempotent_retry_operations \
-                         WHERE namespace = $1 AND state != 1 ORDER BY created_at, id"
+                         WHERE namespace = $1 AND state IN (0, 2) ORDER BY created_at, id"
                     ),
                     &[&self.namespace()],
                 )
@@ -588,5 +606,79 @@ impl Journal for PostgresJournal {
 
     fn max_resumes(&self) -> u32 {
         self.max_resumes
+    }
+
+    fn completed_retention(&self) -> Duration {
+        self.completed_retention
+    }
+
+    fn resolve<'a>(&'a self, id: &'a str, resolution: &'a Resolution) -> JournalFuture<'a, bool> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let fail = sql("could not resolve the operation");
+            // Open (pending or needing attention) and held by no live worker.
+            let open = "namespace = $1 AND id = $2 AND state IN (0, 2) \
+                        AND (holder IS NULL OR expires_at <= now())";
+            let changed = match resolution {
+                Resolution::Completed(answer) => {
+                    client
+                        .execute(
+                            &format!(
+                                "UPDATE idempotent_retry_operations SET state = 1, \
+                                 answer_status = $3, answer_headers = $4, answer_body = $5, \
+                                 holder = NULL, token = token + 1, closed_at = now() WHERE {open}"
+                            ),
+                            &[
+                                &self.namespace(),
+                                &id,
+                                &i32::from(answer.status),
+                                &encode(&answer.headers),
+                                &&answer.body[..],
+                            ],
+                        )
+                        .await
+                }
+                Resolution::Abandoned(reason) => {
+                    client
+                        .execute(
+                            &format!(
+                                "UPDATE idempotent_retry_operations SET state = 3, \
+                                 attention = $3, holder = NULL, token = token + 1, \
+                                 closed_at = now() WHERE {open}"
+                            ),
+                            &[&self.namespace(), &id, reason],
+                        )
+                        .await
+                }
+                Resolution::Resend => {
+                    client
+                        .execute(
+                            &format!(
+                                "UPDATE idempotent_retry_operations SET state = 0, \
+                                 attention = NULL, holder = NULL, token = token + 1, \
+                                 created_at = now(), resumes = 0, not_before = NULL WHERE {open}"
+                            ),
+                            &[&self.namespace(), &id],
+                        )
+                        .await
+                }
+            }
+            .map_err(&fail)?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn housekeep(&self) -> JournalFuture<'_, u64> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "DELETE FROM idempotent_retry_operations WHERE namespace = $1 \
+                     AND state IN (1, 3) AND closed_at <= now() - $2::float8 * interval '1 millisecond'",
+                    &[&self.namespace(), &(ms(self.completed_retention) as f64)],
+                )
+                .await
+                .map_err(sql("could not remove old operations"))
+        })
     }
 }

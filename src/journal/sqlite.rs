@@ -17,6 +17,7 @@ use super::blob::{decode, encode};
 use super::{
     Claimed, DEFAULT_LEASE_DURATION, DEFAULT_MAX_RESUME_AGE, EntryState, Inserted, Journal,
     JournalEntry, JournalError, JournalFuture, Lease, RecordedAnswer, RecordedRequest, Release,
+    Resolution,
 };
 
 /// Marks a SQLite file as this crate's journal (`PRAGMA application_id`), so that
@@ -47,7 +48,8 @@ CREATE TABLE IF NOT EXISTS operations (
     token INTEGER NOT NULL,
     expires_ms INTEGER NOT NULL,
     not_before_ms INTEGER,
-    resumes INTEGER NOT NULL DEFAULT 0
+    resumes INTEGER NOT NULL DEFAULT 0,
+    closed_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS operations_open ON operations (state, created_ms);
 ";
@@ -55,6 +57,7 @@ CREATE INDEX IF NOT EXISTS operations_open ON operations (state, created_ms);
 const PENDING: i64 = 0;
 const COMPLETED: i64 = 1;
 const ATTENTION: i64 = 2;
+const ABANDONED: i64 = 3;
 
 /// Settings for a [`SqliteJournal`].
 ///
@@ -65,6 +68,7 @@ const ATTENTION: i64 = 2;
 /// | `lease_duration` | 30 s ([`DEFAULT_LEASE_DURATION`]) |
 /// | `max_resume_age` | 20 h ([`DEFAULT_MAX_RESUME_AGE`], below Stripe's 24 h) |
 /// | `max_resumes` | 20 ([`DEFAULT_MAX_RESUMES`](super::DEFAULT_MAX_RESUMES)) |
+/// | `completed_retention` | 7 days ([`DEFAULT_COMPLETED_RETENTION`](super::DEFAULT_COMPLETED_RETENTION)) |
 /// | `busy_timeout` | 5 s waiting for another process's write |
 ///
 /// ```no_run
@@ -88,6 +92,7 @@ pub struct SqliteJournalBuilder {
     lease_duration: Duration,
     max_resume_age: Duration,
     max_resumes: u32,
+    completed_retention: Duration,
     busy_timeout: Duration,
 }
 
@@ -107,6 +112,12 @@ impl SqliteJournalBuilder {
     /// How many times an operation may be taken up again without a final answer.
     pub fn max_resumes(mut self, resumes: u32) -> Self {
         self.max_resumes = resumes;
+        self
+    }
+
+    /// How long a completed operation is kept, its answer ready without I/O.
+    pub fn completed_retention(mut self, retention: Duration) -> Self {
+        self.completed_retention = retention;
         self
     }
 
@@ -146,6 +157,7 @@ impl SqliteJournalBuilder {
             lease_duration: self.lease_duration,
             max_resume_age: self.max_resume_age,
             max_resumes: self.max_resumes,
+            completed_retention: self.completed_retention,
         })
     }
 }
@@ -170,6 +182,7 @@ pub struct SqliteJournal {
     lease_duration: Duration,
     max_resume_age: Duration,
     max_resumes: u32,
+    completed_retention: Duration,
 }
 
 impl SqliteJournal {
@@ -180,6 +193,7 @@ impl SqliteJournal {
             lease_duration: DEFAULT_LEASE_DURATION,
             max_resume_age: DEFAULT_MAX_RESUME_AGE,
             max_resumes: super::DEFAULT_MAX_RESUMES,
+            completed_retention: super::DEFAULT_COMPLETED_RETENTION,
             busy_timeout: Duration::from_secs(5),
         }
     }
@@ -366,6 +380,7 @@ fn entry(row: RawRow, now: i64) -> Result<JournalEntry, JournalError> {
             })
         }
         ATTENTION => EntryState::NeedsAttention(row.attention.unwrap_or_default()),
+        ABANDONED => EntryState::Abandoned(row.attention.unwrap_or_default()),
         other => return Err(JournalError::corrupt(format!("operation state {other}"))),
     };
     Ok(JournalEntry {
@@ -540,13 +555,15 @@ impl Journal for SqliteJournal {
             let changed = connection
                 .execute(
                     "UPDATE operations SET state = 1, answer_status = ?3, answer_headers = ?4, \
-                     answer_body = ?5, holder = NULL WHERE id = ?1 AND token = ?2 AND state = 0",
+                     answer_body = ?5, holder = NULL, closed_ms = ?6 \
+                     WHERE id = ?1 AND token = ?2 AND state = 0",
                     params![
                         lease.id,
                         token(&lease),
                         answer.status,
                         encode(&answer.headers),
                         &answer.body[..],
+                        now_ms(),
                     ],
                 )
                 .map_err(storage("could not record the answer"))?;
@@ -588,7 +605,7 @@ impl Journal for SqliteJournal {
             let read = storage("could not list pending operations");
             let mut statement = connection
                 .prepare(&format!(
-                    "SELECT {COLUMNS} FROM operations WHERE state != 1 ORDER BY created_ms, id"
+                    "SELECT {COLUMNS} FROM operations WHERE state IN (0, 2) ORDER BY created_ms, id"
                 ))
                 .map_err(&read)?;
             let rows = statement
@@ -611,6 +628,70 @@ impl Journal for SqliteJournal {
 
     fn max_resumes(&self) -> u32 {
         self.max_resumes
+    }
+
+    fn completed_retention(&self) -> Duration {
+        self.completed_retention
+    }
+
+    fn resolve<'a>(&'a self, id: &'a str, resolution: &'a Resolution) -> JournalFuture<'a, bool> {
+        let (id, resolution) = (id.to_owned(), resolution.clone());
+        self.with(move |connection| {
+            let fail = storage("could not resolve the operation");
+            let tx = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(&fail)?;
+            let now = now_ms();
+            // Open (pending or needing attention) and held by no live worker.
+            let open = "id = ?1 AND state IN (0, 2) AND (holder IS NULL OR expires_ms <= ?2)";
+            let changed = match &resolution {
+                Resolution::Completed(answer) => tx.execute(
+                    &format!(
+                        "UPDATE operations SET state = 1, answer_status = ?3, \
+                         answer_headers = ?4, answer_body = ?5, holder = NULL, \
+                         token = token + 1, closed_ms = ?2 WHERE {open}"
+                    ),
+                    params![
+                        id,
+                        now,
+                        answer.status,
+                        encode(&answer.headers),
+                        &answer.body[..]
+                    ],
+                ),
+                Resolution::Abandoned(reason) => tx.execute(
+                    &format!(
+                        "UPDATE operations SET state = 3, attention = ?3, holder = NULL, \
+                         token = token + 1, closed_ms = ?2 WHERE {open}"
+                    ),
+                    params![id, now, reason],
+                ),
+                Resolution::Resend => tx.execute(
+                    &format!(
+                        "UPDATE operations SET state = 0, attention = NULL, holder = NULL, \
+                         token = token + 1, created_ms = ?2, resumes = 0, \
+                         not_before_ms = NULL WHERE {open}"
+                    ),
+                    params![id, now],
+                ),
+            }
+            .map_err(&fail)?;
+            tx.commit().map_err(&fail)?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn housekeep(&self) -> JournalFuture<'_, u64> {
+        let retention = ms(self.completed_retention);
+        self.with(move |connection| {
+            let removed = connection
+                .execute(
+                    "DELETE FROM operations WHERE state IN (1, 3) AND closed_ms <= ?1",
+                    [now_ms().saturating_sub(retention)],
+                )
+                .map_err(storage("could not remove old operations"))?;
+            Ok(removed as u64)
+        })
     }
 }
 
