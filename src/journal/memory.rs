@@ -340,8 +340,8 @@ impl Journal for MemoryJournal {
         let mut rows = self.rows();
         let before = rows.len();
         rows.retain(|_, row| {
-            !row.closed
-                .is_some_and(|closed| now.saturating_duration_since(closed) >= retention)
+            row.closed
+                .is_none_or(|closed| now.saturating_duration_since(closed) < retention)
         });
         let removed = (before - rows.len()) as u64;
         Box::pin(async move { Ok(removed) })
