@@ -93,30 +93,29 @@ pub(crate) async fn send(operation: Operation, id: String) -> Result<IdempotentR
     let mut races = 0;
     let (lease, entry_age, request, resumed) = loop {
         let unknown = caller_key.is_some();
+        // A new operation is the common case: one durable write records it and takes
+        // its lease. Only an id already taken is read back.
+        let inserted = journal
+            .insert(&id, &record, &holder, lease_duration)
+            .await
+            .map_err(journal_error(Some(&operation.key), unknown))?;
+        if let Inserted::Recorded(lease) = inserted {
+            info!(operation_id = %id, "operation recorded");
+            break (lease, Duration::ZERO, record, false);
+        }
         let found = journal
             .find(&id)
             .await
-            .map_err(journal_error(Some(&operation.key), unknown))?;
+            .map_err(journal_error(Some(&operation.key), true))?;
         let Some(entry) = found else {
-            let inserted = journal
-                .insert(&id, &record, &holder, lease_duration)
-                .await
-                .map_err(journal_error(Some(&operation.key), unknown))?;
-            match inserted {
-                Inserted::Recorded(lease) => {
-                    info!(operation_id = %id, "operation recorded");
-                    break (lease, Duration::ZERO, record, false);
-                }
-                _ => {
-                    races += 1;
-                    if races > MAX_RACES {
-                        return Err(journal_error(Some(&operation.key), true)(
-                            JournalError::corrupt("the operation id keeps changing under us"),
-                        ));
-                    }
-                    continue;
-                }
+            // Removed between the two steps (housekeeping): record it again.
+            races += 1;
+            if races > MAX_RACES {
+                return Err(journal_error(Some(&operation.key), true)(
+                    JournalError::corrupt("the operation id keeps changing under us"),
+                ));
             }
+            continue;
         };
         let key = recorded_key(&entry).map_err(journal_error(None, true))?;
         if let Some(reason) = mismatch(&entry.request, &record, caller_key.as_ref()) {
@@ -236,8 +235,13 @@ pub(crate) async fn send(operation: Operation, id: String) -> Result<IdempotentR
     if resumed {
         info!(operation_id = %id, age_s = entry_age.as_secs(), "resuming a recorded operation");
     }
-    let template =
-        template_of(&request, &operation.template, js).map_err(journal_error(Some(&key), true))?;
+    // A new operation sends the request at hand, which is what was recorded; a resumed
+    // one is rebuilt from its record's bytes, with the secrets at hand.
+    let template = if resumed {
+        template_of(&request, &operation.template, js).map_err(journal_error(Some(&key), true))?
+    } else {
+        operation.template
+    };
     let drive = Operation {
         client: client.clone(),
         template,

@@ -79,6 +79,7 @@ const ABANDONED: i16 = 3;
 /// | `max_resume_age` | 20 h ([`DEFAULT_MAX_RESUME_AGE`]) |
 /// | `max_resumes` | 20 ([`DEFAULT_MAX_RESUMES`]) |
 /// | `completed_retention` | 7 days ([`DEFAULT_COMPLETED_RETENTION`]) |
+/// | `connections` | 8, used in turn: the server flushes the commits of many at once |
 /// | `namespace` | `""`: set one per application sharing a database |
 ///
 /// ```no_run
@@ -104,6 +105,7 @@ pub struct PostgresJournalBuilder {
     max_resume_age: Duration,
     max_resumes: u32,
     completed_retention: Duration,
+    connections: usize,
 }
 
 impl PostgresJournalBuilder {
@@ -137,6 +139,12 @@ impl PostgresJournalBuilder {
         self
     }
 
+    /// How many connections the journal uses in turn (at least 1).
+    pub fn connections(mut self, connections: usize) -> Self {
+        self.connections = connections;
+        self
+    }
+
     /// Connects, and creates or checks the schema under a fleet-wide lock.
     ///
     /// # Errors
@@ -155,7 +163,10 @@ impl PostgresJournalBuilder {
             shared: Arc::new(Shared {
                 url: self.url,
                 namespace: self.namespace,
-                client: tokio::sync::Mutex::new(None),
+                connections: (0..self.connections.max(1))
+                    .map(|_| tokio::sync::Mutex::new(None))
+                    .collect(),
+                next: std::sync::atomic::AtomicUsize::new(0),
             }),
             lease_duration: self.lease_duration,
             max_resume_age: self.max_resume_age,
@@ -176,17 +187,19 @@ impl PostgresJournalBuilder {
     }
 }
 
-/// What the journal's clones share: where the database is, and one connection to it
-/// (queries from many tasks are pipelined on it), made again if it breaks.
+/// What the journal's clones share: where the database is, and a few connections to it,
+/// used in turn (queries from many tasks are pipelined on each; several let the server
+/// flush many commits at once), each made again if it breaks.
 #[derive(Debug)]
 struct Shared {
     url: String,
     namespace: String,
-    client: tokio::sync::Mutex<Option<Arc<Client>>>,
+    connections: Vec<tokio::sync::Mutex<Option<Arc<Client>>>>,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 /// The operation journal in PostgreSQL (feature `journal-postgres`): see
-/// [`journal`](crate::journal). Clones share one connection.
+/// [`journal`](crate::journal). Clones share its connections.
 ///
 /// ```no_run
 /// use idempotent_retry::IdempotentClient;
@@ -219,6 +232,7 @@ impl PostgresJournal {
             max_resume_age: DEFAULT_MAX_RESUME_AGE,
             max_resumes: DEFAULT_MAX_RESUMES,
             completed_retention: DEFAULT_COMPLETED_RETENTION,
+            connections: 8,
         }
     }
 
@@ -231,9 +245,15 @@ impl PostgresJournal {
         Self::builder(url).connect().await
     }
 
-    /// The connection, made (again) if there is none or it broke.
+    /// The next connection in turn, made (again) if there is none or it broke.
     async fn client(&self) -> Result<Arc<Client>, JournalError> {
-        let mut slot = self.shared.client.lock().await;
+        let shared = &self.shared;
+        let turn = shared
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut slot = shared.connections[turn % shared.connections.len()]
+            .lock()
+            .await;
         if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());
         }

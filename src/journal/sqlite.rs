@@ -7,7 +7,7 @@
 //! every process on it.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -144,16 +144,32 @@ impl SqliteJournalBuilder {
         }
         let path = self.path.clone();
         let busy = self.busy_timeout;
-        let connection = blocking(move || open(&path, busy))
-            .await
-            .map_err(|source| crate::Error::Journal {
-                operation_id: String::new(),
-                key: None,
-                outcome_unknown: false,
-                source,
-            })?;
+        let opened = tokio::task::spawn_blocking(move || {
+            let writer = open(&path, busy)?;
+            // Reads go on a connection of their own: in WAL mode they never wait for the
+            // writer, and they keep its queue for the writes.
+            let reader = Connection::open(&path)
+                .and_then(|reader| reader.busy_timeout(busy).map(|()| reader))
+                .map_err(storage("could not open the journal for reading"))?;
+            Ok((writer, reader))
+        })
+        .await
+        .unwrap_or_else(|e| Err(JournalError::storage("the journal could not be opened", e)));
+        let journal_error = |source| crate::Error::Journal {
+            operation_id: String::new(),
+            key: None,
+            outcome_unknown: false,
+            source,
+        };
+        let (connection, reader) = opened.map_err(journal_error)?;
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("idempotent-retry-journal".into())
+            .spawn(move || writer(connection, &queue))
+            .map_err(|e| journal_error(JournalError::storage("could not start its writer", e)))?;
         Ok(SqliteJournal {
-            connection: Arc::new(Mutex::new(connection)),
+            jobs,
+            reader: Arc::new(Mutex::new(reader)),
             lease_duration: self.lease_duration,
             max_resume_age: self.max_resume_age,
             max_resumes: self.max_resumes,
@@ -163,7 +179,10 @@ impl SqliteJournalBuilder {
 }
 
 /// The operation journal in one SQLite file (feature `journal-sqlite`): see
-/// [`journal`](crate::journal). Clones share one connection.
+/// [`journal`](crate::journal). Clones share one connection, owned by one writer
+/// thread that commits the writes waiting at once in one transaction (group commit):
+/// one sync to disk for many operations, and each caller answered only once its write
+/// is synced.
 ///
 /// ```no_run
 /// use idempotent_retry::IdempotentClient;
@@ -178,7 +197,8 @@ impl SqliteJournalBuilder {
 /// ```
 #[derive(Clone, Debug)]
 pub struct SqliteJournal {
-    connection: Arc<Mutex<Connection>>,
+    jobs: mpsc::Sender<Job>,
+    reader: Arc<Mutex<Connection>>,
     lease_duration: Duration,
     max_resume_age: Duration,
     max_resumes: u32,
@@ -207,35 +227,93 @@ impl SqliteJournal {
         Self::builder(path).open().await
     }
 
-    /// Runs `work` on the connection, off the async threads.
+    /// Runs `work` on the writer thread, inside the next group of writes, and answers
+    /// once that group is committed (synced).
     fn with<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, JournalError> + Send + 'static,
+        work: impl FnOnce(&Connection) -> Result<T, JournalError> + Send + 'static,
     ) -> JournalFuture<'static, T> {
-        let connection = self.connection.clone();
-        Box::pin(blocking(move || work(&mut lock(&connection))))
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |connection: Result<&Connection, &str>| {
+            let result = match connection {
+                Ok(connection) => work(connection),
+                Err(reason) => Err(JournalError::Storage {
+                    reason: reason.to_owned(),
+                    source: None,
+                }),
+            };
+            let reply: Reply = Box::new(move |failed_commit: Option<&str>| {
+                let result = match (result, failed_commit) {
+                    (Ok(_), Some(reason)) => Err(JournalError::Storage {
+                        reason: reason.to_owned(),
+                        source: None,
+                    }),
+                    (result, _) => result,
+                };
+                let _ = answer.send(result);
+            });
+            reply
+        });
+        let queued = self.jobs.send(job);
+        Box::pin(async move {
+            let stopped = || JournalError::Storage {
+                reason: "the journal's writer thread stopped".into(),
+                source: None,
+            };
+            queued.map_err(|_| stopped())?;
+            answered.await.map_err(|_| stopped())?
+        })
     }
 }
 
-/// Runs blocking SQLite work on tokio's blocking threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, JournalError> + Send + 'static,
-) -> Result<T, JournalError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result,
-        Err(e) => Err(JournalError::storage(
-            "the journal's worker thread failed",
-            e,
-        )),
+/// One piece of work for the writer: run on the connection (or told why it cannot be),
+/// it returns how to answer once its group is committed.
+type Job = Box<dyn FnOnce(Result<&Connection, &str>) -> Reply + Send>;
+
+/// Answers a job's caller: `None` once its group is committed, else why the commit
+/// failed.
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// Most jobs committed in one group.
+const MAX_GROUP: usize = 512;
+
+/// The writer thread: takes whatever jobs are waiting (at least one), runs them in one
+/// `BEGIN IMMEDIATE` transaction, commits once, then answers each. Ends when every
+/// journal handle is gone.
+fn writer(mut connection: Connection, queue: &mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_group(&mut connection, group);
     }
 }
 
-fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    // A panic while holding the connection leaves SQLite itself consistent (every
-    // write is a transaction): the poison flag carries no information.
-    connection
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+fn commit_group(connection: &mut Connection, group: Vec<Job>) {
+    let transaction = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(transaction) => transaction,
+        Err(e) => {
+            let reason = format!("could not begin a write: {e}");
+            for job in group {
+                job(Err(&reason))(Some(&reason));
+            }
+            return;
+        }
+    };
+    // No savepoint per job: each job's writes are single statements, and SQLite undoes
+    // a failed statement by itself, so one job's failure leaves the others' writes whole.
+    let replies: Vec<Reply> = group.into_iter().map(|job| job(Ok(&transaction))).collect();
+    let failed = transaction
+        .commit()
+        .err()
+        .map(|e| format!("could not commit to the journal: {e}"));
+    for reply in replies {
+        reply(failed.as_deref());
+    }
 }
 
 fn storage(what: &'static str) -> impl Fn(rusqlite::Error) -> JournalError {
@@ -407,14 +485,13 @@ fn entry(row: RawRow, now: i64) -> Result<JournalEntry, JournalError> {
 }
 
 fn find(connection: &Connection, id: &str) -> Result<Option<JournalEntry>, JournalError> {
+    let read = storage("could not read an operation");
     let row = connection
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM operations WHERE id = ?1"),
-            [id],
-            raw,
-        )
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM operations WHERE id = ?1"))
+        .map_err(&read)?
+        .query_row([id], raw)
         .optional()
-        .map_err(storage("could not read an operation"))?;
+        .map_err(&read)?;
     row.map(|row| entry(row, now_ms())).transpose()
 }
 
@@ -429,8 +506,19 @@ fn leased(changed: usize, lease: &Lease) -> Result<(), JournalError> {
 
 impl Journal for SqliteJournal {
     fn find<'a>(&'a self, id: &'a str) -> JournalFuture<'a, Option<JournalEntry>> {
-        let id = id.to_owned();
-        self.with(move |connection| find(connection, &id))
+        let (id, reader) = (id.to_owned(), self.reader.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                // A panic while reading leaves nothing half-written: the poison flag
+                // carries no information.
+                let reader = reader
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                find(&reader, &id)
+            })
+            .await
+            .unwrap_or_else(|e| Err(JournalError::storage("the journal's reader failed", e)))
+        })
     }
 
     fn insert<'a>(
@@ -444,12 +532,14 @@ impl Journal for SqliteJournal {
         self.with(move |connection| {
             let now = now_ms();
             let inserted = connection
-                .execute(
+                .prepare_cached(
                     "INSERT INTO operations (id, key, method, url, key_header, key_value, headers, \
                      body, created_ms, state, holder, token, expires_ms) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, 1, ?11) \
                      ON CONFLICT (id) DO NOTHING",
-                    params![
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
                         id,
                         request.key,
                         request.method,
@@ -461,8 +551,8 @@ impl Journal for SqliteJournal {
                         now,
                         holder,
                         now.saturating_add(ms(lease)),
-                    ],
-                )
+                    ])
+                })
                 .map_err(storage("could not record the operation"))?;
             Ok(if inserted == 1 {
                 Inserted::Recorded(Lease { id, token: 1 })
@@ -481,9 +571,8 @@ impl Journal for SqliteJournal {
         let (id, holder) = (id.to_owned(), holder.to_owned());
         self.with(move |connection| {
             let claim = storage("could not claim the operation");
-            let tx = connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(&claim)?;
+            // Inside the writer's transaction: the read and the write are one step.
+            let tx = connection;
             let now = now_ms();
             let row: Option<ClaimRow> = tx
                 .query_row(
@@ -527,7 +616,6 @@ impl Journal for SqliteJournal {
                 }
                 _ => Claimed::NotPending,
             };
-            tx.commit().map_err(&claim)?;
             Ok(claimed)
         })
     }
@@ -536,10 +624,12 @@ impl Journal for SqliteJournal {
         let lease = lease.clone();
         self.with(move |connection| {
             let changed = connection
-                .execute(
-                    "UPDATE operations SET expires_ms = ?3 WHERE id = ?1 AND token = ?2 AND state = 0",
-                    params![lease.id, token(&lease), now_ms().saturating_add(ms(duration))],
-                )
+                .prepare_cached(
+                    "UPDATE operations SET expires_ms = ?3 WHERE id = ?1 AND token = ?2 AND state = 0")
+                .and_then(|mut statement| {
+                    statement.execute(
+                    params![lease.id, token(&lease), now_ms().saturating_add(ms(duration))],)
+                })
                 .map_err(storage("could not renew the lease"))?;
             leased(changed, &lease)
         })
@@ -553,19 +643,21 @@ impl Journal for SqliteJournal {
         let (lease, answer) = (lease.clone(), answer.clone());
         self.with(move |connection| {
             let changed = connection
-                .execute(
+                .prepare_cached(
                     "UPDATE operations SET state = 1, answer_status = ?3, answer_headers = ?4, \
                      answer_body = ?5, holder = NULL, closed_ms = ?6 \
                      WHERE id = ?1 AND token = ?2 AND state = 0",
-                    params![
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
                         lease.id,
                         token(&lease),
                         answer.status,
                         encode(&answer.headers),
                         &answer.body[..],
                         now_ms(),
-                    ],
-                )
+                    ])
+                })
                 .map_err(storage("could not record the answer"))?;
             leased(changed, &lease)
         })
@@ -583,18 +675,20 @@ impl Journal for SqliteJournal {
                 .not_before
                 .map(|wait| now_ms().saturating_add(ms(wait)));
             let changed = connection
-                .execute(
+                .prepare_cached(
                     "UPDATE operations SET attempts = attempts + ?3, holder = NULL, state = ?4, \
                      attention = ?5, not_before_ms = ?6 WHERE id = ?1 AND token = ?2 AND state = 0",
-                    params![
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
                         lease.id,
                         token(&lease),
                         release.attempts,
                         state,
                         release.attention,
                         not_before
-                    ],
-                )
+                    ])
+                })
                 .map_err(storage("could not release the lease"))?;
             leased(changed, &lease)
         })
@@ -638,9 +732,7 @@ impl Journal for SqliteJournal {
         let (id, resolution) = (id.to_owned(), resolution.clone());
         self.with(move |connection| {
             let fail = storage("could not resolve the operation");
-            let tx = connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(&fail)?;
+            let tx = connection;
             let now = now_ms();
             // Open (pending or needing attention) and held by no live worker.
             let open = "id = ?1 AND state IN (0, 2) AND (holder IS NULL OR expires_ms <= ?2)";
@@ -676,7 +768,6 @@ impl Journal for SqliteJournal {
                 ),
             }
             .map_err(&fail)?;
-            tx.commit().map_err(&fail)?;
             Ok(changed == 1)
         })
     }

@@ -1,0 +1,149 @@
+//! What the operation journal costs: operations per second and latency with no journal,
+//! with SQLite (durable: WAL, `synchronous=FULL`) and with PostgreSQL (synchronous
+//! commits; a throwaway cluster started here when PostgreSQL is installed), at 1 and 64
+//! operations in flight, against the in-process mock server.
+//!
+//! Every journalled operation writes twice (its record before the first attempt, its
+//! answer after the last), each synced to disk, so the disk's sync rate bounds it unless
+//! writes are committed in groups.
+//!
+//! ```text
+//! cargo bench --all-features --bench journal            # full run
+//! cargo bench --all-features --bench journal -- --quick # a smoke run
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark stops on any failure.
+
+mod support;
+
+#[path = "../tests/support/postgres.rs"]
+mod postgres;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use idempotent_retry::journal::{PostgresJournal, SqliteJournal};
+use idempotent_retry::mock::MockServer;
+use idempotent_retry::{IdempotentClient, IdempotentClientBuilder, RetryBudget};
+
+struct Row {
+    ops: u64,
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Runs `ops` operations, `concurrency` at a time; in round `Some(r)`, each with its own
+/// operation id (journalled), in `None` without (the plain path).
+async fn run(
+    client: &IdempotentClient,
+    url: &str,
+    (ops, concurrency): (u64, usize),
+    round: Option<u64>,
+) -> Row {
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(ops as usize);
+    for n in 0..ops {
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let (client, url) = (client.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let began = Instant::now();
+            let mut request = client
+                .post_idempotent(url)
+                .json(&serde_json::json!({ "n": n }));
+            if let Some(round) = round {
+                request = request.operation_id(format!("bench-{round}-{n}"));
+            }
+            request.send().await.unwrap();
+            began.elapsed()
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        latencies.push(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    Row {
+        ops,
+        rate: ops as f64 / elapsed.as_secs_f64(),
+        p50: at(0.5),
+        p99: at(0.99),
+    }
+}
+
+fn builder() -> IdempotentClientBuilder {
+    IdempotentClient::builder()
+        .attempt_timeout(Duration::from_secs(5))
+        .retry_budget(RetryBudget::unlimited())
+}
+
+fn main() {
+    let quick = support::quick();
+    let ops: u64 = if quick { 300 } else { 5_000 };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("idempotent-retry-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cluster = postgres::Cluster::start("bench");
+    runtime.block_on(async {
+        let server = MockServer::builder()
+            .max_keys(1_000_000)
+            .max_log(0)
+            .start()
+            .await
+            .unwrap();
+        let url = format!("{}/orders", server.uri());
+        let mut journals: Vec<(&str, Option<Box<dyn Fn() -> IdempotentClientBuilder>>)> =
+            vec![("no journal", None)];
+        let sqlite = SqliteJournal::open(dir.join("bench.db")).await.unwrap();
+        journals.push((
+            "SQLite (synchronous=FULL)",
+            Some(Box::new(move || builder().journal(sqlite.clone()))),
+        ));
+        if let Some(cluster) = &cluster {
+            let pg = PostgresJournal::connect(cluster.url.clone()).await.unwrap();
+            journals.push((
+                "PostgreSQL (synchronous_commit=on)",
+                Some(Box::new(move || builder().journal(pg.clone()))),
+            ));
+        }
+
+        println!("### Journalled operations against the in-process mock server ({ops} per row)\n");
+        println!("| journal | in flight | operations/s | vs no journal | p50 ms | p99 ms |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        let mut round = 0;
+        for concurrency in [1usize, 64] {
+            let mut baseline = None;
+            for (name, make) in &journals {
+                round += 1;
+                let row = match make {
+                    None => run(&builder().build().unwrap(), &url, (ops, concurrency), None).await,
+                    Some(make) => {
+                        let client = make().build().unwrap();
+                        run(&client, &url, (ops, concurrency), Some(round)).await
+                    }
+                };
+                let base = *baseline.get_or_insert(row.rate);
+                println!(
+                    "| {name} | {concurrency} | {:.0} | {:.2}× | {:.2} | {:.2} |",
+                    row.rate,
+                    row.rate / base,
+                    row.p50.as_secs_f64() * 1e3,
+                    row.p99.as_secs_f64() * 1e3,
+                );
+                assert_eq!(row.ops, ops);
+            }
+        }
+        assert!(server.duplicates().is_empty());
+        if cluster.is_none() {
+            println!("\n(PostgreSQL is not installed here: its rows are missing.)");
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
