@@ -74,6 +74,9 @@ async fn run(
     }
 }
 
+/// Makes a client with one of the journals.
+type MakeClient = Box<dyn Fn() -> IdempotentClientBuilder>;
+
 fn builder() -> IdempotentClientBuilder {
     IdempotentClient::builder()
         .attempt_timeout(Duration::from_secs(5))
@@ -99,8 +102,7 @@ fn main() {
             .await
             .unwrap();
         let url = format!("{}/orders", server.uri());
-        let mut journals: Vec<(&str, Option<Box<dyn Fn() -> IdempotentClientBuilder>>)> =
-            vec![("no journal", None)];
+        let mut journals: Vec<(&str, Option<MakeClient>)> = vec![("no journal", None)];
         let sqlite = SqliteJournal::open(dir.join("bench.db")).await.unwrap();
         journals.push((
             "SQLite (synchronous=FULL)",
