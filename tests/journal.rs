@@ -971,3 +971,95 @@ mod interleavings {
         }
     }
 }
+
+mod conformance {
+    use super::*;
+    use idempotent_retry::journal::conformance::check;
+
+    #[tokio::test]
+    async fn the_memory_journal_keeps_every_rule() {
+        check(&MemoryJournal::new()).await.unwrap();
+    }
+
+    #[cfg(feature = "journal-sqlite")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sqlite_journal_keeps_every_rule() {
+        let journal = idempotent_retry::journal::SqliteJournal::open(sqlite_path("conformance"))
+            .await
+            .unwrap();
+        check(&journal).await.unwrap();
+    }
+
+    #[cfg(feature = "journal-postgres")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_postgres_journal_keeps_every_rule() {
+        let Some(cluster) = support::postgres::Cluster::start("conformance") else {
+            return;
+        };
+        let journal = idempotent_retry::journal::PostgresJournal::connect(&cluster.url)
+            .await
+            .unwrap();
+        check(&journal).await.unwrap();
+    }
+
+    /// A journal that forgets fencing: it renews whatever token it is given.
+    struct Unfenced(MemoryJournal);
+
+    impl Journal for Unfenced {
+        fn find<'a>(&'a self, id: &'a str) -> JournalFuture<'a, Option<JournalEntry>> {
+            self.0.find(id)
+        }
+        fn insert<'a>(
+            &'a self,
+            id: &'a str,
+            request: &'a RecordedRequest,
+            holder: &'a str,
+            lease: Duration,
+        ) -> JournalFuture<'a, Inserted> {
+            self.0.insert(id, request, holder, lease)
+        }
+        fn claim<'a>(
+            &'a self,
+            id: &'a str,
+            holder: &'a str,
+            lease: Duration,
+        ) -> JournalFuture<'a, Claimed> {
+            self.0.claim(id, holder, lease)
+        }
+        fn renew<'a>(&'a self, _: &'a Lease, _: Duration) -> JournalFuture<'a, ()> {
+            Box::pin(async { Ok(()) })
+        }
+        fn complete<'a>(
+            &'a self,
+            lease: &'a Lease,
+            answer: &'a RecordedAnswer,
+        ) -> JournalFuture<'a, ()> {
+            self.0.complete(lease, answer)
+        }
+        fn release<'a>(&'a self, lease: &'a Lease, release: &'a Release) -> JournalFuture<'a, ()> {
+            self.0.release(lease, release)
+        }
+        fn pending(&self) -> JournalFuture<'_, Vec<JournalEntry>> {
+            self.0.pending()
+        }
+        fn resolve<'a>(
+            &'a self,
+            id: &'a str,
+            resolution: &'a Resolution,
+        ) -> JournalFuture<'a, bool> {
+            self.0.resolve(id, resolution)
+        }
+        fn housekeep(&self) -> JournalFuture<'_, u64> {
+            self.0.housekeep()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_journal_without_fencing_is_caught() {
+        let broken = check(&Unfenced(MemoryJournal::new())).await.unwrap_err();
+        assert!(
+            broken.contains("renew") && broken.contains("LeaseLost"),
+            "{broken}"
+        );
+    }
+}

@@ -69,6 +69,7 @@ use bytes::Bytes;
 
 #[cfg(any(feature = "journal-sqlite", feature = "journal-postgres"))]
 mod blob;
+pub mod conformance;
 mod memory;
 #[cfg(feature = "journal-postgres")]
 mod postgres;

@@ -1,0 +1,306 @@
+//! A conformance check for any [`Journal`]: the rules the client relies on for
+//! exactly-once, exercised through the trait alone. Run it in your tests against your
+//! own journal; it takes about half a second (it waits for short leases to run out).
+//!
+//! ```
+//! use idempotent_retry::journal::{MemoryJournal, conformance};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! conformance::check(&MemoryJournal::new()).await.expect("a journal keeps every rule");
+//! # }
+//! ```
+//!
+//! It writes operations under ids that start with `conformance-` and a random suffix,
+//! so it can run against a database other tests share; they are left completed or
+//! abandoned, for housekeeping to remove.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{
+    Claimed, EntryState, Inserted, Journal, JournalError, Lease, RecordedAnswer, RecordedRequest,
+    Release, Resolution,
+};
+
+/// The lease the check hands out: short, so that it runs out within the check.
+const SHORT: Duration = Duration::from_millis(80);
+/// Long enough for a short lease, or a short wait, to have run out by any clock.
+const PAST_SHORT: Duration = Duration::from_millis(160);
+const LONG: Duration = Duration::from_secs(30);
+
+/// Runs every rule against `journal`; the error names the first one broken.
+///
+/// # Errors
+///
+/// A sentence naming the rule that does not hold, or the journal's own error.
+pub async fn check(journal: &dyn Journal) -> Result<(), String> {
+    let run = format!("conformance-{}", uuid::Uuid::new_v4().simple());
+    let id = |name: &str| format!("{run}-{name}");
+    let fail = |what: &str, e: JournalError| format!("{what}: the journal failed: {e}");
+
+    // Recording: one write records the operation and gives its lease.
+    let original = request("k-1");
+    let first = match journal
+        .insert(&id("op"), &original, "worker-a", SHORT)
+        .await
+        .map_err(|e| fail("insert", e))?
+    {
+        Inserted::Recorded(lease) => lease,
+        other => return Err(format!("a new id must be recorded, not {other:?}")),
+    };
+    let again = journal
+        .insert(&id("op"), &request("k-other"), "worker-b", LONG)
+        .await
+        .map_err(|e| fail("insert", e))?;
+    if again != Inserted::Exists {
+        return Err(format!("a taken id must be Exists, not {again:?}"));
+    }
+    let entry = journal
+        .find(&id("op"))
+        .await
+        .map_err(|e| fail("find", e))?
+        .ok_or("a recorded operation must be found")?;
+    if entry.request != original {
+        return Err("find must return the request exactly as recorded".into());
+    }
+    if entry.state != EntryState::Pending || entry.holder.as_deref() != Some("worker-a") {
+        return Err(format!(
+            "a new operation is pending and held by its recorder, not {:?} held by {:?}",
+            entry.state, entry.holder
+        ));
+    }
+    if journal
+        .find(&id("missing"))
+        .await
+        .map_err(|e| fail("find", e))?
+        .is_some()
+    {
+        return Err("an id never recorded must not be found".into());
+    }
+
+    // Leases: a live one is not taken; a run-out one is, with a greater token.
+    match journal
+        .claim(&id("op"), "worker-b", LONG)
+        .await
+        .map_err(|e| fail("claim", e))?
+    {
+        Claimed::Held { holder, .. } if holder == "worker-a" => {}
+        other => {
+            return Err(format!(
+                "a live lease must be Held by its holder, not {other:?}"
+            ));
+        }
+    }
+    journal
+        .renew(&first, SHORT)
+        .await
+        .map_err(|e| fail("renewing one's own lease", e))?;
+    tokio::time::sleep(PAST_SHORT).await;
+    let second = match journal
+        .claim(&id("op"), "worker-b", LONG)
+        .await
+        .map_err(|e| fail("claim", e))?
+    {
+        Claimed::Lease(lease) if lease.token > first.token => lease,
+        other => {
+            return Err(format!(
+                "a run-out lease must be taken with a greater token than {}, not {other:?}",
+                first.token
+            ));
+        }
+    };
+
+    // Fencing: every write naming the old token is refused, and changes nothing.
+    let answer = RecordedAnswer {
+        status: 201,
+        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        body: Bytes::from_static(b"{\"id\":1}"),
+    };
+    fenced(journal.renew(&first, LONG).await, "renew")?;
+    fenced(journal.complete(&first, &answer).await, "complete")?;
+    fenced(
+        journal.release(&first, &Release::default()).await,
+        "release",
+    )?;
+    let entry = journal
+        .find(&id("op"))
+        .await
+        .map_err(|e| fail("find", e))?
+        .ok_or("the operation must still be found")?;
+    if entry.state != EntryState::Pending || entry.holder.as_deref() != Some("worker-b") {
+        return Err("a fenced-off write must change nothing".into());
+    }
+
+    // Completing: the answer is kept, the lease let go, and nothing claims it again.
+    journal
+        .complete(&second, &answer)
+        .await
+        .map_err(|e| fail("complete", e))?;
+    let entry = journal
+        .find(&id("op"))
+        .await
+        .map_err(|e| fail("find", e))?
+        .ok_or("a completed operation must be found")?;
+    if entry.state != EntryState::Completed(answer.clone()) {
+        return Err(format!(
+            "complete must keep the answer, not {:?}",
+            entry.state
+        ));
+    }
+    expect_not_pending(journal, &id("op")).await?;
+    fenced(
+        journal.release(&second, &Release::default()).await,
+        "release after complete",
+    )?;
+
+    // Releasing: attempts add up; a wait holds every claim until it passes.
+    let lease = recorded(journal, &id("wait")).await?;
+    let release = Release {
+        attempts: 2,
+        attention: None,
+        not_before: Some(SHORT),
+    };
+    journal
+        .release(&lease, &release)
+        .await
+        .map_err(|e| fail("release", e))?;
+    let entry = journal
+        .find(&id("wait"))
+        .await
+        .map_err(|e| fail("find", e))?
+        .ok_or("a released operation must be found")?;
+    if entry.attempts != 2 || entry.holder.is_some() || entry.not_before.is_none() {
+        return Err(format!(
+            "a release must add its attempts (2, got {}), free the lease and keep the wait",
+            entry.attempts
+        ));
+    }
+    match journal
+        .claim(&id("wait"), "worker-c", LONG)
+        .await
+        .map_err(|e| fail("claim", e))?
+    {
+        Claimed::NotBefore { .. } => {}
+        other => {
+            return Err(format!(
+                "a claim inside a wait must be NotBefore, not {other:?}"
+            ));
+        }
+    }
+    tokio::time::sleep(PAST_SHORT).await;
+    let lease = match journal
+        .claim(&id("wait"), "worker-c", LONG)
+        .await
+        .map_err(|e| fail("claim", e))?
+    {
+        Claimed::Lease(lease) => lease,
+        other => {
+            return Err(format!(
+                "a claim after the wait must succeed, not {other:?}"
+            ));
+        }
+    };
+
+    // Attention: never claimed again; listed by pending; a person resolves it.
+    let release = Release {
+        attention: Some("checked by a person".into()),
+        ..Release::default()
+    };
+    journal
+        .release(&lease, &release)
+        .await
+        .map_err(|e| fail("release", e))?;
+    expect_not_pending(journal, &id("wait")).await?;
+    let pending = journal.pending().await.map_err(|e| fail("pending", e))?;
+    let listed = pending.iter().find(|e| e.id == id("wait"));
+    if !listed.is_some_and(|e| matches!(e.state, EntryState::NeedsAttention(_))) {
+        return Err("pending must list an operation that needs attention".into());
+    }
+    if pending.iter().any(|e| e.id == id("op")) {
+        return Err("pending must not list a completed operation".into());
+    }
+    let resolved = journal
+        .resolve(&id("wait"), &Resolution::Abandoned("by the check".into()))
+        .await
+        .map_err(|e| fail("resolve", e))?;
+    if !resolved {
+        return Err("resolve must apply to an operation that needs attention".into());
+    }
+    let entry = journal
+        .find(&id("wait"))
+        .await
+        .map_err(|e| fail("find", e))?
+        .ok_or("an abandoned operation must be found")?;
+    if !matches!(entry.state, EntryState::Abandoned(_)) {
+        return Err(format!("resolve must abandon it, not {:?}", entry.state));
+    }
+    if journal
+        .resolve(&id("op"), &Resolution::Resend)
+        .await
+        .map_err(|e| fail("resolve", e))?
+    {
+        return Err("resolve must not apply to a completed operation".into());
+    }
+    // A held operation is not resolved under its worker's feet.
+    let held = recorded(journal, &id("held")).await?;
+    if journal
+        .resolve(&id("held"), &Resolution::Resend)
+        .await
+        .map_err(|e| fail("resolve", e))?
+    {
+        return Err("resolve must not apply to an operation a live worker holds".into());
+    }
+    journal
+        .complete(&held, &answer)
+        .await
+        .map_err(|e| fail("complete", e))?;
+    journal
+        .housekeep()
+        .await
+        .map_err(|e| fail("housekeep", e))?;
+    Ok(())
+}
+
+fn request(key: &str) -> RecordedRequest {
+    RecordedRequest {
+        method: "POST".into(),
+        url: "http://127.0.0.1:9/v1/charges".into(),
+        key: key.into(),
+        key_header: "idempotency-key".into(),
+        key_value: key.as_bytes().to_vec(),
+        headers: vec![
+            ("content-type".into(), b"application/json".to_vec()),
+            ("x-bytes".into(), vec![0x80, 0xff]),
+        ],
+        body: Bytes::from_static(b"{\"amount\":100}"),
+    }
+}
+
+/// A new operation under `id`, recorded with a long lease.
+async fn recorded(journal: &dyn Journal, id: &str) -> Result<Lease, String> {
+    match journal.insert(id, &request("k-2"), "worker-c", LONG).await {
+        Ok(Inserted::Recorded(lease)) => Ok(lease),
+        Ok(other) => Err(format!("a new id must be recorded, not {other:?}")),
+        Err(e) => Err(format!("insert: the journal failed: {e}")),
+    }
+}
+
+fn fenced(result: Result<(), JournalError>, what: &str) -> Result<(), String> {
+    match result {
+        Err(JournalError::LeaseLost { .. }) => Ok(()),
+        other => Err(format!(
+            "{what} with a token that is no longer the operation's must be LeaseLost, not {other:?}"
+        )),
+    }
+}
+
+async fn expect_not_pending(journal: &dyn Journal, id: &str) -> Result<(), String> {
+    match journal.claim(id, "worker-z", LONG).await {
+        Ok(Claimed::NotPending) => Ok(()),
+        other => Err(format!(
+            "an operation that is not pending must not be claimed, not {other:?}"
+        )),
+    }
+}
