@@ -122,6 +122,37 @@ impl IdempotentClient {
     pub async fn resume_pending(&self) -> Result<crate::journal::ResumeReport, crate::Error> {
         crate::journaled::resume_pending(self).await
     }
+
+    /// Resumes pending operations every `interval`, forever: spawn it on a worker of a
+    /// fleet, so that the operations of a worker that died are taken over once their
+    /// leases run out. Each round's failure is a warning event, and the next round
+    /// tries again.
+    ///
+    /// ```no_run
+    /// # async fn run(client: idempotent_retry::IdempotentClient) {
+    /// tokio::spawn(client.resumer(std::time::Duration::from_secs(30)));
+    /// # }
+    /// ```
+    pub fn resumer(
+        &self,
+        interval: std::time::Duration,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let client = self.clone();
+        async move {
+            loop {
+                match client.resume_pending().await {
+                    Ok(report) => tracing::info!(
+                        completed = report.completed.len(),
+                        still_pending = report.still_pending.len(),
+                        needs_attention = report.needs_attention.len(),
+                        "resumed pending operations"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "could not resume pending operations"),
+                }
+                tokio::time::sleep(interval).await;
+            }
+        }
+    }
 }
 
 impl Default for IdempotentClient {

@@ -271,7 +271,11 @@ pub(crate) async fn send(operation: Operation, id: String) -> Result<IdempotentR
                     .collect(),
                 body: response.body.clone(),
             };
-            if let Err(e) = journal.complete(&lease, &answer).await {
+            let completed = journal.complete(&lease, &answer).await;
+            if completed.is_ok() {
+                info!(operation_id = %id, status = answer.status, "operation completed");
+            }
+            if let Err(e) = completed {
                 warn!(
                     operation_id = %id,
                     error = %e,

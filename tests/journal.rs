@@ -1063,3 +1063,32 @@ mod conformance {
         );
     }
 }
+
+#[tokio::test]
+async fn the_resumer_finishes_what_a_failed_run_left() {
+    let server = MockServer::start().await;
+    server.inject(
+        Fault::StatusBeforeProcessing(http::StatusCode::BAD_GATEWAY),
+        1,
+    );
+    let client = builder(MemoryJournal::new())
+        .retry_policy(support::fast_policy().max_attempts(1))
+        .build()
+        .unwrap();
+    client
+        .post_idempotent(format!("{}/orders", server.uri()))
+        .operation_id("left-behind")
+        .json(&json!({"n": 1}))
+        .send()
+        .await
+        .unwrap_err();
+    let resumer = tokio::spawn(client.resumer(Duration::from_millis(20)));
+    let mut rounds = 0;
+    while !client.pending().await.unwrap().is_empty() {
+        rounds += 1;
+        assert!(rounds < 100, "the resumer never finished it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    resumer.abort();
+    assert_eq!(server.executions(), 1);
+}
