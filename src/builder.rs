@@ -55,6 +55,7 @@ pub struct IdempotentClientBuilder {
     /// The first invalid `sensitive_header` name, reported by `build`.
     bad_sensitive: Option<String>,
     resume_headers: Option<ResumeHeaders>,
+    seal: Option<Arc<dyn crate::journal::BodySeal>>,
 }
 
 impl Default for IdempotentClientBuilder {
@@ -82,6 +83,7 @@ impl IdempotentClientBuilder {
             sensitive: Vec::new(),
             bad_sensitive: None,
             resume_headers: None,
+            seal: None,
         }
     }
 
@@ -341,6 +343,31 @@ impl IdempotentClientBuilder {
         self
     }
 
+    /// Seals the request and answer bodies written to the journal with your cipher
+    /// (see [`BodySeal`](crate::journal::BodySeal)); they are opened when read back.
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// use idempotent_retry::journal::{BodySeal, MemoryJournal};
+    ///
+    /// struct MyCipher; // an AEAD with a key from your secret store
+    /// impl BodySeal for MyCipher {
+    ///     fn seal(&self, plain: &[u8]) -> Vec<u8> { plain.to_vec() /* encrypt here */ }
+    ///     fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String> { Ok(sealed.to_vec()) }
+    /// }
+    ///
+    /// let client = IdempotentClient::builder()
+    ///     .journal(MemoryJournal::new())
+    ///     .seal_bodies(MyCipher)
+    ///     .build()?;
+    /// # drop(client);
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn seal_bodies(mut self, seal: impl crate::journal::BodySeal) -> Self {
+        self.seal = Some(Arc::new(seal));
+        self
+    }
+
     /// The secrets (the headers never journalled) of an operation that
     /// [`resume_pending`](crate::IdempotentClient::resume_pending) re-sends with no
     /// request at hand, by the operation's URL: typically its `Authorization`.
@@ -521,6 +548,7 @@ impl IdempotentClientBuilder {
             journal: self.journal.map(|journal| {
                 Box::new(JournalSettings {
                     journal,
+                    seal: self.seal,
                     sensitive: self.sensitive,
                     resume_headers: self.resume_headers,
                 })

@@ -11,8 +11,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 use tracing::{info, warn};
 
 use crate::journal::{
-    Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, Lease, PendingOperation,
-    RecordedAnswer, RecordedRequest, Release, ResumeReport,
+    BodySeal, Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, Lease,
+    PendingOperation, RecordedAnswer, RecordedRequest, Release, ResumeReport,
 };
 use crate::transport::{Guard, Operation, Template};
 use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentClient, IdempotentResponse};
@@ -36,6 +36,8 @@ pub(crate) type ResumeHeaders = Arc<dyn Fn(&reqwest::Url) -> HeaderMap + Send + 
 /// The client's journal and what goes with it.
 pub(crate) struct JournalSettings {
     pub(crate) journal: Arc<dyn Journal>,
+    /// Seals the bodies written to the journal, if the caller gave a seal.
+    pub(crate) seal: Option<Arc<dyn BodySeal>>,
     /// Headers left out of the record besides `Authorization`, `Proxy-Authorization`
     /// and `Cookie`.
     pub(crate) sensitive: Vec<HeaderName>,
@@ -45,6 +47,35 @@ pub(crate) struct JournalSettings {
 impl JournalSettings {
     fn is_secret(&self, name: &HeaderName) -> bool {
         SECRETS.contains(name) || self.sensitive.contains(name)
+    }
+
+    /// A body as the journal stores it.
+    fn seal(&self, body: &Bytes) -> Bytes {
+        match &self.seal {
+            Some(seal) => Bytes::from(seal.seal(body)),
+            None => body.clone(),
+        }
+    }
+
+    /// A stored body as it was given.
+    fn open(&self, body: &Bytes) -> Result<Bytes, JournalError> {
+        match &self.seal {
+            Some(seal) => seal.open(body).map(Bytes::from).map_err(|reason| {
+                JournalError::corrupt(format!("a sealed body does not open: {reason}"))
+            }),
+            None => Ok(body.clone()),
+        }
+    }
+
+    /// An entry as read, its bodies opened.
+    fn opened(&self, mut entry: JournalEntry) -> Result<JournalEntry, JournalError> {
+        if self.seal.is_some() {
+            entry.request.body = self.open(&entry.request.body)?;
+            if let EntryState::Completed(answer) = &mut entry.state {
+                answer.body = self.open(&answer.body)?;
+            }
+        }
+        Ok(entry)
     }
 }
 
@@ -75,6 +106,10 @@ pub(crate) async fn send(operation: Operation, id: String) -> Result<IdempotentR
         });
     }
     let record = record_of(&operation, js);
+    let stored = RecordedRequest {
+        body: js.seal(&record.body),
+        ..record.clone()
+    };
     let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
     let policy = *operation.policy.as_deref().unwrap_or(&settings.policy);
     let deadline = Instant::now().checked_add(policy.deadline);
@@ -96,7 +131,7 @@ pub(crate) async fn send(operation: Operation, id: String) -> Result<IdempotentR
         // A new operation is the common case: one durable write records it and takes
         // its lease. Only an id already taken is read back.
         let inserted = journal
-            .insert(&id, &record, &holder, lease_duration)
+            .insert(&id, &stored, &holder, lease_duration)
             .await
             .map_err(journal_error(Some(&operation.key), unknown))?;
         if let Inserted::Recorded(lease) = inserted {
@@ -106,6 +141,10 @@ pub(crate) async fn send(operation: Operation, id: String) -> Result<IdempotentR
         let found = journal
             .find(&id)
             .await
+            .map_err(journal_error(Some(&operation.key), true))?;
+        let found = found
+            .map(|entry| js.opened(entry))
+            .transpose()
             .map_err(journal_error(Some(&operation.key), true))?;
         let Some(entry) = found else {
             // Removed between the two steps (housekeeping): record it again.
@@ -269,7 +308,7 @@ pub(crate) async fn send(operation: Operation, id: String) -> Result<IdempotentR
                     .iter()
                     .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
                     .collect(),
-                body: response.body.clone(),
+                body: js.seal(&response.body),
             };
             let completed = journal.complete(&lease, &answer).await;
             if completed.is_ok() {
@@ -556,6 +595,17 @@ pub(crate) async fn resume_pending(client: &IdempotentClient) -> Result<ResumeRe
         Err(e) => warn!(error = %e, "could not remove old completed operations"),
     }
     for entry in entries {
+        let entry = match js.opened(entry) {
+            Ok(entry) => entry,
+            Err(source) => {
+                return Err(Error::Journal {
+                    operation_id: String::new(),
+                    key: None,
+                    outcome_unknown: true,
+                    source,
+                });
+            }
+        };
         if let EntryState::NeedsAttention(_) = entry.state {
             report.needs_attention.push(entry.id);
             continue;

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use idempotent_retry::journal::{
-    Claimed, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease, MemoryJournal,
-    RecordedAnswer, RecordedRequest, Release, Resolution,
+    Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease,
+    MemoryJournal, RecordedAnswer, RecordedRequest, Release, Resolution,
 };
 use idempotent_retry::mock::{Fault, MockServer};
 use idempotent_retry::{Error, GiveUpReason, IdempotentClient, IdempotentClientBuilder};
@@ -90,6 +90,7 @@ macro_rules! on_every_store {
 }
 
 on_every_store!(
+    sealed_bodies_are_never_stored_plain,
     a_persons_resolution_is_what_later_sends_get,
     a_wait_the_server_asked_for_holds_every_send_until_it_passes,
     a_completed_operation_answers_again_without_io,
@@ -99,6 +100,79 @@ on_every_store!(
     secrets_are_never_recorded_and_resumes_get_them_back,
     a_dead_workers_lease_is_taken_over_when_it_runs_out,
 );
+
+/// A toy cipher for the test: a marker, then the bytes turned over with a key.
+struct Toy(u8);
+
+impl idempotent_retry::journal::BodySeal for Toy {
+    fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        let mut sealed = b"TOY".to_vec();
+        sealed.push(self.0);
+        sealed.extend(plain.iter().map(|b| b ^ self.0));
+        sealed
+    }
+    fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        match sealed {
+            [b'T', b'O', b'Y', key, rest @ ..] if *key == self.0 => {
+                Ok(rest.iter().map(|b| b ^ self.0).collect())
+            }
+            _ => Err("not sealed with this key".into()),
+        }
+    }
+}
+
+async fn sealed_bodies_are_never_stored_plain(journal: impl Journal + Clone) {
+    let server = MockServer::start().await;
+    server.inject(Fault::DropAfterProcessing, 1);
+    let sealed = |key| {
+        builder(journal.clone())
+            .retry_policy(support::fast_policy().max_attempts(1))
+            .seal_bodies(Toy(key))
+            .build()
+            .unwrap()
+    };
+    let url = format!("{}/v1/charges", server.uri());
+    let card = json!({"card": "4242424242424242"});
+    let send = |client: IdempotentClient| {
+        let (url, card) = (url.clone(), card.clone());
+        async move {
+            client
+                .post_idempotent(url)
+                .operation_id("sealed")
+                .json(&card)
+                .send()
+                .await
+        }
+    };
+    assert!(send(sealed(0x5a)).await.is_err(), "the answer was lost");
+    let stored = journal.find("sealed").await.unwrap().unwrap();
+    assert!(stored.request.body.starts_with(b"TOY"), "sealed");
+    assert!(!String::from_utf8_lossy(&stored.request.body).contains("4242"));
+
+    // Opened with the wrong key, it is refused, never sent with a wrong body.
+    let err = send(sealed(0x33)).await.unwrap_err();
+    assert!(err.to_string().contains("does not open"), "{err}");
+    assert_eq!(server.requests().len(), 1);
+
+    let resp = send(sealed(0x5a)).await.unwrap();
+    assert!(resp.is_replay());
+    let sent = server.requests().pop().unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(sent.body()).unwrap(),
+        card
+    );
+    let EntryState::Completed(answer) = journal.find("sealed").await.unwrap().unwrap().state else {
+        panic!("completed");
+    };
+    assert!(answer.body.starts_with(b"TOY"), "the answer is sealed too");
+    let again = send(sealed(0x5a)).await.unwrap();
+    assert_eq!(again.attempts(), 0);
+    assert_eq!(
+        again.json::<serde_json::Value>().await.unwrap()["body"],
+        card
+    );
+    assert_eq!(server.executions(), 1);
+}
 
 async fn a_persons_resolution_is_what_later_sends_get(journal: impl Journal + Clone) {
     let server = MockServer::start().await;

@@ -171,6 +171,25 @@ pub trait Journal: Send + Sync + 'static {
     }
 }
 
+/// Seals the bodies the journal stores (requests and answers: card numbers, personal
+/// data) and opens them when they are read back. Give one to
+/// [`IdempotentClientBuilder::seal_bodies`](crate::IdempotentClientBuilder::seal_bodies):
+/// an authenticated cipher of your choice (AES-GCM, ChaCha20-Poly1305) with a key from
+/// your secret store. The journal itself never sees a plain body then; method, URL,
+/// headers other than secrets, and the key stay readable, for `pending()` and people.
+pub trait BodySeal: Send + Sync + 'static {
+    /// The sealed form of `plain`.
+    fn seal(&self, plain: &[u8]) -> Vec<u8>;
+
+    /// `plain` again from its sealed form, or why it cannot be opened (a wrong key, a
+    /// tampered record): the operation is then refused, never sent with a wrong body.
+    ///
+    /// # Errors
+    ///
+    /// Why the sealed bytes cannot be opened.
+    fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String>;
+}
+
 /// The default retention of completed operations: a week, far beyond any server's key
 /// lifetime, so a re-run of the application within it never reaches the server.
 pub const DEFAULT_COMPLETED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
