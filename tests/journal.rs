@@ -1166,3 +1166,45 @@ async fn the_resumer_finishes_what_a_failed_run_left() {
     resumer.abort();
     assert_eq!(server.executions(), 1);
 }
+
+/// A resume after the credential changed (a rotated token), against a server that
+/// scopes keys by `scope`: what executes.
+async fn resume_after_rotation(server: MockServer) -> u64 {
+    server.inject(Fault::DropAfterProcessing, 1);
+    let client = builder(MemoryJournal::new())
+        .retry_policy(support::fast_policy().max_attempts(1))
+        .resume_headers(|_| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("authorization", "Bearer rotated".parse().unwrap());
+            headers
+        })
+        .build()
+        .unwrap();
+    client
+        .post_idempotent(format!("{}/v1/charges", server.uri()))
+        .operation_id("rotated")
+        .bearer_auth("original")
+        .header("x-account", "acct_1")
+        .json(&json!({"amount": 1}))
+        .send()
+        .await
+        .unwrap_err();
+    let report = client.resume_pending().await.unwrap();
+    assert_eq!(report.completed, ["rotated"]);
+    server.executions()
+}
+
+#[tokio::test]
+async fn a_resume_after_token_rotation_is_safe_only_where_keys_are_scoped_by_account() {
+    // Keys scoped by token: the rotated token makes the key new, and it runs again.
+    // The docs warn about such servers.
+    let by_token = MockServer::start().await;
+    assert_eq!(resume_after_rotation(by_token).await, 2);
+    // Keys scoped by account: the same resume gets the stored answer.
+    let by_account = MockServer::builder()
+        .scope_header("x-account")
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(resume_after_rotation(by_account).await, 1);
+}

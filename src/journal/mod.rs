@@ -56,6 +56,18 @@
 //!   answer arrived, `send()` still returns it, the record stays pending (a resume gets
 //!   the server's replay) and a warning event says so.
 //!
+//! Two things to know:
+//!
+//! - **A dropped `send()`** (a timeout wrapper, a cancelled task, a crash) leaves its
+//!   operation pending and resumable: the next `send()` with its id, or
+//!   [`resume_pending`](crate::IdempotentClient::resume_pending), takes it over once its
+//!   lease runs out (`lease_duration`, 30 s by default).
+//! - **Rotating credentials.** Servers scope keys by their caller (Stripe by API key).
+//!   A server that scopes keys by *token* sees a key re-sent under a rotated token as
+//!   new, and executes the operation again: with such a server, finish or resolve every
+//!   pending operation before you rotate, or resume with the old token. Servers that
+//!   scope by account are safe. (The mock server's `scope_header` models both.)
+//!
 //! Stores: [`MemoryJournal`] (tests, one process, no feature), `SqliteJournal`
 //! (feature `journal-sqlite`: one file, the embedded default), `PostgresJournal`
 //! (feature `journal-postgres`: a fleet of workers on many machines sharing one

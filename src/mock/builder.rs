@@ -30,6 +30,7 @@ use super::shared::{Config, Shared};
 /// | `log_credentials` | `false`: `Authorization` is logged as `[redacted]` |
 /// | `header_read_timeout` | 30 s to send a request's headers (also the keep-alive idle limit) |
 /// | `key_header` | `Idempotency-Key` |
+/// | `scope_header` | `Authorization`: keys and created resources are per credential |
 /// | random faults | none; `fault_rate` spreads a rate over all eleven kinds |
 /// | `addr` | `127.0.0.1:0` (a free port) |
 /// | routes | none: every POST/PATCH creates a resource (`201 {"id", "path", "body"}`) |
@@ -66,6 +67,7 @@ pub struct MockServerBuilder {
     log_credentials: bool,
     header_read_timeout: Duration,
     key_header: Result<HeaderName, String>,
+    scope_header: Result<HeaderName, String>,
     seed: u64,
     rates: Vec<(Fault, f64)>,
     routes: Vec<Routes>,
@@ -93,6 +95,7 @@ impl Default for MockServerBuilder {
             log_credentials: false,
             header_read_timeout: Duration::from_secs(30),
             key_header: Ok(HeaderName::from_static(crate::DEFAULT_KEY_HEADER)),
+            scope_header: Ok(http::header::AUTHORIZATION),
             seed: 0,
             rates: Vec::new(),
             routes: Vec::new(),
@@ -177,6 +180,16 @@ impl MockServerBuilder {
         self
     }
 
+    /// The header whose value scopes keys and created resources (default
+    /// `Authorization`, as Stripe scopes keys by API key). A server that scopes keys by
+    /// *token* sees a key sent again under a rotated token as new, and executes it
+    /// again: scope by an account header (`x-account`) to model a server that does not.
+    pub fn scope_header(mut self, name: &str) -> Self {
+        self.scope_header =
+            HeaderName::try_from(name).map_err(|e| format!("scope_header {name:?}: {e}"));
+        self
+    }
+
     /// Where to listen; the default is a free port on 127.0.0.1.
     pub fn addr(mut self, addr: SocketAddr) -> Self {
         self.addr = addr;
@@ -237,10 +250,12 @@ impl MockServerBuilder {
     ///
     /// As [`start`](Self::start), except for the address, which is not bound.
     pub fn check(&self) -> Result<(), MockError> {
-        if let Err(reason) = &self.key_header {
-            return Err(MockError::InvalidConfig {
-                reason: reason.clone(),
-            });
+        for header in [&self.key_header, &self.scope_header] {
+            if let Err(reason) = header {
+                return Err(MockError::InvalidConfig {
+                    reason: reason.clone(),
+                });
+            }
         }
         if !self.rates.is_empty() {
             RandomFaults::new(self.seed, &self.rates)
@@ -294,6 +309,7 @@ impl MockServerBuilder {
         let config_error = |reason: String| MockError::InvalidConfig { reason };
         let routes = self.compiled_routes()?;
         let key_header = self.key_header.map_err(config_error)?;
+        let scope_header = self.scope_header.map_err(config_error)?;
         let random = if self.rates.is_empty() {
             None
         } else {
@@ -330,6 +346,7 @@ impl MockServerBuilder {
                 max_log_bytes: self.max_log_bytes,
                 log_credentials: self.log_credentials,
                 key_header,
+                scope_header,
                 seed: self.seed,
             },
             Faults {

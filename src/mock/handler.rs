@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, RETRY_AFTER};
+use http::header::RETRY_AFTER;
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -85,7 +85,7 @@ async fn operation(
     let echo = echo_body(&parts.headers, &body)
         .map_err(|detail| Ok(problem(StatusCode::BAD_REQUEST, "Invalid body", &detail)))?;
 
-    let scope = scope_of(&parts.headers);
+    let scope = scope_of(shared, &parts.headers);
     let at = Resource {
         scope: scope.clone(),
         path: path.clone(),
@@ -177,10 +177,11 @@ pub(crate) fn log(
     });
 }
 
-/// The caller's scope: the `Authorization` value, if any.
-pub(crate) fn scope_of(headers: &http::HeaderMap) -> Option<Bytes> {
+/// The caller's scope: the value of the scope header (`Authorization` unless set
+/// otherwise), if any.
+pub(crate) fn scope_of(shared: &Shared, headers: &http::HeaderMap) -> Option<Bytes> {
     headers
-        .get(AUTHORIZATION)
+        .get(&shared.config.scope_header)
         .map(|v| Bytes::copy_from_slice(v.as_bytes()))
 }
 
@@ -195,7 +196,7 @@ pub(crate) fn read_back(
     if *method != Method::GET && *method != Method::HEAD {
         return None;
     }
-    let stored = shared.resource(scope_of(headers), path)?;
+    let stored = shared.resource(scope_of(shared, headers), path)?;
     let mut response = response::stored(&stored, false);
     *response.status_mut() = StatusCode::OK;
     Some(response)

@@ -159,7 +159,7 @@ pub(crate) async fn handle(
         return Ok(spoil(sabotage, after, response::stored(&answer, false)).await);
     }
 
-    let scope = scope_of(&data.headers);
+    let scope = scope_of(shared, &data.headers);
     let claimed = match key {
         Some(key) => {
             let scoped = ScopedKey {

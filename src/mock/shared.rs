@@ -33,6 +33,8 @@ pub(crate) struct Config {
     pub(crate) max_log_bytes: usize,
     pub(crate) log_credentials: bool,
     pub(crate) key_header: HeaderName,
+    /// The header whose value scopes keys and created resources.
+    pub(crate) scope_header: HeaderName,
     /// Seeds the ids routes draw and their fault plans.
     pub(crate) seed: u64,
 }
