@@ -13,7 +13,7 @@
 //! (a fleet) share it, each killed at random in every round.
 //!
 //! ```text
-//! cargo run --release --all-features --example crash -- [--ops 1000] [--kills 20] [--seed 7] [--fault-rate 0.2]
+//! cargo run --release --all-features --example crash -- [--ops 3000] [--kills 20] [--seed 7] [--fault-rate 0.2]
 //!     [--postgres postgres://user@127.0.0.1/db --workers 3]
 //! ```
 
@@ -45,7 +45,7 @@ struct Args {
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut args = Args {
-        ops: 1000,
+        ops: 3000,
         kills: 20,
         seed: 7,
         fault_rate: 0.2,
@@ -330,7 +330,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
             fleet.push(spawn_worker(&exe, &uri, &journal, args.ops)?);
         }
         for mut child in fleet {
-            std::thread::sleep(Duration::from_millis(50 + rng.next() % 500));
+            std::thread::sleep(Duration::from_millis(20 + rng.next() % 250));
             if child.try_wait()?.is_none() {
                 child.kill()?; // SIGKILL: the worker gets no chance to clean up.
                 kills += 1;

@@ -79,8 +79,21 @@ impl JournalSettings {
     }
 }
 
+/// Whether a send waits for an operation another live worker holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Held {
+    /// Wait within the deadline, and take it over if its lease runs out (`send()`).
+    Wait,
+    /// Leave it to its worker at once (`resume_pending`).
+    Leave,
+}
+
 /// Sends `operation` under `id` through the client's journal.
-pub(crate) async fn send(operation: Operation, id: String) -> Result<IdempotentResponse, Error> {
+pub(crate) async fn send(
+    operation: Operation,
+    id: String,
+    held: Held,
+) -> Result<IdempotentResponse, Error> {
     let client = operation.client.clone();
     let settings = &client.inner.settings;
     let Some(js) = settings.journal.as_deref() else {
@@ -226,7 +239,7 @@ pub(crate) async fn send(operation: Operation, id: String) -> Result<IdempotentR
             }
             Claimed::Held { remaining, .. } => {
                 let wait = remaining.min(HELD_POLL);
-                if deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                if held == Held::Leave || deadline.is_some_and(|d| Instant::now() + wait >= d) {
                     return Err(Error::Failed {
                         key,
                         attempts: 0,
@@ -610,10 +623,6 @@ pub(crate) async fn resume_pending(client: &IdempotentClient) -> Result<ResumeRe
             report.needs_attention.push(entry.id);
             continue;
         }
-        if entry.holder.is_some() {
-            report.held_elsewhere.push(entry.id);
-            continue;
-        }
         let key = match recorded_key(&entry) {
             Ok(key) => key,
             Err(source) => {
@@ -648,7 +657,8 @@ pub(crate) async fn resume_pending(client: &IdempotentClient) -> Result<ResumeRe
             policy: None,
             timeout: client.inner.settings.attempt_timeout,
         };
-        match send(operation, entry.id.clone()).await {
+        // A holder that is gone is taken over by the claim; a live one keeps it.
+        match send(operation, entry.id.clone(), Held::Leave).await {
             Ok(_) => report.completed.push(entry.id),
             Err(Error::NeedsAttention { .. }) => report.needs_attention.push(entry.id),
             Err(Error::Failed {

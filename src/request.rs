@@ -320,7 +320,10 @@ impl IdempotentRequestBuilder {
             // holds one pointer, so moving it costs nothing, and nothing is allocated
             // when `prepare` already failed.
             match operation_id {
-                Some(id) => Box::pin(crate::journaled::send(operation, id.into()).instrument(span)),
+                Some(id) => {
+                    let held = crate::journaled::Held::Wait;
+                    Box::pin(crate::journaled::send(operation, id.into(), held).instrument(span))
+                }
                 None => Box::pin(operation.run().instrument(span)),
             }
         });

@@ -1208,3 +1208,57 @@ async fn a_resume_after_token_rotation_is_safe_only_where_keys_are_scoped_by_acc
         .unwrap();
     assert_eq!(resume_after_rotation(by_account).await, 1);
 }
+
+#[cfg(all(feature = "journal-sqlite", unix))]
+mod os_locks {
+    use super::*;
+    use idempotent_retry::journal::SqliteJournal;
+
+    fn request(url: &str) -> RecordedRequest {
+        RecordedRequest {
+            method: "POST".into(),
+            url: url.into(),
+            key: "k-os".into(),
+            key_header: "idempotency-key".into(),
+            key_value: b"k-os".to_vec(),
+            headers: Vec::new(),
+            body: bytes::Bytes::new(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gone_process_lease_is_taken_over_at_once_a_live_ones_is_not() {
+        let path = sqlite_path("os-locks");
+        let first = SqliteJournal::open(&path).await.unwrap();
+        let second = SqliteJournal::open(&path).await.unwrap();
+        for id in ["alive", "gone"] {
+            let inserted = first
+                .insert(
+                    id,
+                    &request("http://127.0.0.1:9/x"),
+                    "worker-1",
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap();
+            assert!(matches!(inserted, Inserted::Recorded(_)));
+        }
+        // Its process lives: its 30 s lease holds.
+        assert!(matches!(
+            second
+                .claim("alive", "worker-2", Duration::from_secs(30))
+                .await
+                .unwrap(),
+            Claimed::Held { .. }
+        ));
+        // Its process is gone (here: its journal closed, its OS lock let go): taken now.
+        drop(first);
+        assert!(matches!(
+            second
+                .claim("gone", "worker-2", Duration::from_secs(30))
+                .await
+                .unwrap(),
+            Claimed::Lease(_)
+        ));
+    }
+}

@@ -83,6 +83,8 @@ use bytes::Bytes;
 mod blob;
 pub mod conformance;
 mod memory;
+#[cfg(feature = "journal-sqlite")]
+mod owners;
 #[cfg(feature = "journal-postgres")]
 mod postgres;
 #[cfg(feature = "journal-sqlite")]

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::blob::{decode, encode};
+use super::owners;
 use super::{
     Claimed, DEFAULT_LEASE_DURATION, DEFAULT_MAX_RESUME_AGE, EntryState, Inserted, Journal,
     JournalEntry, JournalError, JournalFuture, Lease, RecordedAnswer, RecordedRequest, Release,
@@ -49,7 +50,8 @@ CREATE TABLE IF NOT EXISTS operations (
     expires_ms INTEGER NOT NULL,
     not_before_ms INTEGER,
     resumes INTEGER NOT NULL DEFAULT 0,
-    closed_ms INTEGER
+    closed_ms INTEGER,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS operations_open ON operations (state, created_ms);
 ";
@@ -146,12 +148,13 @@ impl SqliteJournalBuilder {
         let busy = self.busy_timeout;
         let opened = tokio::task::spawn_blocking(move || {
             let writer = open(&path, busy)?;
+            let owner = owners::Owner::register(&path)?;
             // Reads go on a connection of their own: in WAL mode they never wait for the
             // writer, and they keep its queue for the writes.
             let reader = Connection::open(&path)
                 .and_then(|reader| reader.busy_timeout(busy).map(|()| reader))
                 .map_err(storage("could not open the journal for reading"))?;
-            Ok((writer, reader))
+            Ok((writer, reader, owner))
         })
         .await
         .unwrap_or_else(|e| Err(JournalError::storage("the journal could not be opened", e)));
@@ -161,7 +164,7 @@ impl SqliteJournalBuilder {
             outcome_unknown: false,
             source,
         };
-        let (connection, reader) = opened.map_err(journal_error)?;
+        let (connection, reader, owner) = opened.map_err(journal_error)?;
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("idempotent-retry-journal".into())
@@ -170,6 +173,7 @@ impl SqliteJournalBuilder {
         Ok(SqliteJournal {
             jobs,
             reader: Arc::new(Mutex::new(reader)),
+            owner: Arc::new(owner),
             lease_duration: self.lease_duration,
             max_resume_age: self.max_resume_age,
             max_resumes: self.max_resumes,
@@ -199,6 +203,8 @@ impl SqliteJournalBuilder {
 pub struct SqliteJournal {
     jobs: mpsc::Sender<Job>,
     reader: Arc<Mutex<Connection>>,
+    /// This journal's OS-locked registration, which tells other processes it lives.
+    owner: Arc<owners::Owner>,
     lease_duration: Duration,
     max_resume_age: Duration,
     max_resumes: u32,
@@ -329,6 +335,19 @@ fn storage(what: &'static str) -> impl Fn(rusqlite::Error) -> JournalError {
 
 fn open(path: &Path, busy: Duration) -> Result<Connection, JournalError> {
     let shown = path.display().to_string();
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if let Some(kind) = owners::network_file_system(dir) {
+        return Err(JournalError::Storage {
+            reason: format!(
+                "{shown} is on {kind}, a network file system, where SQLite's locks do not \
+                 hold: put the journal on a local disk, or use PostgresJournal"
+            ),
+            source: None,
+        });
+    }
     let connection = Connection::open(path)
         .map_err(|e| JournalError::storage(format!("could not open the journal {shown}"), e))?;
     connection
@@ -397,8 +416,9 @@ const COLUMNS: &str = "id, key, method, url, key_header, key_value, headers, bod
      state, attention, answer_status, answer_headers, answer_body, attempts, holder, expires_ms, \
      not_before_ms, resumes";
 
-/// What a claim reads: state, holder, token, lease expiry, not-before.
-type ClaimRow = (i64, Option<String>, i64, i64, Option<i64>);
+/// What a claim reads: state, holder, token, lease expiry, not-before, the holder's
+/// process (its owner registration).
+type ClaimRow = (i64, Option<String>, i64, i64, Option<i64>, Option<String>);
 
 /// A row as read, before its blobs are checked.
 struct RawRow {
@@ -529,13 +549,14 @@ impl Journal for SqliteJournal {
         lease: Duration,
     ) -> JournalFuture<'a, Inserted> {
         let (id, request, holder) = (id.to_owned(), request.clone(), holder.to_owned());
+        let owner_id = self.owner.id().to_owned();
         self.with(move |connection| {
             let now = now_ms();
             let inserted = connection
                 .prepare_cached(
                     "INSERT INTO operations (id, key, method, url, key_header, key_value, headers, \
-                     body, created_ms, state, holder, token, expires_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, 1, ?11) \
+                     body, created_ms, state, holder, token, expires_ms, owner) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, 1, ?11, ?12) \
                      ON CONFLICT (id) DO NOTHING",
                 )
                 .and_then(|mut statement| {
@@ -551,6 +572,7 @@ impl Journal for SqliteJournal {
                         now,
                         holder,
                         now.saturating_add(ms(lease)),
+                        owner_id,
                     ])
                 })
                 .map_err(storage("could not record the operation"))?;
@@ -569,6 +591,7 @@ impl Journal for SqliteJournal {
         lease: Duration,
     ) -> JournalFuture<'a, Claimed> {
         let (id, holder) = (id.to_owned(), holder.to_owned());
+        let (owner_id, owners_dir) = (self.owner.id().to_owned(), self.owner.dir().to_owned());
         self.with(move |connection| {
             let claim = storage("could not claim the operation");
             // Inside the writer's transaction: the read and the write are one step.
@@ -576,8 +599,8 @@ impl Journal for SqliteJournal {
             let now = now_ms();
             let row: Option<ClaimRow> = tx
                 .query_row(
-                    "SELECT state, holder, token, expires_ms, not_before_ms FROM operations \
-                     WHERE id = ?1",
+                    "SELECT state, holder, token, expires_ms, not_before_ms, owner \
+                     FROM operations WHERE id = ?1",
                     [&id],
                     |row| {
                         Ok((
@@ -586,27 +609,36 @@ impl Journal for SqliteJournal {
                             row.get(2)?,
                             row.get(3)?,
                             row.get(4)?,
+                            row.get(5)?,
                         ))
                     },
                 )
                 .optional()
                 .map_err(&claim)?;
+            // A live lease whose process is gone (its OS lock let go) is taken over now.
+            let alive = |owner: &Option<String>| {
+                owner
+                    .as_deref()
+                    .is_none_or(|owner| owner == owner_id || !owners::is_gone(&owners_dir, owner))
+            };
             let claimed = match row {
-                Some((PENDING, Some(other), _, expires, _)) if expires > now && other != holder => {
+                Some((PENDING, Some(other), _, expires, _, owner))
+                    if expires > now && other != holder && alive(&owner) =>
+                {
                     Claimed::Held {
                         holder: other,
                         remaining: since(now, expires),
                     }
                 }
-                Some((PENDING, _, _, _, Some(at))) if at > now => Claimed::NotBefore {
+                Some((PENDING, _, _, _, Some(at), _)) if at > now => Claimed::NotBefore {
                     remaining: since(now, at),
                 },
-                Some((PENDING, _, token, _, _)) => {
+                Some((PENDING, _, token, _, _, _)) => {
                     let token = token.saturating_add(1);
                     tx.execute(
                         "UPDATE operations SET holder = ?2, token = ?3, expires_ms = ?4, \
-                         resumes = resumes + 1 WHERE id = ?1",
-                        params![id, holder, token, now.saturating_add(ms(lease))],
+                         resumes = resumes + 1, owner = ?5 WHERE id = ?1",
+                        params![id, holder, token, now.saturating_add(ms(lease)), owner_id],
                     )
                     .map_err(&claim)?;
                     Claimed::Lease(Lease {
