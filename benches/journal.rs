@@ -16,6 +16,7 @@
 mod support;
 
 #[path = "../tests/support/postgres.rs"]
+#[allow(dead_code)] // The benchmark needs no TLS cluster.
 mod postgres;
 
 use std::sync::Arc;

@@ -155,11 +155,11 @@ pub enum Error {
         source: reqwest_middleware::Error,
     },
 
-    /// The operation journal could not record or read the operation (feature-free: any
-    /// [`Journal`](crate::journal::Journal)). Found before the first attempt, nothing
-    /// was sent by this call; `outcome_unknown` says whether an earlier call may have
-    /// sent it (the journal held a record of it).
-    #[error("operation {operation_id:?}: {source}")]
+    /// The operation journal could not record or read the operation, or could not be
+    /// opened or read at all (then `operation_id` is empty). Found before the first
+    /// attempt, nothing was sent by this call; `outcome_unknown` says whether an earlier
+    /// call may have sent it (the journal held a record of it).
+    #[error("{}{source}", operation_prefix(operation_id))]
     #[non_exhaustive]
     Journal {
         /// The caller's operation id.
@@ -234,6 +234,16 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// `operation "id": ` before a journal error about one operation; nothing before one
+/// about the journal itself (opening it, listing it).
+fn operation_prefix(id: &str) -> String {
+    if id.is_empty() {
+        String::new()
+    } else {
+        format!("operation {id:?}: ")
+    }
 }
 
 /// Why an operation stopped retrying.

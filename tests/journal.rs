@@ -1076,6 +1076,32 @@ mod conformance {
         check(&journal).await.unwrap();
     }
 
+    /// TLS: verified against the authority given; refused without it when required.
+    #[cfg(feature = "journal-postgres")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_postgres_journal_over_tls_keeps_every_rule() {
+        use idempotent_retry::journal::PostgresJournal;
+        let Some(cluster) = support::postgres::Cluster::start_tls("tls") else {
+            return;
+        };
+        let url = format!("{}?sslmode=require", cluster.url);
+        let journal = PostgresJournal::builder(&url)
+            .tls_root_certificate(cluster.certificate.clone().unwrap())
+            .connect()
+            .await
+            .unwrap();
+        check(&journal).await.unwrap();
+        // Its authority not given, the server's certificate is not trusted.
+        let err = PostgresJournal::connect(&url).await.unwrap_err();
+        assert!(matches!(err, Error::Journal { .. }), "{err}");
+        let err = PostgresJournal::builder(&url)
+            .tls_root_certificate(b"not a certificate".to_vec())
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("tls_root_certificate"), "{err}");
+    }
+
     /// A journal that forgets fencing: it renews whatever token it is given.
     struct Unfenced(MemoryJournal);
 

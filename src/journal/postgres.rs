@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio_postgres::{Client, NoTls, Row};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tokio_postgres::{Client, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::blob::{decode, encode};
 use super::{
@@ -80,6 +83,7 @@ const ABANDONED: i16 = 3;
 /// | `max_resumes` | 20 ([`DEFAULT_MAX_RESUMES`]) |
 /// | `completed_retention` | 7 days ([`DEFAULT_COMPLETED_RETENTION`]) |
 /// | `connections` | 8, used in turn: the server flushes the commits of many at once |
+/// | TLS | as the URL's `sslmode` says (`prefer` by default), verified against the system's roots and any `tls_root_certificate` |
 /// | `namespace` | `""`: set one per application sharing a database |
 ///
 /// ```no_run
@@ -106,6 +110,7 @@ pub struct PostgresJournalBuilder {
     max_resumes: u32,
     completed_retention: Duration,
     connections: usize,
+    roots: Vec<Vec<u8>>,
 }
 
 impl PostgresJournalBuilder {
@@ -139,6 +144,15 @@ impl PostgresJournalBuilder {
         self
     }
 
+    /// Trusts this certificate authority (PEM) for the server's certificate, besides
+    /// the system's. TLS follows the URL's `sslmode`, as libpq's does: `prefer` (the
+    /// default) uses it when the server offers it, `require` insists, `disable` never.
+    /// The server's certificate is always verified, its name included.
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.roots.push(pem.into());
+        self
+    }
+
     /// How many connections the journal uses in turn (at least 1).
     pub fn connections(mut self, connections: usize) -> Self {
         self.connections = connections;
@@ -159,8 +173,13 @@ impl PostgresJournalBuilder {
                 source: None,
             });
         }
+        let tls = tls(&self.roots).map_err(|reason| crate::Error::InvalidConfig {
+            reason,
+            source: None,
+        })?;
         let journal = PostgresJournal {
             shared: Arc::new(Shared {
+                tls,
                 url: self.url,
                 namespace: self.namespace,
                 connections: (0..self.connections.max(1))
@@ -190,8 +209,8 @@ impl PostgresJournalBuilder {
 /// What the journal's clones share: where the database is, and a few connections to it,
 /// used in turn (queries from many tasks are pipelined on each; several let the server
 /// flush many commits at once), each made again if it breaks.
-#[derive(Debug)]
 struct Shared {
+    tls: MakeRustlsConnect,
     url: String,
     namespace: String,
     connections: Vec<tokio::sync::Mutex<Option<Arc<Client>>>>,
@@ -233,6 +252,7 @@ impl PostgresJournal {
             max_resumes: DEFAULT_MAX_RESUMES,
             completed_retention: DEFAULT_COMPLETED_RETENTION,
             connections: 8,
+            roots: Vec::new(),
         }
     }
 
@@ -257,7 +277,7 @@ impl PostgresJournal {
         if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());
         }
-        let (client, connection) = tokio_postgres::connect(&self.shared.url, NoTls)
+        let (client, connection) = tokio_postgres::connect(&self.shared.url, shared.tls.clone())
             .await
             .map_err(|e| JournalError::storage("could not connect to the journal's database", e))?;
         // The connection's I/O runs beside the journal; it ends when the client is
@@ -277,6 +297,47 @@ impl PostgresJournal {
     fn namespace(&self) -> &str {
         &self.shared.namespace
     }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: it stays out of debug output.
+        f.debug_struct("Shared")
+            .field("namespace", &self.namespace)
+            .field("connections", &self.connections.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The TLS connector: the system's roots and `extra` (PEM), rustls with aws-lc-rs.
+fn tls(extra: &[Vec<u8>]) -> Result<MakeRustlsConnect, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    // A system without a certificate store still connects where TLS is not asked
+    // for, or to a server whose authority was given.
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    for pem in extra {
+        let mut found = false;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            found = true;
+            let cert =
+                cert.map_err(|e| format!("tls_root_certificate: not a PEM certificate: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("tls_root_certificate: {e}"))?;
+        }
+        if !found {
+            return Err("tls_root_certificate: no PEM certificate in it".into());
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 fn sql(what: &'static str) -> impl Fn(tokio_postgres::Error) -> JournalError {

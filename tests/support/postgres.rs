@@ -12,6 +12,9 @@ pub struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
     pub url: String,
+    /// With `start_tls`: the PEM certificate of the authority that signed the server's
+    /// certificate (for 127.0.0.1), to trust.
+    pub certificate: Option<Vec<u8>>,
 }
 
 /// The directory with `initdb` and `pg_ctl`: `pg_config --bindir`, or the newest
@@ -58,6 +61,16 @@ impl Cluster {
     /// A new cluster, or `None` (with the reason printed) where PostgreSQL is missing
     /// and not required.
     pub fn start(name: &str) -> Option<Cluster> {
+        Self::start_with(name, false)
+    }
+
+    /// As [`start`](Self::start), the server offering TLS with a certificate for
+    /// 127.0.0.1 signed by a throwaway authority (made with `openssl`).
+    pub fn start_tls(name: &str) -> Option<Cluster> {
+        Self::start_with(name, true)
+    }
+
+    fn start_with(name: &str, tls: bool) -> Option<Cluster> {
         let Some(bin) = bin_dir() else {
             let reason = "PostgreSQL's initdb was not found (pg_config, /usr/lib/postgresql)";
             if std::env::var_os("IDEMPOTENT_RETRY_REQUIRE_POSTGRES").is_some() {
@@ -78,6 +91,82 @@ impl Cluster {
                 .unwrap();
             assert!(status.success(), "chown {}", dir.display());
         }
+        let certificate = tls.then(|| {
+            // A certificate authority, and the server's certificate signed by it.
+            let file = |name: &str| dir.join(name);
+            let openssl = |args: &[&str]| {
+                let out = Command::new("openssl").args(args).output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "openssl: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            let path = |name: &str| file(name).to_str().unwrap().to_owned();
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=journal test CA",
+                "-keyout",
+                &path("ca.key"),
+                "-out",
+                &path("ca.pem"),
+            ]);
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                &path("key.pem"),
+                "-out",
+                &path("server.csr"),
+            ]);
+            std::fs::write(
+                file("ext.cnf"),
+                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+            )
+            .unwrap();
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &path("server.csr"),
+                "-CA",
+                &path("ca.pem"),
+                "-CAkey",
+                &path("ca.key"),
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &path("ext.cnf"),
+                "-out",
+                &path("cert.pem"),
+            ]);
+            if is_root() {
+                Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(file("key.pem"))
+                    .arg(file("cert.pem"))
+                    .status()
+                    .unwrap();
+            }
+            Command::new("chmod")
+                .arg("600")
+                .arg(file("key.pem"))
+                .status()
+                .unwrap();
+            std::fs::read(file("ca.pem")).unwrap()
+        });
         let data = dir.join("data");
         let data_arg = data.to_str().unwrap();
         let out = run(
@@ -104,10 +193,16 @@ impl Cluster {
             .local_addr()
             .unwrap()
             .port();
-        let options = format!(
+        let mut options = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=on -c max_connections=50",
             dir.display()
         );
+        if tls {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={0}/cert.pem -c ssl_key_file={0}/key.pem",
+                dir.display()
+            ));
+        }
         let log = dir.join("server.log");
         let out = run(
             &bin,
@@ -133,6 +228,7 @@ impl Cluster {
             url: format!("postgres://journal@127.0.0.1:{port}/postgres"),
             bin,
             dir,
+            certificate,
         })
     }
 }
