@@ -756,6 +756,9 @@ impl Journal for Down {
     fn resolve<'a>(&'a self, _: &'a str, _: &'a Resolution) -> JournalFuture<'a, bool> {
         Box::pin(async { Err(down()) })
     }
+    fn cancel<'a>(&'a self, _: &'a str) -> JournalFuture<'a, bool> {
+        Box::pin(async { Err(down()) })
+    }
     fn housekeep(&self) -> JournalFuture<'_, u64> {
         Box::pin(async { Err(down()) })
     }
@@ -1148,6 +1151,9 @@ mod conformance {
             resolution: &'a Resolution,
         ) -> JournalFuture<'a, bool> {
             self.0.resolve(id, resolution)
+        }
+        fn cancel<'a>(&'a self, id: &'a str) -> JournalFuture<'a, bool> {
+            self.0.cancel(id)
         }
         fn housekeep(&self) -> JournalFuture<'_, u64> {
             self.0.housekeep()

@@ -256,6 +256,46 @@ pub async fn check(journal: &dyn Journal) -> Result<(), String> {
         .complete(&held, &answer)
         .await
         .map_err(|e| fail("complete", e))?;
+    // Cancel: only what no attempt ever left.
+    let lease = recorded(journal, &id("cancel")).await?;
+    if journal
+        .cancel(&id("cancel"))
+        .await
+        .map_err(|e| fail("cancel", e))?
+    {
+        return Err("cancel must not apply to an operation a worker holds".into());
+    }
+    journal
+        .release(&lease, &Release::default())
+        .await
+        .map_err(|e| fail("release", e))?;
+    if !journal
+        .cancel(&id("cancel"))
+        .await
+        .map_err(|e| fail("cancel", e))?
+    {
+        return Err("cancel must apply to an operation released with no attempt".into());
+    }
+    let lease = recorded(journal, &id("tried")).await?;
+    let tried = Release {
+        attempts: 1,
+        ..Release::default()
+    };
+    journal
+        .release(&lease, &tried)
+        .await
+        .map_err(|e| fail("release", e))?;
+    if journal
+        .cancel(&id("tried"))
+        .await
+        .map_err(|e| fail("cancel", e))?
+    {
+        return Err("cancel must not apply to an operation an attempt may have reached".into());
+    }
+    journal
+        .resolve(&id("tried"), &Resolution::Abandoned("by the check".into()))
+        .await
+        .map_err(|e| fail("resolve", e))?;
     journal
         .housekeep()
         .await

@@ -334,6 +334,26 @@ impl Journal for MemoryJournal {
         Box::pin(async move { Ok(resolved) })
     }
 
+    fn cancel<'a>(&'a self, id: &'a str) -> JournalFuture<'a, bool> {
+        let now = Instant::now();
+        let mut rows = self.rows();
+        let cancelled = match rows.get_mut(id) {
+            Some(row)
+                if row.state == EntryState::Pending
+                    && row.holder.is_none()
+                    && row.attempts == 0
+                    && row.resumes == 0 =>
+            {
+                row.token += 1;
+                row.state = EntryState::Abandoned("cancelled before any attempt".into());
+                row.closed = Some(now);
+                true
+            }
+            _ => false,
+        };
+        Box::pin(async move { Ok(cancelled) })
+    }
+
     fn housekeep(&self) -> JournalFuture<'_, u64> {
         let now = Instant::now();
         let retention = self.completed_retention;

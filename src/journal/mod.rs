@@ -170,6 +170,11 @@ pub trait Journal: Send + Sync + 'static {
     /// attention) and that no live worker holds. `false` if there was none such.
     fn resolve<'a>(&'a self, id: &'a str, resolution: &'a Resolution) -> JournalFuture<'a, bool>;
 
+    /// Abandons a pending operation of which no attempt ever started: its recorder let
+    /// it go having made none, and no worker took it up since. `false` otherwise (an
+    /// attempt may have reached the server: resolve it instead, knowing that).
+    fn cancel<'a>(&'a self, id: &'a str) -> JournalFuture<'a, bool>;
+
     /// Deletes completed and abandoned operations closed more than
     /// [`completed_retention`](Self::completed_retention) ago that no worker holds;
     /// returns how many. The client calls it from

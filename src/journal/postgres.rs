@@ -749,6 +749,23 @@ impl Journal for PostgresJournal {
         })
     }
 
+    fn cancel<'a>(&'a self, id: &'a str) -> JournalFuture<'a, bool> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let changed = client
+                .execute(
+                    "UPDATE idempotent_retry_operations SET state = 3, \
+                     attention = 'cancelled before any attempt', token = token + 1, \
+                     closed_at = now() WHERE namespace = $1 AND id = $2 AND state = 0 \
+                     AND holder IS NULL AND attempts = 0 AND resumes = 0",
+                    &[&self.namespace(), &id],
+                )
+                .await
+                .map_err(sql("could not cancel the operation"))?;
+            Ok(changed == 1)
+        })
+    }
+
     fn housekeep(&self) -> JournalFuture<'_, u64> {
         Box::pin(async move {
             let client = self.client().await?;

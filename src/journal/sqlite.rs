@@ -804,6 +804,21 @@ impl Journal for SqliteJournal {
         })
     }
 
+    fn cancel<'a>(&'a self, id: &'a str) -> JournalFuture<'a, bool> {
+        let id = id.to_owned();
+        self.with(move |connection| {
+            let changed = connection
+                .execute(
+                    "UPDATE operations SET state = 3, attention = 'cancelled before any attempt', \
+                     token = token + 1, closed_ms = ?2 WHERE id = ?1 AND state = 0 \
+                     AND holder IS NULL AND attempts = 0 AND resumes = 0",
+                    params![id, now_ms()],
+                )
+                .map_err(storage("could not cancel the operation"))?;
+            Ok(changed == 1)
+        })
+    }
+
     fn housekeep(&self) -> JournalFuture<'_, u64> {
         let retention = ms(self.completed_retention);
         self.with(move |connection| {
