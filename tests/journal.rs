@@ -1294,3 +1294,30 @@ mod os_locks {
         ));
     }
 }
+
+/// PostgreSQL gone at send time: a typed error, and nothing sent.
+#[cfg(feature = "journal-postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_at_send_time_means_nothing_is_sent() {
+    let Some(cluster) = support::postgres::Cluster::start("down") else {
+        return;
+    };
+    let journal = idempotent_retry::journal::PostgresJournal::builder(&cluster.url)
+        .connections(1)
+        .connect()
+        .await
+        .unwrap();
+    let server = MockServer::start().await;
+    let client = client(journal);
+    drop(cluster); // the server stops, its data removed
+    let err = client
+        .post_idempotent(format!("{}/v1/charges", server.uri()))
+        .operation_id("order-11/charge")
+        .json(&json!({"amount": 11}))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Journal { .. }), "{err:?}");
+    assert!(!err.may_have_executed());
+    assert!(server.requests().is_empty(), "nothing sent");
+}
