@@ -19,6 +19,7 @@ usage: idempotent-mock-server [options]
   --key-ttl DURATION       how long completed keys are remembered (default 24h)
   --processing-delay DUR   time spent inside each operation (default 0ms)
   --max-keys N             most keys stored at once (default 100000)
+  --threads N              worker threads (default: every core, here {cores})
   --stubs FILE             play your API: routes from a TOML or JSON stub file
                            (repeatable; tried in the order given)
   --check                  check the settings and stub files, then exit
@@ -34,11 +35,11 @@ fn main() -> ExitCode {
         Ok(Some((builder, true))) => check(&builder),
         Ok(Some((builder, false))) => run(builder),
         Ok(None) => {
-            println!("{USAGE}");
+            println!("{}", usage());
             ExitCode::SUCCESS
         }
         Err(message) => {
-            eprintln!("idempotent-mock-server: {message}\n\n{USAGE}");
+            eprintln!("idempotent-mock-server: {message}\n\n{}", usage());
             ExitCode::from(2)
         }
     }
@@ -77,7 +78,7 @@ fn run(builder: MockServerBuilder) -> ExitCode {
 fn parse(
     mut args: impl Iterator<Item = String>,
 ) -> Result<Option<(MockServerBuilder, bool)>, String> {
-    let mut builder = MockServer::builder();
+    let mut builder = MockServer::builder().threads(cores());
     let mut check = false;
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -105,6 +106,13 @@ fn parse(
             "--key-ttl" => builder.key_ttl(duration(&flag, &value()?)?),
             "--processing-delay" => builder.processing_delay(duration(&flag, &value()?)?),
             "--max-keys" => builder.max_keys(number(&flag, &value()?)?),
+            "--threads" => {
+                let threads: usize = number(&flag, &value()?)?;
+                if threads == 0 {
+                    return Err("--threads must be at least 1".into());
+                }
+                builder.threads(threads)
+            }
             "--stubs" => builder.stubs_file(value()?),
             "--check" => {
                 check = true;
@@ -114,6 +122,16 @@ fn parse(
         };
     }
     Ok(Some((builder, check)))
+}
+
+/// The help text, with this machine's core count.
+fn usage() -> String {
+    USAGE.replace("{cores}", &cores().to_string())
+}
+
+/// The machine's available parallelism (1 if it cannot be told).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 fn number<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T, String> {
@@ -149,6 +167,8 @@ mod tests {
             "250ms",
             "--max-keys",
             "10",
+            "--threads",
+            "4",
             "--stubs",
             "api.toml",
             "--check",
@@ -167,6 +187,7 @@ mod tests {
             (&["--fault-rate", "lots"][..], "not a number"),
             (&["--key-ttl", "forever"][..], "--key-ttl"),
             (&["--addr", "localhost"][..], "--addr"),
+            (&["--threads", "0"][..], "at least 1"),
         ] {
             let err = args(list).err().unwrap_or_default();
             assert!(err.contains(needle), "{list:?}: {err}");

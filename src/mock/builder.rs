@@ -33,6 +33,7 @@ use super::shared::{Config, Shared};
 /// | `scope_header` | `Authorization`: keys and created resources are per credential |
 /// | random faults | none; `fault_rate` spreads a rate over all eleven kinds |
 /// | `addr` | `127.0.0.1:0` (a free port) |
+/// | `threads` | 2 worker threads (a test's server; the binary uses every core) |
 /// | routes | none: every POST/PATCH creates a resource (`201 {"id", "path", "body"}`) |
 ///
 /// ```
@@ -71,6 +72,7 @@ pub struct MockServerBuilder {
     seed: u64,
     rates: Vec<(Fault, f64)>,
     routes: Vec<Routes>,
+    threads: usize,
 }
 
 /// Where routes come from, in the order given.
@@ -99,6 +101,7 @@ impl Default for MockServerBuilder {
             seed: 0,
             rates: Vec::new(),
             routes: Vec::new(),
+            threads: 2,
         }
     }
 }
@@ -193,6 +196,13 @@ impl MockServerBuilder {
     /// Where to listen; the default is a free port on 127.0.0.1.
     pub fn addr(mut self, addr: SocketAddr) -> Self {
         self.addr = addr;
+        self
+    }
+
+    /// Worker threads of the server's own runtime (at least 1): 2 suit a test; a server
+    /// shared by a team or a CI fleet wants one per core.
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
         self
     }
 
@@ -328,7 +338,7 @@ impl MockServerBuilder {
             .local_addr()
             .map_err(io_error("could not read the bound address"))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(self.threads.max(1))
             .thread_name("idempotent-mock-server")
             .enable_all()
             .build()
