@@ -868,3 +868,45 @@ async fn a_request_stalled_before_processing_executes_after_the_stall() {
     assert_eq!((resp.status().as_u16(), resp.attempts()), (201, 1));
     assert_eq!(server.executions(), 1);
 }
+
+/// Sends `head` and `body` on a raw connection without reading, then reads the answer's
+/// status line, within a bound.
+async fn status_after(server: &MockServer, head: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.address())
+        .await
+        .unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer, without the rest of the body")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_refused_before_the_body() {
+    let server = MockServer::builder()
+        .max_body_bytes(1024)
+        .start()
+        .await
+        .unwrap();
+    // 10 MB declared, 10 bytes sent: the server must not wait for the rest.
+    let head = "POST /orders HTTP/1.1\r\nHost: x\r\nIdempotency-Key: big\r\n\
+                Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n";
+    let status = status_after(&server, head, b"{\"pad\":\"x").await;
+    assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+    // A chunked body declares nothing: it is read up to the limit, then refused.
+    let head = "POST /orders HTTP/1.1\r\nHost: x\r\nIdempotency-Key: chunked\r\n\
+                Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunk = format!("800\r\n{}\r\n", "x".repeat(0x800));
+    let status = status_after(&server, head, chunk.as_bytes()).await;
+    assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+    assert_eq!(server.executions(), 0);
+}

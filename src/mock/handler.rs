@@ -280,17 +280,26 @@ pub(crate) fn check_key(
 
 /// The whole body, up to `max_body_bytes`.
 pub(crate) async fn read_body(shared: &Shared, body: Incoming) -> Step<Bytes> {
+    use hyper::body::Body as _;
     let limit = shared.config.max_body_bytes;
+    let too_large = || {
+        let detail = format!("the body is over {limit} bytes");
+        Err(Ok(problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Body too large",
+            &detail,
+        )))
+    };
+    // A declared length past the limit is refused at once, before a byte of the body
+    // is read, so a client that sends without reading gets the 413 rather than a
+    // broken pipe. (hyper takes the hint from `Content-Length`; a chunked body has
+    // none and stops at the limit below.)
+    if body.size_hint().lower() > limit as u64 {
+        return too_large();
+    }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            let detail = format!("the body is over {limit} bytes");
-            Err(Ok(problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Body too large",
-                &detail,
-            )))
-        }
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => too_large(),
         // The client went away mid-body: nobody to answer.
         Err(_) => Err(Err(Dropped)),
     }
