@@ -2,7 +2,8 @@
 //! that origin, so that a failing dependency sees a bounded amount of retry traffic and
 //! a healthy one is not held back by it.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 /// A retry budget: a token bucket per origin (scheme, host and port of the URL you
 /// give), shared by a client and its clones, after the AWS SDKs' retry behavior 2.1
@@ -123,19 +124,23 @@ impl RetryBudget {
 }
 
 /// The live bucket of one origin. Lock-free: paying and refunding are one atomic
-/// update each.
+/// update each. It keeps a count shared by every bucket of a client up to date: how
+/// many are below capacity, so that a client whose buckets are all full (nothing has
+/// failed) skips the refund's lookup altogether.
 #[derive(Debug)]
 pub(crate) struct TokenBucket {
     capacity: u32,
     tokens: AtomicU32,
+    below_full: Arc<AtomicUsize>,
 }
 
 impl TokenBucket {
-    /// A full bucket.
-    pub(crate) fn new(capacity: u32) -> Self {
+    /// A full bucket, counted in `below_full` whenever it is not.
+    pub(crate) fn new(capacity: u32, below_full: Arc<AtomicUsize>) -> Self {
         Self {
             capacity,
             tokens: AtomicU32::new(capacity),
+            below_full,
         }
     }
 
@@ -145,9 +150,18 @@ impl TokenBucket {
         if cost == 0 {
             return true;
         }
-        self.tokens
+        match self
+            .tokens
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| t.checked_sub(cost))
-            .is_ok()
+        {
+            Ok(before) => {
+                if before == self.capacity {
+                    self.below_full.fetch_add(1, Ordering::AcqRel);
+                }
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Gives `tokens` back, up to the capacity.
@@ -157,11 +171,29 @@ impl TokenBucket {
             return;
         }
         // Err only means the bucket filled up meanwhile, which is the state we want.
-        let _ = self
+        let deposited = self
             .tokens
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
                 (t < cap).then(|| t.saturating_add(tokens).min(cap))
             });
+        if deposited.is_ok_and(|before| before.saturating_add(tokens) >= cap) {
+            self.forget_below_full();
+        }
+    }
+
+    /// Whether the bucket is below capacity.
+    pub(crate) fn is_below_full(&self) -> bool {
+        self.available() < self.capacity
+    }
+
+    /// Takes this bucket out of the count (it filled up, or it is being forgotten
+    /// while below capacity). Never below zero. A count too high only costs a lookup; a
+    /// count too low (a forgotten bucket refilled later by an operation still holding
+    /// it) skips some refunds, which leaves fewer retries, never more.
+    pub(crate) fn forget_below_full(&self) {
+        let _ = self
+            .below_full
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// Tokens in the bucket now.
@@ -176,8 +208,30 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn the_shared_count_says_whether_any_bucket_is_below_capacity() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let (a, b) = (
+            TokenBucket::new(10, count.clone()),
+            TokenBucket::new(10, count.clone()),
+        );
+        let below = || count.load(Ordering::Acquire);
+        assert_eq!(below(), 0);
+        assert!(a.try_withdraw(4));
+        assert!(a.try_withdraw(4));
+        assert!(b.try_withdraw(1));
+        assert_eq!(below(), 2, "each counted once, however many withdrawals");
+        a.deposit(4);
+        assert_eq!(below(), 2, "still below capacity");
+        a.deposit(100);
+        b.deposit(1);
+        assert_eq!(below(), 0, "both full again");
+        a.forget_below_full();
+        assert_eq!(below(), 0, "never below zero");
+    }
+
+    #[test]
     fn empties_and_refills() {
-        let bucket = TokenBucket::new(10);
+        let bucket = TokenBucket::new(10, Arc::default());
         assert!(bucket.try_withdraw(5));
         assert!(bucket.try_withdraw(5));
         assert!(!bucket.try_withdraw(5));
@@ -199,7 +253,7 @@ mod tests {
             ),
             (500, 14, 5, 1)
         );
-        let bucket = TokenBucket::new(budget.capacity);
+        let bucket = TokenBucket::new(budget.capacity, Arc::default());
         let transient = (0..)
             .take_while(|_| bucket.try_withdraw(budget.transient_cost))
             .count();
@@ -208,13 +262,13 @@ mod tests {
 
     #[test]
     fn zero_costs_never_refuse() {
-        let bucket = TokenBucket::new(0);
+        let bucket = TokenBucket::new(0, Arc::default());
         assert!((0..10_000).all(|_| bucket.try_withdraw(0)));
     }
 
     #[test]
     fn shared_across_threads_never_overdraws() {
-        let bucket = std::sync::Arc::new(TokenBucket::new(1000));
+        let bucket = std::sync::Arc::new(TokenBucket::new(1000, Arc::default()));
         let granted: usize = (0..4)
             .map(|_| {
                 let b = bucket.clone();
@@ -230,7 +284,7 @@ mod tests {
     proptest! {
         #[test]
         fn tokens_stay_within_capacity(ops in proptest::collection::vec(0u8..3, 0..200), cap in 0u32..50) {
-            let bucket = TokenBucket::new(cap);
+            let bucket = TokenBucket::new(cap, Arc::default());
             for op in ops {
                 match op {
                     0 => { bucket.try_withdraw(5); }

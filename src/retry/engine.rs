@@ -256,7 +256,9 @@ impl<'a> Engine<'a> {
                     } else {
                         self.last_cost
                     };
-                    if refund > 0 {
+                    // While every bucket is full (nothing has failed), a refund has
+                    // nowhere to go: no lookup, the common case costs nothing.
+                    if refund > 0 && settings.origins.any_below_full() {
                         self.origin().budget.deposit(refund);
                     }
                 }

@@ -5,6 +5,7 @@
 //! with the most tokens (the least to remember).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::budget::{RetryBudget, TokenBucket};
@@ -31,6 +32,8 @@ pub(crate) struct Origins {
     /// Most entries in one shard: `max_origins` spread over the shards, rounded up.
     per_shard: usize,
     budget: RetryBudget,
+    /// How many buckets are below capacity: none while nothing has failed.
+    below_full: Arc<AtomicUsize>,
 }
 
 impl Origins {
@@ -39,7 +42,14 @@ impl Origins {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             per_shard: max_origins.div_ceil(SHARDS).max(1),
             budget,
+            below_full: Arc::default(),
         }
+    }
+
+    /// Whether some origin's bucket is below capacity. While none is (nothing has
+    /// failed), a refund has nowhere to go and needs no lookup.
+    pub(crate) fn any_below_full(&self) -> bool {
+        self.below_full.load(Ordering::Acquire) > 0
     }
 
     /// The budget's settings.
@@ -66,11 +76,15 @@ impl Origins {
                 .max_by_key(|(_, state)| state.budget.available())
                 .map(|(key, _)| key.clone());
             if let Some(idle) = idle {
-                map.remove(&idle);
+                if let Some(forgotten) = map.remove(&idle) {
+                    if forgotten.budget.is_below_full() {
+                        forgotten.budget.forget_below_full();
+                    }
+                }
             }
         }
         let state = Arc::new(OriginState {
-            budget: TokenBucket::new(self.budget.capacity),
+            budget: TokenBucket::new(self.budget.capacity, self.below_full.clone()),
         });
         map.insert(key.into(), state.clone());
         state
