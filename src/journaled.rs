@@ -574,34 +574,25 @@ fn settings_of(client: &IdempotentClient) -> Result<&JournalSettings, Error> {
 
 /// The journal's operations that are not completed, oldest first.
 pub(crate) async fn pending(client: &IdempotentClient) -> Result<Vec<PendingOperation>, Error> {
-    let js = settings_of(client)?;
-    let entries = js
-        .journal
-        .pending()
-        .await
-        .map_err(|source| Error::Journal {
-            operation_id: String::new(),
-            key: None,
-            outcome_unknown: true,
-            source,
-        })?;
+    let entries = listed(settings_of(client)?).await?;
     Ok(entries.into_iter().map(PendingOperation::from).collect())
+}
+
+/// Every operation that is not completed, as the journal lists it.
+async fn listed(js: &JournalSettings) -> Result<Vec<JournalEntry>, Error> {
+    js.journal.pending().await.map_err(|source| Error::Journal {
+        operation_id: String::new(),
+        key: None,
+        outcome_unknown: true,
+        source,
+    })
 }
 
 /// Sends every pending operation that no worker holds again, one at a time, each with
 /// its recorded key and bytes and the secrets of `resume_headers`.
 pub(crate) async fn resume_pending(client: &IdempotentClient) -> Result<ResumeReport, Error> {
     let js = settings_of(client)?;
-    let entries = js
-        .journal
-        .pending()
-        .await
-        .map_err(|source| Error::Journal {
-            operation_id: String::new(),
-            key: None,
-            outcome_unknown: true,
-            source,
-        })?;
+    let entries = listed(js).await?;
     let mut report = ResumeReport::default();
     match js.journal.housekeep().await {
         Ok(removed) => report.removed = removed,

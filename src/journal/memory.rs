@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease,
-    RecordedAnswer, RecordedRequest, Release, Resolution,
+    Limits, RecordedAnswer, RecordedRequest, Release, Resolution, limits_of,
 };
 
 /// One operation's row.
@@ -40,25 +40,10 @@ struct Row {
 /// # drop(client);
 /// # Ok::<(), idempotent_retry::Error>(())
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct MemoryJournal {
     rows: Arc<Mutex<HashMap<String, Row>>>,
-    lease_duration: Duration,
-    max_resume_age: Duration,
-    max_resumes: u32,
-    completed_retention: Duration,
-}
-
-impl Default for MemoryJournal {
-    fn default() -> Self {
-        Self {
-            rows: Arc::default(),
-            lease_duration: super::DEFAULT_LEASE_DURATION,
-            max_resume_age: super::DEFAULT_MAX_RESUME_AGE,
-            max_resumes: super::DEFAULT_MAX_RESUMES,
-            completed_retention: super::DEFAULT_COMPLETED_RETENTION,
-        }
-    }
+    limits: Limits,
 }
 
 impl MemoryJournal {
@@ -78,7 +63,7 @@ impl MemoryJournal {
     /// ```
     #[must_use]
     pub fn lease_duration(mut self, duration: Duration) -> Self {
-        self.lease_duration = duration;
+        self.limits.lease_duration = duration;
         self
     }
 
@@ -92,7 +77,7 @@ impl MemoryJournal {
     /// ```
     #[must_use]
     pub fn max_resume_age(mut self, age: Duration) -> Self {
-        self.max_resume_age = age;
+        self.limits.max_resume_age = age;
         self
     }
 
@@ -106,7 +91,7 @@ impl MemoryJournal {
     /// ```
     #[must_use]
     pub fn max_resumes(mut self, resumes: u32) -> Self {
-        self.max_resumes = resumes;
+        self.limits.max_resumes = resumes;
         self
     }
 
@@ -120,7 +105,7 @@ impl MemoryJournal {
     /// ```
     #[must_use]
     pub fn completed_retention(mut self, retention: Duration) -> Self {
-        self.completed_retention = retention;
+        self.limits.completed_retention = retention;
         self
     }
 
@@ -283,21 +268,7 @@ impl Journal for MemoryJournal {
         Box::pin(async move { Ok(pending) })
     }
 
-    fn lease_duration(&self) -> Duration {
-        self.lease_duration
-    }
-
-    fn max_resume_age(&self) -> Duration {
-        self.max_resume_age
-    }
-
-    fn max_resumes(&self) -> u32 {
-        self.max_resumes
-    }
-
-    fn completed_retention(&self) -> Duration {
-        self.completed_retention
-    }
+    limits_of!();
 
     fn resolve<'a>(&'a self, id: &'a str, resolution: &'a Resolution) -> JournalFuture<'a, bool> {
         let now = Instant::now();
@@ -356,7 +327,7 @@ impl Journal for MemoryJournal {
 
     fn housekeep(&self) -> JournalFuture<'_, u64> {
         let now = Instant::now();
-        let retention = self.completed_retention;
+        let retention = self.limits.completed_retention;
         let mut rows = self.rows();
         let before = rows.len();
         rows.retain(|_, row| {

@@ -209,6 +209,99 @@ pub trait BodySeal: Send + Sync + 'static {
     fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String>;
 }
 
+/// The limits every store carries, the trait's defaults unless set.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) lease_duration: Duration,
+    pub(crate) max_resume_age: Duration,
+    pub(crate) max_resumes: u32,
+    pub(crate) completed_retention: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            lease_duration: DEFAULT_LEASE_DURATION,
+            max_resume_age: DEFAULT_MAX_RESUME_AGE,
+            max_resumes: DEFAULT_MAX_RESUMES,
+            completed_retention: DEFAULT_COMPLETED_RETENTION,
+        }
+    }
+}
+
+impl Limits {
+    /// Why these limits cannot work, if they cannot.
+    pub(crate) fn check(&self) -> Result<(), crate::Error> {
+        if self.lease_duration.is_zero() || self.max_resume_age.is_zero() {
+            return Err(crate::Error::InvalidConfig {
+                reason: "lease_duration and max_resume_age must be greater than zero".into(),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The setters of [`Limits`] on a store's builder (a `limits` field), alike on every
+/// store.
+#[cfg(any(feature = "journal-sqlite", feature = "journal-postgres"))]
+macro_rules! limit_setters {
+    () => {
+        /// How long a claim holds an operation unless renewed (default 30 s). It must
+        /// exceed the client's attempt timeout by more than a second.
+        pub fn lease_duration(mut self, duration: std::time::Duration) -> Self {
+            self.limits.lease_duration = duration;
+            self
+        }
+
+        /// The oldest an operation may be when its next attempt could end (default
+        /// 20 h).
+        pub fn max_resume_age(mut self, age: std::time::Duration) -> Self {
+            self.limits.max_resume_age = age;
+            self
+        }
+
+        /// How many times an operation may be taken up again without a final answer
+        /// (default 20).
+        pub fn max_resumes(mut self, resumes: u32) -> Self {
+            self.limits.max_resumes = resumes;
+            self
+        }
+
+        /// How long a completed operation is kept, its answer ready without I/O
+        /// (default 7 days).
+        pub fn completed_retention(mut self, retention: std::time::Duration) -> Self {
+            self.limits.completed_retention = retention;
+            self
+        }
+    };
+}
+#[cfg(any(feature = "journal-sqlite", feature = "journal-postgres"))]
+pub(crate) use limit_setters;
+
+/// A store's answers to the [`Journal`] methods that read its [`Limits`] (a `limits`
+/// field).
+macro_rules! limits_of {
+    () => {
+        fn lease_duration(&self) -> std::time::Duration {
+            self.limits.lease_duration
+        }
+
+        fn max_resume_age(&self) -> std::time::Duration {
+            self.limits.max_resume_age
+        }
+
+        fn max_resumes(&self) -> u32 {
+            self.limits.max_resumes
+        }
+
+        fn completed_retention(&self) -> std::time::Duration {
+            self.limits.completed_retention
+        }
+    };
+}
+pub(crate) use limits_of;
+
 /// The default retention of completed operations: a week, far beyond any server's key
 /// lifetime, so a re-run of the application within it never reaches the server.
 pub const DEFAULT_COMPLETED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -18,9 +18,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::blob::{decode, encode};
 use super::{
-    Claimed, DEFAULT_COMPLETED_RETENTION, DEFAULT_LEASE_DURATION, DEFAULT_MAX_RESUME_AGE,
-    DEFAULT_MAX_RESUMES, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture,
-    Lease, RecordedAnswer, RecordedRequest, Release, Resolution,
+    Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease,
+    Limits, RecordedAnswer, RecordedRequest, Release, Resolution, limit_setters, limits_of,
 };
 
 /// The schema this version writes; a database with a newer one is refused.
@@ -78,10 +77,10 @@ const ABANDONED: i16 = 3;
 ///
 /// | setting | default |
 /// |---|---|
-/// | `lease_duration` | 30 s ([`DEFAULT_LEASE_DURATION`]) |
-/// | `max_resume_age` | 20 h ([`DEFAULT_MAX_RESUME_AGE`]) |
-/// | `max_resumes` | 20 ([`DEFAULT_MAX_RESUMES`]) |
-/// | `completed_retention` | 7 days ([`DEFAULT_COMPLETED_RETENTION`]) |
+/// | `lease_duration` | 30 s ([`DEFAULT_LEASE_DURATION`](super::DEFAULT_LEASE_DURATION)) |
+/// | `max_resume_age` | 20 h ([`DEFAULT_MAX_RESUME_AGE`](super::DEFAULT_MAX_RESUME_AGE)) |
+/// | `max_resumes` | 20 ([`DEFAULT_MAX_RESUMES`](super::DEFAULT_MAX_RESUMES)) |
+/// | `completed_retention` | 7 days ([`DEFAULT_COMPLETED_RETENTION`](super::DEFAULT_COMPLETED_RETENTION)) |
 /// | `connections` | 8, used in turn: the server flushes the commits of many at once |
 /// | TLS | as the URL's `sslmode` says (`prefer` by default), verified against the system's roots and any `tls_root_certificate` |
 /// | `namespace` | `""`: set one per application sharing a database |
@@ -105,10 +104,7 @@ const ABANDONED: i16 = 3;
 pub struct PostgresJournalBuilder {
     url: String,
     namespace: String,
-    lease_duration: Duration,
-    max_resume_age: Duration,
-    max_resumes: u32,
-    completed_retention: Duration,
+    limits: Limits,
     connections: usize,
     roots: Vec<Vec<u8>>,
 }
@@ -120,29 +116,7 @@ impl PostgresJournalBuilder {
         self
     }
 
-    /// How long a claim holds an operation unless renewed.
-    pub fn lease_duration(mut self, duration: Duration) -> Self {
-        self.lease_duration = duration;
-        self
-    }
-
-    /// The oldest an operation may be when its next attempt could end.
-    pub fn max_resume_age(mut self, age: Duration) -> Self {
-        self.max_resume_age = age;
-        self
-    }
-
-    /// How many times an operation may be taken up again without a final answer.
-    pub fn max_resumes(mut self, resumes: u32) -> Self {
-        self.max_resumes = resumes;
-        self
-    }
-
-    /// How long a completed operation is kept, its answer ready without I/O.
-    pub fn completed_retention(mut self, retention: Duration) -> Self {
-        self.completed_retention = retention;
-        self
-    }
+    limit_setters!();
 
     /// Trusts this certificate authority (PEM) for the server's certificate, besides
     /// the system's. TLS follows the URL's `sslmode`, as libpq's does: `prefer` (the
@@ -167,12 +141,7 @@ impl PostgresJournalBuilder {
     /// an [`Error::Journal`](crate::Error::Journal) if the database cannot be reached or
     /// has a newer schema.
     pub async fn connect(self) -> Result<PostgresJournal, crate::Error> {
-        if self.lease_duration.is_zero() || self.max_resume_age.is_zero() {
-            return Err(crate::Error::InvalidConfig {
-                reason: "lease_duration and max_resume_age must be greater than zero".into(),
-                source: None,
-            });
-        }
+        self.limits.check()?;
         let tls = tls(&self.roots).map_err(|reason| crate::Error::InvalidConfig {
             reason,
             source: None,
@@ -187,10 +156,7 @@ impl PostgresJournalBuilder {
                     .collect(),
                 next: std::sync::atomic::AtomicUsize::new(0),
             }),
-            lease_duration: self.lease_duration,
-            max_resume_age: self.max_resume_age,
-            max_resumes: self.max_resumes,
-            completed_retention: self.completed_retention,
+            limits: self.limits,
         };
         let result = async {
             let client = journal.client().await?;
@@ -234,10 +200,7 @@ struct Shared {
 #[derive(Clone, Debug)]
 pub struct PostgresJournal {
     shared: Arc<Shared>,
-    lease_duration: Duration,
-    max_resume_age: Duration,
-    max_resumes: u32,
-    completed_retention: Duration,
+    limits: Limits,
 }
 
 impl PostgresJournal {
@@ -247,10 +210,7 @@ impl PostgresJournal {
         PostgresJournalBuilder {
             url: url.into(),
             namespace: String::new(),
-            lease_duration: DEFAULT_LEASE_DURATION,
-            max_resume_age: DEFAULT_MAX_RESUME_AGE,
-            max_resumes: DEFAULT_MAX_RESUMES,
-            completed_retention: DEFAULT_COMPLETED_RETENTION,
+            limits: Limits::default(),
             connections: 8,
             roots: Vec::new(),
         }
@@ -677,21 +637,7 @@ impl Journal for PostgresJournal {
         })
     }
 
-    fn lease_duration(&self) -> Duration {
-        self.lease_duration
-    }
-
-    fn max_resume_age(&self) -> Duration {
-        self.max_resume_age
-    }
-
-    fn max_resumes(&self) -> u32 {
-        self.max_resumes
-    }
-
-    fn completed_retention(&self) -> Duration {
-        self.completed_retention
-    }
+    limits_of!();
 
     fn resolve<'a>(&'a self, id: &'a str, resolution: &'a Resolution) -> JournalFuture<'a, bool> {
         Box::pin(async move {
@@ -773,7 +719,7 @@ impl Journal for PostgresJournal {
                 .execute(
                     "DELETE FROM idempotent_retry_operations WHERE namespace = $1 \
                      AND state IN (1, 3) AND closed_at <= now() - $2::float8 * interval '1 millisecond'",
-                    &[&self.namespace(), &(ms(self.completed_retention) as f64)],
+                    &[&self.namespace(), &(ms(self.limits.completed_retention) as f64)],
                 )
                 .await
                 .map_err(sql("could not remove old operations"))

@@ -16,9 +16,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::blob::{decode, encode};
 use super::owners;
 use super::{
-    Claimed, DEFAULT_LEASE_DURATION, DEFAULT_MAX_RESUME_AGE, EntryState, Inserted, Journal,
-    JournalEntry, JournalError, JournalFuture, Lease, RecordedAnswer, RecordedRequest, Release,
-    Resolution,
+    Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease,
+    Limits, RecordedAnswer, RecordedRequest, Release, Resolution, limit_setters, limits_of,
 };
 
 /// Marks a SQLite file as this crate's journal (`PRAGMA application_id`), so that
@@ -67,8 +66,8 @@ const ABANDONED: i64 = 3;
 ///
 /// | setting | default |
 /// |---|---|
-/// | `lease_duration` | 30 s ([`DEFAULT_LEASE_DURATION`]) |
-/// | `max_resume_age` | 20 h ([`DEFAULT_MAX_RESUME_AGE`], below Stripe's 24 h) |
+/// | `lease_duration` | 30 s ([`DEFAULT_LEASE_DURATION`](super::DEFAULT_LEASE_DURATION)) |
+/// | `max_resume_age` | 20 h ([`DEFAULT_MAX_RESUME_AGE`](super::DEFAULT_MAX_RESUME_AGE), below Stripe's 24 h) |
 /// | `max_resumes` | 20 ([`DEFAULT_MAX_RESUMES`](super::DEFAULT_MAX_RESUMES)) |
 /// | `completed_retention` | 7 days ([`DEFAULT_COMPLETED_RETENTION`](super::DEFAULT_COMPLETED_RETENTION)) |
 /// | `busy_timeout` | 5 s waiting for another process's write |
@@ -91,37 +90,12 @@ const ABANDONED: i64 = 3;
 #[must_use]
 pub struct SqliteJournalBuilder {
     path: PathBuf,
-    lease_duration: Duration,
-    max_resume_age: Duration,
-    max_resumes: u32,
-    completed_retention: Duration,
+    limits: Limits,
     busy_timeout: Duration,
 }
 
 impl SqliteJournalBuilder {
-    /// How long a claim holds an operation unless renewed.
-    pub fn lease_duration(mut self, duration: Duration) -> Self {
-        self.lease_duration = duration;
-        self
-    }
-
-    /// The oldest an operation may be when its next attempt could end.
-    pub fn max_resume_age(mut self, age: Duration) -> Self {
-        self.max_resume_age = age;
-        self
-    }
-
-    /// How many times an operation may be taken up again without a final answer.
-    pub fn max_resumes(mut self, resumes: u32) -> Self {
-        self.max_resumes = resumes;
-        self
-    }
-
-    /// How long a completed operation is kept, its answer ready without I/O.
-    pub fn completed_retention(mut self, retention: Duration) -> Self {
-        self.completed_retention = retention;
-        self
-    }
+    limit_setters!();
 
     /// How long a write waits for another process's to finish.
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
@@ -138,12 +112,7 @@ impl SqliteJournalBuilder {
     /// created, is not a SQLite database, is another application's database, or has a
     /// newer schema.
     pub async fn open(self) -> Result<SqliteJournal, crate::Error> {
-        if self.lease_duration.is_zero() || self.max_resume_age.is_zero() {
-            return Err(crate::Error::InvalidConfig {
-                reason: "lease_duration and max_resume_age must be greater than zero".into(),
-                source: None,
-            });
-        }
+        self.limits.check()?;
         let path = self.path.clone();
         let busy = self.busy_timeout;
         let opened = tokio::task::spawn_blocking(move || {
@@ -174,10 +143,7 @@ impl SqliteJournalBuilder {
             jobs,
             reader: Arc::new(Mutex::new(reader)),
             owner: Arc::new(owner),
-            lease_duration: self.lease_duration,
-            max_resume_age: self.max_resume_age,
-            max_resumes: self.max_resumes,
-            completed_retention: self.completed_retention,
+            limits: self.limits,
         })
     }
 }
@@ -205,10 +171,7 @@ pub struct SqliteJournal {
     reader: Arc<Mutex<Connection>>,
     /// This journal's OS-locked registration, which tells other processes it lives.
     owner: Arc<owners::Owner>,
-    lease_duration: Duration,
-    max_resume_age: Duration,
-    max_resumes: u32,
-    completed_retention: Duration,
+    limits: Limits,
 }
 
 impl SqliteJournal {
@@ -216,10 +179,7 @@ impl SqliteJournal {
     pub fn builder(path: impl AsRef<Path>) -> SqliteJournalBuilder {
         SqliteJournalBuilder {
             path: path.as_ref().to_owned(),
-            lease_duration: DEFAULT_LEASE_DURATION,
-            max_resume_age: DEFAULT_MAX_RESUME_AGE,
-            max_resumes: super::DEFAULT_MAX_RESUMES,
-            completed_retention: super::DEFAULT_COMPLETED_RETENTION,
+            limits: Limits::default(),
             busy_timeout: Duration::from_secs(5),
         }
     }
@@ -744,21 +704,7 @@ impl Journal for SqliteJournal {
         })
     }
 
-    fn lease_duration(&self) -> Duration {
-        self.lease_duration
-    }
-
-    fn max_resume_age(&self) -> Duration {
-        self.max_resume_age
-    }
-
-    fn max_resumes(&self) -> u32 {
-        self.max_resumes
-    }
-
-    fn completed_retention(&self) -> Duration {
-        self.completed_retention
-    }
+    limits_of!();
 
     fn resolve<'a>(&'a self, id: &'a str, resolution: &'a Resolution) -> JournalFuture<'a, bool> {
         let (id, resolution) = (id.to_owned(), resolution.clone());
@@ -820,7 +766,7 @@ impl Journal for SqliteJournal {
     }
 
     fn housekeep(&self) -> JournalFuture<'_, u64> {
-        let retention = ms(self.completed_retention);
+        let retention = ms(self.limits.completed_retention);
         self.with(move |connection| {
             let removed = connection
                 .execute(
