@@ -229,6 +229,7 @@ impl Default for Limits {
     }
 }
 
+#[cfg(any(feature = "journal-sqlite", feature = "journal-postgres"))]
 impl Limits {
     /// Why these limits cannot work, if they cannot.
     pub(crate) fn check(&self) -> Result<(), crate::Error> {
