@@ -5,6 +5,10 @@
 //! cargo bench --bench memory            # 100,000 keys
 //! cargo bench --bench memory -- --quick # 10,000 keys
 //! ```
+//!
+//! `-- --profile mock|routed|bare N` sends N new-key requests (raw-TCP load, 16
+//! connections) to one server and prints nothing: a fixed workload to count the server's
+//! instructions per request under `valgrind --tool=callgrind` (N=2500 minus N=500).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark stops on any failure.
 
 mod support;
@@ -85,7 +89,38 @@ fn per_request(label: &str, requests: u64, change: Stats) {
     );
 }
 
+/// `--profile NAME N`: N requests to one server, nothing printed.
+fn profile() -> Option<(String, u64)> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == "--profile")?;
+    Some((args.get(at + 1)?.clone(), args.get(at + 2)?.parse().ok()?))
+}
+
 fn main() {
+    if let Some((name, n)) = profile() {
+        let body = support::body_200();
+        support::runtime().block_on(async {
+            let (server, addr) = match name.as_str() {
+                "bare" => (None, support::bare_hyper(1)),
+                "routed" => {
+                    let server = MockServer::builder()
+                        .route(support::orders_route())
+                        .start_blocking()
+                        .unwrap();
+                    let addr = server.address();
+                    (Some(server), addr)
+                }
+                _ => {
+                    let server = MockServer::builder().start_blocking().unwrap();
+                    let addr = server.address();
+                    (Some(server), addr)
+                }
+            };
+            load(addr, "/orders", &body, Keys::Unique(0), 16, n).await;
+            drop(server);
+        });
+        return;
+    }
     let quick = support::quick();
     let keys: u64 = if quick { 10_000 } else { 100_000 };
     let requests: u64 = if quick { 2_000 } else { 20_000 };

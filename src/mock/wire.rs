@@ -52,15 +52,27 @@ pub(crate) enum Echo {
 impl Echo {
     /// The created resource: `{"body":…,"id":…,"path":…}`.
     pub(crate) fn created(&self, id: u64, path: &str) -> Bytes {
-        let echo = match self {
-            // Validated JSON is UTF-8, so this borrows.
-            Echo::Json(raw) => String::from_utf8_lossy(raw),
-            Echo::Value(value) => Cow::Owned(value.to_string()),
+        let value;
+        let echo: &[u8] = match self {
+            // Validated JSON: its bytes go in as they are, with no UTF-8 check again.
+            Echo::Json(raw) => raw,
+            Echo::Value(v) => {
+                value = v.to_string();
+                value.as_bytes()
+            }
         };
-        let path = Value::from(path);
-        let mut text = format!(r#"{{"body":{echo},"id":{id},"path":{path}}}"#);
-        // Stored for the key's lifetime: no spare capacity.
-        text.shrink_to_fit();
+        let digits = id.checked_ilog10().unwrap_or(0) as usize + 1;
+        // Sized exactly for the usual path (nothing to escape): the answer is stored for
+        // the key's lifetime, so no spare capacity.
+        let mut text = Vec::with_capacity(25 + echo.len() + digits + path.len());
+        text.extend_from_slice(br#"{"body":"#);
+        text.extend_from_slice(echo);
+        text.extend_from_slice(br#","id":"#);
+        // Writing to a `Vec` cannot fail, nor can serializing a number or a string.
+        let _ = serde_json::to_writer(&mut text, &id);
+        text.extend_from_slice(br#","path":"#);
+        let _ = serde_json::to_writer(&mut text, path);
+        text.push(b'}');
         Bytes::from(text)
     }
 }
