@@ -119,10 +119,11 @@ pub(crate) async fn send(
         });
     }
     let record = record_of(&operation, js);
-    let stored = RecordedRequest {
+    // What the journal is given: the record itself, or a copy with its body sealed.
+    let sealed = js.seal.is_some().then(|| RecordedRequest {
         body: js.seal(&record.body),
         ..record.clone()
-    };
+    });
     let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
     let policy = *operation.policy.as_deref().unwrap_or(&settings.policy);
     let deadline = Instant::now().checked_add(policy.deadline);
@@ -139,17 +140,23 @@ pub(crate) async fn send(
     let caller_key = (!operation.fresh_key).then(|| operation.key.clone());
 
     let mut races = 0;
+    // Set once the id is known to be taken: waiting on another worker then only reads.
+    let mut taken = false;
     let (lease, entry_age, request, resumed) = loop {
         let unknown = caller_key.is_some();
         // A new operation is the common case: one durable write records it and takes
         // its lease. Only an id already taken is read back.
-        let inserted = journal
-            .insert(&id, &stored, &holder, lease_duration)
-            .await
-            .map_err(journal_error(Some(&operation.key), unknown))?;
-        if let Inserted::Recorded(lease) = inserted {
-            info!(operation_id = %id, "operation recorded");
-            break (lease, Duration::ZERO, record, false);
+        if !taken {
+            let stored = sealed.as_ref().unwrap_or(&record);
+            let inserted = journal
+                .insert(&id, stored, &holder, lease_duration)
+                .await
+                .map_err(journal_error(Some(&operation.key), unknown))?;
+            if let Inserted::Recorded(lease) = inserted {
+                info!(operation_id = %id, "operation recorded");
+                break (lease, Duration::ZERO, record, false);
+            }
+            taken = true;
         }
         let found = journal
             .find(&id)
@@ -161,6 +168,7 @@ pub(crate) async fn send(
             .map_err(journal_error(Some(&operation.key), true))?;
         let Some(entry) = found else {
             // Removed between the two steps (housekeeping): record it again.
+            taken = false;
             races += 1;
             if races > MAX_RACES {
                 return Err(journal_error(Some(&operation.key), true)(
@@ -169,7 +177,7 @@ pub(crate) async fn send(
             }
             continue;
         };
-        let key = recorded_key(&entry).map_err(journal_error(None, true))?;
+        let key = recorded_key(&entry.request).map_err(journal_error(None, true))?;
         if let Some(reason) = mismatch(&entry.request, &record, caller_key.as_ref()) {
             return Err(Error::OperationMismatch {
                 operation_id: id,
@@ -265,7 +273,7 @@ pub(crate) async fn send(
     };
 
     // From here this worker holds the lease: every way out lets it go or completes.
-    let key = recorded_key_of(&request).map_err(journal_error(None, true))?;
+    let key = recorded_key(&request).map_err(journal_error(None, true))?;
     let max_age = journal.max_resume_age();
     if entry_age + operation.timeout > max_age {
         let reason = "older than the journal's max_resume_age";
@@ -521,11 +529,7 @@ fn same_body(recorded: &RecordedRequest, now: &RecordedRequest) -> bool {
     matches!((parse(&recorded.body), parse(&now.body)), (Some(a), Some(b)) if a == b)
 }
 
-fn recorded_key(entry: &JournalEntry) -> Result<IdempotencyKey, JournalError> {
-    recorded_key_of(&entry.request)
-}
-
-fn recorded_key_of(request: &RecordedRequest) -> Result<IdempotencyKey, JournalError> {
+fn recorded_key(request: &RecordedRequest) -> Result<IdempotencyKey, JournalError> {
     IdempotencyKey::parse(&request.key)
         .map_err(|_| JournalError::corrupt(format!("recorded key {:?}", request.key)))
 }
@@ -614,7 +618,7 @@ pub(crate) async fn resume_pending(client: &IdempotentClient) -> Result<ResumeRe
             report.needs_attention.push(entry.id);
             continue;
         }
-        let key = match recorded_key(&entry) {
+        let key = match recorded_key(&entry.request) {
             Ok(key) => key,
             Err(source) => {
                 let error = Error::Journal {

@@ -249,7 +249,7 @@ impl RandomFaults {
         })
     }
 
-    fn draw(&mut self) -> Option<Fault> {
+    pub(crate) fn draw(&mut self) -> Option<Fault> {
         let u = self.rng.unit();
         self.table
             .iter()

@@ -563,11 +563,6 @@ impl Compiled {
             })
     }
 
-    /// Whether the route has its own random fault plan.
-    pub(crate) fn has_random_faults(&self) -> bool {
-        lock(&self.faults).random.is_some()
-    }
-
     /// `{{id}}` for execution `n` of the server: the prefix and a token drawn from the
     /// seed.
     pub(crate) fn id(&self, seed: u64, n: u64) -> String {

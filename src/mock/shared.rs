@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use http::HeaderName;
 
-use super::fault::{Fault, Faults};
+use super::fault::{Fault, Faults, RandomFaults};
 use super::log::{Entry, Log};
 use super::route::Compiled;
 use super::store::{Begin, ScopedKey, Store, Stored};
@@ -279,18 +279,18 @@ impl Shared {
     /// or a server without routes): the route's queued faults, then the server's; then
     /// the route's random plan if it has one, else the server's.
     pub(crate) fn next_fault(&self, route: Option<&Compiled>) -> Option<Fault> {
-        if let Some(route) = route {
-            if let Some(fault) = lock(&route.faults).scripted.pop_front() {
-                return Some(fault);
-            }
+        if let Some(fault) = route.and_then(|r| lock(&r.faults).scripted.pop_front()) {
+            return Some(fault);
         }
         let mut faults = lock(&self.faults);
         if let Some(fault) = faults.scripted.pop_front() {
             return Some(fault);
         }
-        if let Some(plan) = route.and_then(|r| r.has_random_faults().then_some(r)) {
-            drop(faults);
-            return lock(&plan.faults).next();
+        // The route's own plan, if it has one, replaces the server's.
+        if let Some(drawn) =
+            route.and_then(|r| lock(&r.faults).random.as_mut().map(RandomFaults::draw))
+        {
+            return drawn;
         }
         faults.next()
     }
