@@ -34,6 +34,14 @@ impl SplitMix64 {
     }
 }
 
+/// FNV-1a over `bytes`: a stable, cheap hash for spreading or seeding, where nobody
+/// choosing the input can gain by colliding (not for maps keyed by untrusted input).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

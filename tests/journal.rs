@@ -823,7 +823,6 @@ async fn the_rules_around_a_journal_are_checked_before_io() {
         matches!(&err, Error::InvalidRequest { reason, .. } if reason.contains("lease_duration"))
     );
     assert!(server.requests().is_empty());
-    let _ = GiveUpReason::LeaseHeld;
 }
 
 #[cfg(feature = "journal-sqlite")]

@@ -209,6 +209,17 @@ pub trait BodySeal: Send + Sync + 'static {
     fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String>;
 }
 
+/// A write that names a lease: it applied (to exactly one operation), or the lease is no
+/// longer the operation's.
+#[cfg(any(feature = "journal-sqlite", feature = "journal-postgres"))]
+pub(crate) fn fenced(changed: u64, lease: &Lease) -> Result<(), JournalError> {
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(JournalError::lease_lost(lease.id.clone()))
+    }
+}
+
 /// The limits every store carries, the trait's defaults unless set.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {

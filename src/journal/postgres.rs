@@ -19,7 +19,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::blob::{decode, encode};
 use super::{
     Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease,
-    Limits, RecordedAnswer, RecordedRequest, Release, Resolution, limit_setters, limits_of,
+    Limits, RecordedAnswer, RecordedRequest, Release, Resolution, fenced, limit_setters, limits_of,
 };
 
 /// The schema this version writes; a database with a newer one is refused.
@@ -409,15 +409,6 @@ fn entry(row: &Row) -> Result<JournalEntry, JournalError> {
     })
 }
 
-/// A write that names a lease: it applied, or the lease is no longer the operation's.
-fn leased(changed: u64, lease: &Lease) -> Result<(), JournalError> {
-    if changed == 1 {
-        Ok(())
-    } else {
-        Err(JournalError::lease_lost(lease.id.clone()))
-    }
-}
-
 fn token(lease: &Lease) -> i64 {
     i64::try_from(lease.token).unwrap_or(i64::MAX)
 }
@@ -558,7 +549,7 @@ impl Journal for PostgresJournal {
                 )
                 .await
                 .map_err(sql("could not renew the lease"))?;
-            leased(changed, lease)
+            fenced(changed, lease)
         })
     }
 
@@ -585,7 +576,7 @@ impl Journal for PostgresJournal {
                 )
                 .await
                 .map_err(sql("could not record the answer"))?;
-            leased(changed, lease)
+            fenced(changed, lease)
         })
     }
 
@@ -616,7 +607,7 @@ impl Journal for PostgresJournal {
                 )
                 .await
                 .map_err(sql("could not release the lease"))?;
-            leased(changed, lease)
+            fenced(changed, lease)
         })
     }
 

@@ -17,7 +17,7 @@ use super::blob::{decode, encode};
 use super::owners;
 use super::{
     Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease,
-    Limits, RecordedAnswer, RecordedRequest, Release, Resolution, limit_setters, limits_of,
+    Limits, RecordedAnswer, RecordedRequest, Release, Resolution, fenced, limit_setters, limits_of,
 };
 
 /// Marks a SQLite file as this crate's journal (`PRAGMA application_id`), so that
@@ -475,15 +475,6 @@ fn find(connection: &Connection, id: &str) -> Result<Option<JournalEntry>, Journ
     row.map(|row| entry(row, now_ms())).transpose()
 }
 
-/// A write that names a lease: it applied, or the lease is no longer the operation's.
-fn leased(changed: usize, lease: &Lease) -> Result<(), JournalError> {
-    if changed == 1 {
-        Ok(())
-    } else {
-        Err(JournalError::lease_lost(lease.id.clone()))
-    }
-}
-
 impl Journal for SqliteJournal {
     fn find<'a>(&'a self, id: &'a str) -> JournalFuture<'a, Option<JournalEntry>> {
         let (id, reader) = (id.to_owned(), self.reader.clone());
@@ -623,7 +614,7 @@ impl Journal for SqliteJournal {
                     params![lease.id, token(&lease), now_ms().saturating_add(ms(duration))],)
                 })
                 .map_err(storage("could not renew the lease"))?;
-            leased(changed, &lease)
+            fenced(changed as u64, &lease)
         })
     }
 
@@ -651,7 +642,7 @@ impl Journal for SqliteJournal {
                     ])
                 })
                 .map_err(storage("could not record the answer"))?;
-            leased(changed, &lease)
+            fenced(changed as u64, &lease)
         })
     }
 
@@ -682,7 +673,7 @@ impl Journal for SqliteJournal {
                     ])
                 })
                 .map_err(storage("could not release the lease"))?;
-            leased(changed, &lease)
+            fenced(changed as u64, &lease)
         })
     }
 

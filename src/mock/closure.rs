@@ -7,7 +7,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde_json::Value;
 
 use super::store::Stored;
@@ -147,9 +147,7 @@ impl Handler {
             format!("the handler of route {route:?} panicked: {}", text(&*panic))
         })?;
         let fail = |what: String| format!("the handler of route {route:?} answered {what}");
-        let status = StatusCode::from_u16(answer.status)
-            .ok()
-            .filter(|s| s.as_u16() >= 200)
+        let status = super::response::final_status(answer.status)
             .ok_or_else(|| fail(format!("status {}, not a final HTTP status", answer.status)))?;
         let mut headers = Vec::with_capacity(answer.headers.len() + 2);
         if !answer

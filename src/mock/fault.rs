@@ -308,9 +308,7 @@ impl FaultRequest {
             let code = self
                 .status
                 .ok_or_else(|| format!("{} needs \"status\"", self.fault))?;
-            StatusCode::from_u16(code)
-                .ok()
-                .filter(|s| s.as_u16() >= 200)
+            super::response::final_status(code)
                 .ok_or_else(|| format!("status {code} is not a final HTTP status (200..=999)"))
         };
         let duration = |field: &Option<String>, name: &str| -> Result<Duration, String> {

@@ -12,6 +12,13 @@ use serde_json::{Value, json};
 
 use super::store::Stored;
 
+/// `code` as a final HTTP status (200..=999), the only kind an answer may carry.
+pub(crate) fn final_status(code: u16) -> Option<StatusCode> {
+    StatusCode::from_u16(code)
+        .ok()
+        .filter(|s| s.as_u16() >= 200)
+}
+
 /// An answer's body: whole, or cut short by a fault (the bytes sent, then an error
 /// that makes hyper close the connection before the declared length is reached).
 #[derive(Debug)]

@@ -306,14 +306,6 @@ fn invalid_header(name: &HeaderName) -> String {
     format!("header {name} does not render to a valid header value")
 }
 
-/// A stable hash of a route's name (FNV-1a), so its fault generator depends on its
-/// name alone.
-fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// One segment of a route's path.
 #[derive(Debug)]
 enum Segment {
@@ -384,15 +376,12 @@ impl Compiled {
                 Segment::Literal(_) => None,
             })
             .collect();
-        let status = StatusCode::from_u16(route.status)
-            .ok()
-            .filter(|s| s.as_u16() >= 200)
-            .ok_or_else(|| {
-                fail(format!(
-                    "status {} is not a final HTTP status",
-                    route.status
-                ))
-            })?;
+        let status = super::response::final_status(route.status).ok_or_else(|| {
+            fail(format!(
+                "status {} is not a final HTTP status",
+                route.status
+            ))
+        })?;
         let body = Template::body(&route.body).map_err(|e| fail(format!("body {e}")))?;
         let mut headers = Vec::with_capacity(route.headers.len());
         let mut content_type = false;
@@ -444,7 +433,10 @@ impl Compiled {
         let random = if route.rates.is_empty() {
             None
         } else {
-            Some(RandomFaults::new(seed ^ name_hash(&name), &route.rates).map_err(&fail)?)
+            Some(
+                RandomFaults::new(seed ^ crate::rng::fnv1a(name.as_bytes()), &route.rates)
+                    .map_err(&fail)?,
+            )
         };
         Ok(Self {
             faults: Mutex::new(Faults {

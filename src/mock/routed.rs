@@ -87,13 +87,13 @@ pub(crate) async fn handle(
     let json = match body_json(&parts.headers, &body) {
         Ok(json) => json,
         Err(detail) => {
-            let head = (&parts.uri, &parts.headers);
+            let (uri, headers) = (&parts.uri, &parts.headers);
             log(
                 shared,
                 &method,
                 &path,
-                head.0,
-                head.1,
+                uri,
+                headers,
                 key.as_ref(),
                 (&body, None),
             );

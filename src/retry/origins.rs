@@ -110,9 +110,7 @@ fn origin(url: &reqwest::Url) -> std::borrow::Cow<'_, str> {
 /// The shard of an origin: FNV-1a over its text, which only has to spread origins over
 /// the shards (the maps inside keep std's flood-resistant hasher).
 fn shard_of(key: &str) -> usize {
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = crate::rng::fnv1a(key.as_bytes());
     // The remainder of a division by SHARDS always fits in a usize.
     (hash % SHARDS as u64) as usize
 }
