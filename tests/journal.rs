@@ -22,6 +22,29 @@ fn client(journal: impl Journal) -> IdempotentClient {
     builder(journal).build().unwrap()
 }
 
+/// A client on `journal` that makes at most `attempts` attempts per send.
+fn retrying(journal: impl Journal, attempts: u32) -> IdempotentClient {
+    builder(journal)
+        .retry_policy(support::fast_policy().max_attempts(attempts))
+        .build()
+        .unwrap()
+}
+
+/// Sends `body` to `url` as the operation `id`.
+fn charge(
+    client: &IdempotentClient,
+    url: &str,
+    id: &str,
+    body: serde_json::Value,
+) -> impl std::future::Future<Output = Result<idempotent_retry::IdempotentResponse, Error>> + use<>
+{
+    client
+        .post_idempotent(url)
+        .operation_id(id)
+        .json(&body)
+        .send()
+}
+
 fn builder(journal: impl Journal) -> IdempotentClientBuilder {
     fast_builder()
         .attempt_timeout(Duration::from_millis(500))
@@ -180,10 +203,7 @@ async fn a_persons_resolution_is_what_later_sends_get(journal: impl Journal + Cl
         Fault::StatusBeforeProcessing(http::StatusCode::BAD_GATEWAY),
         3,
     );
-    let client = builder(journal.clone())
-        .retry_policy(support::fast_policy().max_attempts(1))
-        .build()
-        .unwrap();
+    let client = retrying(journal.clone(), 1);
     let url = format!("{}/v1/refunds", server.uri());
     let send = |id: &'static str| {
         client
@@ -255,13 +275,7 @@ async fn a_wait_the_server_asked_for_holds_every_send_until_it_passes(
         .build()
         .unwrap();
     let url = format!("{}/v1/charges", server.uri());
-    let send = || {
-        client
-            .post_idempotent(&url)
-            .operation_id("order-0/charge")
-            .json(&json!({"amount": 1}))
-            .send()
-    };
+    let send = || charge(&client, &url, "order-0/charge", json!({"amount": 1}));
     let err = send().await.unwrap_err();
     assert_eq!(err.give_up_reason(), Some(GiveUpReason::RetryAfterTooLong));
     let entry = journal.find("order-0/charge").await.unwrap().unwrap();
@@ -332,18 +346,9 @@ async fn a_resume_reuses_the_recorded_key_and_executes_once(journal: impl Journa
     let server = MockServer::start().await;
     // Every answer of the first run is lost after the charge is made.
     server.inject(Fault::DropAfterProcessing, 2);
-    let client = builder(journal.clone())
-        .retry_policy(support::fast_policy().max_attempts(2))
-        .build()
-        .unwrap();
+    let client = retrying(journal.clone(), 2);
     let url = format!("{}/v1/charges", server.uri());
-    let send = || {
-        client
-            .post_idempotent(&url)
-            .operation_id("order-2/charge")
-            .json(&json!({"amount": 200}))
-            .send()
-    };
+    let send = || charge(&client, &url, "order-2/charge", json!({"amount": 200}));
     let err = send().await.unwrap_err();
     assert!(err.is_outcome_unknown(), "{err}");
     let recorded = journal.find("order-2/charge").await.unwrap().unwrap();
@@ -431,10 +436,7 @@ async fn resume_pending_completes_what_a_failed_run_left(journal: impl Journal +
         Fault::StatusBeforeProcessing(http::StatusCode::SERVICE_UNAVAILABLE),
         4,
     );
-    let client = builder(journal.clone())
-        .retry_policy(support::fast_policy().max_attempts(2))
-        .build()
-        .unwrap();
+    let client = retrying(journal.clone(), 2);
     for n in 0..2 {
         let err = client
             .post_idempotent(format!("{}/v1/charges", server.uri()))
@@ -606,10 +608,7 @@ async fn housekeeping_keeps_the_journal_bounded(journal: impl Journal + Clone) {
         Fault::StatusBeforeProcessing(http::StatusCode::BAD_GATEWAY),
         5,
     );
-    let open = builder(journal.clone())
-        .retry_policy(support::fast_policy().max_attempts(1))
-        .build()
-        .unwrap()
+    let open = retrying(journal.clone(), 1)
         .post_idempotent(&url)
         .operation_id("open")
         .json(&json!({"n": "open"}))
@@ -691,13 +690,7 @@ async fn an_operation_too_old_to_resume_is_reported_not_sent() {
         .build()
         .unwrap();
     let url = format!("{}/v1/charges", server.uri());
-    let send = || {
-        client
-            .post_idempotent(&url)
-            .operation_id("order-7/charge")
-            .json(&json!({"amount": 700}))
-            .send()
-    };
+    let send = || charge(&client, &url, "order-7/charge", json!({"amount": 700}));
     assert!(send().await.unwrap_err().is_outcome_unknown());
     // 150 ms later, an attempt could end past 400 ms of age: the server may have
     // forgotten the key by then, so the operation is not sent again.
@@ -1176,10 +1169,7 @@ async fn the_resumer_finishes_what_a_failed_run_left() {
         Fault::StatusBeforeProcessing(http::StatusCode::BAD_GATEWAY),
         1,
     );
-    let client = builder(MemoryJournal::new())
-        .retry_policy(support::fast_policy().max_attempts(1))
-        .build()
-        .unwrap();
+    let client = retrying(MemoryJournal::new(), 1);
     client
         .post_idempotent(format!("{}/orders", server.uri()))
         .operation_id("left-behind")
