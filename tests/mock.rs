@@ -910,3 +910,60 @@ async fn a_declared_length_over_the_limit_is_refused_before_the_body() {
     assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
     assert_eq!(server.executions(), 0);
 }
+
+#[tokio::test]
+async fn a_queued_fault_waits_for_a_request_the_server_processes() {
+    for routed in [false, true] {
+        let mut builder = MockServer::builder().require_key(true);
+        if routed {
+            builder = builder.route(idempotent_retry::mock::Route::post("/orders").status(201));
+        }
+        let server = builder.start().await.unwrap();
+        let http = reqwest::Client::new();
+        server.inject(Fault::StatusBeforeProcessing(StatusCode::SERVICE_UNAVAILABLE), 1);
+
+        // Refused before processing: no key, then a body that is not the JSON it claims.
+        let resp = post(&http, &server, None, &json!({"sku": "tea"})).await;
+        assert_eq!(resp.status(), 400, "routed: {routed}");
+        let resp = http
+            .post(format!("{}/orders", server.uri()))
+            .header("idempotency-key", "bad-body")
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "routed: {routed}");
+
+        // The fault is still queued for the first request the server processes.
+        let resp = post(&http, &server, Some("k1"), &json!({"sku": "tea"})).await;
+        assert_eq!(resp.status(), 503, "routed: {routed}");
+        let resp = post(&http, &server, Some("k1"), &json!({"sku": "tea"})).await;
+        assert_eq!(resp.status(), 201, "routed: {routed}");
+        assert_eq!(server.executions(), 1, "routed: {routed}");
+    }
+}
+
+#[tokio::test]
+async fn replays_count_answers_from_the_store_even_when_a_fault_drops_them() {
+    let server = MockServer::start().await;
+    server.inject(Fault::DropAfterProcessing, 2);
+    let http = reqwest::Client::new();
+    let body = json!({"sku": "tea"});
+    for _ in 0..2 {
+        let sent = http
+            .post(format!("{}/orders", server.uri()))
+            .header("idempotency-key", "k1")
+            .json(&body)
+            .send()
+            .await;
+        assert!(sent.is_err(), "the answer was dropped");
+    }
+    let resp = post(&http, &server, Some("k1"), &body).await;
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["idempotent-replayed"], "true");
+    // One execution; the second and third requests were answered from the store, and
+    // the second of those answers was then dropped on the wire.
+    assert_eq!(server.executions(), 1);
+    assert_eq!(server.replays(), 2);
+}

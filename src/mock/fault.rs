@@ -18,6 +18,23 @@ use crate::rng::SplitMix64;
 /// faults let the operation execute and store its result, then spoil the answer: that
 /// is the lost-response case idempotency keys exist for. Faults change what goes on the
 /// wire; they never make a stored key execute again.
+///
+/// The status faults take an [`http::StatusCode`], re-exported as
+/// [`mock::StatusCode`](crate::mock::StatusCode):
+///
+/// ```
+/// use idempotent_retry::mock::{Fault, MockServer, StatusCode};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let server = MockServer::start().await;
+/// server.inject(Fault::StatusBeforeProcessing(StatusCode::SERVICE_UNAVAILABLE), 1);
+/// // From a number: `StatusCode::from_u16` refuses what is not a status (below 100,
+/// // above 999).
+/// let bad_gateway = StatusCode::from_u16(502).expect("a valid status");
+/// server.inject(Fault::StatusAfterProcessing(bad_gateway), 1);
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Fault {

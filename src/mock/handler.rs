@@ -80,10 +80,11 @@ async fn operation(
         key.as_ref(),
         (&body, None),
     );
+    // Refusals first: a request refused for its key or body takes no queued fault.
     let key = check_key(shared, key)?;
-    let after = draw_fault(shared, sabotage, None).await?;
     let echo = echo_body(&parts.headers, &body)
         .map_err(|detail| Ok(problem(StatusCode::BAD_REQUEST, "Invalid body", &detail)))?;
+    let after = draw_fault(shared, sabotage, None).await?;
 
     let scope = scope_of(shared, &parts.headers);
     let at = Resource {

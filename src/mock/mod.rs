@@ -74,6 +74,9 @@ pub use builder::MockServerBuilder;
 pub use closure::{MockRequest, MockResponse};
 pub use error::MockError;
 pub use fault::Fault;
+/// The status type [`Fault`]'s status faults take: `StatusCode::SERVICE_UNAVAILABLE`,
+/// or `StatusCode::from_u16(503)`.
+pub use http::StatusCode;
 pub use log::ReceivedRequest;
 pub use route::{Route, RouteStats};
 
@@ -214,7 +217,11 @@ impl MockServer {
         self.shared.requests()
     }
 
-    /// Stored answers sent again.
+    /// Requests answered from the store (a replay of a stored result), counted when the
+    /// server decides so, as [`executions`](Self::executions) counts an execution:
+    /// an answer that an after-processing fault then drops or spoils on the wire still
+    /// counts, because the server did replay it. Two `DropAfterProcessing` faults and a
+    /// client that retries three times give 1 execution and 2 replays.
     #[must_use]
     pub fn replays(&self) -> u64 {
         self.shared.replays()
