@@ -55,7 +55,7 @@ async fn main() -> Result<(), Error> {
                 resp.idempotency_key(),
                 resp.is_replay()
             );
-            let created: Created = resp.json().await?;
+            let created: Created = resp.error_for_status()?.json().await?;
             println!(
                 "order {} placed; the API executed it {} time(s)",
                 created.id,

@@ -221,7 +221,7 @@ pub enum Error {
 
     /// The response body could not be decoded as the requested JSON type. The
     /// operation got its final answer: the status says what the server did.
-    #[error("response body ({status}) is not the expected JSON")]
+    #[error("response body ({status}) is not the expected JSON: {source}")]
     #[non_exhaustive]
     Decode {
         /// The operation's key.
@@ -233,6 +233,23 @@ pub enum Error {
         /// The decoding error.
         #[source]
         source: serde_json::Error,
+    },
+
+    /// The final answer was a client or server error, turned into an error by
+    /// [`IdempotentResponse::error_for_status`]. The answer is kept whole: the status
+    /// says what the server did, and [`may_have_executed`](Self::may_have_executed)
+    /// whether the operation may have run.
+    #[error("the server answered {status}")]
+    #[non_exhaustive]
+    Status {
+        /// The operation's key.
+        key: IdempotencyKey,
+        /// The answer's status.
+        status: StatusCode,
+        /// Attempts the operation made, the first one included.
+        attempts: u32,
+        /// The answer, headers and body included.
+        response: Box<IdempotentResponse>,
     },
 }
 
@@ -312,6 +329,7 @@ impl Error {
             Self::InvalidRequest { key, .. }
             | Self::Failed { key, .. }
             | Self::Decode { key, .. }
+            | Self::Status { key, .. }
             | Self::ResponseTooLarge { key, .. }
             | Self::OperationMismatch { key, .. }
             | Self::NeedsAttention { key, .. }
@@ -329,6 +347,7 @@ impl Error {
         match self {
             Self::Failed { attempts, .. }
             | Self::Decode { attempts, .. }
+            | Self::Status { attempts, .. }
             | Self::ResponseTooLarge { attempts, .. } => *attempts,
             #[cfg(feature = "middleware")]
             Self::MiddlewareLayer { attempts, .. } => *attempts,
@@ -345,7 +364,7 @@ impl Error {
     #[must_use]
     pub fn may_have_executed(&self) -> bool {
         match self {
-            Self::Decode { status, .. } => {
+            Self::Decode { status, .. } | Self::Status { status, .. } => {
                 !status.is_client_error() || *status == StatusCode::CONFLICT
             }
             _ => self.is_outcome_unknown(),
@@ -438,7 +457,8 @@ impl Error {
             Self::Failed {
                 last_response: Some(r),
                 ..
-            } => Some(r),
+            }
+            | Self::Status { response: r, .. } => Some(r),
             _ => None,
         }
     }
@@ -472,7 +492,9 @@ impl Error {
     #[must_use]
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            Self::Decode { status, .. } | Self::ResponseTooLarge { status, .. } => Some(*status),
+            Self::Decode { status, .. }
+            | Self::Status { status, .. }
+            | Self::ResponseTooLarge { status, .. } => Some(*status),
             _ => self.last_response().map(IdempotentResponse::status),
         }
     }

@@ -73,6 +73,45 @@ impl IdempotentResponse {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
     }
 
+    /// The response itself if its status is a success (or an informational or
+    /// redirect status), else [`Error::Status`] with the key, the status and the whole
+    /// answer, as reqwest's `error_for_status` does.
+    ///
+    /// A 4xx the classifier calls final is an `Ok` response from
+    /// [`send`](crate::IdempotentRequestBuilder::send), as with reqwest: without this
+    /// check a `402 Payment Required` reads like a success.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`] for a 4xx or 5xx answer. Ask it
+    /// [`may_have_executed`](Error::may_have_executed): `false` for a 4xx refusal other
+    /// than 409, `true` for a 5xx.
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), idempotent_retry::Error> {
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// let charge = client
+    ///     .post_idempotent("https://api.example/charges")
+    ///     .send()
+    ///     .await?
+    ///     .error_for_status()?;
+    /// # drop(charge);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn error_for_status(self) -> Result<Self, Error> {
+        let status = self.status;
+        if status.is_client_error() || status.is_server_error() {
+            return Err(Error::Status {
+                key: self.key.clone(),
+                status,
+                attempts: self.attempts,
+                response: Box::new(self),
+            });
+        }
+        Ok(self)
+    }
+
     /// Deserializes the body as JSON.
     ///
     /// # Errors

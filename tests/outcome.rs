@@ -70,6 +70,9 @@ async fn an_answer_that_does_not_decode_after_a_2xx_may_have_executed() {
     let key = response.idempotency_key().clone();
     let err = response.json::<Charge>().await.unwrap_err();
     assert!(matches!(err, Error::Decode { .. }), "{err:?}");
+    // The serde reason is in the message itself, not only in `source()`.
+    let message = err.to_string();
+    assert!(message.contains("line 1 column"), "{message}");
     assert!(
         err.may_have_executed(),
         "the server said 201: the charge was made"
@@ -239,4 +242,66 @@ async fn the_key_is_known_before_send_so_a_cancelled_call_loses_nothing() {
         [Some(persisted.as_str().to_owned())],
         "the request did go out"
     );
+}
+
+#[tokio::test]
+async fn error_for_status_turns_a_refusal_into_an_error_that_keeps_the_answer() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(402).set_body_string("card declined"))
+        .mount(&server)
+        .await;
+    let response = fast_client()
+        .post_idempotent(server.uri())
+        .send()
+        .await
+        .unwrap();
+    let key = response.idempotency_key().clone();
+    let err = response.error_for_status().unwrap_err();
+    assert!(matches!(err, Error::Status { .. }), "{err:?}");
+    assert_eq!(err.to_string(), "the server answered 402 Payment Required");
+    assert_eq!(err.status(), Some(reqwest::StatusCode::PAYMENT_REQUIRED));
+    assert_eq!(err.idempotency_key(), Some(&key));
+    assert_eq!(err.attempts(), 1);
+    assert!(!err.may_have_executed(), "a 4xx refusal is the server's no");
+    let kept = err.last_response().expect("the answer is kept");
+    assert_eq!(kept.clone().text().await.unwrap(), "card declined");
+}
+
+#[tokio::test]
+async fn error_for_status_passes_a_success_and_flags_a_final_5xx() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_body_string("{}"))
+        .mount(&server)
+        .await;
+    let ok = fast_client()
+        .post_idempotent(server.uri())
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    assert_eq!(ok.status(), 201);
+
+    // A 500 the classifier makes final: the server failed somewhere, maybe after
+    // executing.
+    let failing = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&failing)
+        .await;
+    let client = fast_builder()
+        .classifier(|_| Decision::Final)
+        .build()
+        .unwrap();
+    let err = client
+        .post_idempotent(failing.uri())
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap_err();
+    assert_eq!(err.status(), Some(reqwest::StatusCode::INTERNAL_SERVER_ERROR));
+    assert!(err.may_have_executed());
 }
