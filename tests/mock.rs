@@ -967,3 +967,111 @@ async fn replays_count_answers_from_the_store_even_when_a_fault_drops_them() {
     assert_eq!(server.executions(), 1);
     assert_eq!(server.replays(), 2);
 }
+
+#[tokio::test]
+async fn beyond_loopback_the_admin_api_needs_its_token() {
+    let public: std::net::SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let refused = MockServer::builder().addr(public).start().await.unwrap_err();
+    assert!(refused.to_string().contains("admin_token"), "{refused}");
+
+    let server = MockServer::builder()
+        .addr(public)
+        .admin_token("s3cret-token")
+        .start()
+        .await
+        .unwrap();
+    let base = format!("http://127.0.0.1:{}", server.address().port());
+    let http = reqwest::Client::new();
+    let stats = |token: Option<&'static str>| {
+        let mut request = http.get(format!("{base}/__admin/stats"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    for wrong in [None, Some("s3cret"), Some("s3cret-token!"), Some("S3CRET-TOKEN")] {
+        let resp = stats(wrong).await.unwrap();
+        assert_eq!(resp.status(), 401, "{wrong:?}");
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    }
+    let resp = http
+        .post(format!("{base}/__admin/reset"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "no reset without the token");
+    assert_eq!(stats(Some("s3cret-token")).await.unwrap().status(), 200);
+
+    // Operations need no token.
+    let resp = http
+        .post(format!("{base}/orders"))
+        .header("idempotency-key", "k1")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(server.executions(), 1);
+}
+
+#[tokio::test]
+async fn the_binary_logs_each_request_when_asked_and_tells_its_version() {
+    use std::io::BufRead;
+    let version = std::process::Command::new(env!("CARGO_BIN_EXE_idempotent-mock-server"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("idempotent-mock-server {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_idempotent-mock-server"))
+        .args(["--addr", "0.0.0.0:0"])
+        .env_remove("IDEMPOTENT_MOCK_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("IDEMPOTENT_MOCK_ADMIN_TOKEN"), "{said}");
+
+    let mut child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_idempotent-mock-server"))
+            .args(["--addr", "127.0.0.1:0", "--log-requests"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line.trim().strip_prefix("listening on ").unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let fault = json!({"fault": "status_before_processing", "status": 503});
+    let resp = http
+        .post(format!("{base}/__admin/faults"))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for _ in 0..3 {
+        http.post(format!("{base}/orders"))
+            .header("idempotency-key", "k1")
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut log = std::io::BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let mut next = || log.next().unwrap().unwrap();
+    assert_eq!(next(), "POST /__admin/faults key=- -> 200");
+    assert_eq!(
+        next(),
+        "POST /orders key=k1 -> 503 fault=status_before_processing"
+    );
+    assert_eq!(next(), "POST /orders key=k1 -> 201");
+    assert_eq!(next(), "POST /orders key=k1 -> 201 replayed");
+}

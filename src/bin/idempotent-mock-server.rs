@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use idempotent_retry::mock::{MockServer, MockServerBuilder};
+use idempotent_retry::mock::{ADMIN_TOKEN_ENV, MockServer, MockServerBuilder};
 use idempotent_retry::parse_duration;
 
 const USAGE: &str = "\
@@ -22,7 +22,14 @@ usage: idempotent-mock-server [options]
   --threads N              worker threads (default: every core, here {cores})
   --stubs FILE             play your API: routes from a TOML or JSON stub file
                            (repeatable; tried in the order given)
+  --admin-token TOKEN      require `Authorization: Bearer TOKEN` on /__admin/*;
+                           needed when --addr is not loopback (better: set it in
+                           the IDEMPOTENT_MOCK_ADMIN_TOKEN environment variable,
+                           out of process lists; the flag wins over it)
+  --log-requests           one line per request on stderr: method, path, key,
+                           status, replayed or the fault drawn
   --check                  check the settings and stub files, then exit
+  -V, --version            the version
   -h, --help               this text
 
 Durations are a whole number and a unit: 250ms, 2s, 5m, 24h.
@@ -31,11 +38,16 @@ headers and bodies), GET and POST /__admin/routes (list, add at run time),
 POST /__admin/faults (optional \"route\": a name or \"METHOD /path\"), POST /__admin/reset.";
 
 fn main() -> ExitCode {
-    match parse(std::env::args().skip(1)) {
-        Ok(Some((builder, true))) => check(&builder),
-        Ok(Some((builder, false))) => run(builder),
-        Ok(None) => {
+    let token = std::env::var(ADMIN_TOKEN_ENV).ok();
+    match parse(std::env::args().skip(1), token) {
+        Ok(Parsed::Serve(builder)) => run(builder),
+        Ok(Parsed::Check(builder)) => check(&builder),
+        Ok(Parsed::Help) => {
             println!("{}", usage());
+            ExitCode::SUCCESS
+        }
+        Ok(Parsed::Version) => {
+            println!("idempotent-mock-server {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         Err(message) => {
@@ -73,17 +85,33 @@ fn run(builder: MockServerBuilder) -> ExitCode {
     }
 }
 
-/// The builder the arguments describe and whether only to check it, `None` for
-/// `--help`, or what is wrong.
+/// What the command line asks for.
+enum Parsed {
+    Serve(MockServerBuilder),
+    Check(MockServerBuilder),
+    Help,
+    Version,
+}
+
+/// What the arguments ask for (`env_token`: the admin token from the environment), or
+/// what is wrong.
 fn parse(
     mut args: impl Iterator<Item = String>,
-) -> Result<Option<(MockServerBuilder, bool)>, String> {
+    env_token: Option<String>,
+) -> Result<Parsed, String> {
     let mut builder = MockServer::builder().threads(cores());
     let mut check = false;
+    let mut token = env_token.filter(|t| !t.is_empty());
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         builder = match flag.as_str() {
-            "-h" | "--help" => return Ok(None),
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "-V" | "--version" => return Ok(Parsed::Version),
+            "--admin-token" => {
+                token = Some(value()?);
+                builder
+            }
+            "--log-requests" => builder.log_requests(true),
             "--addr" => {
                 let text = value()?;
                 builder.addr(
@@ -121,7 +149,14 @@ fn parse(
             other => return Err(format!("unknown option {other}")),
         };
     }
-    Ok(Some((builder, check)))
+    if let Some(token) = token {
+        builder = builder.admin_token(token);
+    }
+    Ok(if check {
+        Parsed::Check(builder)
+    } else {
+        Parsed::Serve(builder)
+    })
 }
 
 /// The help text, with this machine's core count.
@@ -147,8 +182,8 @@ fn duration(flag: &str, text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Result<Option<(MockServerBuilder, bool)>, String> {
-        parse(list.iter().map(|s| (*s).to_owned()))
+    fn args(list: &[&str]) -> Result<Parsed, String> {
+        parse(list.iter().map(|s| (*s).to_owned()), None)
     }
 
     #[test]
@@ -171,10 +206,31 @@ mod tests {
             "4",
             "--stubs",
             "api.toml",
+            "--admin-token",
+            "t0ken",
+            "--log-requests",
             "--check",
         ]);
-        assert!(matches!(parsed, Ok(Some((_, true)))));
-        assert!(matches!(args(&["--help"]), Ok(None)));
+        assert!(matches!(parsed, Ok(Parsed::Check(_))));
+        assert!(matches!(args(&["--help"]), Ok(Parsed::Help)));
+        assert!(matches!(args(&["-V"]), Ok(Parsed::Version)));
+        assert!(matches!(args(&["--version"]), Ok(Parsed::Version)));
+    }
+
+    #[test]
+    fn beyond_loopback_the_token_comes_from_the_flag_or_the_environment() {
+        let public = ["--addr", "0.0.0.0:0"];
+        let check = |parsed: Result<Parsed, String>| match parsed {
+            Ok(Parsed::Serve(builder)) => builder.check().map_err(|e| e.to_string()),
+            _ => Err("not a serve".into()),
+        };
+        let err = check(args(&public)).unwrap_err();
+        assert!(err.contains(ADMIN_TOKEN_ENV), "{err}");
+        let from_env = parse(public.iter().map(|s| (*s).to_owned()), Some("t0ken".into()));
+        assert!(check(from_env).is_ok());
+        let mut with_flag = public.to_vec();
+        with_flag.extend(["--admin-token", "t0ken"]);
+        assert!(check(args(&with_flag)).is_ok());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::MockServer;
+use super::auth::{AdminToken, check_exposure};
 use super::error::MockError;
 use super::fault::{Fault, Faults, RandomFaults};
 use super::route::{Compiled, Route};
@@ -28,11 +29,13 @@ use super::shared::{Config, Shared};
 /// | `max_log` | the last 100,000 requests |
 /// | `max_log_bytes` | 64 MiB of logged paths, keys, headers and bodies |
 /// | `log_credentials` | `false`: `Authorization` is logged as `[redacted]` |
+/// | `log_requests` | `false`: nothing printed |
 /// | `header_read_timeout` | 30 s to send a request's headers (also the keep-alive idle limit) |
 /// | `key_header` | `Idempotency-Key` |
 /// | `scope_header` | `Authorization`: keys and created resources are per credential |
 /// | random faults | none; `fault_rate` spreads a rate over all eleven kinds |
 /// | `addr` | `127.0.0.1:0` (a free port) |
+/// | `admin_token` | none: `/__admin/*` is open, which `start` allows on loopback only |
 /// | `threads` | 2 worker threads (a test's server; the binary uses every core) |
 /// | routes | none: every POST/PATCH creates a resource (`201 {"id", "path", "body"}`) |
 ///
@@ -73,6 +76,8 @@ pub struct MockServerBuilder {
     rates: Vec<(Fault, f64)>,
     routes: Vec<Routes>,
     threads: usize,
+    admin_token: Option<Result<AdminToken, String>>,
+    log_requests: bool,
 }
 
 /// Where routes come from, in the order given.
@@ -102,6 +107,8 @@ impl Default for MockServerBuilder {
             rates: Vec::new(),
             routes: Vec::new(),
             threads: 2,
+            admin_token: None,
+            log_requests: false,
         }
     }
 }
@@ -168,6 +175,16 @@ impl MockServerBuilder {
         self
     }
 
+    /// Prints one line per request on standard error once it is answered: method,
+    /// path, the key as sent (`-` for none), the status (`replayed` for an answer from
+    /// the store, `dropped` for a connection closed by a fault) and the fault drawn:
+    /// `POST /orders key=k1 -> 503 fault=status_before_processing`. For watching a
+    /// shared server or a demo; a test reads [`MockServer::requests`] instead.
+    pub fn log_requests(mut self, on: bool) -> Self {
+        self.log_requests = on;
+        self
+    }
+
     /// How long a client may take to send a request's headers before the connection is
     /// closed (a defence against slowloris-style half requests). It also bounds how long
     /// an idle keep-alive connection stays open between requests.
@@ -193,9 +210,41 @@ impl MockServerBuilder {
         self
     }
 
-    /// Where to listen; the default is a free port on 127.0.0.1.
+    /// Where to listen; the default is a free port on 127.0.0.1. An address beyond
+    /// loopback needs an [`admin_token`](Self::admin_token).
     pub fn addr(mut self, addr: SocketAddr) -> Self {
         self.addr = addr;
+        self
+    }
+
+    /// Requires `Authorization: Bearer <token>` on every `/__admin/*` request (`401`
+    /// without it; compared in constant time). Without a token the admin API is open,
+    /// and `start` refuses an address beyond loopback: a shared server (a team's, a CI
+    /// fleet's) would let anyone who reaches it reset it or inject faults. Operations
+    /// are not affected. The standalone binary reads it from `--admin-token` or the
+    /// [`ADMIN_TOKEN_ENV`](super::ADMIN_TOKEN_ENV) environment variable.
+    ///
+    /// ```
+    /// use idempotent_retry::mock::MockServer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = MockServer::builder()
+    ///     .addr("0.0.0.0:0".parse()?)
+    ///     .admin_token("a-long-random-string")
+    ///     .start()
+    ///     .await?;
+    /// let stats = reqwest::Client::new()
+    ///     .get(format!("http://127.0.0.1:{}/__admin/stats", server.address().port()))
+    ///     .bearer_auth("a-long-random-string")
+    ///     .send()
+    ///     .await?;
+    /// assert_eq!(stats.status(), 200);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn admin_token(mut self, token: impl AsRef<str>) -> Self {
+        self.admin_token = Some(AdminToken::new(token.as_ref()));
         self
     }
 
@@ -271,7 +320,16 @@ impl MockServerBuilder {
             RandomFaults::new(self.seed, &self.rates)
                 .map_err(|reason| MockError::InvalidConfig { reason })?;
         }
+        self.checked_admin_token()?;
         self.compiled_routes().map(drop)
+    }
+
+    /// The admin token, checked, and refused for its absence beyond loopback.
+    fn checked_admin_token(&self) -> Result<Option<AdminToken>, MockError> {
+        let config_error = |reason: String| MockError::InvalidConfig { reason };
+        let token = self.admin_token.clone().transpose().map_err(config_error)?;
+        check_exposure(self.addr, token.as_ref()).map_err(config_error)?;
+        Ok(token)
     }
 
     /// Every route, from builder calls and stub files in order, checked and parsed.
@@ -318,6 +376,7 @@ impl MockServerBuilder {
     pub fn start_blocking(self) -> Result<MockServer, MockError> {
         let config_error = |reason: String| MockError::InvalidConfig { reason };
         let routes = self.compiled_routes()?;
+        let admin_token = self.checked_admin_token()?;
         let key_header = self.key_header.map_err(config_error)?;
         let scope_header = self.scope_header.map_err(config_error)?;
         let random = if self.rates.is_empty() {
@@ -358,6 +417,8 @@ impl MockServerBuilder {
                 key_header,
                 scope_header,
                 seed: self.seed,
+                admin_token,
+                log_requests: self.log_requests,
             },
             Faults {
                 scripted: Default::default(),

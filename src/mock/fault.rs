@@ -91,6 +91,23 @@ impl Fault {
         ]
     }
 
+    /// The fault's name, as `POST /__admin/faults` and the request log line spell it.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Fault::StatusBeforeProcessing(_) => "status_before_processing",
+            Fault::StatusAfterProcessing(_) => "status_after_processing",
+            Fault::DelayAfterProcessing(_) => "delay_after_processing",
+            Fault::DropBeforeProcessing => "drop_before_processing",
+            Fault::DropAfterProcessing => "drop_after_processing",
+            Fault::RateLimited { .. } => "rate_limited",
+            Fault::DelayBeforeProcessing(_) => "delay_before_processing",
+            Fault::ResetBeforeProcessing => "reset_before_processing",
+            Fault::ResetAfterProcessing => "reset_after_processing",
+            Fault::TruncateAfterProcessing => "truncate_after_processing",
+            Fault::GarbageAfterProcessing => "garbage_after_processing",
+        }
+    }
+
     /// The fault sorted by when it acts. Every kind is named here, so a new kind does
     /// not compile until it is given its phase.
     pub(crate) fn phase(&self) -> Phase {

@@ -37,6 +37,10 @@ pub(crate) async fn handle(
 ) -> Result<Response<Body>, Dropped> {
     let path = request.uri().path().to_owned();
     if let Some(admin_path) = path.strip_prefix("/__admin/") {
+        let token = shared.config.admin_token.as_ref();
+        if let Some(refusal) = token.and_then(|t| t.refusal(request.headers())) {
+            return Ok(refusal);
+        }
         return Ok(admin::handle(&shared, admin_path, request).await);
     }
     let method = request.method().clone();
@@ -240,7 +244,11 @@ pub(crate) async fn draw_fault(
     sabotage: &Sabotage,
     route: Option<&Compiled>,
 ) -> Step<Option<After>> {
-    match shared.next_fault(route).map(|fault| fault.phase()) {
+    let fault = shared.next_fault(route);
+    if let Some(fault) = &fault {
+        sabotage.note_fault(fault.name());
+    }
+    match fault.map(|fault| fault.phase()) {
         Some(Phase::Before(fault)) => {
             match fault.act(shared.config.retry_after_dates, sabotage).await {
                 Some(answer) => Err(answer),

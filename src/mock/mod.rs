@@ -48,6 +48,7 @@
 //! ```
 
 mod admin;
+mod auth;
 mod builder;
 mod closure;
 mod error;
@@ -70,6 +71,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+pub use auth::ADMIN_TOKEN_ENV;
 pub use builder::MockServerBuilder;
 pub use closure::{MockRequest, MockResponse};
 pub use error::MockError;

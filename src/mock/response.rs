@@ -101,6 +101,9 @@ pub(crate) fn truncated(earned: Response<Body>) -> Response<Body> {
     )
 }
 
+/// The header that marks an answer sent again from the store.
+pub(crate) const REPLAYED: &str = "idempotent-replayed";
+
 /// Returned by the handler to make hyper close the connection without an answer.
 #[derive(Debug)]
 pub(crate) struct Dropped;
@@ -127,7 +130,7 @@ pub(crate) fn stored(stored: &Stored, replayed: bool) -> Response<Body> {
     if replayed {
         response
             .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            .insert(REPLAYED, HeaderValue::from_static("true"));
     }
     response
 }

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 
+use http::{HeaderName, Request};
+
 use super::handler;
+use super::response::{Body, Dropped};
 use super::shared::Shared;
 use super::socket::{Sabotage, Socket};
 
@@ -43,10 +46,68 @@ pub(crate) async fn serve(
             let sabotage = Arc::new(Sabotage::default());
             let socket = Socket::new(stream, sabotage.clone());
             let service = hyper::service::service_fn(move |request| {
-                handler::handle(shared.clone(), sabotage.clone(), request)
+                let line = shared
+                    .config
+                    .log_requests
+                    .then(|| RequestLine::of(&request, &shared.config.key_header));
+                let (shared, sabotage) = (shared.clone(), sabotage.clone());
+                async move {
+                    let answer = handler::handle(shared, sabotage.clone(), request).await;
+                    if let Some(line) = line {
+                        line.print(&answer, sabotage.take_fault());
+                    }
+                    answer
+                }
             });
             // Errors here are closed connections, deliberate (faults) or the client's.
             let _ = http.serve_connection(TokioIo::new(socket), service).await;
         });
+    }
+}
+
+/// One request as its log line names it (`log_requests`): taken before the request is
+/// handled, printed once it is answered.
+struct RequestLine {
+    method: http::Method,
+    path: String,
+    key: String,
+}
+
+impl RequestLine {
+    fn of<B>(request: &Request<B>, key_header: &HeaderName) -> Self {
+        let key = request.headers().get(key_header).map_or_else(
+            || "-".to_owned(),
+            |v| String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        );
+        Self {
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            key,
+        }
+    }
+
+    /// `POST /orders key=k1 -> 201 replayed`, `... -> dropped fault=drop_after_processing`,
+    /// on standard error.
+    fn print(self, answer: &Result<http::Response<Body>, Dropped>, fault: Option<&str>) {
+        let outcome = match answer {
+            Ok(response) => {
+                let replayed = response
+                    .headers()
+                    .get(super::response::REPLAYED)
+                    .is_some_and(|v| v == "true");
+                let status = response.status().as_u16();
+                if replayed {
+                    format!("{status} replayed")
+                } else {
+                    status.to_string()
+                }
+            }
+            Err(Dropped) => "dropped".to_owned(),
+        };
+        let fault = fault.map(|f| format!(" fault={f}")).unwrap_or_default();
+        eprintln!(
+            "{} {} key={} -> {outcome}{fault}",
+            self.method, self.path, self.key
+        );
     }
 }

@@ -37,6 +37,10 @@ pub(crate) struct Config {
     pub(crate) scope_header: HeaderName,
     /// Seeds the ids routes draw and their fault plans.
     pub(crate) seed: u64,
+    /// One line per request on standard error.
+    pub(crate) log_requests: bool,
+    /// Required on `/__admin/*` when set.
+    pub(crate) admin_token: Option<super::auth::AdminToken>,
 }
 
 /// Read-back data beyond the store: the request log and the keys that executed twice.

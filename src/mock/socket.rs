@@ -13,7 +13,12 @@ use tokio::net::TcpStream;
 /// What a fault asks of one connection (0: nothing); set by the handler, read by
 /// [`Socket`].
 #[derive(Debug, Default)]
-pub(crate) struct Sabotage(AtomicU8);
+pub(crate) struct Sabotage {
+    wire: AtomicU8,
+    /// The fault drawn for the request in flight (HTTP/1: one at a time), for the
+    /// request log line.
+    fault: std::sync::Mutex<Option<&'static str>>,
+}
 
 const RESET: u8 = 1;
 const GARBAGE: u8 = 2;
@@ -21,16 +26,29 @@ const GARBAGE: u8 = 2;
 impl Sabotage {
     /// Close the connection with a reset (RST) instead of a clean close (FIN).
     pub(crate) fn reset(&self) {
-        self.0.store(RESET, Ordering::Release);
+        self.wire.store(RESET, Ordering::Release);
     }
 
     /// Replace everything written from now on with bytes that are not HTTP.
     pub(crate) fn garbage(&self) {
-        self.0.store(GARBAGE, Ordering::Release);
+        self.wire.store(GARBAGE, Ordering::Release);
+    }
+
+    /// Notes the fault drawn for the request in flight.
+    pub(crate) fn note_fault(&self, name: &'static str) {
+        *self.fault.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(name);
+    }
+
+    /// The fault drawn for the request that just ended, if any, forgotten.
+    pub(crate) fn take_fault(&self) -> Option<&'static str> {
+        self.fault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     fn is(&self, what: u8) -> bool {
-        self.0.load(Ordering::Acquire) == what
+        self.wire.load(Ordering::Acquire) == what
     }
 }
 
