@@ -152,7 +152,7 @@
 //! | `mock` | no | [`mock::MockServer`] and the `idempotent-mock-server` binary (a hyper server): test tooling, for `[dev-dependencies]` |
 //! | `middleware` | no | `IdempotencyMiddleware`: the same safe retries as one `reqwest-middleware` 0.5 layer |
 //! | `journal-sqlite` | no | `journal::SqliteJournal`: the [operation journal](mod@journal) in one SQLite file (bundled), so exactly-once survives a crash of the process |
-//! | `fuzzing` | no | internal: entry points for the `cargo fuzz` targets in `fuzz/`; no API promise |
+//! | `fuzzing` | no | internal: entry points for the source repository's `cargo fuzz` targets; no API promise |
 //!
 //! Every combination of them builds (CI checks the whole powerset).
 //!
@@ -209,7 +209,7 @@ pub use reqwest;
 #[cfg(feature = "middleware")]
 pub use reqwest_middleware;
 
-/// Entry points for the `cargo fuzz` targets in `fuzz/` (feature `fuzzing`). Not part
+/// Entry points for the source repository's `cargo fuzz` targets (feature `fuzzing`). Not part
 /// of the public API: no stability promise.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
