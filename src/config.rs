@@ -5,7 +5,9 @@
 //! derived ones report a bad value without saying which field it was in (serde's
 //! messages name the type, not the field, and JSON and YAML loaders add no key path).
 //! Here every error starts with the field's path, `retry_policy.max_delay: …`, whatever
-//! the format and loader.
+//! the format and loader, and is made where the bad value is read, so that a format
+//! that points at the value (TOML's line and column) still does when the settings sit
+//! deep in an application's own file.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -49,7 +51,7 @@ use crate::{KeyFormat, RetryBudget, RetryPolicy};
 /// "#)?;
 /// let client = IdempotentClient::builder().config(&config).build()?;
 ///
-/// let typo = toml::from_str::<ClientConfig>("[retry_policy]\nmax_delay = \"5 s\"");
+/// let typo = toml::from_str::<ClientConfig>("[retry_policy]\nmax_delay = \"5 secs please\"");
 /// let message = typo.unwrap_err().to_string();
 /// assert!(message.contains("retry_policy.max_delay"), "{message}");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -108,19 +110,48 @@ trait Table: Default {
     const WHAT: &'static str;
     const FIELDS: &'static [&'static str];
 
-    /// Reads the value of `field`, one of [`Self::FIELDS`].
-    fn set<'de, A: MapAccess<'de>>(&mut self, field: &str, map: &mut A) -> Result<(), A::Error>;
+    /// Reads the value of `field`, one of [`Self::FIELDS`]; `path` is the field's path
+    /// from the outermost table of ours (`retry_policy.max_delay`).
+    fn set<'de, A: MapAccess<'de>>(
+        &mut self,
+        field: &str,
+        path: &str,
+        map: &mut A,
+    ) -> Result<(), A::Error>;
 
-    /// Checks the whole table; the message names the field at fault.
+    /// Checks the whole table; the message starts with the field at fault.
     fn check(&self) -> Result<(), String>;
 }
 
-/// Deserializes a [`Table`] from a map: unknown and repeated fields are errors, and so
-/// is a table that fails its check.
-fn table<'de, T: Table, D: Deserializer<'de>>(deserializer: D) -> Result<T, D::Error> {
-    struct TableVisitor<T>(PhantomData<T>);
+/// `field` under `path`: `retry_policy.max_delay`, or `max_delay` at the top.
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{path}.{field}")
+    }
+}
 
-    impl<'de, T: Table> Visitor<'de> for TableVisitor<T> {
+/// `message` prefixed with `path`, as every error of ours starts.
+fn at<E: de::Error>(path: &str, message: impl fmt::Display) -> E {
+    if path.is_empty() {
+        E::custom(message)
+    } else {
+        E::custom(format_args!("{path}: {message}"))
+    }
+}
+
+/// Deserializes a [`Table`] found at `path` from a map: unknown and repeated fields are
+/// errors, and so is a table that fails its check.
+///
+/// Every message is made where the error happens, never by rewrapping an error on its
+/// way out: a format that points at the offending value (TOML's line and column, with
+/// the value underlined) attaches that place as the error leaves the value, and a
+/// rewrapped error would point at the enclosing table instead.
+fn table<'de, T: Table, D: Deserializer<'de>>(deserializer: D, path: &str) -> Result<T, D::Error> {
+    struct TableVisitor<'p, T>(&'p str, PhantomData<T>);
+
+    impl<'de, T: Table> Visitor<'de> for TableVisitor<'_, T> {
         type Value = T;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -128,47 +159,174 @@ fn table<'de, T: Table, D: Deserializer<'de>>(deserializer: D) -> Result<T, D::E
         }
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+            let path = self.0;
             let mut table = T::default();
             let mut seen = Vec::with_capacity(T::FIELDS.len());
             while let Some(key) = map.next_key::<String>()? {
                 let Some(&field) = T::FIELDS.iter().find(|f| **f == key) else {
-                    return Err(de::Error::unknown_field(&key, T::FIELDS));
+                    let unknown: A::Error = de::Error::unknown_field(&key, T::FIELDS);
+                    return Err(at(path, unknown));
                 };
                 if seen.contains(&field) {
-                    return Err(de::Error::duplicate_field(field));
+                    let duplicate: A::Error = de::Error::duplicate_field(field);
+                    return Err(at(path, duplicate));
                 }
                 seen.push(field);
-                table.set(field, &mut map)?;
+                table.set(field, &join(path, field), &mut map)?;
             }
-            table.check().map_err(de::Error::custom)?;
+            table
+                .check()
+                .map_err(|problem| de::Error::custom(join(path, &problem)))?;
             Ok(table)
         }
     }
 
-    deserializer.deserialize_map(TableVisitor(PhantomData))
+    // Read as whatever the file holds, so that a value where a table belongs
+    // (`retry_policy = 3`) reaches the visitor, whose refusal names the path.
+    deserializer.deserialize_any(Prefixed::new(path, TableVisitor(path, PhantomData)))
 }
 
-/// The next value of `map`, any error prefixed with the field's name (nested tables
-/// prefix theirs, so the message carries the whole path).
+/// Reads the next value of `map`, found at `path`: a plain value, or a nested table of
+/// ours. Its errors start with `path`.
 fn value<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
     map: &mut A,
-    field: &str,
+    path: &str,
 ) -> Result<T, A::Error> {
-    map.next_value()
-        .map_err(|e| de::Error::custom(format_args!("{field}{}{e}", separator(&e))))
+    map.next_value_seed(AtPath(path, PhantomData))
 }
 
-/// `.` before a nested field's path, `: ` before a message.
-fn separator(error: &impl fmt::Display) -> &'static str {
-    let text = error.to_string();
-    let nested = text
-        .split_once(": ")
-        .is_some_and(|(path, _)| !path.is_empty() && path.chars().all(is_path_char));
-    if nested { "." } else { ": " }
+/// `T` deserialized with every error its visitor makes prefixed with the path.
+struct AtPath<'p, T>(&'p str, PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> de::DeserializeSeed<'de> for AtPath<'_, T> {
+    type Value = T;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<T, D::Error> {
+        T::deserialize(PathDeserializer {
+            inner: deserializer,
+            path: self.0,
+        })
+    }
 }
 
-fn is_path_char(c: char) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'
+/// A deserializer that hands the format a [`Prefixed`] visitor.
+struct PathDeserializer<'p, D> {
+    inner: D,
+    path: &'p str,
+}
+
+/// Forwards `deserialize_*` methods to the inner deserializer with the visitor wrapped.
+macro_rules! forward_prefixed {
+    ($($method:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, D::Error> {
+            self.inner.$method($($arg,)* Prefixed::new(self.path, visitor))
+        }
+    )*};
+}
+
+/// Forwards `deserialize_*` methods to the inner deserializer's `deserialize_any`.
+macro_rules! forward_any {
+    ($($method:ident)*) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+            self.inner.deserialize_any(Prefixed::new(self.path, visitor))
+        }
+    )*};
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for PathDeserializer<'_, D> {
+    type Error = D::Error;
+
+    // Numbers, booleans and text are read as whatever the file holds (configuration
+    // formats describe themselves): a value of the wrong type then reaches the visitor,
+    // whose error names the path, instead of being refused by the format first.
+    forward_any! {
+        deserialize_bool deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64
+        deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_f32
+        deserialize_f64 deserialize_char deserialize_str deserialize_string
+        deserialize_identifier
+    }
+
+    forward_prefixed! {
+        deserialize_any(); deserialize_bytes(); deserialize_byte_buf(); deserialize_option();
+        deserialize_unit(); deserialize_seq(); deserialize_map(); deserialize_ignored_any();
+        deserialize_unit_struct(name: &'static str);
+        deserialize_newtype_struct(name: &'static str);
+        deserialize_tuple(len: usize);
+        deserialize_tuple_struct(name: &'static str, len: usize);
+        deserialize_struct(name: &'static str, fields: &'static [&'static str]);
+        deserialize_enum(name: &'static str, variants: &'static [&'static str]);
+    }
+
+    fn is_human_readable(&self) -> bool {
+        self.inner.is_human_readable()
+    }
+}
+
+/// A visitor whose errors start with the path of the value it reads. A map is passed
+/// through as is: a nested table of ours prefixes its own errors, deeper and more
+/// precisely.
+struct Prefixed<'p, V> {
+    path: &'p str,
+    inner: V,
+}
+
+impl<'p, V> Prefixed<'p, V> {
+    fn new(path: &'p str, inner: V) -> Self {
+        Self { path, inner }
+    }
+}
+
+/// Forwards `visit_*` methods of one argument, prefixing their errors.
+macro_rules! visit_prefixed {
+    ($($method:ident($ty:ty);)*) => {$(
+        fn $method<E: de::Error>(self, v: $ty) -> Result<V::Value, E> {
+            let path = self.path;
+            self.inner.$method::<E>(v).map_err(|e| at(path, e))
+        }
+    )*};
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for Prefixed<'_, V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.expecting(f)
+    }
+
+    visit_prefixed! {
+        visit_bool(bool); visit_i64(i64); visit_u64(u64); visit_f64(f64);
+        visit_str(&str); visit_borrowed_str(&'de str); visit_string(String);
+        visit_bytes(&[u8]); visit_byte_buf(Vec<u8>);
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<V::Value, E> {
+        let path = self.path;
+        self.inner.visit_unit::<E>().map_err(|e| at(path, e))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<V::Value, E> {
+        let path = self.path;
+        self.inner.visit_none::<E>().map_err(|e| at(path, e))
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<V::Value, D::Error> {
+        let path = self.path;
+        self.inner.visit_some(d).map_err(|e| at(path, e))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<V::Value, A::Error> {
+        let path = self.path;
+        self.inner.visit_seq(seq).map_err(|e| at(path, e))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+        self.inner.visit_map(map)
+    }
+
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<V::Value, A::Error> {
+        let path = self.path;
+        self.inner.visit_enum(data).map_err(|e| at(path, e))
+    }
 }
 
 /// A field name outside a table's list. The table's reader refuses those before it
@@ -200,14 +358,58 @@ impl<'de> Deserialize<'de> for DurationText {
     }
 }
 
-/// A header name, read from the text of `field`.
-fn header_name<E: de::Error>(field: &str, name: String) -> Result<HeaderName, E> {
-    HeaderName::try_from(name.as_str())
-        .map_err(|e| E::custom(format_args!("{field}: {name:?} is not a header name: {e}")))
+/// A header name; the empty text is `None` (for a field where that means "none").
+struct HeaderText(Option<HeaderName>);
+
+impl<'de> Deserialize<'de> for HeaderText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct HeaderVisitor;
+
+        impl Visitor<'_> for HeaderVisitor {
+            type Value = HeaderText;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a header name")
+            }
+
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<HeaderText, E> {
+                if name.is_empty() {
+                    return Ok(HeaderText(None));
+                }
+                HeaderName::try_from(name)
+                    .map(|name| HeaderText(Some(name)))
+                    .map_err(|e| E::custom(format_args!("{name:?} is not a header name: {e}")))
+            }
+        }
+
+        deserializer.deserialize_str(HeaderVisitor)
+    }
 }
 
-fn duration<'de, A: MapAccess<'de>>(map: &mut A, field: &str) -> Result<Duration, A::Error> {
-    value::<DurationText, A>(map, field).map(|d| d.0)
+fn duration<'de, A: MapAccess<'de>>(map: &mut A, path: &str) -> Result<Duration, A::Error> {
+    value::<DurationText, A>(map, path).map(|d| d.0)
+}
+
+/// A header name that must be given (the empty text is not one).
+fn header_name<'de, A: MapAccess<'de>>(map: &mut A, path: &str) -> Result<HeaderName, A::Error> {
+    value::<HeaderText, A>(map, path)?
+        .0
+        .ok_or_else(|| at(path, "\"\" is not a header name: it is empty"))
+}
+
+/// A nested table of ours at `path`.
+struct Nested<'p, T>(&'p str, PhantomData<T>);
+
+impl<'de, T: Table> de::DeserializeSeed<'de> for Nested<'_, T> {
+    type Value = T;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<T, D::Error> {
+        table(deserializer, self.0)
+    }
+}
+
+fn nested<'de, T: Table, A: MapAccess<'de>>(map: &mut A, path: &str) -> Result<T, A::Error> {
+    map.next_value_seed(Nested(path, PhantomData))
 }
 
 impl Table for RetryPolicy {
@@ -224,7 +426,12 @@ impl Table for RetryPolicy {
         "jitter_seed",
     ];
 
-    fn set<'de, A: MapAccess<'de>>(&mut self, field: &str, map: &mut A) -> Result<(), A::Error> {
+    fn set<'de, A: MapAccess<'de>>(
+        &mut self,
+        field: &str,
+        path: &str,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
         // Every field named: a new one does not compile until it is read here.
         let RetryPolicy {
             max_attempts,
@@ -238,15 +445,15 @@ impl Table for RetryPolicy {
             seed,
         } = self;
         match field {
-            "max_attempts" => *max_attempts = value(map, field)?,
-            "initial_delay" => *initial_delay = duration(map, field)?,
-            "multiplier" => *multiplier = value(map, field)?,
-            "max_delay" => *max_delay = duration(map, field)?,
-            "jitter" => *jitter = value(map, field)?,
-            "deadline" => *deadline = duration(map, field)?,
-            "max_retry_after" => *max_retry_after = duration(map, field)?,
-            "throttled_initial_delay" => *throttled_initial_delay = duration(map, field)?,
-            "jitter_seed" => *seed = Some(value(map, field)?),
+            "max_attempts" => *max_attempts = value(map, path)?,
+            "initial_delay" => *initial_delay = duration(map, path)?,
+            "multiplier" => *multiplier = value(map, path)?,
+            "max_delay" => *max_delay = duration(map, path)?,
+            "jitter" => *jitter = value(map, path)?,
+            "deadline" => *deadline = duration(map, path)?,
+            "max_retry_after" => *max_retry_after = duration(map, path)?,
+            "throttled_initial_delay" => *throttled_initial_delay = duration(map, path)?,
+            "jitter_seed" => *seed = Some(value(map, path)?),
             other => return Err(unknown(other, Self::FIELDS)),
         }
         Ok(())
@@ -262,7 +469,7 @@ impl<'de> Deserialize<'de> for RetryPolicy {
     /// From a table whose fields are those of the builder methods (`jitter_seed` for
     /// [`RetryPolicy::jitter_seed`]), every one optional; see [`ClientConfig`].
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        table(deserializer)
+        table(deserializer, "")
     }
 }
 
@@ -275,7 +482,12 @@ impl Table for RetryBudget {
         "success_refund",
     ];
 
-    fn set<'de, A: MapAccess<'de>>(&mut self, field: &str, map: &mut A) -> Result<(), A::Error> {
+    fn set<'de, A: MapAccess<'de>>(
+        &mut self,
+        field: &str,
+        path: &str,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
         // Every field named: a new one does not compile until it is read here.
         let RetryBudget {
             capacity,
@@ -290,7 +502,7 @@ impl Table for RetryBudget {
             "success_refund" => success_refund,
             other => return Err(unknown(other, Self::FIELDS)),
         };
-        *slot = value(map, field)?;
+        *slot = value(map, path)?;
         Ok(())
     }
 
@@ -303,7 +515,7 @@ impl<'de> Deserialize<'de> for RetryBudget {
     /// From a table with `capacity`, `transient_cost`, `throttling_cost` and `success_refund`
     /// (token counts), every one optional; see [`ClientConfig`].
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        table(deserializer)
+        table(deserializer, "")
     }
 }
 
@@ -320,7 +532,12 @@ impl Table for ClientConfig {
         "max_origins",
     ];
 
-    fn set<'de, A: MapAccess<'de>>(&mut self, field: &str, map: &mut A) -> Result<(), A::Error> {
+    fn set<'de, A: MapAccess<'de>>(
+        &mut self,
+        field: &str,
+        path: &str,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
         // Every field named: a new one does not compile until it is read here.
         let ClientConfig {
             retry_policy,
@@ -333,20 +550,16 @@ impl Table for ClientConfig {
             max_origins,
         } = self;
         match field {
-            "retry_policy" => *retry_policy = value(map, field)?,
-            "attempt_timeout" => *attempt_timeout = duration(map, field)?,
-            "max_response_bytes" => *max_response_bytes = value(map, field)?,
-            "key_header" => *key_header = header_name(field, value(map, field)?)?,
-            "key_format" => *key_format = value(map, field)?,
+            "retry_policy" => *retry_policy = nested(map, path)?,
+            "attempt_timeout" => *attempt_timeout = duration(map, path)?,
+            "max_response_bytes" => *max_response_bytes = value(map, path)?,
+            "key_header" => *key_header = header_name(map, path)?,
+            "key_format" => *key_format = value(map, path)?,
             "should_retry_header" => {
-                let name: String = value(map, field)?;
-                *should_retry_header = match name.is_empty() {
-                    true => None,
-                    false => Some(header_name(field, name)?),
-                };
+                *should_retry_header = value::<HeaderText, A>(map, path)?.0;
             }
-            "retry_budget" => *retry_budget = value(map, field)?,
-            "max_origins" => *max_origins = value(map, field)?,
+            "retry_budget" => *retry_budget = nested(map, path)?,
+            "max_origins" => *max_origins = value(map, path)?,
             other => return Err(unknown(other, Self::FIELDS)),
         }
         Ok(())
@@ -365,7 +578,7 @@ impl Table for ClientConfig {
 
 impl<'de> Deserialize<'de> for ClientConfig {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        table(deserializer)
+        table(deserializer, "")
     }
 }
 
@@ -435,7 +648,7 @@ mod tests {
         let cases = [
             (
                 r#"{"attempt_timeout": "5"}"#,
-                "attempt_timeout: \"5\" has no unit",
+                "attempt_timeout: \"5\" is not a duration: time unit needed",
             ),
             (
                 r#"{"attempt_timeout": 5}"#,
@@ -446,8 +659,8 @@ mod tests {
                 "attempt_timeout: must be greater than zero",
             ),
             (
-                r#"{"retry_policy": {"max_delay": "5 s"}}"#,
-                "retry_policy.max_delay: \"5 s\" has an unknown unit",
+                r#"{"retry_policy": {"max_delay": "5 lightyears"}}"#,
+                "retry_policy.max_delay: \"5 lightyears\" is not a duration: unknown time unit \"lightyears\"",
             ),
             (
                 r#"{"retry_policy": {"max_attempts": -1}}"#,

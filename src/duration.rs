@@ -2,39 +2,28 @@
 
 use std::time::Duration;
 
-/// Parses `250ms`, `2s`, `5m`, `24h` (a whole number and a unit).
+/// Parses a duration as people write it: `250ms`, `1.5s`, `5 s`, `2h 30m`, `1d`, through
+/// the `humantime` crate (units `ns`, `us`, `ms`, `s`/`sec`, `m`/`min`, `h`, `d`, `w`,
+/// and their longer spellings; spans may be summed and a number may have a fraction).
 ///
 /// ```
 /// use std::time::Duration;
 /// use idempotent_retry::parse_duration;
 /// assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-/// assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-/// assert!(parse_duration("soon").is_err());
+/// assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+/// assert_eq!(parse_duration("2h 30m"), Ok(Duration::from_secs(9000)));
+/// let err = parse_duration("5").unwrap_err();
+/// assert!(err.contains("time unit needed"), "{err}");
 /// ```
 ///
 /// # Errors
 ///
-/// A message saying what is wrong, for anything else.
+/// For anything else, a message quoting the text, saying what is wrong with it (no
+/// unit, an unknown unit, not a number, too large) and showing valid forms.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} has no unit; use ms, s, m or h"))?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
-    let per_unit = match unit {
-        "ms" => Duration::from_millis(1),
-        "s" => Duration::from_secs(1),
-        "m" => Duration::from_secs(60),
-        "h" => Duration::from_secs(3600),
-        _ => return Err(format!("{text:?} has an unknown unit; use ms, s, m or h")),
-    };
-    u32::try_from(n)
-        .ok()
-        .and_then(|n| per_unit.checked_mul(n))
-        .ok_or_else(|| format!("{text:?} is too long"))
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("{text:?} is not a duration: {e}; write a number and a unit, as in 250ms, 1.5s or 2h 30m")
+    })
 }
 
 #[cfg(test)]
@@ -43,12 +32,38 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration(" 90s "), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        for bad in ["", "ms", "5", "5 s", "-5s", "1.5s", "5d", "99999999999h"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
+    fn durations_as_people_write_them() {
+        for (text, expected) in [
+            ("0ms", Duration::ZERO),
+            (" 90s ", Duration::from_secs(90)),
+            ("5m", Duration::from_secs(300)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("5 s", Duration::from_secs(5)),
+            ("5sec", Duration::from_secs(5)),
+            ("2h 30m", Duration::from_secs(9000)),
+            ("1d", Duration::from_secs(86_400)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(expected), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn each_mistake_is_named_with_a_valid_form() {
+        for (bad, says) in [
+            ("5", "time unit needed"),
+            ("5 S", "unknown time unit \"S\""),
+            ("soon", "expected number"),
+            ("-5s", "expected number"),
+            ("", "value was empty"),
+            ("99999999999999999999h", "too large"),
+        ] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+            assert!(
+                err.starts_with(&format!("{bad:?} is not a duration")),
+                "{err}"
+            );
+            assert!(err.ends_with("as in 250ms, 1.5s or 2h 30m"), "{err}");
         }
     }
 

@@ -86,11 +86,11 @@ fn a_bad_file_names_the_field() {
     let cases = [
         (
             "attempt_timeout = \"750\"",
-            "attempt_timeout: \"750\" has no unit",
+            "attempt_timeout: \"750\" is not a duration: time unit needed",
         ),
         (
-            "[retry_policy]\nmax_delay = \"5 s\"",
-            "retry_policy.max_delay: \"5 s\" has an unknown unit",
+            "[retry_policy]\nmax_delay = \"5 lightyears\"",
+            "retry_policy.max_delay: \"5 lightyears\" is not a duration: unknown time unit",
         ),
         (
             "[retry_policy]\nmax_attempts = 0",
@@ -118,4 +118,68 @@ fn a_bad_file_names_the_field() {
             "{text}\n  gave {message}\n  wanted {expected:?}"
         );
     }
+}
+
+/// An application's own file, with the client's settings nested in it, as users keep
+/// them.
+#[derive(Debug, serde::Deserialize)]
+#[allow(dead_code)] // Only parsed.
+struct AppFile {
+    payments: Payments,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[allow(dead_code)] // Only parsed.
+struct Payments {
+    port: u16,
+    http: ClientConfig,
+}
+
+const NESTED: &str = r#"[payments]
+port = 8080
+
+[payments.http]
+attempt_timeout = "2s"
+
+[payments.http.retry_policy]
+max_attempts = 3
+max_delay = "5 lightyears"
+"#;
+
+#[test]
+fn a_bad_value_in_a_nested_config_is_reported_at_the_value_with_one_path() {
+    let message = toml::from_str::<AppFile>(NESTED).unwrap_err().to_string();
+    // Line 9, column 13: the value itself, as for any plain serde error in the file,
+    // not the table header on line 7.
+    assert!(
+        message.starts_with("TOML parse error at line 9, column 13"),
+        "{message}"
+    );
+    assert!(
+        message.contains("max_delay = \"5 lightyears\""),
+        "{message}"
+    );
+    // The path once, from the client's settings down, and no "in `…`" trail.
+    assert_eq!(message.matches("max_delay").count(), 2, "{message}");
+    assert!(
+        message.contains(
+            "retry_policy.max_delay: \"5 lightyears\" is not a duration: unknown time unit"
+        ),
+        "{message}"
+    );
+    assert!(!message.contains("in `"), "{message}");
+
+    // A value of the wrong type is placed the same way.
+    let wrong_type = NESTED.replace("max_attempts = 3", "max_attempts = \"three\"");
+    let message = toml::from_str::<AppFile>(&wrong_type)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.starts_with("TOML parse error at line 8, column 16"),
+        "{message}"
+    );
+    assert!(
+        message.contains("retry_policy.max_attempts: invalid type: string \"three\""),
+        "{message}"
+    );
 }

@@ -920,7 +920,10 @@ async fn a_queued_fault_waits_for_a_request_the_server_processes() {
         }
         let server = builder.start().await.unwrap();
         let http = reqwest::Client::new();
-        server.inject(Fault::StatusBeforeProcessing(StatusCode::SERVICE_UNAVAILABLE), 1);
+        server.inject(
+            Fault::StatusBeforeProcessing(StatusCode::SERVICE_UNAVAILABLE),
+            1,
+        );
 
         // Refused before processing: no key, then a body that is not the JSON it claims.
         let resp = post(&http, &server, None, &json!({"sku": "tea"})).await;
@@ -971,7 +974,11 @@ async fn replays_count_answers_from_the_store_even_when_a_fault_drops_them() {
 #[tokio::test]
 async fn beyond_loopback_the_admin_api_needs_its_token() {
     let public: std::net::SocketAddr = "0.0.0.0:0".parse().unwrap();
-    let refused = MockServer::builder().addr(public).start().await.unwrap_err();
+    let refused = MockServer::builder()
+        .addr(public)
+        .start()
+        .await
+        .unwrap_err();
     assert!(refused.to_string().contains("admin_token"), "{refused}");
 
     let server = MockServer::builder()
@@ -989,7 +996,12 @@ async fn beyond_loopback_the_admin_api_needs_its_token() {
         }
         request.send()
     };
-    for wrong in [None, Some("s3cret"), Some("s3cret-token!"), Some("S3CRET-TOKEN")] {
+    for wrong in [
+        None,
+        Some("s3cret"),
+        Some("s3cret-token!"),
+        Some("S3CRET-TOKEN"),
+    ] {
         let resp = stats(wrong).await.unwrap();
         assert_eq!(resp.status(), 401, "{wrong:?}");
         assert_eq!(resp.headers()["www-authenticate"], "Bearer");
@@ -1047,7 +1059,11 @@ async fn the_binary_logs_each_request_when_asked_and_tells_its_version() {
     std::io::BufReader::new(child.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let base = line.trim().strip_prefix("listening on ").unwrap().to_owned();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
     let http = reqwest::Client::new();
     let fault = json!({"fault": "status_before_processing", "status": 503});
     let resp = http

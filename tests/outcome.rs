@@ -302,6 +302,9 @@ async fn error_for_status_passes_a_success_and_flags_a_final_5xx() {
         .unwrap()
         .error_for_status()
         .unwrap_err();
-    assert_eq!(err.status(), Some(reqwest::StatusCode::INTERNAL_SERVER_ERROR));
+    assert_eq!(
+        err.status(),
+        Some(reqwest::StatusCode::INTERNAL_SERVER_ERROR)
+    );
     assert!(err.may_have_executed());
 }

@@ -32,7 +32,7 @@ usage: idempotent-mock-server [options]
   -V, --version            the version
   -h, --help               this text
 
-Durations are a whole number and a unit: 250ms, 2s, 5m, 24h.
+Durations are a number and a unit: 250ms, 1.5s, 5m, 24h, 2h 30m.
 Admin: GET /__admin/stats (with a per-route section), GET /__admin/requests (the log,
 headers and bodies), GET and POST /__admin/routes (list, add at run time),
 POST /__admin/faults (optional \"route\": a name or \"METHOD /path\"), POST /__admin/reset.";

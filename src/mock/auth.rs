@@ -31,8 +31,7 @@ impl AdminToken {
         }
         if HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
             return Err(
-                "admin_token must be visible ASCII (it travels in an Authorization header)"
-                    .into(),
+                "admin_token must be visible ASCII (it travels in an Authorization header)".into(),
             );
         }
         Ok(Self(token.into()))
@@ -109,7 +108,10 @@ mod tests {
         let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let err = check_exposure(public, None).unwrap_err();
-        assert!(err.contains("admin_token") && err.contains(ADMIN_TOKEN_ENV), "{err}");
+        assert!(
+            err.contains("admin_token") && err.contains(ADMIN_TOKEN_ENV),
+            "{err}"
+        );
         assert!(check_exposure(public, Some(&token)).is_ok());
         assert!(check_exposure(local, None).is_ok());
         assert!(check_exposure("[::1]:80".parse().unwrap(), None).is_ok());

@@ -36,7 +36,10 @@ impl Sabotage {
 
     /// Notes the fault drawn for the request in flight.
     pub(crate) fn note_fault(&self, name: &'static str) {
-        *self.fault.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(name);
+        *self
+            .fault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(name);
     }
 
     /// The fault drawn for the request that just ended, if any, forgotten.
