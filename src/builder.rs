@@ -34,6 +34,7 @@ use crate::{
 /// | `retry_budget` | [`RetryBudget::default`], per origin (capacity 500, transient cost 14, throttling cost 5, refund 1: AWS retry behavior 2.1) |
 /// | `max_origins` | 10,000 origins remembered; past that, the one used least recently goes first |
 /// | `classifier` | [`default_classifier`](crate::default_classifier) |
+/// | `log_keys` | `false`: the key is on `debug` events only (a guessed key can read a stored answer on a server that does not scope keys) |
 /// | `journal` | none: operations survive lost answers, not a crash of the process ([`journal`](crate::journal)) |
 /// | `sensitive_header` | `Authorization`, `Proxy-Authorization` and `Cookie` are never journalled |
 /// | `reqwest_client` | `reqwest::Client::builder().timeout(attempt_timeout).redirect(Policy::none()).build()`: the attempt timeout built in, and no redirects followed, so a 3xx is a final answer (a `303` after a POST means it executed) |
@@ -56,6 +57,7 @@ pub struct IdempotentClientBuilder {
     bad_sensitive: Option<String>,
     resume_headers: Option<ResumeHeaders>,
     seal: Option<Arc<dyn crate::journal::BodySeal>>,
+    log_keys: bool,
 }
 
 impl Default for IdempotentClientBuilder {
@@ -84,6 +86,7 @@ impl IdempotentClientBuilder {
             bad_sensitive: None,
             resume_headers: None,
             seal: None,
+            log_keys: false,
         }
     }
 
@@ -228,6 +231,22 @@ impl IdempotentClientBuilder {
     /// ```
     pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
         self.budget = budget;
+        self
+    }
+
+    /// Puts the idempotency key (`idempotency.key`) on the operation's `info` span and
+    /// on its `info` and `warn` events too (retrying, giving up), for matching your logs
+    /// to a provider's dashboard, which lists requests by key. Off by default: the key
+    /// stays on `debug` events, because on a server that does not scope keys by
+    /// credential, whoever reads a key can read the stored answer.
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// let client = IdempotentClient::builder().log_keys(true).build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn log_keys(mut self, on: bool) -> Self {
+        self.log_keys = on;
         self
     }
 
@@ -545,6 +564,7 @@ impl IdempotentClientBuilder {
             origins: Origins::new(self.budget, self.max_origins),
             classifier: self.classifier,
             on_retry: self.on_retry,
+            log_keys: self.log_keys,
             journal: self.journal.map(|journal| {
                 Box::new(JournalSettings {
                     journal,

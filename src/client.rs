@@ -1,5 +1,6 @@
 //! The client: a cheap handle on its reqwest client and settings.
 
+use crate::telemetry::TARGET;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,13 +142,15 @@ impl IdempotentClient {
         async move {
             loop {
                 match client.resume_pending().await {
-                    Ok(report) => tracing::info!(
+                    Ok(report) => tracing::info!(target: TARGET,
                         completed = report.completed.len(),
                         still_pending = report.still_pending.len(),
                         needs_attention = report.needs_attention.len(),
                         "resumed pending operations"
                     ),
-                    Err(e) => tracing::warn!(error = %e, "could not resume pending operations"),
+                    Err(e) => {
+                        tracing::warn!(target: TARGET, error = %e, "could not resume pending operations")
+                    }
                 }
                 tokio::time::sleep(interval).await;
             }

@@ -2,6 +2,7 @@
 //! attempts go out, complete with the final answer. The attempts themselves are the
 //! client's usual ones (`transport.rs`), guarded by the lease.
 
+use crate::telemetry::TARGET;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -153,7 +154,7 @@ pub(crate) async fn send(
                 .await
                 .map_err(journal_error(Some(&operation.key), unknown))?;
             if let Inserted::Recorded(lease) = inserted {
-                info!(operation_id = %id, "operation recorded");
+                info!(target: TARGET, operation_id = %id, "operation recorded");
                 break (lease, Duration::ZERO, record, false);
             }
             taken = true;
@@ -224,7 +225,7 @@ pub(crate) async fn send(
                     .release(&lease, &release)
                     .await
                     .map_err(journal_error(Some(&key), true))?;
-                warn!(operation_id = %id, %reason, "operation needs attention");
+                warn!(target: TARGET, operation_id = %id, %reason, "operation needs attention");
                 return Err(Error::NeedsAttention {
                     operation_id: id,
                     key,
@@ -282,9 +283,9 @@ pub(crate) async fn send(
             ..Release::default()
         };
         if let Err(e) = journal.release(&lease, &release).await {
-            warn!(operation_id = %id, error = %e, "could not mark the operation as needing attention");
+            warn!(target: TARGET, operation_id = %id, error = %e, "could not mark the operation as needing attention");
         }
-        warn!(operation_id = %id, age_s = entry_age.as_secs(), "operation too old to resume");
+        warn!(target: TARGET, operation_id = %id, age_s = entry_age.as_secs(), "operation too old to resume");
         return Err(Error::NeedsAttention {
             operation_id: id,
             key,
@@ -293,7 +294,7 @@ pub(crate) async fn send(
         });
     }
     if resumed {
-        info!(operation_id = %id, age_s = entry_age.as_secs(), "resuming a recorded operation");
+        info!(target: TARGET, operation_id = %id, age_s = entry_age.as_secs(), "resuming a recorded operation");
     }
     // A new operation sends the request at hand, which is what was recorded; a resumed
     // one is rebuilt from its record's bytes, with the secrets at hand.
@@ -333,10 +334,10 @@ pub(crate) async fn send(
             };
             let completed = journal.complete(&lease, &answer).await;
             if completed.is_ok() {
-                info!(operation_id = %id, status = answer.status, "operation completed");
+                info!(target: TARGET, operation_id = %id, status = answer.status, "operation completed");
             }
             if let Err(e) = completed {
-                warn!(
+                warn!(target: TARGET,
                     operation_id = %id,
                     error = %e,
                     "the final answer could not be recorded: the operation stays pending, and a resume gets the server's replay"
@@ -365,7 +366,7 @@ pub(crate) async fn send(
                     not_before: e.retry_after().filter(|wait| !wait.is_zero()),
                 };
                 if let Err(e) = journal.release(&lease, &release).await {
-                    warn!(operation_id = %id, error = %e, "could not release the operation's lease");
+                    warn!(target: TARGET, operation_id = %id, error = %e, "could not release the operation's lease");
                 }
             }
         }
@@ -393,11 +394,11 @@ impl Guard for LeaseGuard<'_> {
             match self.journal.renew(self.lease, self.lease_duration).await {
                 Ok(()) => {}
                 Err(JournalError::LeaseLost { .. }) => {
-                    warn!(operation_id = %self.lease.id, "lease lost to another worker");
+                    warn!(target: TARGET, operation_id = %self.lease.id, "lease lost to another worker");
                     return Err(GiveUpReason::LeaseLost);
                 }
                 Err(e) => {
-                    warn!(operation_id = %self.lease.id, error = %e, "could not renew the lease");
+                    warn!(target: TARGET, operation_id = %self.lease.id, error = %e, "could not renew the lease");
                     return Err(GiveUpReason::JournalFailed);
                 }
             }
@@ -600,7 +601,7 @@ pub(crate) async fn resume_pending(client: &IdempotentClient) -> Result<ResumeRe
     let mut report = ResumeReport::default();
     match js.journal.housekeep().await {
         Ok(removed) => report.removed = removed,
-        Err(e) => warn!(error = %e, "could not remove old completed operations"),
+        Err(e) => warn!(target: TARGET, error = %e, "could not remove old completed operations"),
     }
     for entry in entries {
         let entry = match js.opened(entry) {

@@ -103,11 +103,13 @@
 //! # Observability
 //!
 //! With [`tracing`], under the OpenTelemetry HTTP semantic conventions' field names, so an
-//! OpenTelemetry layer exports them as dashboards expect:
+//! OpenTelemetry layer exports them as dashboards expect. Everything has the one target
+//! [`LOG_TARGET`] (`idempotent_retry`), whatever module it comes from: filter with
+//! `RUST_LOG=idempotent_retry=debug`.
 //!
 //! | what | level | fields |
 //! |---|---|---|
-//! | span `idempotent_request`, one per operation | `info` | `http.request.method`, `url.full`, `server.address`, `server.port`; when it ends `http.response.status_code`, `http.request.resend_count` (attempts − 1, if any), `error.type` |
+//! | span `idempotent_request`, one per operation | `info` | `http.request.method`, `url.full`, `server.address`, `server.port`; when it ends `http.response.status_code`, `http.request.resend_count` (attempts − 1, if any), `error.type`, and `idempotency.replayed` = `true` when the final answer was a stored one sent again |
 //! | event `sending`, at the start | `debug` | `idempotency.key` |
 //! | event `attempt finished` | `debug` | `attempt`, `http.request.resend_count`, `http.response.status_code`, `error.type`, `error`, `idempotency.key`, `decision` |
 //! | event `retrying` | `info` | `attempt`, `http.request.resend_count`, `http.response.status_code`, `error.type`, `error`, `delay_ms` |
@@ -115,8 +117,12 @@
 //!
 //! `error.type` is the status code for a 4xx or 5xx answer, else `timeout`, `connect`,
 //! `connection_closed`, `malformed_response`, `redirect`, `body`, `response_too_large` or
-//! `_OTHER`. The key is only ever on `debug`
-//! events. [`IdempotentClientBuilder::on_retry`] is a hook for metrics.
+//! `_OTHER`. `error` is the transport error's innermost cause ("Connection refused (os
+//! error 111)", "operation timed out"), not reqwest's outer "error sending request for
+//! url". The key is only ever on `debug` events, unless the client is built with
+//! [`log_keys(true)`](IdempotentClientBuilder::log_keys): then `idempotency.key` is on
+//! the span and on the `retrying` and `giving up` events too, to match your logs to a
+//! provider's dashboard. [`IdempotentClientBuilder::on_retry`] is a hook for metrics.
 //!
 //! # Already on reqwest-middleware?
 //!
@@ -200,6 +206,7 @@ pub use retry::classify::{
 };
 pub use retry::policy::{Delays, Jitter, RetryPolicy};
 pub use settings::DEFAULT_KEY_HEADER;
+pub use telemetry::TARGET as LOG_TARGET;
 
 /// The reqwest this crate is built on, for [`IdempotentClientBuilder::reqwest_client`]
 /// and types such as `reqwest::Method` and `reqwest::StatusCode`.

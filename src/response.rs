@@ -26,6 +26,13 @@ pub struct IdempotentResponse {
     pub(crate) attempts: u32,
 }
 
+/// Whether `headers` mark a stored answer sent again (`Idempotent-Replayed: true`).
+pub(crate) fn is_replayed(headers: &HeaderMap) -> bool {
+    headers
+        .get(REPLAYED)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+}
+
 impl IdempotentResponse {
     /// The status code.
     #[must_use]
@@ -68,9 +75,7 @@ impl IdempotentResponse {
     /// server send), rather than a fresh execution.
     #[must_use]
     pub fn is_replay(&self) -> bool {
-        self.headers
-            .get(REPLAYED)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+        is_replayed(&self.headers)
     }
 
     /// The response itself if its status is a success (or an informational or

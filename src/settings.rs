@@ -45,6 +45,8 @@ pub(crate) struct Settings {
     pub(crate) origins: Origins,
     pub(crate) classifier: Option<SharedClassifier>,
     pub(crate) on_retry: Option<RetryHook>,
+    /// Whether the key goes on `info` and `warn` events and on the span too.
+    pub(crate) log_keys: bool,
     /// The operation journal, for requests with an operation id.
     pub(crate) journal: Option<Box<crate::journaled::JournalSettings>>,
 }

@@ -7,9 +7,15 @@
 //! Levels: the operation's span is `info`; each attempt's outcome is a `debug` event, each
 //! retry an `info` event, giving up a `warn` event. The key is a secret-like value (a
 //! guessed key can read another caller's stored response on a server that does not
-//! scope keys), so `idempotency.key` appears only on `debug` events.
+//! scope keys), so `idempotency.key` appears only on `debug` events, unless the client
+//! was built with `log_keys(true)`. Everything has the one target [`TARGET`].
 
 use std::fmt;
+
+/// The one `tracing` target of everything the client reports (events and spans), not
+/// its module paths: filter with `RUST_LOG=idempotent_retry=debug` or
+/// `Targets::new().with_target("idempotent_retry", Level::DEBUG)`.
+pub const TARGET: &str = "idempotent_retry";
 
 use http::{Method, StatusCode};
 use tracing::field::Empty;
@@ -19,7 +25,7 @@ use crate::retry::classify::{Attempt, Lost, Outcome, lost};
 /// The span of one operation, all of its attempts inside it. `http.response.status_code`,
 /// `http.request.resend_count` and `error.type` are recorded when it ends.
 pub(crate) fn operation_span(method: &Method, url: &reqwest::Url) -> tracing::Span {
-    tracing::info_span!(
+    tracing::info_span!(target: TARGET,
         "idempotent_request",
         "http.request.method" = %method,
         // reqwest has already moved any `user:password@` of the URL into an
@@ -30,16 +36,42 @@ pub(crate) fn operation_span(method: &Method, url: &reqwest::Url) -> tracing::Sp
         "http.response.status_code" = Empty,
         "http.request.resend_count" = Empty,
         "error.type" = Empty,
+        // `true` when the final answer was a stored one sent again.
+        "idempotency.replayed" = Empty,
+        // Only with `IdempotentClientBuilder::log_keys(true)`.
+        "idempotency.key" = Empty,
     )
+}
+
+/// The innermost cause of an error, which says what happened ("Connection refused (os
+/// error 111)", "operation timed out") where the outer ones only say where ("error
+/// sending request for url …").
+pub(crate) fn innermost<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> &'e (dyn std::error::Error + 'static) {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause
 }
 
 /// Records how the operation ended on its span, which is the current one (the retry
 /// loop runs inside it): the last attempt's status, if it got one, how many times the
-/// request was sent again, and the error class, if any.
-pub(crate) fn record_end(attempts: u32, status: Option<StatusCode>, error: Option<ErrorType>) {
+/// request was sent again, the error class, if any, and whether the final answer's
+/// `headers` mark it as replayed.
+pub(crate) fn record_end(
+    attempts: u32,
+    status: Option<StatusCode>,
+    error: Option<ErrorType>,
+    headers: Option<&http::HeaderMap>,
+) {
     let span = tracing::Span::current();
     if span.is_disabled() {
         return;
+    }
+    if headers.is_some_and(crate::response::is_replayed) {
+        span.record("idempotency.replayed", true);
     }
     if let Some(status) = status {
         span.record("http.response.status_code", status.as_u16());

@@ -79,6 +79,9 @@ struct Seen {
     level: Level,
     name: String,
     fields: BTreeMap<String, String>,
+    /// The metadata's target and module path.
+    target: String,
+    module: String,
 }
 
 impl Seen {
@@ -95,6 +98,9 @@ impl Visit for Fields {
         self.0.insert(field.name().to_owned(), value.to_owned());
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.to_string());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
         self.0.insert(field.name().to_owned(), value.to_string());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
@@ -122,6 +128,12 @@ impl<S: tracing::Subscriber> Layer<S> for Recorder {
             level: *attrs.metadata().level(),
             name: attrs.metadata().name().to_owned(),
             fields: fields.0,
+            target: attrs.metadata().target().to_owned(),
+            module: attrs
+                .metadata()
+                .module_path()
+                .unwrap_or_default()
+                .to_owned(),
         };
         self.spans.lock().unwrap().insert(id.into_u64(), seen);
     }
@@ -147,8 +159,33 @@ impl<S: tracing::Subscriber> Layer<S> for Recorder {
             level: *event.metadata().level(),
             name,
             fields: fields.0,
+            target: event.metadata().target().to_owned(),
+            module: event
+                .metadata()
+                .module_path()
+                .unwrap_or_default()
+                .to_owned(),
         });
     }
+}
+
+/// Runs `operation` with a [`Recorder`] at `level` for this thread; returns every span
+/// and every event, from any crate.
+async fn record_all<F: std::future::Future<Output = ()>>(
+    level: Level,
+    operation: F,
+) -> (Vec<Seen>, Vec<Seen>) {
+    let recorder = Recorder::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(recorder.clone())
+        .with(tracing_subscriber::filter::LevelFilter::from_level(level));
+    {
+        let _guard = tracing::subscriber::set_default(subscriber);
+        operation.await;
+    }
+    let spans = recorder.spans.lock().unwrap().values().cloned().collect();
+    let events = recorder.events.lock().unwrap().clone();
+    (spans, events)
 }
 
 /// Runs `operation` with a [`Recorder`] at `DEBUG` for this thread; returns the
@@ -275,4 +312,130 @@ async fn a_failed_operation_records_its_error_type_and_urls_lose_their_credentia
     assert_eq!(give_up.field("http.request.resend_count"), Some("1"));
     let everything = format!("{spans:?}{events:?}");
     assert!(!everything.contains("s3cret"), "{everything}");
+}
+
+#[tokio::test]
+async fn everything_has_the_one_documented_target() {
+    let _serial = SERIAL.lock().await;
+    let server = server_failing(ResponseTemplate::new(503), 1).await;
+    let (spans, events) = record_all(Level::TRACE, async {
+        let resp = fast_builder()
+            .build()
+            .unwrap()
+            .post_idempotent(server.uri())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.attempts(), 2);
+    })
+    .await;
+    let ours: Vec<&Seen> = spans
+        .iter()
+        .chain(&events)
+        .filter(|s| s.module.starts_with("idempotent_retry"))
+        .collect();
+    assert!(ours.len() >= 5, "{ours:#?}");
+    for seen in ours {
+        assert_eq!(seen.target, idempotent_retry::LOG_TARGET, "{seen:?}");
+    }
+    assert_eq!(idempotent_retry::LOG_TARGET, "idempotent_retry");
+}
+
+/// A loopback port nothing listens on.
+async fn refusing_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}/orders")
+}
+
+#[tokio::test]
+async fn the_error_field_is_the_innermost_cause() {
+    let _serial = SERIAL.lock().await;
+    let url = refusing_url().await;
+    let (_, events) = record(async {
+        fast_builder()
+            .retry_policy(fast_policy().max_attempts(2))
+            .build()
+            .unwrap()
+            .post_idempotent(&url)
+            .send()
+            .await
+            .unwrap_err();
+    })
+    .await;
+    let retry = events.iter().find(|e| e.name == "retrying").unwrap();
+    let error = retry.field("error").unwrap();
+    assert!(!error.contains("error sending request"), "{error}");
+    assert!(error.to_lowercase().contains("refused"), "{error}");
+    let attempt = events
+        .iter()
+        .find(|e| e.name == "attempt finished")
+        .unwrap();
+    assert_eq!(attempt.field("error"), Some(error));
+}
+
+#[tokio::test]
+async fn the_span_marks_a_replayed_answer() {
+    let _serial = SERIAL.lock().await;
+    for replayed in [false, true] {
+        let server = MockServer::start().await;
+        let mut answer = ResponseTemplate::new(201);
+        if replayed {
+            answer = answer.insert_header("Idempotent-Replayed", "true");
+        }
+        Mock::given(method("POST"))
+            .respond_with(answer)
+            .mount(&server)
+            .await;
+        let (spans, _) = record(async {
+            let resp = fast_builder()
+                .build()
+                .unwrap()
+                .post_idempotent(server.uri())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.is_replay(), replayed);
+        })
+        .await;
+        let marked = spans[0].field("idempotency.replayed");
+        assert_eq!(marked, replayed.then_some("true"), "{spans:?}");
+    }
+}
+
+#[tokio::test]
+async fn log_keys_puts_the_key_on_info_events_and_the_span() {
+    let _serial = SERIAL.lock().await;
+    for log_keys in [false, true] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(503))
+            .mount(&server)
+            .await;
+        let key = IdempotencyKey::new_v4();
+        let (spans, events) = record_all(Level::INFO, async {
+            fast_builder()
+                .retry_policy(fast_policy().max_attempts(2))
+                .log_keys(log_keys)
+                .build()
+                .unwrap()
+                .post_idempotent(server.uri())
+                .idempotency_key(key.clone())
+                .send()
+                .await
+                .unwrap_err();
+        })
+        .await;
+        let span = spans
+            .iter()
+            .find(|s| s.name == "idempotent_request")
+            .unwrap();
+        let retry = events.iter().find(|e| e.name == "retrying").unwrap();
+        let give_up = events.iter().find(|e| e.name == "giving up").unwrap();
+        for seen in [span, retry, give_up] {
+            let shown = log_keys.then_some(key.as_str());
+            assert_eq!(seen.field("idempotency.key"), shown, "{seen:?}");
+        }
+    }
 }

@@ -8,6 +8,7 @@
 //! decision to `tracing`, once, here. The client and the middleware therefore decide
 //! alike.
 
+use crate::telemetry::TARGET;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -140,7 +141,10 @@ impl<'a> Engine<'a> {
         transport: &mut T,
         timeout: Duration,
     ) -> Ending<T::Answer> {
-        debug!("idempotency.key" = %self.key, "sending");
+        tracing::event!(target: TARGET, tracing::Level::DEBUG, "idempotency.key" = %self.key, "sending");
+        if self.settings.log_keys {
+            tracing::Span::current().record("idempotency.key", tracing::field::display(self.key));
+        }
         // The previous attempt's answer, kept across the sleep: boxed, because only a
         // retry needs it and the operation's state stays small. (The sleep shares its
         // room with the attempt, which is never in flight at the same time.)
@@ -234,12 +238,12 @@ impl<'a> Engine<'a> {
             },
             None => default_classifier(&attempt),
         };
-        debug!(
+        debug!(target: TARGET,
             attempt = self.made,
             "http.request.resend_count" = self.made - 1,
             "http.response.status_code" = status.map(|s| s.as_u16()),
             "error.type" = error_type.map(tracing::field::display),
-            error = attempt.error().map(tracing::field::display),
+            error = attempt.error().map(|e| tracing::field::display(telemetry::innermost(e))),
             "idempotency.key" = %self.key,
             ?decision,
             "attempt finished"
@@ -262,7 +266,11 @@ impl<'a> Engine<'a> {
                         self.origin().budget.deposit(refund);
                     }
                 }
-                telemetry::record_end(self.made, Some(status), error_type);
+                let headers = match attempt.outcome {
+                    Outcome::Response { headers, .. } => Some(headers),
+                    Outcome::Error(_) | Outcome::TooLarge { .. } => None,
+                };
+                telemetry::record_end(self.made, Some(status), error_type, headers);
                 return Next::Done;
             }
             return Next::GiveUp(self.give_up(GiveUpReason::NotRetryable));
@@ -311,12 +319,13 @@ impl<'a> Engine<'a> {
                 return Next::GiveUp(self.give_up(GiveUpReason::CallbackPanicked));
             }
         }
-        info!(
+        info!(target: TARGET,
             attempt = self.made,
             "http.request.resend_count" = self.made - 1,
             "http.response.status_code" = status.map(|s| s.as_u16()),
             "error.type" = error_type.map(tracing::field::display),
-            error = attempt.error().map(tracing::field::display),
+            error = attempt.error().map(|e| tracing::field::display(telemetry::innermost(e))),
+            "idempotency.key" = self.logged_key(),
             delay_ms = delay.as_millis() as u64,
             "retrying"
         );
@@ -329,18 +338,27 @@ impl<'a> Engine<'a> {
         self.origin.get_or_insert_with(|| origins.get(url))
     }
 
+    /// The key for an event above debug level: only when the client was built with
+    /// `log_keys(true)`.
+    fn logged_key(&self) -> Option<tracing::field::DisplayValue<&IdempotencyKey>> {
+        self.settings
+            .log_keys
+            .then(|| tracing::field::display(self.key))
+    }
+
     /// Reports the end of an operation that gets no final answer: the one place where
     /// giving up is told.
     fn give_up(&self, reason: GiveUpReason) -> GiveUpReason {
         let attempts = self.made;
-        telemetry::record_end(attempts, self.last_status, self.last_error);
+        telemetry::record_end(attempts, self.last_status, self.last_error, None);
         // Fields, not an error's Display: the key stays at debug level.
-        warn!(
+        warn!(target: TARGET,
             attempts,
             "http.request.resend_count" = attempts.saturating_sub(1),
             "error.type" = self.last_error.map(tracing::field::display),
             %reason,
             outcome_unknown = self.outcome_unknown,
+            "idempotency.key" = self.logged_key(),
             "giving up"
         );
         reason
@@ -357,7 +375,7 @@ pub(crate) fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Dur
     let value = headers.get(RETRY_AFTER)?;
     let hint = super::retry_after::parse(value, headers.get(DATE), SystemTime::now());
     if hint.is_none() {
-        debug!(value = ?value, "ignoring a malformed Retry-After");
+        debug!(target: TARGET, value = ?value, "ignoring a malformed Retry-After");
     }
     hint
 }
@@ -374,7 +392,7 @@ fn should_retry(settings: &Settings, status: StatusCode, headers: &HeaderMap) ->
         v if v.eq_ignore_ascii_case(b"true") => Some(true),
         v if v.eq_ignore_ascii_case(b"false") => Some(false),
         _ => {
-            debug!(value = ?value, "ignoring a Stripe-Should-Retry that is neither true nor false");
+            debug!(target: TARGET, value = ?value, "ignoring a Stripe-Should-Retry that is neither true nor false");
             None
         }
     }
