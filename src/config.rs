@@ -335,64 +335,66 @@ fn unknown<E: de::Error>(field: &str, expected: &'static [&'static str]) -> E {
     E::unknown_field(field, expected)
 }
 
-/// A duration written as text with a unit.
-struct DurationText(Duration);
+/// A setting written as text, read through [`Text`].
+trait FromText: Sized {
+    /// What the text should be, for "expected …" messages.
+    const EXPECTING: &'static str;
 
-impl<'de> Deserialize<'de> for DurationText {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct DurationVisitor;
+    fn from_text(text: &str) -> Result<Self, String>;
+}
 
-        impl Visitor<'_> for DurationVisitor {
-            type Value = DurationText;
+impl FromText for Duration {
+    const EXPECTING: &'static str = "a duration such as \"250ms\" or \"30s\"";
 
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as \"250ms\" or \"30s\"")
-            }
-
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<DurationText, E> {
-                parse_duration(text).map(DurationText).map_err(E::custom)
-            }
-        }
-
-        deserializer.deserialize_str(DurationVisitor)
+    fn from_text(text: &str) -> Result<Self, String> {
+        parse_duration(text)
     }
 }
 
 /// A header name; the empty text is `None` (for a field where that means "none").
-struct HeaderText(Option<HeaderName>);
+impl FromText for Option<HeaderName> {
+    const EXPECTING: &'static str = "a header name";
 
-impl<'de> Deserialize<'de> for HeaderText {
+    fn from_text(name: &str) -> Result<Self, String> {
+        if name.is_empty() {
+            return Ok(None);
+        }
+        HeaderName::try_from(name)
+            .map(Some)
+            .map_err(|e| format!("{name:?} is not a header name: {e}"))
+    }
+}
+
+/// A `T` read from text; its error made by the visitor, where the value is.
+struct Text<T>(T);
+
+impl<'de, T: FromText> Deserialize<'de> for Text<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct HeaderVisitor;
+        struct TextVisitor<T>(PhantomData<T>);
 
-        impl Visitor<'_> for HeaderVisitor {
-            type Value = HeaderText;
+        impl<T: FromText> Visitor<'_> for TextVisitor<T> {
+            type Value = Text<T>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a header name")
+                f.write_str(T::EXPECTING)
             }
 
-            fn visit_str<E: de::Error>(self, name: &str) -> Result<HeaderText, E> {
-                if name.is_empty() {
-                    return Ok(HeaderText(None));
-                }
-                HeaderName::try_from(name)
-                    .map(|name| HeaderText(Some(name)))
-                    .map_err(|e| E::custom(format_args!("{name:?} is not a header name: {e}")))
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Text<T>, E> {
+                T::from_text(text).map(Text).map_err(E::custom)
             }
         }
 
-        deserializer.deserialize_str(HeaderVisitor)
+        deserializer.deserialize_str(TextVisitor(PhantomData))
     }
 }
 
 fn duration<'de, A: MapAccess<'de>>(map: &mut A, path: &str) -> Result<Duration, A::Error> {
-    value::<DurationText, A>(map, path).map(|d| d.0)
+    value::<Text<Duration>, A>(map, path).map(|d| d.0)
 }
 
 /// A header name that must be given (the empty text is not one).
 fn header_name<'de, A: MapAccess<'de>>(map: &mut A, path: &str) -> Result<HeaderName, A::Error> {
-    value::<HeaderText, A>(map, path)?
+    value::<Text<Option<HeaderName>>, A>(map, path)?
         .0
         .ok_or_else(|| at(path, "\"\" is not a header name: it is empty"))
 }
@@ -556,7 +558,7 @@ impl Table for ClientConfig {
             "key_header" => *key_header = header_name(map, path)?,
             "key_format" => *key_format = value(map, path)?,
             "should_retry_header" => {
-                *should_retry_header = value::<HeaderText, A>(map, path)?.0;
+                *should_retry_header = value::<Text<Option<HeaderName>>, A>(map, path)?.0;
             }
             "retry_budget" => *retry_budget = nested(map, path)?,
             "max_origins" => *max_origins = value(map, path)?,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idempotent_retry::IdempotencyKey;
-use support::{fast_builder, fast_policy, server_failing};
+use support::{fast_builder, fast_policy, refusing_url, server_failing};
 use tracing::Level;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
@@ -339,14 +339,6 @@ async fn everything_has_the_one_documented_target() {
         assert_eq!(seen.target, idempotent_retry::LOG_TARGET, "{seen:?}");
     }
     assert_eq!(idempotent_retry::LOG_TARGET, "idempotent_retry");
-}
-
-/// A loopback port nothing listens on.
-async fn refusing_url() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}/orders")
 }
 
 #[tokio::test]

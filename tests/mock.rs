@@ -645,21 +645,15 @@ impl Drop for Child {
     }
 }
 
-#[tokio::test]
-async fn the_standalone_binary_serves_and_takes_admin_faults() {
+/// Starts the standalone binary with `args` (its standard error piped), and returns it
+/// with the base URL it prints once listening.
+fn start_binary(args: &[&str]) -> (Child, String) {
     use std::io::BufRead;
     let mut child = Child(
         std::process::Command::new(env!("CARGO_BIN_EXE_idempotent-mock-server"))
-            .args([
-                "--addr",
-                "127.0.0.1:0",
-                "--require-key",
-                "--key-ttl",
-                "1h",
-                "--seed",
-                "3",
-            ])
+            .args(args)
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap(),
     );
@@ -667,12 +661,23 @@ async fn the_standalone_binary_serves_and_takes_admin_faults() {
     std::io::BufReader::new(child.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-    assert!(base.starts_with("http://127.0.0.1:"), "{line}");
+    let base = line.trim().strip_prefix("listening on ");
+    let base = base.unwrap_or_else(|| panic!("{line}")).to_owned();
+    (child, base)
+}
+
+#[tokio::test]
+async fn the_standalone_binary_serves_and_takes_admin_faults() {
+    let (_child, base) = start_binary(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--require-key",
+        "--key-ttl",
+        "1h",
+        "--seed",
+        "3",
+    ]);
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
 
     let http = reqwest::Client::new();
     let no_key = http
@@ -1047,23 +1052,7 @@ async fn the_binary_logs_each_request_when_asked_and_tells_its_version() {
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("IDEMPOTENT_MOCK_ADMIN_TOKEN"), "{said}");
 
-    let mut child = Child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_idempotent-mock-server"))
-            .args(["--addr", "127.0.0.1:0", "--log-requests"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    std::io::BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
+    let (mut child, base) = start_binary(&["--addr", "127.0.0.1:0", "--log-requests"]);
     let http = reqwest::Client::new();
     let fault = json!({"fault": "status_before_processing", "status": 503});
     let resp = http

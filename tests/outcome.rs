@@ -9,17 +9,11 @@ use std::time::Duration;
 use idempotent_retry::{
     Decision, Error, GiveUpReason, IdempotencyKey, default_classifier, reqwest,
 };
-use support::{fast_builder, fast_client, fast_policy, keys_received, server_failing};
+use support::{
+    fast_builder, fast_client, fast_policy, keys_received, refusing_url, server_failing,
+};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
-
-/// A loopback port nothing listens on: every connection is refused.
-async fn refusing_url() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}/charges")
-}
 
 #[derive(Debug, serde::Deserialize)]
 #[allow(dead_code)] // Only its shape matters: the answers below do not have it.

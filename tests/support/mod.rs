@@ -340,3 +340,11 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<String> {
     }
     Ok(head)
 }
+
+/// A loopback URL nothing listens on: every connection is refused.
+pub async fn refusing_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}/charges")
+}
