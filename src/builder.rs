@@ -1,5 +1,6 @@
 //! The client's builder: every setting, checked by `build`.
 
+use crate::retry::breaker::CircuitBreaker;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,7 @@ use crate::{
 /// | `retry_budget` | [`RetryBudget::default`], per origin (capacity 500, transient cost 14, throttling cost 5, refund 1: AWS retry behavior 2.1) |
 /// | `max_origins` | 10,000 origins remembered; past that, the one used least recently goes first |
 /// | `classifier` | [`default_classifier`](crate::default_classifier) |
+/// | `circuit_breaker` | none: every origin is always tried ([`CircuitBreaker`] gives the breaker's own defaults and their reasons) |
 /// | `log_keys` | `false`: the key is on `debug` events only (a guessed key can read a stored answer on a server that does not scope keys) |
 /// | `journal` | none: operations survive lost answers, not a crash of the process ([`journal`](crate::journal)) |
 /// | `sensitive_header` | `Authorization`, `Proxy-Authorization` and `Cookie` are never journalled |
@@ -58,6 +60,7 @@ pub struct IdempotentClientBuilder {
     resume_headers: Option<ResumeHeaders>,
     seal: Option<Arc<dyn crate::journal::BodySeal>>,
     log_keys: bool,
+    breaker: Option<CircuitBreaker>,
 }
 
 impl Default for IdempotentClientBuilder {
@@ -87,6 +90,7 @@ impl IdempotentClientBuilder {
             resume_headers: None,
             seal: None,
             log_keys: false,
+            breaker: None,
         }
     }
 
@@ -218,6 +222,24 @@ impl IdempotentClientBuilder {
     /// ```
     pub fn ignore_should_retry_header(mut self) -> Self {
         self.should_retry_header = Ok(None);
+        self
+    }
+
+    /// A circuit breaker per origin (off by default): when too many attempts to an
+    /// origin fail, sends to it stop before any I/O for a while, then a probe tells
+    /// whether it is back. See [`CircuitBreaker`] for the rules and defaults. A refused
+    /// operation ends with [`Error::is_circuit_open`]; like any error it says whether
+    /// the operation may have executed (a fresh key: not sent; your own key, or a
+    /// retry refused after an attempt: maybe). The circuit methods of
+    /// [`IdempotentClient`](crate::IdempotentClient) work with or without it.
+    ///
+    /// ```
+    /// use idempotent_retry::{CircuitBreaker, IdempotentClient};
+    /// let client = IdempotentClient::builder().circuit_breaker(CircuitBreaker::new()).build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = Some(breaker);
         self
     }
 
@@ -441,6 +463,7 @@ impl IdempotentClientBuilder {
             should_retry_header,
             retry_budget,
             max_origins,
+            circuit_breaker,
         } = config;
         self.policy = *retry_policy;
         self.attempt_timeout = *attempt_timeout;
@@ -450,6 +473,7 @@ impl IdempotentClientBuilder {
         self.should_retry_header = Ok(should_retry_header.clone());
         self.budget = *retry_budget;
         self.max_origins = *max_origins;
+        self.breaker = circuit_breaker.clone();
         self
     }
 
@@ -505,6 +529,9 @@ impl IdempotentClientBuilder {
         }
         if let Some(reason) = &self.bad_sensitive {
             return Err(config(reason.clone()));
+        }
+        if let Some(problem) = self.breaker.as_ref().and_then(CircuitBreaker::problem) {
+            return Err(config(format!("circuit_breaker.{problem}")));
         }
         if let Some(journal) = &self.journal {
             let lease = journal.lease_duration();
@@ -565,6 +592,7 @@ impl IdempotentClientBuilder {
             classifier: self.classifier,
             on_retry: self.on_retry,
             log_keys: self.log_keys,
+            breaker: self.breaker,
             journal: self.journal.map(|journal| {
                 Box::new(JournalSettings {
                     journal,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::{IntoUrl, Method};
 
 use crate::settings::Settings;
-use crate::{IdempotentClientBuilder, IdempotentRequestBuilder};
+use crate::{CircuitState, Error, IdempotentClientBuilder, IdempotentRequestBuilder};
 
 /// An HTTP client whose requests carry one idempotency key per logical operation and
 /// are retried safely with it.
@@ -94,6 +94,56 @@ impl IdempotentClient {
     ) -> IdempotentRequestBuilder {
         let request = self.inner.http.request(method, url);
         IdempotentRequestBuilder::new(self.clone(), request)
+    }
+
+    /// The state of the circuit of `url`'s origin (scheme, host and port; any URL of it
+    /// will do): [`CircuitState::Closed`] for an origin without one. Reading it makes
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] if `url` is not an absolute URL.
+    ///
+    /// ```
+    /// use idempotent_retry::{CircuitState, IdempotentClient};
+    /// let client = IdempotentClient::new();
+    /// client.open_circuit("https://api.example.com")?;
+    /// assert_eq!(client.circuit_state("https://api.example.com/v1/charges")?, CircuitState::Open);
+    /// client.close_circuit("https://api.example.com")?;
+    /// assert_eq!(client.circuits(), [("https://api.example.com".to_owned(), CircuitState::Closed)]);
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn circuit_state(&self, url: &str) -> Result<CircuitState, Error> {
+        self.inner.settings.circuit_state(url)
+    }
+
+    /// Opens the circuit of `url`'s origin until [`close_circuit`](Self::close_circuit):
+    /// every send to it stops before any I/O ([`Error::is_circuit_open`]). Works with or
+    /// without a [`CircuitBreaker`](crate::CircuitBreaker): for taking a dependency out
+    /// by hand (maintenance, an incident).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] if `url` is not an absolute URL.
+    pub fn open_circuit(&self, url: &str) -> Result<(), Error> {
+        self.inner.settings.open_circuit(url)
+    }
+
+    /// Closes the circuit of `url`'s origin, with a fresh window and the first break:
+    /// after [`open_circuit`](Self::open_circuit), or to end a break early.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] if `url` is not an absolute URL.
+    pub fn close_circuit(&self, url: &str) -> Result<(), Error> {
+        self.inner.settings.close_circuit(url)
+    }
+
+    /// Every origin that has a circuit, with its state, sorted by origin: for a health
+    /// page.
+    #[must_use]
+    pub fn circuits(&self) -> Vec<(String, CircuitState)> {
+        self.inner.settings.origins.circuits()
     }
 
     /// The journal's operations that are not completed, oldest first: pending ones, and

@@ -22,7 +22,7 @@ use crate::settings::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_SHOULD_RETRY_HEADER,
 };
-use crate::{KeyFormat, RetryBudget, RetryPolicy};
+use crate::{CircuitBreaker, KeyFormat, RetryBudget, RetryPolicy};
 
 /// The options of an [`IdempotentClient`](crate::IdempotentClient) that can live in a
 /// configuration file; apply them with
@@ -66,6 +66,7 @@ use crate::{KeyFormat, RetryBudget, RetryPolicy};
 /// | `key_format` | `"bare"` or `"structured_string"` | `"bare"` |
 /// | `should_retry_header` | header name, `""` for none | `"Stripe-Should-Retry"` |
 /// | `max_origins` | integer | `10000` |
+/// | `circuit_breaker` | table, see [`CircuitBreaker`] (`failure_ratio`, `minimum_throughput`, `sampling_window`, `break_duration`, `half_open_probes`, `max_break_duration`); an empty table is the breaker's defaults | none: no breaker |
 /// | `retry_budget` | table, see [`RetryBudget`] (`capacity`, `transient_cost`, `throttling_cost`, `success_refund`; all costs 0 turns it off) | [`RetryBudget::default`] |
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -86,6 +87,8 @@ pub struct ClientConfig {
     pub retry_budget: RetryBudget,
     /// Most origins whose state the client remembers.
     pub max_origins: usize,
+    /// The circuit breaker per origin, if any.
+    pub circuit_breaker: Option<CircuitBreaker>,
 }
 
 impl Default for ClientConfig {
@@ -99,6 +102,7 @@ impl Default for ClientConfig {
             should_retry_header: Some(HeaderName::from_static(DEFAULT_SHOULD_RETRY_HEADER)),
             retry_budget: RetryBudget::default(),
             max_origins: DEFAULT_MAX_ORIGINS,
+            circuit_breaker: None,
         }
     }
 }
@@ -521,6 +525,56 @@ impl<'de> Deserialize<'de> for RetryBudget {
     }
 }
 
+impl Table for CircuitBreaker {
+    const WHAT: &'static str = "a circuit breaker table";
+    const FIELDS: &'static [&'static str] = &[
+        "failure_ratio",
+        "minimum_throughput",
+        "sampling_window",
+        "break_duration",
+        "half_open_probes",
+        "max_break_duration",
+    ];
+
+    fn set<'de, A: MapAccess<'de>>(
+        &mut self,
+        field: &str,
+        path: &str,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        // Every field named: a new one does not compile until it is read here.
+        let CircuitBreaker {
+            failure_ratio,
+            minimum_throughput,
+            sampling_window,
+            break_duration,
+            half_open_probes,
+            max_break_duration,
+        } = self;
+        match field {
+            "failure_ratio" => *failure_ratio = value(map, path)?,
+            "minimum_throughput" => *minimum_throughput = value(map, path)?,
+            "sampling_window" => *sampling_window = duration(map, path)?,
+            "break_duration" => *break_duration = duration(map, path)?,
+            "half_open_probes" => *half_open_probes = value(map, path)?,
+            "max_break_duration" => *max_break_duration = duration(map, path)?,
+            other => return Err(unknown(other, Self::FIELDS)),
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.problem().map_or(Ok(()), Err)
+    }
+}
+
+impl<'de> Deserialize<'de> for CircuitBreaker {
+    /// From a table whose fields are those of the builder methods, every one optional.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        table(deserializer, "")
+    }
+}
+
 impl Table for ClientConfig {
     const WHAT: &'static str = "a client configuration table";
     const FIELDS: &'static [&'static str] = &[
@@ -532,6 +586,7 @@ impl Table for ClientConfig {
         "should_retry_header",
         "retry_budget",
         "max_origins",
+        "circuit_breaker",
     ];
 
     fn set<'de, A: MapAccess<'de>>(
@@ -550,6 +605,7 @@ impl Table for ClientConfig {
             should_retry_header,
             retry_budget,
             max_origins,
+            circuit_breaker,
         } = self;
         match field {
             "retry_policy" => *retry_policy = nested(map, path)?,
@@ -562,6 +618,7 @@ impl Table for ClientConfig {
             }
             "retry_budget" => *retry_budget = nested(map, path)?,
             "max_origins" => *max_origins = value(map, path)?,
+            "circuit_breaker" => *circuit_breaker = Some(nested(map, path)?),
             other => return Err(unknown(other, Self::FIELDS)),
         }
         Ok(())
@@ -616,6 +673,10 @@ mod tests {
                 "max_origins": 7,
                 "retry_budget": {
                     "capacity": 50, "transient_cost": 2, "throttling_cost": 4, "success_refund": 3
+                },
+                "circuit_breaker": {
+                    "failure_ratio": 0.25, "minimum_throughput": 8, "sampling_window": "20s",
+                    "break_duration": "2s", "half_open_probes": 3, "max_break_duration": "30s"
                 }
             }"#,
         )
@@ -643,6 +704,16 @@ mod tests {
             .throttling_cost(4)
             .success_refund(3);
         assert_eq!(config.retry_budget, budget);
+        let breaker = CircuitBreaker::new()
+            .failure_ratio(0.25)
+            .minimum_throughput(8)
+            .sampling_window(Duration::from_secs(20))
+            .break_duration(Duration::from_secs(2))
+            .half_open_probes(3)
+            .max_break_duration(Duration::from_secs(30));
+        assert_eq!(config.circuit_breaker, Some(breaker));
+        let defaults = parse(r#"{"circuit_breaker": {}}"#).unwrap();
+        assert_eq!(defaults.circuit_breaker, Some(CircuitBreaker::new()));
     }
 
     #[test]
@@ -701,6 +772,14 @@ mod tests {
                 "key_header: \"\" is not a header name",
             ),
             (r#"{"max_origins": 0}"#, "max_origins: must be at least 1"),
+            (
+                r#"{"circuit_breaker": {"failure_ratio": 2}}"#,
+                "circuit_breaker.failure_ratio must be in (0, 1], got 2",
+            ),
+            (
+                r#"{"circuit_breaker": {"break_duration": "soon"}}"#,
+                "circuit_breaker.break_duration: \"soon\" is not a duration",
+            ),
             (
                 r#"{"key_format": "quoted"}"#,
                 "key_format: unknown variant `quoted`",

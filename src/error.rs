@@ -219,6 +219,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A URL given to a client method (such as
+    /// [`circuit_state`](crate::IdempotentClient::circuit_state)) is not an absolute URL.
+    #[error("{url:?} is not a URL: {reason}")]
+    #[non_exhaustive]
+    InvalidUrl {
+        /// The text given.
+        url: String,
+        /// Why it is not one.
+        reason: String,
+    },
+
     /// The response body could not be decoded as the requested JSON type. The
     /// operation got its final answer: the status says what the server did.
     #[error("response body ({status}) is not the expected JSON: {source}")]
@@ -296,6 +307,9 @@ pub enum GiveUpReason {
     TooOld,
     /// The journal could not be written between attempts: the operation stays pending.
     JournalFailed,
+    /// The origin's circuit is open (its breaker saw too many failures, or it was opened
+    /// by hand): nothing more was sent. [`Error::is_circuit_open`] says so too.
+    CircuitOpen,
     /// The journalled operation may not be sent yet: a server asked for a wait that
     /// has not passed ([`Error::retry_after`] says how long is left).
     NotYet,
@@ -316,6 +330,7 @@ impl fmt::Display for GiveUpReason {
             Self::TooOld => "the operation is older than the journal's max_resume_age",
             Self::JournalFailed => "the journal could not be written",
             Self::NotYet => "the server asked for a wait that has not passed yet",
+            Self::CircuitOpen => "the origin's circuit is open",
         })
     }
 }
@@ -417,6 +432,14 @@ impl Error {
             Self::Failed { retry_at, .. } => *retry_at,
             _ => None,
         }
+    }
+
+    /// Whether the operation stopped because the origin's circuit is open
+    /// ([`CircuitBreaker`](crate::CircuitBreaker), or
+    /// [`open_circuit`](crate::IdempotentClient::open_circuit)): nothing more was sent.
+    #[must_use]
+    pub fn is_circuit_open(&self) -> bool {
+        self.give_up_reason() == Some(GiveUpReason::CircuitOpen)
     }
 
     /// Whether an answer was longer than the client reads

@@ -114,6 +114,7 @@
 //! | event `attempt finished` | `debug` | `attempt`, `http.request.resend_count`, `http.response.status_code`, `error.type`, `error`, `idempotency.key`, `decision` |
 //! | event `retrying` | `info` | `attempt`, `http.request.resend_count`, `http.response.status_code`, `error.type`, `error`, `delay_ms` |
 //! | event `giving up` | `warn` | `attempts`, `http.request.resend_count`, `error.type`, `reason`, `outcome_unknown` |
+//! | events `circuit opened`, `circuit half-open`, `circuit closed` (and `… by hand`) | `info` | `origin`, and `break_ms` on opening |
 //!
 //! `error.type` is the status code for a 4xx or 5xx answer, else `timeout`, `connect`,
 //! `connection_closed`, `malformed_response`, `redirect`, `body`, `response_too_large` or
@@ -200,6 +201,7 @@ pub use key::{IdempotencyKey, KeyFormat};
 pub use middleware::{IdempotencyMiddleware, OperationReport};
 pub use request::IdempotentRequestBuilder;
 pub use response::IdempotentResponse;
+pub use retry::breaker::{CircuitBreaker, CircuitState};
 pub use retry::budget::RetryBudget;
 pub use retry::classify::{
     Attempt, Decision, default_classifier, is_retryable_error, is_retryable_status,

@@ -95,6 +95,34 @@ impl IdempotencyMiddleware {
             settings: Arc::new(settings),
         }
     }
+
+    /// As [`IdempotentClient::circuit_state`](crate::IdempotentClient::circuit_state),
+    /// for the origins this layer has seen.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`](crate::Error::InvalidUrl) if `url` is not an absolute URL.
+    pub fn circuit_state(&self, url: &str) -> Result<crate::CircuitState, crate::Error> {
+        self.settings.circuit_state(url)
+    }
+
+    /// As [`IdempotentClient::open_circuit`](crate::IdempotentClient::open_circuit).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`](crate::Error::InvalidUrl) if `url` is not an absolute URL.
+    pub fn open_circuit(&self, url: &str) -> Result<(), crate::Error> {
+        self.settings.open_circuit(url)
+    }
+
+    /// As [`IdempotentClient::close_circuit`](crate::IdempotentClient::close_circuit).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`](crate::Error::InvalidUrl) if `url` is not an absolute URL.
+    pub fn close_circuit(&self, url: &str) -> Result<(), crate::Error> {
+        self.settings.close_circuit(url)
+    }
 }
 
 impl Default for IdempotencyMiddleware {

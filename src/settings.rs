@@ -1,6 +1,8 @@
 //! What the client, the middleware and configuration files share: how to key an
 //! operation and how to retry it.
 
+use crate::Error;
+use crate::retry::breaker::{CircuitBreaker, CircuitState};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,8 +47,36 @@ pub(crate) struct Settings {
     pub(crate) origins: Origins,
     pub(crate) classifier: Option<SharedClassifier>,
     pub(crate) on_retry: Option<RetryHook>,
+    /// The circuit breaker's settings, when the client has one.
+    pub(crate) breaker: Option<CircuitBreaker>,
     /// Whether the key goes on `info` and `warn` events and on the span too.
     pub(crate) log_keys: bool,
     /// The operation journal, for requests with an operation id.
     pub(crate) journal: Option<Box<crate::journaled::JournalSettings>>,
+}
+
+/// The circuit methods, shared by the client and the middleware.
+impl Settings {
+    pub(crate) fn circuit_state(&self, url: &str) -> Result<CircuitState, Error> {
+        Ok(self.origins.circuit_state(&parse_url(url)?))
+    }
+
+    pub(crate) fn open_circuit(&self, url: &str) -> Result<(), Error> {
+        self.origins
+            .open_circuit(&parse_url(url)?, self.breaker.as_ref());
+        Ok(())
+    }
+
+    pub(crate) fn close_circuit(&self, url: &str) -> Result<(), Error> {
+        self.origins.close_circuit(&parse_url(url)?);
+        Ok(())
+    }
+}
+
+/// `url` parsed, or [`Error::InvalidUrl`].
+fn parse_url(url: &str) -> Result<reqwest::Url, Error> {
+    reqwest::Url::parse(url).map_err(|e| Error::InvalidUrl {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })
 }

@@ -18,6 +18,7 @@ use http::{HeaderMap, Method, StatusCode};
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
+use super::breaker::{Admission, Verdict};
 use super::classify::{Attempt, Decision, Outcome, default_classifier};
 use super::origins::OriginState;
 use super::policy::RetryPolicy;
@@ -102,6 +103,21 @@ pub(crate) struct Engine<'a> {
     /// The last attempt's status and error class, for the end of the operation's span.
     last_status: Option<StatusCode>,
     last_error: Option<ErrorType>,
+    /// The attempt in flight, when the origin's circuit let it through and its outcome
+    /// is still to be counted: `Some(true)` for a half-open probe.
+    pass: Option<bool>,
+}
+
+impl Drop for Engine<'_> {
+    /// A probe whose outcome was never counted (the operation's future was dropped
+    /// mid-attempt) gives its slot back, so a cancelled probe does not wedge the circuit.
+    fn drop(&mut self) {
+        if self.pass == Some(true) {
+            if let Some(circuit) = self.origin.as_ref().and_then(|o| o.existing_circuit()) {
+                circuit.release();
+            }
+        }
+    }
 }
 
 impl<'a> Engine<'a> {
@@ -130,6 +146,7 @@ impl<'a> Engine<'a> {
             outcome_unknown: !fresh_key,
             last_status: None,
             last_error: None,
+            pass: None,
         }
     }
 
@@ -155,6 +172,9 @@ impl<'a> Engine<'a> {
                 Err(reason) => break End::GaveUp(reason, last.map(|l| *l)),
             };
             if let Err(reason) = transport.before_attempt(self.made, timeout).await {
+                break End::GaveUp(self.give_up(reason), last.map(|l| *l));
+            }
+            if let Err(reason) = self.admit() {
                 break End::GaveUp(self.give_up(reason), last.map(|l| *l));
             }
             // A block, so that nothing of this attempt is kept across the sleep.
@@ -225,6 +245,8 @@ impl<'a> Engine<'a> {
         let status = attempt.status();
         (self.last_status, self.last_error) = (status, error_type);
         if let Outcome::TooLarge { .. } = outcome {
+            // An answer, however long: the origin is up.
+            self.count(Verdict::Success);
             return Next::GiveUp(self.give_up(GiveUpReason::ResponseTooLarge));
         }
         let settings = self.settings;
@@ -238,6 +260,14 @@ impl<'a> Engine<'a> {
             },
             None => default_classifier(&attempt),
         };
+        // Failures are what the classifier retries as transient; throttling is neither.
+        self.count(if attempt.is_throttling() {
+            Verdict::Neutral
+        } else if decision == Decision::Retry {
+            Verdict::Failure
+        } else {
+            Verdict::Success
+        });
         debug!(target: TARGET,
             attempt = self.made,
             "http.request.resend_count" = self.made - 1,
@@ -330,6 +360,41 @@ impl<'a> Engine<'a> {
             "retrying"
         );
         Next::Retry(delay)
+    }
+
+    /// Asks the origin's circuit whether the next attempt may go. Nothing to ask (and no
+    /// lookup) while the client has no breaker and no circuit was ever opened by hand.
+    fn admit(&mut self) -> Result<(), GiveUpReason> {
+        let settings = self.settings;
+        if settings.breaker.is_none() && !settings.origins.any_circuit() {
+            return Ok(());
+        }
+        self.origin();
+        let Some(origin) = self.origin.clone() else {
+            return Ok(());
+        };
+        let circuit = match &settings.breaker {
+            Some(breaker) => Some(origin.circuit(Some(breaker))),
+            None => origin.existing_circuit(),
+        };
+        let Some(circuit) = circuit else {
+            return Ok(());
+        };
+        match circuit.admit(Instant::now()) {
+            Admission::Go => self.pass = Some(false),
+            Admission::Probe => self.pass = Some(true),
+            Admission::Refused => return Err(GiveUpReason::CircuitOpen),
+        }
+        Ok(())
+    }
+
+    /// Counts the attempt that just ended for the origin's circuit, if it let it through.
+    fn count(&mut self, verdict: Verdict) {
+        if let Some(probe) = self.pass.take() {
+            if let Some(circuit) = self.origin.as_ref().and_then(|o| o.existing_circuit()) {
+                circuit.record(probe, verdict, Instant::now());
+            }
+        }
     }
 
     /// The state of the operation's origin, looked up once.

@@ -6,13 +6,15 @@
 //! - [`classify`]: the *decision*, whether an attempt's outcome is worth another;
 //! - [`retry_after`]: the server's own say on the delay;
 //! - [`budget`]: the *rate cap*, a token bucket per origin;
-//! - [`origins`]: the per-origin state (today the budget), bounded and shared by a
+//! - [`breaker`]: the circuit breaker of an origin, which stops sends to a sick one;
+//! - [`origins`]: the per-origin state (budget and circuit), bounded and shared by a
 //!   client's clones;
 //! - [`engine`]: one operation's bookkeeping, which puts the four together, decides
 //!   after each attempt, reports every decision, and runs the attempt loop for any
 //!   front end that can send one attempt.
 
 pub(crate) mod backoff;
+pub(crate) mod breaker;
 pub(crate) mod budget;
 pub(crate) mod classify;
 pub(crate) mod engine;

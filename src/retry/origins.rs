@@ -8,6 +8,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use super::breaker::{Circuit, CircuitBreaker, CircuitState};
 use super::budget::{RetryBudget, TokenBucket};
 
 /// Shards of the table: operations to different origins rarely share a lock, and none
@@ -21,6 +25,34 @@ pub(crate) const DEFAULT_MAX_ORIGINS: usize = 10_000;
 #[derive(Debug)]
 pub(crate) struct OriginState {
     pub(crate) budget: TokenBucket,
+    /// The origin's circuit: made on first use when the client has a breaker, or by a
+    /// manual open.
+    circuit: OnceLock<Circuit>,
+    /// The origin, for the circuit's events and `circuits()`.
+    name: Box<str>,
+}
+
+impl OriginState {
+    /// The circuit, made now (with `breaker`) if there is none yet.
+    pub(crate) fn circuit(&self, breaker: Option<&CircuitBreaker>) -> &Circuit {
+        self.circuit
+            .get_or_init(|| Circuit::new(breaker.cloned(), &self.name, Instant::now()))
+    }
+
+    /// The circuit, if one was made.
+    pub(crate) fn existing_circuit(&self) -> Option<&Circuit> {
+        self.circuit.get()
+    }
+
+    /// Whether forgetting this origin forgets nothing: a full bucket and no circuit
+    /// that is not closed.
+    fn is_idle(&self, now: Instant) -> bool {
+        let closed = self
+            .circuit
+            .get()
+            .is_none_or(|c| c.state(now) == CircuitState::Closed);
+        closed && !self.budget.is_below_full()
+    }
 }
 
 type Shard = RwLock<HashMap<Box<str>, Arc<OriginState>>>;
@@ -34,6 +66,9 @@ pub(crate) struct Origins {
     budget: RetryBudget,
     /// How many buckets are below capacity: none while nothing has failed.
     below_full: Arc<AtomicUsize>,
+    /// Set once any circuit was made: until then, a client without a breaker need not
+    /// look its origins up for circuits.
+    any_circuit: std::sync::atomic::AtomicBool,
 }
 
 impl Origins {
@@ -43,7 +78,63 @@ impl Origins {
             per_shard: max_origins.div_ceil(SHARDS).max(1),
             budget,
             below_full: Arc::default(),
+            any_circuit: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether any origin may have a circuit.
+    pub(crate) fn any_circuit(&self) -> bool {
+        self.any_circuit.load(Ordering::Acquire)
+    }
+
+    /// Notes that circuits exist from now on.
+    fn note_circuit(&self) {
+        self.any_circuit.store(true, Ordering::Release);
+    }
+
+    /// The state of `url`'s origin if the client has met it, without making one.
+    fn peek(&self, url: &reqwest::Url) -> Option<Arc<OriginState>> {
+        let key = origin(url);
+        read(&self.shards[shard_of(&key)]).get(&*key).cloned()
+    }
+
+    /// The state of `url`'s origin's circuit; reading it makes nothing.
+    pub(crate) fn circuit_state(&self, url: &reqwest::Url) -> CircuitState {
+        self.peek(url)
+            .and_then(|o| o.existing_circuit().map(|c| c.state(Instant::now())))
+            .unwrap_or(CircuitState::Closed)
+    }
+
+    /// Opens `url`'s origin's circuit until [`close_circuit`](Self::close_circuit).
+    pub(crate) fn open_circuit(&self, url: &reqwest::Url, breaker: Option<&CircuitBreaker>) {
+        self.note_circuit();
+        self.get(url).circuit(breaker).open_by_hand();
+    }
+
+    /// Closes `url`'s origin's circuit, if it has one.
+    pub(crate) fn close_circuit(&self, url: &reqwest::Url) {
+        if let Some(circuit) = self
+            .peek(url)
+            .as_deref()
+            .and_then(OriginState::existing_circuit)
+        {
+            circuit.close();
+        }
+    }
+
+    /// Every origin that has a circuit, with its state, sorted by origin.
+    pub(crate) fn circuits(&self) -> Vec<(String, CircuitState)> {
+        let now = Instant::now();
+        let mut all = Vec::new();
+        for shard in &*self.shards {
+            for state in read(shard).values() {
+                if let Some(circuit) = state.existing_circuit() {
+                    all.push((state.name.to_string(), circuit.state(now)));
+                }
+            }
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// Whether some origin's bucket is below capacity. While none is (nothing has
@@ -69,11 +160,13 @@ impl Origins {
             return state.clone();
         }
         if map.len() >= self.per_shard {
-            // The most tokens first: a full bucket is idle, and forgetting it loses
-            // nothing; a drained one (a sick origin) is remembered longest.
+            // An idle one first (a full bucket and a closed circuit: forgetting it loses
+            // nothing), else the most tokens; a drained bucket or an open circuit (a
+            // sick origin) is remembered longest.
+            let now = Instant::now();
             let idle = map
                 .iter()
-                .max_by_key(|(_, state)| state.budget.available())
+                .max_by_key(|(_, state)| (state.is_idle(now), state.budget.available()))
                 .map(|(key, _)| key.clone());
             if let Some(idle) = idle {
                 if let Some(forgotten) = map.remove(&idle) {
@@ -85,6 +178,8 @@ impl Origins {
         }
         let state = Arc::new(OriginState {
             budget: TokenBucket::new(self.budget.capacity, self.below_full.clone()),
+            circuit: OnceLock::new(),
+            name: key.as_ref().into(),
         });
         map.insert(key.into(), state.clone());
         state

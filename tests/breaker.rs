@@ -1,0 +1,180 @@
+//! The circuit breaker over real sockets, against the bundled mock server: a sick origin
+//! trips it and is refused before any I/O while a healthy one is not, a refusal tells
+//! truthfully whether the operation may have executed, manual circuits work without a
+//! breaker, and a cancelled probe does not wedge a circuit.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests panic on purpose.
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use idempotent_retry::mock::{Fault, MockServer};
+use idempotent_retry::{CircuitBreaker, CircuitState, Error, IdempotencyKey, IdempotentClient};
+use serde_json::json;
+use support::{fast_builder, fast_policy};
+
+/// A breaker that opens after four outcomes, half of them failures, for a minute.
+fn breaker() -> CircuitBreaker {
+    CircuitBreaker::new()
+        .failure_ratio(0.5)
+        .minimum_throughput(4)
+        .break_duration(Duration::from_secs(60))
+        .max_break_duration(Duration::from_secs(60))
+}
+
+fn client(breaker: CircuitBreaker, attempts: u32) -> IdempotentClient {
+    fast_builder()
+        .retry_policy(fast_policy().max_attempts(attempts))
+        .circuit_breaker(breaker)
+        .build()
+        .unwrap()
+}
+
+async fn send(client: &IdempotentClient, server: &MockServer) -> Result<u16, Error> {
+    client
+        .post_idempotent(format!("{}/orders", server.uri()))
+        .json(&json!({"sku": "tea"}))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+}
+
+#[tokio::test]
+async fn a_sick_origin_is_refused_before_any_io_and_a_healthy_one_is_not() {
+    let sick = MockServer::start().await;
+    let healthy = MockServer::start().await;
+    sick.inject(
+        Fault::StatusBeforeProcessing(StatusCode::SERVICE_UNAVAILABLE),
+        1_000,
+    );
+    let client = client(breaker(), 2);
+
+    // Two operations of two attempts each: four failures, and the circuit opens.
+    for _ in 0..2 {
+        let err = send(&client, &sick).await.unwrap_err();
+        assert_eq!(err.attempts(), 2, "{err}");
+        assert!(!err.is_circuit_open());
+    }
+    let sick_url = sick.uri();
+    assert_eq!(client.circuit_state(&sick_url).unwrap(), CircuitState::Open);
+    let seen = sick.requests().len();
+
+    // A fresh key, refused: nothing sent, so it did not execute.
+    let err = send(&client, &sick).await.unwrap_err();
+    assert!(err.is_circuit_open(), "{err}");
+    assert_eq!(err.attempts(), 0);
+    assert!(!err.is_outcome_unknown());
+    assert!(!err.may_have_executed(), "{err}");
+    assert_eq!(sick.requests().len(), seen, "no request reached the server");
+
+    // The caller's own key, refused: an earlier call may have sent it.
+    let key = IdempotencyKey::parse("order-17").unwrap();
+    let err = client
+        .post_idempotent(format!("{sick_url}/orders"))
+        .idempotency_key(key)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_circuit_open());
+    assert!(err.is_outcome_unknown() && err.may_have_executed(), "{err}");
+    assert_eq!(sick.requests().len(), seen);
+
+    // The healthy origin, through the same client, is not held back.
+    assert_eq!(send(&client, &healthy).await.unwrap(), 201);
+    let mut expected = vec![
+        (healthy.uri(), CircuitState::Closed),
+        (sick.uri(), CircuitState::Open),
+    ];
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(client.circuits(), expected);
+}
+
+#[tokio::test]
+async fn a_retry_refused_after_an_attempt_that_executed_is_outcome_unknown() {
+    let server = MockServer::start().await;
+    // Every request executes, then answers 500: a failure that may have executed.
+    server.inject(
+        Fault::StatusAfterProcessing(StatusCode::INTERNAL_SERVER_ERROR),
+        1_000,
+    );
+    let client = client(breaker().minimum_throughput(2), 5);
+    let err = send(&client, &server).await.unwrap_err();
+    // Two failures opened the circuit; the third attempt was refused.
+    assert!(err.is_circuit_open(), "{err}");
+    assert_eq!(err.attempts(), 2);
+    assert!(err.is_outcome_unknown(), "the first two attempts executed");
+    assert_eq!(server.executions(), 1, "one key, one execution");
+}
+
+#[tokio::test]
+async fn circuits_opened_by_hand_work_without_a_breaker_and_reading_makes_none() {
+    let server = MockServer::start().await;
+    let client = fast_builder().build().unwrap();
+    let url = server.uri();
+    assert_eq!(client.circuit_state(&url).unwrap(), CircuitState::Closed);
+    assert!(client.circuits().is_empty(), "reading made no circuit");
+
+    client.open_circuit(&url).unwrap();
+    let err = send(&client, &server).await.unwrap_err();
+    assert!(err.is_circuit_open() && !err.may_have_executed(), "{err}");
+    assert!(server.requests().is_empty());
+    assert_eq!(client.circuits(), [(url.clone(), CircuitState::Open)]);
+
+    client.close_circuit(&url).unwrap();
+    assert_eq!(send(&client, &server).await.unwrap(), 201);
+
+    let err = client.circuit_state("not a url").unwrap_err();
+    assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_cancelled_half_open_probe_does_not_wedge_the_circuit() {
+    let server = MockServer::start().await;
+    let breaker = breaker()
+        .minimum_throughput(2)
+        .break_duration(Duration::from_millis(30))
+        .half_open_probes(1);
+    let client = client(breaker, 2);
+    server.inject(
+        Fault::StatusBeforeProcessing(StatusCode::SERVICE_UNAVAILABLE),
+        2,
+    );
+    send(&client, &server).await.unwrap_err();
+    let url = server.uri();
+    assert_eq!(client.circuit_state(&url).unwrap(), CircuitState::Open);
+
+    // The break ends 30 ms after the opening: wait for the half-open state, bounded.
+    let mut polls = 0;
+    while client.circuit_state(&url).unwrap() != CircuitState::HalfOpen {
+        polls += 1;
+        assert!(polls < 400, "the break never ended");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The probe stalls; its caller gives up and drops it.
+    server.inject(Fault::DelayBeforeProcessing(Duration::from_secs(5)), 1);
+    let probe = send(&client, &server);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), probe)
+            .await
+            .is_err()
+    );
+
+    // Its slot came back: the next operation is the probe, succeeds and closes it.
+    assert_eq!(send(&client, &server).await.unwrap(), 201);
+    assert_eq!(client.circuit_state(&url).unwrap(), CircuitState::Closed);
+}
+
+#[test]
+fn settings_out_of_range_fail_the_build_naming_the_field() {
+    let err = IdempotentClient::builder()
+        .circuit_breaker(CircuitBreaker::new().failure_ratio(0.0))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("circuit_breaker.failure_ratio"),
+        "{err}"
+    );
+}
