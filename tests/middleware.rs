@@ -340,3 +340,37 @@ async fn the_answer_body_is_bounded_and_the_response_keeps_its_url() {
     assert!(resp.url().as_str().starts_with("http://127.0.0.1:"));
     assert_eq!(resp.text().await.unwrap(), "{\"id\":\"ord_1\"}");
 }
+
+#[tokio::test]
+async fn a_circuit_opened_on_the_layer_refuses_before_any_io() {
+    let server = IdempotentMock::start().await;
+    let layer = fast_builder()
+        .circuit_breaker(idempotent_retry::CircuitBreaker::new())
+        .build_middleware()
+        .unwrap();
+    layer.open_circuit(&server.uri()).unwrap();
+    assert_eq!(
+        layer.circuit_state(&server.uri()).unwrap(),
+        idempotent_retry::CircuitState::Open
+    );
+    let client = client(|c| c.with(layer.clone()));
+    let err = client
+        .post(format!("{}/orders", server.uri()))
+        .body("{}")
+        .send()
+        .await
+        .unwrap_err();
+    let ours = Error::from_middleware_error(&err).expect("our error");
+    assert!(ours.is_circuit_open(), "{ours}");
+    assert!(!ours.may_have_executed(), "{ours}");
+    assert!(server.requests().is_empty(), "nothing reached the server");
+
+    layer.close_circuit(&server.uri()).unwrap();
+    let resp = client
+        .post(format!("{}/orders", server.uri()))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+}
