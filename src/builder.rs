@@ -1,6 +1,7 @@
 //! The client's builder: every setting, checked by `build`.
 
 use crate::retry::breaker::CircuitBreaker;
+use crate::retry::limiter::AdaptiveRateLimit;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,7 @@ use crate::{
 /// | `retry_budget` | [`RetryBudget::default`], per origin (capacity 500, transient cost 14, throttling cost 5, refund 1: AWS retry behavior 2.1) |
 /// | `max_origins` | 10,000 origins remembered; past that, the one used least recently goes first |
 /// | `classifier` | [`default_classifier`](crate::default_classifier) |
+/// | `adaptive_rate_limit` | none: attempts are never paced ([`AdaptiveRateLimit`] gives its defaults) |
 /// | `circuit_breaker` | none: every origin is always tried ([`CircuitBreaker`] gives the breaker's own defaults and their reasons) |
 /// | `log_keys` | `false`: the key is on `debug` events only (a guessed key can read a stored answer on a server that does not scope keys) |
 /// | `journal` | none: operations survive lost answers, not a crash of the process ([`journal`](crate::journal)) |
@@ -61,6 +63,7 @@ pub struct IdempotentClientBuilder {
     seal: Option<Arc<dyn crate::journal::BodySeal>>,
     log_keys: bool,
     breaker: Option<CircuitBreaker>,
+    limiter: Option<AdaptiveRateLimit>,
 }
 
 impl Default for IdempotentClientBuilder {
@@ -91,6 +94,7 @@ impl IdempotentClientBuilder {
             seal: None,
             log_keys: false,
             breaker: None,
+            limiter: None,
         }
     }
 
@@ -240,6 +244,23 @@ impl IdempotentClientBuilder {
     /// ```
     pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
         self.breaker = Some(breaker);
+        self
+    }
+
+    /// Adaptive rate limiting per origin (off by default): AWS's client rate limiter,
+    /// which stays out of the way until an origin throttles (429, or 503 with
+    /// `Retry-After`) and then paces every attempt to it, first ones included, to a
+    /// rate that throttles cut and successes grow back. See [`AdaptiveRateLimit`]. An
+    /// operation that would wait longer than its `max_wait` for a turn ends before any
+    /// I/O with [`Error::is_rate_limited`].
+    ///
+    /// ```
+    /// use idempotent_retry::{AdaptiveRateLimit, IdempotentClient};
+    /// let client = IdempotentClient::builder().adaptive_rate_limit(AdaptiveRateLimit::new()).build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn adaptive_rate_limit(mut self, limit: AdaptiveRateLimit) -> Self {
+        self.limiter = Some(limit);
         self
     }
 
@@ -464,6 +485,7 @@ impl IdempotentClientBuilder {
             retry_budget,
             max_origins,
             circuit_breaker,
+            adaptive_rate_limit,
         } = config;
         self.policy = *retry_policy;
         self.attempt_timeout = *attempt_timeout;
@@ -474,6 +496,7 @@ impl IdempotentClientBuilder {
         self.budget = *retry_budget;
         self.max_origins = *max_origins;
         self.breaker = circuit_breaker.clone();
+        self.limiter = adaptive_rate_limit.clone();
         self
     }
 
@@ -593,6 +616,7 @@ impl IdempotentClientBuilder {
             on_retry: self.on_retry,
             log_keys: self.log_keys,
             breaker: self.breaker,
+            limiter: self.limiter,
             journal: self.journal.map(|journal| {
                 Box::new(JournalSettings {
                     journal,

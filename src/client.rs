@@ -139,6 +139,28 @@ impl IdempotentClient {
         self.inner.settings.close_circuit(url)
     }
 
+    /// What the client holds back of `url`'s origin now: retry tokens, the circuit's
+    /// state, the rate limiter's rate, and the operations stopped before an attempt,
+    /// by reason. For metrics and health pages; an origin never met reads as new, and
+    /// reading makes no state.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] if `url` is not an absolute URL.
+    ///
+    /// ```
+    /// use idempotent_retry::{CircuitState, IdempotentClient};
+    /// let client = IdempotentClient::new();
+    /// let stats = client.origin_stats("https://api.example.com")?;
+    /// assert_eq!(stats.circuit, CircuitState::Closed);
+    /// assert_eq!(stats.rate_limit, None);
+    /// assert_eq!(stats.refused_circuit_open, 0);
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn origin_stats(&self, url: &str) -> Result<crate::OriginStats, Error> {
+        self.inner.settings.origin_stats(url)
+    }
+
     /// Every origin that has a circuit, with its state, sorted by origin: for a health
     /// page.
     #[must_use]

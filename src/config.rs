@@ -22,7 +22,7 @@ use crate::settings::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_SHOULD_RETRY_HEADER,
 };
-use crate::{CircuitBreaker, KeyFormat, RetryBudget, RetryPolicy};
+use crate::{AdaptiveRateLimit, CircuitBreaker, KeyFormat, RetryBudget, RetryPolicy};
 
 /// The options of an [`IdempotentClient`](crate::IdempotentClient) that can live in a
 /// configuration file; apply them with
@@ -66,6 +66,7 @@ use crate::{CircuitBreaker, KeyFormat, RetryBudget, RetryPolicy};
 /// | `key_format` | `"bare"` or `"structured_string"` | `"bare"` |
 /// | `should_retry_header` | header name, `""` for none | `"Stripe-Should-Retry"` |
 /// | `max_origins` | integer | `10000` |
+/// | `adaptive_rate_limit` | table, see [`AdaptiveRateLimit`] (`max_wait`); an empty table is its defaults | none: no limiter |
 /// | `circuit_breaker` | table, see [`CircuitBreaker`] (`failure_ratio`, `minimum_throughput`, `sampling_window`, `break_duration`, `half_open_probes`, `max_break_duration`); an empty table is the breaker's defaults | none: no breaker |
 /// | `retry_budget` | table, see [`RetryBudget`] (`capacity`, `transient_cost`, `throttling_cost`, `success_refund`; all costs 0 turns it off) | [`RetryBudget::default`] |
 #[derive(Clone, Debug, PartialEq)]
@@ -89,6 +90,8 @@ pub struct ClientConfig {
     pub max_origins: usize,
     /// The circuit breaker per origin, if any.
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Adaptive rate limiting per origin, if any.
+    pub adaptive_rate_limit: Option<AdaptiveRateLimit>,
 }
 
 impl Default for ClientConfig {
@@ -103,6 +106,7 @@ impl Default for ClientConfig {
             retry_budget: RetryBudget::default(),
             max_origins: DEFAULT_MAX_ORIGINS,
             circuit_breaker: None,
+            adaptive_rate_limit: None,
         }
     }
 }
@@ -575,6 +579,37 @@ impl<'de> Deserialize<'de> for CircuitBreaker {
     }
 }
 
+impl Table for AdaptiveRateLimit {
+    const WHAT: &'static str = "an adaptive rate limit table";
+    const FIELDS: &'static [&'static str] = &["max_wait"];
+
+    fn set<'de, A: MapAccess<'de>>(
+        &mut self,
+        field: &str,
+        path: &str,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        // Every field named: a new one does not compile until it is read here.
+        let AdaptiveRateLimit { max_wait } = self;
+        match field {
+            "max_wait" => *max_wait = duration(map, path)?,
+            other => return Err(unknown(other, Self::FIELDS)),
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for AdaptiveRateLimit {
+    /// From a table with `max_wait`, optional.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        table(deserializer, "")
+    }
+}
+
 impl Table for ClientConfig {
     const WHAT: &'static str = "a client configuration table";
     const FIELDS: &'static [&'static str] = &[
@@ -587,6 +622,7 @@ impl Table for ClientConfig {
         "retry_budget",
         "max_origins",
         "circuit_breaker",
+        "adaptive_rate_limit",
     ];
 
     fn set<'de, A: MapAccess<'de>>(
@@ -606,6 +642,7 @@ impl Table for ClientConfig {
             retry_budget,
             max_origins,
             circuit_breaker,
+            adaptive_rate_limit,
         } = self;
         match field {
             "retry_policy" => *retry_policy = nested(map, path)?,
@@ -619,6 +656,7 @@ impl Table for ClientConfig {
             "retry_budget" => *retry_budget = nested(map, path)?,
             "max_origins" => *max_origins = value(map, path)?,
             "circuit_breaker" => *circuit_breaker = Some(nested(map, path)?),
+            "adaptive_rate_limit" => *adaptive_rate_limit = Some(nested(map, path)?),
             other => return Err(unknown(other, Self::FIELDS)),
         }
         Ok(())
@@ -712,8 +750,12 @@ mod tests {
             .half_open_probes(3)
             .max_break_duration(Duration::from_secs(30));
         assert_eq!(config.circuit_breaker, Some(breaker));
-        let defaults = parse(r#"{"circuit_breaker": {}}"#).unwrap();
+        let defaults = parse(r#"{"circuit_breaker": {}, "adaptive_rate_limit": {}}"#).unwrap();
         assert_eq!(defaults.circuit_breaker, Some(CircuitBreaker::new()));
+        assert_eq!(defaults.adaptive_rate_limit, Some(AdaptiveRateLimit::new()));
+        let limit = parse(r#"{"adaptive_rate_limit": {"max_wait": "250ms"}}"#).unwrap();
+        let expected = AdaptiveRateLimit::new().max_wait(Duration::from_millis(250));
+        assert_eq!(limit.adaptive_rate_limit, Some(expected));
     }
 
     #[test]

@@ -310,6 +310,10 @@ pub enum GiveUpReason {
     /// The origin's circuit is open (its breaker saw too many failures, or it was opened
     /// by hand): nothing more was sent. [`Error::is_circuit_open`] says so too.
     CircuitOpen,
+    /// The origin's adaptive rate limiter would have made the operation wait longer
+    /// than its `max_wait` for a turn: nothing more was sent.
+    /// [`Error::is_rate_limited`] says so too.
+    RateLimited,
     /// The journalled operation may not be sent yet: a server asked for a wait that
     /// has not passed ([`Error::retry_after`] says how long is left).
     NotYet,
@@ -331,6 +335,7 @@ impl fmt::Display for GiveUpReason {
             Self::JournalFailed => "the journal could not be written",
             Self::NotYet => "the server asked for a wait that has not passed yet",
             Self::CircuitOpen => "the origin's circuit is open",
+            Self::RateLimited => "the origin's rate limit left no turn within max_wait",
         })
     }
 }
@@ -440,6 +445,14 @@ impl Error {
     #[must_use]
     pub fn is_circuit_open(&self) -> bool {
         self.give_up_reason() == Some(GiveUpReason::CircuitOpen)
+    }
+
+    /// Whether the operation stopped because the origin's adaptive rate limiter had no
+    /// turn for it within `max_wait` ([`AdaptiveRateLimit`](crate::AdaptiveRateLimit)):
+    /// nothing more was sent.
+    #[must_use]
+    pub fn is_rate_limited(&self) -> bool {
+        self.give_up_reason() == Some(GiveUpReason::RateLimited)
     }
 
     /// Whether an answer was longer than the client reads

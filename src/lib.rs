@@ -206,6 +206,8 @@ pub use retry::budget::RetryBudget;
 pub use retry::classify::{
     Attempt, Decision, default_classifier, is_retryable_error, is_retryable_status,
 };
+pub use retry::limiter::AdaptiveRateLimit;
+pub use retry::origins::OriginStats;
 pub use retry::policy::{Delays, Jitter, RetryPolicy};
 pub use settings::DEFAULT_KEY_HEADER;
 pub use telemetry::TARGET as LOG_TARGET;

@@ -3,6 +3,8 @@
 
 use crate::Error;
 use crate::retry::breaker::{CircuitBreaker, CircuitState};
+use crate::retry::limiter::AdaptiveRateLimit;
+use crate::retry::origins::OriginStats;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +51,8 @@ pub(crate) struct Settings {
     pub(crate) on_retry: Option<RetryHook>,
     /// The circuit breaker's settings, when the client has one.
     pub(crate) breaker: Option<CircuitBreaker>,
+    /// The adaptive rate limiter's settings, when the client has one.
+    pub(crate) limiter: Option<AdaptiveRateLimit>,
     /// Whether the key goes on `info` and `warn` events and on the span too.
     pub(crate) log_keys: bool,
     /// The operation journal, for requests with an operation id.
@@ -65,6 +69,10 @@ impl Settings {
         self.origins
             .open_circuit(&parse_url(url)?, self.breaker.as_ref());
         Ok(())
+    }
+
+    pub(crate) fn origin_stats(&self, url: &str) -> Result<OriginStats, Error> {
+        Ok(self.origins.stats(&parse_url(url)?))
     }
 
     pub(crate) fn close_circuit(&self, url: &str) -> Result<(), Error> {

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use super::backoff::Backoff;
 use super::breaker::{Admission, Verdict};
 use super::classify::{Attempt, Decision, Outcome, default_classifier};
+use super::limiter::Turn;
 use super::origins::OriginState;
 use super::policy::RetryPolicy;
 use crate::settings::Settings;
@@ -167,14 +168,21 @@ impl<'a> Engine<'a> {
         // room with the attempt, which is never in flight at the same time.)
         let mut last: Option<Box<T::Answer>> = None;
         let end = loop {
+            // The origin first: an open circuit refuses at once, a throttled origin's
+            // limiter may ask for a wait (which the deadline counts).
+            if let Err(reason) = self.admit() {
+                break End::GaveUp(self.give_up(reason), last.map(|l| *l));
+            }
+            match self.turn() {
+                Ok(None) => {}
+                Ok(Some(wait)) => tokio::time::sleep(wait).await,
+                Err(reason) => break End::GaveUp(self.give_up(reason), last.map(|l| *l)),
+            }
             let timeout = match self.begin_attempt(timeout) {
                 Ok(timeout) => timeout,
                 Err(reason) => break End::GaveUp(reason, last.map(|l| *l)),
             };
             if let Err(reason) = transport.before_attempt(self.made, timeout).await {
-                break End::GaveUp(self.give_up(reason), last.map(|l| *l));
-            }
-            if let Err(reason) = self.admit() {
                 break End::GaveUp(self.give_up(reason), last.map(|l| *l));
             }
             // A block, so that nothing of this attempt is kept across the sleep.
@@ -241,6 +249,14 @@ impl<'a> Engine<'a> {
             should_retry,
         };
         self.outcome_unknown |= attempt.may_have_executed();
+        if self.settings.limiter.is_some() {
+            // Every attempt counts for the sending rate; the server's throttling (429,
+            // or 503 with Retry-After: not our own 409) cuts it.
+            let throttled = attempt.status() == Some(StatusCode::TOO_MANY_REQUESTS)
+                || (attempt.status() == Some(StatusCode::SERVICE_UNAVAILABLE)
+                    && attempt.retry_after().is_some());
+            self.origin().limiter().update(throttled, Instant::now());
+        }
         let error_type = telemetry::error_type(&attempt);
         let status = attempt.status();
         (self.last_status, self.last_error) = (status, error_type);
@@ -340,6 +356,7 @@ impl<'a> Engine<'a> {
             budget.transient_cost
         };
         if cost > 0 && !self.origin().budget.try_withdraw(cost) {
+            self.origin().count_refusal(GiveUpReason::BudgetExhausted);
             return Next::GiveUp(self.give_up(GiveUpReason::BudgetExhausted));
         }
         self.last_cost = cost;
@@ -383,9 +400,35 @@ impl<'a> Engine<'a> {
         match circuit.admit(Instant::now()) {
             Admission::Go => self.pass = Some(false),
             Admission::Probe => self.pass = Some(true),
-            Admission::Refused => return Err(GiveUpReason::CircuitOpen),
+            Admission::Refused => {
+                origin.count_refusal(GiveUpReason::CircuitOpen);
+                return Err(GiveUpReason::CircuitOpen);
+            }
         }
         Ok(())
+    }
+
+    /// The wait the origin's rate limiter asks for before the next attempt, if the
+    /// client has one: none while the origin has never throttled.
+    fn turn(&mut self) -> Result<Option<Duration>, GiveUpReason> {
+        let Some(config) = &self.settings.limiter else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        match self.origin().limiter().acquire(config.max_wait, now) {
+            Turn::Now => Ok(None),
+            Turn::After(wait) => {
+                let too_late = |d: Instant| now.checked_add(wait).is_none_or(|end| end >= d);
+                if self.deadline.is_some_and(too_late) {
+                    return Err(GiveUpReason::DeadlineExceeded);
+                }
+                Ok(Some(wait))
+            }
+            Turn::Refused(_) => {
+                self.origin().count_refusal(GiveUpReason::RateLimited);
+                Err(GiveUpReason::RateLimited)
+            }
+        }
     }
 
     /// Counts the attempt that just ended for the origin's circuit, if it let it through.

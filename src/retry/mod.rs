@@ -7,6 +7,8 @@
 //! - [`retry_after`]: the server's own say on the delay;
 //! - [`budget`]: the *rate cap*, a token bucket per origin;
 //! - [`breaker`]: the circuit breaker of an origin, which stops sends to a sick one;
+//! - [`limiter`]: the adaptive rate limiter of an origin, which slows sends to a
+//!   throttling one;
 //! - [`origins`]: the per-origin state (budget and circuit), bounded and shared by a
 //!   client's clones;
 //! - [`engine`]: one operation's bookkeeping, which puts the four together, decides
@@ -18,6 +20,7 @@ pub(crate) mod breaker;
 pub(crate) mod budget;
 pub(crate) mod classify;
 pub(crate) mod engine;
+pub(crate) mod limiter;
 pub(crate) mod origins;
 pub(crate) mod policy;
 pub(crate) mod retry_after;

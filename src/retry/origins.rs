@@ -5,7 +5,7 @@
 //! with the most tokens (the least to remember).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use std::sync::OnceLock;
@@ -13,6 +13,8 @@ use std::time::Instant;
 
 use super::breaker::{Circuit, CircuitBreaker, CircuitState};
 use super::budget::{RetryBudget, TokenBucket};
+use super::limiter::Limiter;
+use crate::GiveUpReason;
 
 /// Shards of the table: operations to different origins rarely share a lock, and none
 /// is global.
@@ -28,8 +30,14 @@ pub(crate) struct OriginState {
     /// The origin's circuit: made on first use when the client has a breaker, or by a
     /// manual open.
     circuit: OnceLock<Circuit>,
+    /// The origin's rate limiter: made on first use when the client has one.
+    limiter: OnceLock<Limiter>,
     /// The origin, for the circuit's events and `circuits()`.
     name: Box<str>,
+    /// Operations stopped before an attempt, by reason.
+    refused_circuit_open: AtomicU64,
+    refused_rate_limited: AtomicU64,
+    refused_budget_exhausted: AtomicU64,
 }
 
 impl OriginState {
@@ -37,6 +45,36 @@ impl OriginState {
     pub(crate) fn circuit(&self, breaker: Option<&CircuitBreaker>) -> &Circuit {
         self.circuit
             .get_or_init(|| Circuit::new(breaker.cloned(), &self.name, Instant::now()))
+    }
+
+    /// Counts an operation this origin's state stopped.
+    pub(crate) fn count_refusal(&self, reason: GiveUpReason) {
+        let counter = match reason {
+            GiveUpReason::CircuitOpen => &self.refused_circuit_open,
+            GiveUpReason::RateLimited => &self.refused_rate_limited,
+            GiveUpReason::BudgetExhausted => &self.refused_budget_exhausted,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The figures of `origin_stats`.
+    fn stats(&self, now: Instant) -> OriginStats {
+        OriginStats {
+            retry_tokens: self.budget.available(),
+            circuit: self
+                .existing_circuit()
+                .map_or(CircuitState::Closed, |c| c.state(now)),
+            rate_limit: self.limiter.get().and_then(Limiter::rate),
+            refused_circuit_open: self.refused_circuit_open.load(Ordering::Relaxed),
+            refused_rate_limited: self.refused_rate_limited.load(Ordering::Relaxed),
+            refused_budget_exhausted: self.refused_budget_exhausted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The rate limiter, made now if there is none yet.
+    pub(crate) fn limiter(&self) -> &Limiter {
+        self.limiter.get_or_init(|| Limiter::new(Instant::now()))
     }
 
     /// The circuit, if one was made.
@@ -53,6 +91,26 @@ impl OriginState {
             .is_none_or(|c| c.state(now) == CircuitState::Closed);
         closed && !self.budget.is_below_full()
     }
+}
+
+/// What a client holds back of one origin now, for metrics and health pages
+/// ([`IdempotentClient::origin_stats`](crate::IdempotentClient::origin_stats)).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct OriginStats {
+    /// Tokens in the origin's retry budget.
+    pub retry_tokens: u32,
+    /// The state of its circuit ([`CircuitState::Closed`] without one).
+    pub circuit: CircuitState,
+    /// The adaptive rate limiter's rate, attempts per second; `None` while it is off
+    /// (no limiter, or the origin never throttled).
+    pub rate_limit: Option<f64>,
+    /// Operations stopped before an attempt because the circuit was open.
+    pub refused_circuit_open: u64,
+    /// Operations stopped because the rate limiter had no turn within `max_wait`.
+    pub refused_rate_limited: u64,
+    /// Operations stopped because the retry budget could not pay for a retry.
+    pub refused_budget_exhausted: u64,
 }
 
 type Shard = RwLock<HashMap<Box<str>, Arc<OriginState>>>;
@@ -122,6 +180,21 @@ impl Origins {
         }
     }
 
+    /// The figures of `url`'s origin; an origin never met reads as new (and is not made).
+    pub(crate) fn stats(&self, url: &reqwest::Url) -> OriginStats {
+        match self.peek(url) {
+            Some(state) => state.stats(Instant::now()),
+            None => OriginStats {
+                retry_tokens: self.budget.capacity,
+                circuit: CircuitState::Closed,
+                rate_limit: None,
+                refused_circuit_open: 0,
+                refused_rate_limited: 0,
+                refused_budget_exhausted: 0,
+            },
+        }
+    }
+
     /// Every origin that has a circuit, with its state, sorted by origin.
     pub(crate) fn circuits(&self) -> Vec<(String, CircuitState)> {
         let now = Instant::now();
@@ -179,6 +252,10 @@ impl Origins {
         let state = Arc::new(OriginState {
             budget: TokenBucket::new(self.budget.capacity, self.below_full.clone()),
             circuit: OnceLock::new(),
+            limiter: OnceLock::new(),
+            refused_circuit_open: AtomicU64::new(0),
+            refused_rate_limited: AtomicU64::new(0),
+            refused_budget_exhausted: AtomicU64::new(0),
             name: key.as_ref().into(),
         });
         map.insert(key.into(), state.clone());

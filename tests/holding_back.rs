@@ -1,7 +1,9 @@
-//! The circuit breaker over real sockets, against the bundled mock server: a sick origin
-//! trips it and is refused before any I/O while a healthy one is not, a refusal tells
-//! truthfully whether the operation may have executed, manual circuits work without a
-//! breaker, and a cancelled probe does not wedge a circuit.
+//! Holding back per origin over real sockets, against the bundled mock server. The
+//! circuit breaker: a sick origin trips it and is refused before any I/O while a healthy
+//! one is not, a refusal tells truthfully whether the operation may have executed,
+//! manual circuits work without a breaker, and a cancelled probe does not wedge a
+//! circuit. The adaptive rate limiter: off until a throttle, then a turn too far off is
+//! refused before any I/O. `origin_stats` counts both.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests panic on purpose.
 
 mod support;
@@ -10,7 +12,9 @@ use std::time::Duration;
 
 use http::StatusCode;
 use idempotent_retry::mock::{Fault, MockServer};
-use idempotent_retry::{CircuitBreaker, CircuitState, Error, IdempotencyKey, IdempotentClient};
+use idempotent_retry::{
+    AdaptiveRateLimit, CircuitBreaker, CircuitState, Error, IdempotencyKey, IdempotentClient,
+};
 use serde_json::json;
 use support::{fast_builder, fast_policy};
 
@@ -79,6 +83,10 @@ async fn a_sick_origin_is_refused_before_any_io_and_a_healthy_one_is_not() {
     assert!(err.is_circuit_open());
     assert!(err.is_outcome_unknown() && err.may_have_executed(), "{err}");
     assert_eq!(sick.requests().len(), seen);
+
+    let stats = client.origin_stats(&sick_url).unwrap();
+    assert_eq!(stats.circuit, CircuitState::Open);
+    assert_eq!(stats.refused_circuit_open, 2);
 
     // The healthy origin, through the same client, is not held back.
     assert_eq!(send(&client, &healthy).await.unwrap(), 201);
@@ -177,4 +185,47 @@ fn settings_out_of_range_fail_the_build_naming_the_field() {
         err.to_string().contains("circuit_breaker.failure_ratio"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn the_rate_limiter_is_off_until_a_throttle_then_refuses_a_turn_too_far_off() {
+    let throttling = MockServer::start().await;
+    let other = MockServer::start().await;
+    let client = fast_builder()
+        .retry_policy(fast_policy().max_attempts(1))
+        .adaptive_rate_limit(AdaptiveRateLimit::new().max_wait(Duration::ZERO))
+        .build()
+        .unwrap();
+
+    // Off: a burst goes through at once, however fast.
+    for _ in 0..20 {
+        assert_eq!(send(&client, &throttling).await.unwrap(), 201);
+    }
+    let url = throttling.uri();
+    assert_eq!(client.origin_stats(&url).unwrap().rate_limit, None);
+
+    // A 429 turns it on, at a rate no higher than the client was sending.
+    throttling.inject(
+        Fault::RateLimited {
+            retry_after: Duration::from_secs(1),
+        },
+        1,
+    );
+    let err = send(&client, &throttling).await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::TOO_MANY_REQUESTS));
+    let rate = client.origin_stats(&url).unwrap().rate_limit.expect("on");
+    assert!((0.5..=60.0).contains(&rate), "{rate}");
+
+    // The bucket starts empty: the next turn is 1/rate away, past a max_wait of zero.
+    let seen = throttling.requests().len();
+    let err = send(&client, &throttling).await.unwrap_err();
+    assert!(err.is_rate_limited(), "{err}");
+    assert_eq!(err.attempts(), 0);
+    assert!(!err.may_have_executed(), "a fresh key, never sent");
+    assert_eq!(throttling.requests().len(), seen);
+    assert_eq!(client.origin_stats(&url).unwrap().refused_rate_limited, 1);
+
+    // Another origin is not paced.
+    assert_eq!(send(&client, &other).await.unwrap(), 201);
+    assert_eq!(client.origin_stats(&other.uri()).unwrap().rate_limit, None);
 }
