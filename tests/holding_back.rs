@@ -229,3 +229,34 @@ async fn the_rate_limiter_is_off_until_a_throttle_then_refuses_a_turn_too_far_of
     assert_eq!(send(&client, &other).await.unwrap(), 201);
     assert_eq!(client.origin_stats(&other.uri()).unwrap().rate_limit, None);
 }
+
+#[tokio::test]
+async fn the_breaker_opens_in_an_outage_and_a_probe_closes_it_after() {
+    use idempotent_retry::mock::Outage;
+    let server = MockServer::start().await;
+    let url = server.uri();
+    let client = client(breaker().break_duration(Duration::from_millis(30)), 2);
+    server.outage(Outage::Drop, Duration::from_secs(60));
+    for _ in 0..2 {
+        assert!(
+            send(&client, &server)
+                .await
+                .unwrap_err()
+                .is_outcome_unknown()
+        );
+    }
+    assert_eq!(client.circuit_state(&url).unwrap(), CircuitState::Open);
+    let during = server.requests().len();
+    assert!(send(&client, &server).await.unwrap_err().is_circuit_open());
+    assert_eq!(server.requests().len(), during, "refused before any I/O");
+
+    server.outage(Outage::Drop, Duration::ZERO);
+    let mut polls = 0;
+    while client.circuit_state(&url).unwrap() != CircuitState::HalfOpen {
+        polls += 1;
+        assert!(polls < 400, "the break never ended");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(send(&client, &server).await.unwrap(), 201);
+    assert_eq!(client.circuit_state(&url).unwrap(), CircuitState::Closed);
+}

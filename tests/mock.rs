@@ -1080,3 +1080,67 @@ async fn the_binary_logs_each_request_when_asked_and_tells_its_version() {
     assert_eq!(next(), "POST /orders key=k1 -> 201");
     assert_eq!(next(), "POST /orders key=k1 -> 201 replayed");
 }
+
+#[tokio::test]
+async fn an_outage_refuses_everything_but_the_admin_api_until_it_ends() {
+    use idempotent_retry::mock::Outage;
+    let server = MockServer::start().await;
+    let http = reqwest::Client::new();
+    server.outage(
+        Outage::Status(StatusCode::SERVICE_UNAVAILABLE),
+        Duration::from_secs(60),
+    );
+    let resp = post(&http, &server, Some("k1"), &json!({"sku": "tea"})).await;
+    let (status, body) = problem_of(resp).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["title"], "Outage");
+    assert_eq!(server.executions(), 0, "nothing executes during an outage");
+    // The admin API still answers, and the refused request is in the log.
+    let stats = http
+        .get(format!("{}/__admin/stats", server.uri()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stats.status(), 200);
+    assert_eq!(server.requests().len(), 1);
+
+    // Dropped connections instead, through the admin API.
+    let resp = http
+        .post(format!("{}/__admin/outage", server.uri()))
+        .json(&json!({"drop": true, "duration": "1m"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let sent = http
+        .post(format!("{}/orders", server.uri()))
+        .header("idempotency-key", "k1")
+        .json(&json!({"sku": "tea"}))
+        .send()
+        .await;
+    assert!(sent.is_err(), "the connection was dropped");
+
+    // Ended: the same key executes once.
+    server.outage(Outage::Drop, Duration::ZERO);
+    let resp = post(&http, &server, Some("k1"), &json!({"sku": "tea"})).await;
+    assert_eq!(resp.status(), 201);
+    assert_eq!(server.executions(), 1);
+
+    // One that runs out by itself.
+    server.outage(
+        Outage::Status(StatusCode::BAD_GATEWAY),
+        Duration::from_millis(20),
+    );
+    let mut polls = 0;
+    loop {
+        let resp = post(&http, &server, Some("k2"), &json!({"sku": "tea"})).await;
+        if resp.status() == 201 {
+            break;
+        }
+        assert_eq!(resp.status(), 502);
+        polls += 1;
+        assert!(polls < 200, "the outage never ended");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(server.executions(), 2);
+}

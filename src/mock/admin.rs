@@ -114,11 +114,86 @@ pub(crate) async fn handle(
                 Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid fault", &detail),
             }
         }
+        (&Method::POST, "outage") => {
+            let body = match read(request).await {
+                Ok(body) => body,
+                Err(answer) => return answer,
+            };
+            match outage_request(&body) {
+                Ok((outage, duration)) => {
+                    shared.outage.begin(outage, duration);
+                    let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+                    json(StatusCode::OK, &json!({ "outage_ms": ms }))
+                }
+                Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid outage", &detail),
+            }
+        }
         _ => problem(
             StatusCode::NOT_FOUND,
             "No such admin endpoint",
             "use GET /__admin/stats, GET /__admin/requests, GET or POST /__admin/routes, \
-             POST /__admin/faults or POST /__admin/reset",
+             POST /__admin/faults, POST /__admin/outage or POST /__admin/reset",
         ),
+    }
+}
+
+/// The body of `POST /__admin/outage`: `{"status": 503, "duration": "5s"}` or
+/// `{"drop": true, "duration": "5s"}`; a zero duration ends an outage.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutageRequest {
+    status: Option<u16>,
+    #[serde(default)]
+    drop: bool,
+    duration: String,
+}
+
+fn outage_request(body: &[u8]) -> Result<(super::Outage, std::time::Duration), String> {
+    let request: OutageRequest =
+        serde_json::from_slice(body).map_err(|e| format!("not an outage request: {e}"))?;
+    let duration =
+        crate::parse_duration(&request.duration).map_err(|e| format!("duration: {e}"))?;
+    let outage = match (request.status, request.drop) {
+        (Some(code), false) => super::Outage::Status(
+            super::response::final_status(code)
+                .ok_or_else(|| format!("status {code} is not a final HTTP status (200..=999)"))?,
+        ),
+        (None, true) => super::Outage::Drop,
+        _ => return Err("give either \"status\" or \"drop\": true".to_owned()),
+    };
+    Ok((outage, duration))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outage_requests() {
+        let five = std::time::Duration::from_secs(5);
+        assert_eq!(
+            outage_request(br#"{"status": 503, "duration": "5s"}"#),
+            Ok((
+                super::super::Outage::Status(StatusCode::SERVICE_UNAVAILABLE),
+                five
+            ))
+        );
+        assert_eq!(
+            outage_request(br#"{"drop": true, "duration": "5s"}"#),
+            Ok((super::super::Outage::Drop, five))
+        );
+        for bad in [
+            &br#"{"duration": "5s"}"#[..],
+            br#"{"status": 503, "drop": true, "duration": "5s"}"#,
+            br#"{"status": 42, "duration": "5s"}"#,
+            br#"{"status": 503, "duration": "soon"}"#,
+            br#"{"status": 503}"#,
+        ] {
+            assert!(
+                outage_request(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

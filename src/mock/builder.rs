@@ -34,6 +34,7 @@ use super::shared::{Config, Shared};
 /// | `key_header` | `Idempotency-Key` |
 /// | `scope_header` | `Authorization`: keys and created resources are per credential |
 /// | random faults | none; `fault_rate` spreads a rate over all eleven kinds |
+/// | `outage` | none ([`MockServer::outage`] starts one at any time) |
 /// | `addr` | `127.0.0.1:0` (a free port) |
 /// | `admin_token` | none: `/__admin/*` is open, which `start` allows on loopback only |
 /// | `threads` | 2 worker threads (a test's server; the binary uses every core) |
@@ -78,6 +79,7 @@ pub struct MockServerBuilder {
     threads: usize,
     admin_token: Option<Result<AdminToken, String>>,
     log_requests: bool,
+    outage: Option<(super::Outage, Duration)>,
 }
 
 /// Where routes come from, in the order given.
@@ -109,6 +111,7 @@ impl Default for MockServerBuilder {
             threads: 2,
             admin_token: None,
             log_requests: false,
+            outage: None,
         }
     }
 }
@@ -172,6 +175,13 @@ impl MockServerBuilder {
     /// `GET /__admin/requests` holds no credential).
     pub fn log_credentials(mut self, keep: bool) -> Self {
         self.log_credentials = keep;
+        self
+    }
+
+    /// Starts the server in an outage lasting `duration` from its start (see
+    /// [`MockServer::outage`], which starts one at any time).
+    pub fn outage(mut self, outage: super::Outage, duration: Duration) -> Self {
+        self.outage = Some((outage, duration));
         self
     }
 
@@ -426,6 +436,9 @@ impl MockServerBuilder {
             },
             routes,
         ));
+        if let Some((outage, duration)) = self.outage {
+            shared.outage.begin(outage, duration);
+        }
         let header_read_timeout = self.header_read_timeout;
         let (shutdown, stopped) = tokio::sync::oneshot::channel();
         let state = shared.clone();

@@ -44,6 +44,9 @@ pub(crate) async fn handle(
         return Ok(admin::handle(&shared, admin_path, request).await);
     }
     let method = request.method().clone();
+    if let Some(outage) = shared.outage.now() {
+        return during(&shared, &method, &path, outage, &request);
+    }
     let routes = shared.routes();
     if !routes.is_empty() {
         let wire = (&*sabotage, request);
@@ -63,6 +66,39 @@ pub(crate) async fn handle(
     }
     match operation(&shared, &sabotage, method, path, request).await {
         Ok(answer) | Err(answer) => answer,
+    }
+}
+
+/// A request during an outage: logged (without its body, which is not read), then
+/// answered with the outage's status or dropped, executing nothing.
+fn during(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    outage: super::outage::Outage,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, Dropped> {
+    let key = request
+        .headers()
+        .get(&shared.config.key_header)
+        .map(decode_key);
+    let headers = request.headers();
+    log(
+        shared,
+        method,
+        path,
+        request.uri(),
+        headers,
+        key.as_ref(),
+        (&[], None),
+    );
+    match outage {
+        super::outage::Outage::Status(status) => Ok(problem(
+            status,
+            "Outage",
+            "the server is in an outage; nothing was executed",
+        )),
+        super::outage::Outage::Drop => Err(Dropped),
     }
 }
 

@@ -55,6 +55,7 @@ mod error;
 mod fault;
 mod handler;
 mod log;
+mod outage;
 mod response;
 mod route;
 mod routed;
@@ -80,6 +81,7 @@ pub use fault::Fault;
 /// or `StatusCode::from_u16(503)`.
 pub use http::StatusCode;
 pub use log::ReceivedRequest;
+pub use outage::Outage;
 pub use route::{Route, RouteStats};
 
 use shared::Shared;
@@ -178,6 +180,26 @@ impl MockServer {
     #[must_use]
     pub fn address(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Starts an outage now, for `duration`: every request but the admin API's is
+    /// answered with the outage's status, or has its connection dropped, executing
+    /// nothing; then the server serves again as before. A zero duration ends an outage.
+    /// Also `POST /__admin/outage` (`{"status": 503, "duration": "5s"}` or
+    /// `{"drop": true, "duration": "5s"}`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_retry::mock::{MockServer, Outage, StatusCode};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let server = MockServer::start().await;
+    /// server.outage(Outage::Status(StatusCode::SERVICE_UNAVAILABLE), Duration::from_secs(5));
+    /// # }
+    /// ```
+    pub fn outage(&self, outage: Outage, duration: std::time::Duration) {
+        self.shared.outage.begin(outage, duration);
     }
 
     /// Queues `fault` for the next `times` requests the server processes, after faults

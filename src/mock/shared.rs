@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     conflicts: AtomicU64,
     mismatches: AtomicU64,
     next_id: AtomicU64,
+    /// The outage in force, if any.
+    pub(crate) outage: super::outage::OutageWindow,
 }
 
 /// Locks, recovering the data if a panicking thread poisoned the lock: every critical
@@ -138,6 +140,7 @@ impl Shared {
             conflicts: AtomicU64::new(0),
             mismatches: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
+            outage: super::outage::OutageWindow::new(Instant::now()),
         }
     }
 
@@ -248,6 +251,8 @@ impl Shared {
             route.reset();
         }
         lock(&self.faults).scripted.clear();
+        self.outage
+            .begin(super::outage::Outage::Drop, Duration::ZERO);
         {
             let mut book = lock(&self.book);
             book.log.clear();
