@@ -483,3 +483,107 @@ async fn an_unstored_answer_executes_nothing_and_leaves_the_key_free() {
     assert!(!resp.is_replay());
     assert_eq!(server.executions(), 1);
 }
+
+#[tokio::test]
+async fn a_route_rate_limit_answers_429_with_the_ietf_fields_and_leaves_faults_queued() {
+    let server = MockServer::builder()
+        .route(
+            Route::post("/v1/charges")
+                .name("charge")
+                .status(201)
+                .rate_limit(1, 2),
+        )
+        .route(
+            Route::post("/v1/fast")
+                .name("fast")
+                .status(201)
+                .rate_limit(1_000, 1),
+        )
+        .route(
+            Route::post("/v1/refunds")
+                .name("refund")
+                .status(201)
+                .rate_limit(1, 1)
+                .rate_limit_retry_after(false),
+        )
+        .start()
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let post = |path: &'static str, key: &'static str| {
+        http.post(format!("{}{path}", server.uri()))
+            .header("idempotency-key", key)
+            .json(&json!({}))
+            .send()
+    };
+    // The burst of two, then refused.
+    assert_eq!(post("/v1/charges", "a").await.unwrap().status(), 201);
+    assert_eq!(post("/v1/charges", "b").await.unwrap().status(), 201);
+    server
+        .inject_route("charge", Fault::DropAfterProcessing, 1)
+        .unwrap();
+    let refused = post("/v1/charges", "c").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let headers = refused.headers();
+    assert_eq!(headers["ratelimit-policy"], "\"default\";q=2;w=2");
+    assert_eq!(headers["ratelimit"], "\"default\";r=0;t=1");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(server.executions(), 2, "a 429 executes nothing");
+    let stats = server.route_stats("charge").unwrap();
+    assert_eq!((stats.requests, stats.executions), (3, 2));
+
+    // A queued fault waits for a request the route processes: a fast route, refused,
+    // then, one token (a millisecond) later, processed and faulted.
+    assert_eq!(post("/v1/fast", "f1").await.unwrap().status(), 201);
+    server
+        .inject_route("fast", Fault::DropAfterProcessing, 1)
+        .unwrap();
+    assert_eq!(post("/v1/fast", "f2").await.unwrap().status(), 429);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert!(
+        post("/v1/fast", "f3").await.is_err(),
+        "the fault dropped it"
+    );
+    assert_eq!(server.executions_for("f3"), 1, "executed, then dropped");
+
+    assert_eq!(post("/v1/refunds", "d").await.unwrap().status(), 201);
+    let refused = post("/v1/refunds", "e").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().get("retry-after").is_none());
+    assert_eq!(refused.headers()["ratelimit"], "\"default\";r=0;t=1");
+}
+
+#[test]
+fn a_stub_file_sets_a_rate_limit() {
+    let dir = std::env::temp_dir().join(format!("stub-limit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("api.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[route]]
+method = "POST"
+path = "/v1/charges"
+rate_limit = { per_second = 5, burst = 10, retry_after = false }
+"#,
+    )
+    .unwrap();
+    assert!(MockServer::builder().stubs_file(&file).check().is_ok());
+    std::fs::write(
+        &file,
+        r#"
+[[route]]
+method = "POST"
+path = "/v1/charges"
+rate_limit = { per_second = 0, burst = 10 }
+"#,
+    )
+    .unwrap();
+    let err = MockServer::builder().stubs_file(&file).check().unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("per_second and burst must be at least 1"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -65,6 +65,7 @@ mod socket;
 mod store;
 mod stubs;
 mod template;
+mod throttle;
 mod wire;
 
 use std::net::SocketAddr;

@@ -56,6 +56,8 @@ pub struct Route {
     store: bool,
     rates: Vec<(Fault, f64)>,
     handler: Option<Handler>,
+    /// Requests per second, burst, and whether a `429` carries `Retry-After`.
+    rate_limit: Option<(u32, u32, bool)>,
 }
 
 impl Route {
@@ -81,6 +83,7 @@ impl Route {
             store: true,
             rates: Vec::new(),
             handler: None,
+            rate_limit: None,
         }
     }
 
@@ -257,6 +260,39 @@ impl Route {
         self
     }
 
+    /// A rate limit: `per_second` requests a second, `burst` at once. A request past it
+    /// is answered `429` before anything else (nothing executes, no queued fault is
+    /// used), with `Retry-After` and the IETF `RateLimit-Policy` (`"default";q=<burst>;
+    /// w=<seconds>`) and `RateLimit` (`"default";r=0;t=<seconds>`) fields; see
+    /// [`rate_limit_retry_after`](Self::rate_limit_retry_after) to leave `Retry-After`
+    /// out. Both must be at least 1.
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// let route = Route::post("/v1/charges").rate_limit(100, 20);
+    /// # drop(route);
+    /// ```
+    pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        let retry_after = self.rate_limit.is_none_or(|(_, _, r)| r);
+        self.rate_limit = Some((per_second, burst, retry_after));
+        self
+    }
+
+    /// Whether the rate limit's `429`s carry `Retry-After` (default `true`); without it
+    /// only the `RateLimit` fields say when to come back.
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// let route = Route::post("/v1/charges").rate_limit(100, 20).rate_limit_retry_after(false);
+    /// # drop(route);
+    /// ```
+    pub fn rate_limit_retry_after(mut self, send: bool) -> Self {
+        if let Some((_, _, retry_after)) = &mut self.rate_limit {
+            *retry_after = send;
+        }
+        self
+    }
+
     /// Random faults on `rate` of this route's requests, spread evenly over
     /// [`Fault::all_kinds`], drawn from the route's own generator (seeded from the
     /// server's seed and the route's name, so adding a route changes no other route's
@@ -341,6 +377,8 @@ pub(crate) struct Compiled {
     pub(crate) handler: Option<Handler>,
     /// The `Matched-Route` header's value: the name, when it can be one.
     matched: Option<HeaderValue>,
+    /// The route's rate limit, if any.
+    pub(crate) throttle: Option<super::throttle::Throttle>,
 }
 
 /// Why a request matched no route: the nearest route and the condition that failed.
@@ -438,7 +476,15 @@ impl Compiled {
                     .map_err(&fail)?,
             )
         };
+        let throttle = route
+            .rate_limit
+            .map(|(per_second, burst, retry_after)| {
+                super::throttle::Throttle::new(per_second, burst, retry_after)
+            })
+            .transpose()
+            .map_err(&fail)?;
         Ok(Self {
+            throttle,
             faults: Mutex::new(Faults {
                 scripted: Default::default(),
                 random,

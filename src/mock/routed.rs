@@ -9,7 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -131,6 +131,15 @@ pub(crate) async fn handle(
     );
     if let Some(route) = route {
         route.count_request();
+        // Past the route's rate limit: refused before anything else, a queued fault
+        // left for a request the server processes.
+        if let Some(refusal) = route
+            .throttle
+            .as_ref()
+            .and_then(|t| t.admit(Instant::now()))
+        {
+            return Err(Ok(refusal));
+        }
     }
     let key = if operation {
         check_key(shared, key)?

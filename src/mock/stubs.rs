@@ -36,6 +36,21 @@ struct Stub {
     id_prefix: Option<String>,
     store: Option<bool>,
     fault_rate: Option<f64>,
+    rate_limit: Option<RateLimitStub>,
+}
+
+/// `rate_limit = { per_second = 10, burst = 20, retry_after = false }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitStub {
+    per_second: u32,
+    burst: u32,
+    #[serde(default = "yes")]
+    retry_after: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A `when` value: text, or a scalar compared by its text.
@@ -152,6 +167,11 @@ fn route(stub: Stub) -> Result<Route, String> {
     }
     if let Some(rate) = stub.fault_rate {
         route = route.fault_rate(rate);
+    }
+    if let Some(limit) = stub.rate_limit {
+        route = route
+            .rate_limit(limit.per_second, limit.burst)
+            .rate_limit_retry_after(limit.retry_after);
     }
     Ok(route)
 }
