@@ -8,7 +8,7 @@
 //! ```
 //!
 //! `-- --profile NAME N` makes N sequential requests with one client only (`raw`,
-//! `raw-timeout`, `raw-keyed`, `ours`, `retry`, `retry-keyed`) and prints nothing: a
+//! `raw-timeout`, `raw-keyed`, `ours`, `ours-holding-back`, `retry`, `retry-keyed`) and prints nothing: a
 //! fixed workload to run under `valgrind --tool=callgrind` and count instructions per
 //! request (BENCHMARKS.md says how).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark stops on any failure.

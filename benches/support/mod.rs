@@ -312,6 +312,9 @@ pub enum Client {
     RawKeyed(reqwest::Client),
     /// This crate.
     Ours(idempotent_retry::IdempotentClient),
+    /// This crate with the circuit breaker and the adaptive rate limiter on: what
+    /// holding back costs when nothing fails.
+    OursHoldingBack(idempotent_retry::IdempotentClient),
     /// reqwest-middleware with reqwest-retry's transient-error retries.
     Retry(reqwest_middleware::ClientWithMiddleware),
     /// reqwest-retry as it must be used for safe POST retries: a timeout on each attempt
@@ -327,6 +330,7 @@ impl Client {
             Client::RawTimeout(_) => "raw reqwest + timeout",
             Client::RawKeyed(_) => "raw reqwest + timeout + key",
             Client::Ours(_) => "IdempotentClient",
+            Client::OursHoldingBack(_) => "IdempotentClient + breaker + limiter",
             Client::Retry(_) => "reqwest-retry",
             Client::RetryKeyed(_) => "reqwest-retry + timeout + key",
         }
@@ -339,6 +343,7 @@ impl Client {
             Client::RawTimeout(_) => "raw-timeout",
             Client::RawKeyed(_) => "raw-keyed",
             Client::Ours(_) => "ours",
+            Client::OursHoldingBack(_) => "ours-holding-back",
             Client::Retry(_) => "retry",
             Client::RetryKeyed(_) => "retry-keyed",
         }
@@ -372,7 +377,7 @@ impl Client {
                 .send()
                 .await
                 .unwrap(),
-            Client::Ours(c) => {
+            Client::Ours(c) | Client::OursHoldingBack(c) => {
                 let response = c.post_idempotent(url).json(order).send().await.unwrap();
                 assert_eq!(response.status(), 201);
                 return response.bytes().await.unwrap();
@@ -393,7 +398,7 @@ pub fn order() -> Order {
 }
 
 impl Client {
-    /// The six clients, raw reqwest first, each with its own connection pool.
+    /// The seven clients, raw reqwest first, each with its own connection pool.
     pub fn all() -> Vec<Client> {
         use reqwest_retry::{RetryTransientMiddleware, policies::ExponentialBackoff};
         let retrying = || {
@@ -408,6 +413,13 @@ impl Client {
             Client::RawTimeout(reqwest::Client::new()),
             Client::RawKeyed(reqwest::Client::new()),
             Client::Ours(idempotent_retry::IdempotentClient::new()),
+            Client::OursHoldingBack(
+                idempotent_retry::IdempotentClient::builder()
+                    .circuit_breaker(idempotent_retry::CircuitBreaker::new())
+                    .adaptive_rate_limit(idempotent_retry::AdaptiveRateLimit::new())
+                    .build()
+                    .expect("valid settings"),
+            ),
             Client::Retry(retrying()),
             Client::RetryKeyed(retrying()),
         ]

@@ -170,10 +170,7 @@ impl<'a> Engine<'a> {
         let end = loop {
             // The origin first: an open circuit refuses at once, a throttled origin's
             // limiter may ask for a wait (which the deadline counts).
-            if let Err(reason) = self.admit() {
-                break End::GaveUp(self.give_up(reason), last.map(|l| *l));
-            }
-            match self.turn() {
+            match self.hold_back() {
                 Ok(None) => {}
                 Ok(Some(wait)) => tokio::time::sleep(wait).await,
                 Err(reason) => break End::GaveUp(self.give_up(reason), last.map(|l| *l)),
@@ -249,20 +246,17 @@ impl<'a> Engine<'a> {
             should_retry,
         };
         self.outcome_unknown |= attempt.may_have_executed();
-        if self.settings.limiter.is_some() {
-            // Every attempt counts for the sending rate; the server's throttling (429,
-            // or 503 with Retry-After: not our own 409) cuts it.
-            let throttled = attempt.status() == Some(StatusCode::TOO_MANY_REQUESTS)
-                || (attempt.status() == Some(StatusCode::SERVICE_UNAVAILABLE)
-                    && attempt.retry_after().is_some());
-            self.origin().limiter().update(throttled, Instant::now());
-        }
+        // The server's own throttling (429, or 503 with Retry-After; not our own 409),
+        // which cuts the origin's rate limit.
+        let throttled = attempt.status() == Some(StatusCode::TOO_MANY_REQUESTS)
+            || (attempt.status() == Some(StatusCode::SERVICE_UNAVAILABLE)
+                && attempt.retry_after().is_some());
         let error_type = telemetry::error_type(&attempt);
         let status = attempt.status();
         (self.last_status, self.last_error) = (status, error_type);
         if let Outcome::TooLarge { .. } = outcome {
             // An answer, however long: the origin is up.
-            self.count(Verdict::Success);
+            self.tell_origin(Verdict::Success, throttled);
             return Next::GiveUp(self.give_up(GiveUpReason::ResponseTooLarge));
         }
         let settings = self.settings;
@@ -277,13 +271,14 @@ impl<'a> Engine<'a> {
             None => default_classifier(&attempt),
         };
         // Failures are what the classifier retries as transient; throttling is neither.
-        self.count(if attempt.is_throttling() {
+        let verdict = if attempt.is_throttling() {
             Verdict::Neutral
         } else if decision == Decision::Retry {
             Verdict::Failure
         } else {
             Verdict::Success
-        });
+        };
+        self.tell_origin(verdict, throttled);
         debug!(target: TARGET,
             attempt = self.made,
             "http.request.resend_count" = self.made - 1,
@@ -379,43 +374,38 @@ impl<'a> Engine<'a> {
         Next::Retry(delay)
     }
 
-    /// Asks the origin's circuit whether the next attempt may go. Nothing to ask (and no
-    /// lookup) while the client has no breaker and no circuit was ever opened by hand.
-    fn admit(&mut self) -> Result<(), GiveUpReason> {
+    /// Asks the origin whether the next attempt may go: its circuit (refused while
+    /// open), then its rate limiter (a wait, or refused past `max_wait`). Nothing to ask,
+    /// and no lookup, while the client has neither a breaker nor a limiter and no
+    /// circuit was ever opened by hand.
+    fn hold_back(&mut self) -> Result<Option<Duration>, GiveUpReason> {
         let settings = self.settings;
-        if settings.breaker.is_none() && !settings.origins.any_circuit() {
-            return Ok(());
+        let circuits = settings.breaker.is_some() || settings.origins.any_circuit();
+        if !circuits && settings.limiter.is_none() {
+            return Ok(None);
         }
-        self.origin();
-        let Some(origin) = self.origin.clone() else {
-            return Ok(());
-        };
+        let now = Instant::now();
+        let url = self.url;
+        let origin = &**self.origin.get_or_insert_with(|| settings.origins.get(url));
         let circuit = match &settings.breaker {
             Some(breaker) => Some(origin.circuit(Some(breaker))),
-            None => origin.existing_circuit(),
+            None if circuits => origin.existing_circuit(),
+            None => None,
         };
-        let Some(circuit) = circuit else {
-            return Ok(());
-        };
-        match circuit.admit(Instant::now()) {
-            Admission::Go => self.pass = Some(false),
-            Admission::Probe => self.pass = Some(true),
-            Admission::Refused => {
-                origin.count_refusal(GiveUpReason::CircuitOpen);
-                return Err(GiveUpReason::CircuitOpen);
+        if let Some(circuit) = circuit {
+            match circuit.admit(now) {
+                Admission::Go => self.pass = Some(false),
+                Admission::Probe => self.pass = Some(true),
+                Admission::Refused => {
+                    origin.count_refusal(GiveUpReason::CircuitOpen);
+                    return Err(GiveUpReason::CircuitOpen);
+                }
             }
         }
-        Ok(())
-    }
-
-    /// The wait the origin's rate limiter asks for before the next attempt, if the
-    /// client has one: none while the origin has never throttled.
-    fn turn(&mut self) -> Result<Option<Duration>, GiveUpReason> {
-        let Some(config) = &self.settings.limiter else {
+        let Some(config) = &settings.limiter else {
             return Ok(None);
         };
-        let now = Instant::now();
-        match self.origin().limiter().acquire(config.max_wait, now) {
+        match origin.limiter().acquire(config.max_wait, now) {
             Turn::Now => Ok(None),
             Turn::After(wait) => {
                 let too_late = |d: Instant| now.checked_add(wait).is_none_or(|end| end >= d);
@@ -425,18 +415,29 @@ impl<'a> Engine<'a> {
                 Ok(Some(wait))
             }
             Turn::Refused(_) => {
-                self.origin().count_refusal(GiveUpReason::RateLimited);
+                origin.count_refusal(GiveUpReason::RateLimited);
                 Err(GiveUpReason::RateLimited)
             }
         }
     }
 
-    /// Counts the attempt that just ended for the origin's circuit, if it let it through.
-    fn count(&mut self, verdict: Verdict) {
-        if let Some(probe) = self.pass.take() {
-            if let Some(circuit) = self.origin.as_ref().and_then(|o| o.existing_circuit()) {
-                circuit.record(probe, verdict, Instant::now());
-            }
+    /// Tells the origin how the attempt that just ended went: its circuit, if it let
+    /// the attempt through, and its rate limiter, which measures every attempt.
+    fn tell_origin(&mut self, verdict: Verdict, throttled: bool) {
+        let probe = self.pass.take();
+        let limiting = self.settings.limiter.is_some();
+        if probe.is_none() && !limiting {
+            return;
+        }
+        let now = Instant::now();
+        let Some(origin) = self.origin.as_deref() else {
+            return;
+        };
+        if let (Some(probe), Some(circuit)) = (probe, origin.existing_circuit()) {
+            circuit.record(probe, verdict, now);
+        }
+        if limiting {
+            origin.limiter().update(throttled, now);
         }
     }
 
