@@ -1,6 +1,7 @@
 //! The client's builder: every setting, checked by `build`.
 
 use crate::retry::breaker::CircuitBreaker;
+use crate::retry::hedging::Hedging;
 use crate::retry::limiter::AdaptiveRateLimit;
 use std::fmt;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use crate::{
 /// | `retry_budget` | [`RetryBudget::default`], per origin (capacity 500, transient cost 14, throttling cost 5, refund 1: AWS retry behavior 2.1) |
 /// | `max_origins` | 10,000 origins remembered; past that, the one used least recently goes first |
 /// | `classifier` | [`default_classifier`](crate::default_classifier) |
+/// | `hedging` | none: one attempt at a time ([`Hedging`] gives its defaults) |
 /// | `adaptive_rate_limit` | none: attempts are never paced ([`AdaptiveRateLimit`] gives its defaults) |
 /// | `circuit_breaker` | none: every origin is always tried ([`CircuitBreaker`] gives the breaker's own defaults and their reasons) |
 /// | `log_keys` | `false`: the key is on `debug` events only (a guessed key can read a stored answer on a server that does not scope keys) |
@@ -64,6 +66,7 @@ pub struct IdempotentClientBuilder {
     log_keys: bool,
     breaker: Option<CircuitBreaker>,
     limiter: Option<AdaptiveRateLimit>,
+    hedging: Option<Hedging>,
 }
 
 impl Default for IdempotentClientBuilder {
@@ -95,6 +98,7 @@ impl IdempotentClientBuilder {
             log_keys: false,
             breaker: None,
             limiter: None,
+            hedging: None,
         }
     }
 
@@ -244,6 +248,25 @@ impl IdempotentClientBuilder {
     /// ```
     pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
         self.breaker = Some(breaker);
+        self
+    }
+
+    /// Hedging (off by default): when an attempt has no answer after a delay, another
+    /// with the same key starts beside it and the first final answer wins, which cuts
+    /// the tail a slow server causes. See [`Hedging`] for the rules, and for when POST
+    /// and PATCH may hedge (`keyed_methods`). `build` refuses a delay not shorter than
+    /// the attempt timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_retry::{Hedging, IdempotentClient};
+    /// let client = IdempotentClient::builder()
+    ///     .hedging(Hedging::after(Duration::from_millis(200)))
+    ///     .build()?;
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn hedging(mut self, hedging: Hedging) -> Self {
+        self.hedging = Some(hedging);
         self
     }
 
@@ -509,27 +532,38 @@ impl IdempotentClientBuilder {
     /// a reqwest client that could not be built.
     pub fn build(mut self) -> Result<IdempotentClient, Error> {
         self.check()?;
-        let (http, http_timeout) = match self.http.take() {
-            Some(http) => (http, None),
+        // No redirects: a 3xx is the operation's final answer (a 303 after a POST means
+        // it executed), and a 307/308 would send body and key on to another URL.
+        let ours = |timeout| {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|source| Error::InvalidConfig {
+                    reason: "could not build the default reqwest client".to_owned(),
+                    source: Some(source),
+                })
+        };
+        let (http, http_timeout, hedge_http) = match self.http.take() {
+            // The caller's client: hedges share its pool (documented on `Hedging`).
+            Some(http) => (http, None, None),
             None => {
-                // No redirects: a 3xx is the operation's final answer (a 303 after a
-                // POST means it executed), and a 307/308 would send body and key on to
-                // another URL.
-                let http = reqwest::Client::builder()
-                    .timeout(self.attempt_timeout)
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-                    .map_err(|source| Error::InvalidConfig {
-                        reason: "could not build the default reqwest client".to_owned(),
-                        source: Some(source),
-                    })?;
-                (http, Some(self.attempt_timeout))
+                let hedge_http = match self.hedging {
+                    Some(_) => Some(ours(self.attempt_timeout)?),
+                    None => None,
+                };
+                (
+                    ours(self.attempt_timeout)?,
+                    Some(self.attempt_timeout),
+                    hedge_http,
+                )
             }
         };
         Ok(IdempotentClient {
             inner: Arc::new(Inner {
                 http,
                 http_timeout,
+                hedge_http,
                 settings: self.settings(),
             }),
         })
@@ -555,6 +589,13 @@ impl IdempotentClientBuilder {
         }
         if let Some(problem) = self.breaker.as_ref().and_then(CircuitBreaker::problem) {
             return Err(config(format!("circuit_breaker.{problem}")));
+        }
+        if let Some(problem) = self
+            .hedging
+            .as_ref()
+            .and_then(|h| h.problem(self.attempt_timeout))
+        {
+            return Err(config(format!("hedging.{problem}")));
         }
         if let Some(journal) = &self.journal {
             let lease = journal.lease_duration();
@@ -617,6 +658,7 @@ impl IdempotentClientBuilder {
             log_keys: self.log_keys,
             breaker: self.breaker,
             limiter: self.limiter,
+            hedging: self.hedging,
             journal: self.journal.map(|journal| {
                 Box::new(JournalSettings {
                     journal,

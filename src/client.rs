@@ -34,6 +34,8 @@ pub(crate) struct Inner {
     /// this timeout leave it unset on the request, which spares reqwest a per-request
     /// extension map.
     pub(crate) http_timeout: Option<Duration>,
+    /// A second pool for hedges, when the client hedges and we built `http`.
+    pub(crate) hedge_http: Option<reqwest::Client>,
     pub(crate) settings: Settings,
 }
 

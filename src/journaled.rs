@@ -561,6 +561,7 @@ fn answer_of(
         body: answer.body.clone(),
         key,
         attempts: 0,
+        hedges: 0,
     })
 }
 

@@ -206,6 +206,7 @@ pub use retry::budget::RetryBudget;
 pub use retry::classify::{
     Attempt, Decision, default_classifier, is_retryable_error, is_retryable_status,
 };
+pub use retry::hedging::Hedging;
 pub use retry::limiter::AdaptiveRateLimit;
 pub use retry::origins::OriginStats;
 pub use retry::policy::{Delays, Jitter, RetryPolicy};

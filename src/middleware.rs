@@ -341,10 +341,12 @@ async fn retry(
 /// [`OperationReport`] in its extensions; a transport error, or no attempt at all, as
 /// [`Error::Failed`]; another layer's error wrapped in [`Error::MiddlewareLayer`].
 fn finish(ending: Ending<Answer>, key: IdempotencyKey, max_response_bytes: usize) -> Answer {
+    // The middleware never hedges.
     let Ending {
         end,
         attempts,
         outcome_unknown,
+        hedges: _,
     } = ending;
     let (gave_up, last) = match end {
         End::Done(answer) => (None, Some(answer)),

@@ -24,6 +24,7 @@ pub struct IdempotentResponse {
     pub(crate) body: Bytes,
     pub(crate) key: IdempotencyKey,
     pub(crate) attempts: u32,
+    pub(crate) hedges: u32,
 }
 
 /// Whether `headers` mark a stored answer sent again (`Idempotent-Replayed: true`).
@@ -68,6 +69,13 @@ impl IdempotentResponse {
     #[must_use]
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// Hedges started for this operation ([`Hedging`](crate::Hedging)), counted in
+    /// [`attempts`](Self::attempts) too.
+    #[must_use]
+    pub fn hedges(&self) -> u32 {
+        self.hedges
     }
 
     /// Whether the server says this is a stored response answered again for a key it

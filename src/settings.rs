@@ -3,6 +3,7 @@
 
 use crate::Error;
 use crate::retry::breaker::{CircuitBreaker, CircuitState};
+use crate::retry::hedging::Hedging;
 use crate::retry::limiter::AdaptiveRateLimit;
 use crate::retry::origins::OriginStats;
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub(crate) struct Settings {
     pub(crate) on_retry: Option<RetryHook>,
     /// The circuit breaker's settings, when the client has one.
     pub(crate) breaker: Option<CircuitBreaker>,
+    /// Hedging, when the client hedges.
+    pub(crate) hedging: Option<Hedging>,
     /// The adaptive rate limiter's settings, when the client has one.
     pub(crate) limiter: Option<AdaptiveRateLimit>,
     /// Whether the key goes on `info` and `warn` events and on the span too.

@@ -9,7 +9,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 
 use crate::client::Inner;
 use crate::retry::classify::Outcome;
-use crate::retry::engine::{self, End, Ending, Engine, Transport};
+use crate::retry::engine::{self, Detached, End, Ending, Engine, Transport};
 use crate::{
     Error, GiveUpReason, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPolicy,
 };
@@ -24,7 +24,7 @@ struct Received {
 }
 
 impl Received {
-    fn into_response(self, key: IdempotencyKey, attempts: u32) -> IdempotentResponse {
+    fn into_response(self, key: IdempotencyKey, attempts: u32, hedges: u32) -> IdempotentResponse {
         IdempotentResponse {
             status: self.status,
             version: self.version,
@@ -33,6 +33,7 @@ impl Received {
             body: self.body,
             key,
             attempts,
+            hedges,
         }
     }
 }
@@ -240,6 +241,22 @@ impl<G: Guard> Transport for Sender<'_, G> {
         )
     }
 
+    fn detached(&self, timeout: Duration, hedge: bool) -> Option<Detached<Answer>> {
+        let client = self.client;
+        // A hedge goes through the second pool when there is one, so that a stalled
+        // connection (or an HTTP/2 connection stalled for all its streams) does not
+        // hold it too.
+        let (http, http_timeout) = match &client.hedge_http {
+            Some(second) if hedge => (second, client.http_timeout),
+            _ => (&client.http, client.http_timeout),
+        };
+        let request = self.template.attempt(timeout, http_timeout);
+        Some(Box::pin(receive(
+            http.execute(request),
+            client.settings.max_response_bytes,
+        )))
+    }
+
     fn outcome(answer: &Answer) -> Option<Outcome<'_>> {
         Some(match answer {
             Ok(r) => Outcome::Response {
@@ -305,12 +322,13 @@ fn finish(
         end,
         attempts,
         outcome_unknown,
+        hedges,
     } = ending;
     let (reason, last) = match end {
         // The client judges every answer, so nothing is passed on unjudged; and the
         // engine only calls a response final, so `Done` never holds a failure.
         End::Done(Ok(received)) | End::Passed(Ok(received)) => {
-            return Ok(received.into_response(key, attempts));
+            return Ok(received.into_response(key, attempts, hedges));
         }
         End::Done(Err(failure)) | End::Passed(Err(failure)) => {
             (GiveUpReason::NotRetryable, Some(Err(failure)))
@@ -319,7 +337,11 @@ fn finish(
     };
     let (last_response, source) = match last {
         Some(Ok(received)) => (
-            Some(Box::new(received.into_response(key.clone(), attempts))),
+            Some(Box::new(received.into_response(
+                key.clone(),
+                attempts,
+                hedges,
+            ))),
             None,
         ),
         Some(Err(Failure::Transport(e))) => (None, Some(e)),

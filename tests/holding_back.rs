@@ -260,3 +260,109 @@ async fn the_breaker_opens_in_an_outage_and_a_probe_closes_it_after() {
     assert_eq!(send(&client, &server).await.unwrap(), 201);
     assert_eq!(client.circuit_state(&url).unwrap(), CircuitState::Closed);
 }
+
+fn hedging_client(hedging: idempotent_retry::Hedging) -> IdempotentClient {
+    fast_builder().hedging(hedging).build().unwrap()
+}
+
+fn keyed_hedging() -> idempotent_retry::Hedging {
+    idempotent_retry::Hedging::after(Duration::from_millis(50)).keyed_methods(true)
+}
+
+#[tokio::test]
+async fn a_hedge_wins_over_a_stalled_attempt_and_the_operation_executes_once() {
+    let server = MockServer::start().await;
+    // The first request stalls before processing; the hedge, 50 ms later, does not.
+    server.inject(Fault::DelayBeforeProcessing(Duration::from_secs(3)), 1);
+    let client = hedging_client(keyed_hedging());
+    let resp = client
+        .post_idempotent(format!("{}/orders", server.uri()))
+        .json(&json!({"sku": "tea"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!((resp.attempts(), resp.hedges()), (2, 1));
+    let key = resp.idempotency_key().as_str().to_owned();
+    assert_eq!(server.executions_for(&key), 1, "one key, one execution");
+    let stats = client.origin_stats(&server.uri()).unwrap();
+    assert_eq!((stats.hedges_sent, stats.hedges_won), (1, 1));
+}
+
+#[tokio::test]
+async fn a_hedges_409_is_awaited_never_returned() {
+    // Every operation takes 300 ms inside the server: the hedge finds the key in flight.
+    let server = MockServer::builder()
+        .processing_delay(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
+    let client = hedging_client(keyed_hedging());
+    let resp = client
+        .post_idempotent(format!("{}/orders", server.uri()))
+        .json(&json!({"sku": "tea"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        201,
+        "the first attempt's answer, not the 409"
+    );
+    assert!(!resp.is_replay());
+    assert_eq!((resp.attempts(), resp.hedges()), (2, 1));
+    assert_eq!(server.conflicts(), 1, "the hedge was answered 409");
+    assert_eq!(server.executions(), 1);
+    let stats = client.origin_stats(&server.uri()).unwrap();
+    assert_eq!((stats.hedges_sent, stats.hedges_won), (1, 0));
+}
+
+#[tokio::test]
+async fn post_hedges_only_with_keyed_methods_and_get_hedges_by_default() {
+    let server = MockServer::builder()
+        .route(idempotent_retry::mock::Route::get("/v1/items").name("items"))
+        .route(idempotent_retry::mock::Route::post("/v1/items").status(201))
+        .processing_delay(Duration::from_millis(150))
+        .start()
+        .await
+        .unwrap();
+    let plain = idempotent_retry::Hedging::after(Duration::from_millis(50));
+    let client = hedging_client(plain);
+    let url = format!("{}/v1/items", server.uri());
+    let resp = client.post_idempotent(&url).send().await.unwrap();
+    assert_eq!(
+        (resp.attempts(), resp.hedges()),
+        (1, 0),
+        "POST: not without keyed_methods"
+    );
+
+    server
+        .inject_route(
+            "items",
+            Fault::DelayBeforeProcessing(Duration::from_secs(3)),
+            1,
+        )
+        .unwrap();
+    let resp = client
+        .request_idempotent(http::Method::GET, &url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!((resp.attempts(), resp.hedges()), (2, 1), "GET hedges");
+}
+
+#[test]
+fn a_hedge_delay_not_below_the_attempt_timeout_fails_the_build() {
+    let err = IdempotentClient::builder()
+        .attempt_timeout(Duration::from_secs(1))
+        .hedging(idempotent_retry::Hedging::after(Duration::from_secs(1)))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("hedging.delay"), "{err}");
+    let err = IdempotentClient::builder()
+        .hedging(idempotent_retry::Hedging::after(Duration::from_millis(10)).max_hedges(0))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("hedging.max_hedges"), "{err}");
+}

@@ -18,7 +18,7 @@ use http::{HeaderMap, Method, StatusCode};
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
-use super::breaker::{Admission, Verdict};
+use super::breaker::{Admission, CircuitState, Verdict};
 use super::classify::{Attempt, Decision, Outcome, default_classifier};
 use super::limiter::Turn;
 use super::origins::OriginState;
@@ -26,6 +26,9 @@ use super::policy::RetryPolicy;
 use crate::settings::Settings;
 use crate::telemetry::{self, ErrorType};
 use crate::{GiveUpReason, IdempotencyKey};
+
+/// An attempt that borrows nothing, so that others can run beside it.
+pub(crate) type Detached<A> = std::pin::Pin<Box<dyn Future<Output = A> + Send + 'static>>;
 
 /// A front end's way of sending one attempt of an operation.
 pub(crate) trait Transport {
@@ -45,6 +48,14 @@ pub(crate) trait Transport {
     ) -> impl Future<Output = Result<(), GiveUpReason>> + Send {
         let _ = (made, timeout);
         std::future::ready(Ok(()))
+    }
+
+    /// One attempt as a future that borrows nothing (`hedge`: the attempt is a hedge,
+    /// which may go through its own connection pool), so that a hedge can race it;
+    /// `None` for a front end that does not hedge.
+    fn detached(&self, timeout: Duration, hedge: bool) -> Option<Detached<Self::Answer>> {
+        let _ = (timeout, hedge);
+        None
     }
 
     /// The answer as the engine judges it; `None` for an answer that is not the
@@ -70,6 +81,8 @@ pub(crate) struct Ending<A> {
     pub(crate) attempts: u32,
     /// Whether some attempt may have executed on the server.
     pub(crate) outcome_unknown: bool,
+    /// Hedges started, counted in `attempts` too.
+    pub(crate) hedges: u32,
 }
 
 /// What to do after an attempt.
@@ -103,10 +116,16 @@ pub(crate) struct Engine<'a> {
     outcome_unknown: bool,
     /// The last attempt's status and error class, for the end of the operation's span.
     last_status: Option<StatusCode>,
-    last_error: Option<ErrorType>,
+    /// The class of the last attempt's transport error, if it had one (a status's
+    /// class is the status: see `last_error`). One byte, to keep the state small.
+    last_transport: Option<telemetry::Transport>,
     /// The attempt in flight, when the origin's circuit let it through and its outcome
     /// is still to be counted: `Some(true)` for a half-open probe.
     pass: Option<bool>,
+    /// Whether some answer was throttling: no hedge after one.
+    throttled: bool,
+    /// Hedges started (`u16`, saturating: the state stays within its size class).
+    hedges: u16,
 }
 
 impl Drop for Engine<'_> {
@@ -146,8 +165,10 @@ impl<'a> Engine<'a> {
             last_cost: 0,
             outcome_unknown: !fresh_key,
             last_status: None,
-            last_error: None,
+            last_transport: None,
             pass: None,
+            throttled: false,
+            hedges: 0,
         }
     }
 
@@ -184,7 +205,12 @@ impl<'a> Engine<'a> {
             }
             // A block, so that nothing of this attempt is kept across the sleep.
             let delay = {
-                let answer = transport.send(timeout).await;
+                // Boxed: only a hedged operation needs the race's state.
+                let answer = if self.hedged() {
+                    Box::pin(self.race(transport, timeout)).await
+                } else {
+                    transport.send(timeout).await
+                };
                 let Some(outcome) = T::outcome(&answer) else {
                     self.made += 1;
                     self.outcome_unknown = true;
@@ -206,6 +232,7 @@ impl<'a> Engine<'a> {
             end,
             attempts: self.made,
             outcome_unknown: self.outcome_unknown,
+            hedges: u32::from(self.hedges),
         }
     }
 
@@ -227,25 +254,9 @@ impl<'a> Engine<'a> {
     /// budget, calls the `on_retry` hook, and reports it all to `tracing`.
     fn after(&mut self, outcome: Outcome<'_>) -> Next {
         self.made += 1;
-        let (hint, should_retry) = match outcome {
-            Outcome::Response {
-                status, headers, ..
-            } => (
-                retry_after(status, headers),
-                should_retry(self.settings, status, headers),
-            ),
-            Outcome::Error(_) | Outcome::TooLarge { .. } => (None, None),
-        };
-        let attempt = Attempt {
-            method: self.method,
-            url: self.url,
-            key: self.key,
-            number: self.made,
-            outcome,
-            retry_after: hint,
-            should_retry,
-        };
+        let attempt = self.attempt(outcome);
         self.outcome_unknown |= attempt.may_have_executed();
+        self.throttled |= attempt.is_throttling();
         // The server's own throttling (429, or 503 with Retry-After; not our own 409),
         // which cuts the origin's rate limit.
         let throttled = attempt.status() == Some(StatusCode::TOO_MANY_REQUESTS)
@@ -253,7 +264,11 @@ impl<'a> Engine<'a> {
                 && attempt.retry_after().is_some());
         let error_type = telemetry::error_type(&attempt);
         let status = attempt.status();
-        (self.last_status, self.last_error) = (status, error_type);
+        self.last_status = status;
+        self.last_transport = match error_type {
+            Some(ErrorType::Transport(kind)) => Some(kind),
+            Some(ErrorType::Status(_)) | None => None,
+        };
         if let Outcome::TooLarge { .. } = outcome {
             // An answer, however long: the origin is up.
             self.tell_origin(Verdict::Success, throttled);
@@ -323,6 +338,7 @@ impl<'a> Engine<'a> {
         let backoff = self
             .backoff
             .get_or_insert_with(|| Box::new(Backoff::new(policy)));
+        let hint = attempt.retry_after();
         let backoff_delay = if attempt.is_throttling() && hint.is_none() {
             backoff.next_throttled_delay()
         } else {
@@ -372,6 +388,177 @@ impl<'a> Engine<'a> {
             "retrying"
         );
         Next::Retry(delay)
+    }
+
+    /// The attempt numbered `made` (counted already), as the classifier sees it.
+    fn attempt<'o>(&self, outcome: Outcome<'o>) -> Attempt<'o>
+    where
+        'a: 'o,
+    {
+        let (hint, should_retry) = match outcome {
+            Outcome::Response {
+                status, headers, ..
+            } => (
+                retry_after(status, headers),
+                should_retry(self.settings, status, headers),
+            ),
+            Outcome::Error(_) | Outcome::TooLarge { .. } => (None, None),
+        };
+        Attempt {
+            method: self.method,
+            url: self.url,
+            key: self.key,
+            number: self.made,
+            outcome,
+            retry_after: hint,
+            should_retry,
+        }
+    }
+
+    /// Sends `first` and, while it has no answer, hedges beside it every `plan.delay`
+    /// (as the plan, the origin and the operation allow); returns the first final
+    /// answer, or the last one when none is final. Answers that are not final while a
+    /// sibling is in flight (a `409` for the key in flight, a failure) are counted and
+    /// the sibling awaited: no retry starts while an attempt is in flight. Siblings
+    /// dropped when one wins count as attempts that may have executed.
+    async fn race<T: Transport>(&mut self, transport: &mut T, timeout: Duration) -> T::Answer {
+        let (Some(plan), Some(first)) = (
+            self.settings.hedging.as_ref(),
+            transport.detached(timeout, false),
+        ) else {
+            // A front end that cannot hedge sends as usual.
+            return transport.send(timeout).await;
+        };
+        let settings = self.settings;
+        let url = self.url;
+        let origin = self
+            .origin
+            .get_or_insert_with(|| settings.origins.get(url))
+            .clone();
+        origin.hedges.deposit();
+        let mut flights: Vec<(bool, Detached<T::Answer>)> = vec![(false, first)];
+        let mut hedges_left = plan.max_hedges;
+        let mut timer = Box::pin(tokio::time::sleep(plan.delay));
+        loop {
+            let event = std::future::poll_fn(|cx| {
+                for (i, (_, flight)) in flights.iter_mut().enumerate() {
+                    if let std::task::Poll::Ready(answer) = flight.as_mut().poll(cx) {
+                        return std::task::Poll::Ready(Some((i, answer)));
+                    }
+                }
+                if hedges_left > 0 && timer.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(None);
+                }
+                std::task::Poll::Pending
+            })
+            .await;
+            let Some((i, answer)) = event else {
+                hedges_left -= 1;
+                match self.hedge_timeout(&origin, timeout) {
+                    Some(hedge_timeout) => match transport.detached(hedge_timeout, true) {
+                        Some(hedge) => {
+                            self.hedges = self.hedges.saturating_add(1);
+                            flights.push((true, hedge));
+                            timer
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + plan.delay);
+                        }
+                        None => hedges_left = 0,
+                    },
+                    None => hedges_left = 0,
+                }
+                continue;
+            };
+            let (was_hedge, _) = flights.swap_remove(i);
+            if flights.is_empty() || self.settles::<T>(&answer) {
+                // The others are dropped in flight: each may have executed.
+                let dropped = u32::try_from(flights.len()).unwrap_or(u32::MAX);
+                self.made = self.made.saturating_add(dropped);
+                self.outcome_unknown |= dropped > 0;
+                if was_hedge {
+                    origin.hedges.count_win();
+                }
+                return answer;
+            }
+            // Not final, and a sibling is in flight: counted, and the sibling awaited.
+            self.made += 1;
+            match T::outcome(&answer) {
+                Some(outcome) => {
+                    let attempt = self.attempt(outcome);
+                    self.outcome_unknown |= attempt.may_have_executed();
+                    if attempt.is_throttling() {
+                        self.throttled = true;
+                        hedges_left = 0;
+                    }
+                }
+                None => self.outcome_unknown = true,
+            }
+        }
+    }
+
+    /// The last attempt's error class: its transport error's, or its 4xx/5xx status.
+    fn last_error(&self) -> Option<ErrorType> {
+        match (self.last_transport, self.last_status) {
+            (Some(kind), _) => Some(ErrorType::Transport(kind)),
+            (None, Some(status)) if status.is_client_error() || status.is_server_error() => {
+                Some(ErrorType::Status(status))
+            }
+            (None, _) => None,
+        }
+    }
+
+    /// Whether this operation hedges: the client hedges, and its method may.
+    fn hedged(&self) -> bool {
+        let method = self.method;
+        self.settings
+            .hedging
+            .as_ref()
+            .is_some_and(|h| h.covers(method))
+    }
+
+    /// The timeout of a hedge starting now, if one may: none after a throttling answer,
+    /// while the circuit is not closed, without a rate-limiter token or a hedge token,
+    /// or with no time left before the deadline.
+    fn hedge_timeout(&self, origin: &OriginState, timeout: Duration) -> Option<Duration> {
+        if self.throttled {
+            return None;
+        }
+        let now = Instant::now();
+        let timeout = match self.deadline {
+            Some(deadline) => timeout.min(deadline.saturating_duration_since(now)),
+            None => timeout,
+        };
+        if timeout.is_zero() {
+            return None;
+        }
+        if let Some(circuit) = origin.existing_circuit() {
+            if circuit.state(now) != CircuitState::Closed {
+                return None;
+            }
+        }
+        if self.settings.limiter.is_some()
+            && origin.limiter().acquire(Duration::ZERO, now) != Turn::Now
+        {
+            return None;
+        }
+        origin.hedges.try_take().then_some(timeout)
+    }
+
+    /// Whether `answer`, arriving while a sibling is in flight, ends the operation: a
+    /// final answer as the classifier judges it (asked again when the winner is
+    /// judged), or an answer not the engine's to judge.
+    fn settles<T: Transport>(&self, answer: &T::Answer) -> bool {
+        let Some(outcome) = T::outcome(answer) else {
+            return true;
+        };
+        let attempt = self.attempt(outcome);
+        let decision = match &self.settings.classifier {
+            Some(classifier) => {
+                catch_unwind(AssertUnwindSafe(|| classifier(&attempt))).unwrap_or(Decision::Final)
+            }
+            None => default_classifier(&attempt),
+        };
+        decision == Decision::Final
     }
 
     /// Asks the origin whether the next attempt may go: its circuit (refused while
@@ -459,12 +646,13 @@ impl<'a> Engine<'a> {
     /// giving up is told.
     fn give_up(&self, reason: GiveUpReason) -> GiveUpReason {
         let attempts = self.made;
-        telemetry::record_end(attempts, self.last_status, self.last_error, None);
+        let last_error = self.last_error();
+        telemetry::record_end(attempts, self.last_status, last_error, None);
         // Fields, not an error's Display: the key stays at debug level.
         warn!(target: TARGET,
             attempts,
             "http.request.resend_count" = attempts.saturating_sub(1),
-            "error.type" = self.last_error.map(tracing::field::display),
+            "error.type" = last_error.map(tracing::field::display),
             %reason,
             outcome_unknown = self.outcome_unknown,
             "idempotency.key" = self.logged_key(),

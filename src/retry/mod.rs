@@ -7,6 +7,7 @@
 //! - [`retry_after`]: the server's own say on the delay;
 //! - [`budget`]: the *rate cap*, a token bucket per origin;
 //! - [`breaker`]: the circuit breaker of an origin, which stops sends to a sick one;
+//! - [`hedging`]: a second attempt with the same key beside a slow one;
 //! - [`limiter`]: the adaptive rate limiter of an origin, which slows sends to a
 //!   throttling one;
 //! - [`origins`]: the per-origin state (budget and circuit), bounded and shared by a
@@ -20,6 +21,7 @@ pub(crate) mod breaker;
 pub(crate) mod budget;
 pub(crate) mod classify;
 pub(crate) mod engine;
+pub(crate) mod hedging;
 pub(crate) mod limiter;
 pub(crate) mod origins;
 pub(crate) mod policy;

@@ -27,6 +27,8 @@ pub(crate) const DEFAULT_MAX_ORIGINS: usize = 10_000;
 #[derive(Debug)]
 pub(crate) struct OriginState {
     pub(crate) budget: TokenBucket,
+    /// Hedges this origin may still take, and its hedge figures.
+    pub(crate) hedges: super::hedging::HedgeBucket,
     /// The origin's circuit: made on first use when the client has a breaker, or by a
     /// manual open.
     circuit: OnceLock<Circuit>,
@@ -69,6 +71,8 @@ impl OriginState {
             refused_circuit_open: self.refused_circuit_open.load(Ordering::Relaxed),
             refused_rate_limited: self.refused_rate_limited.load(Ordering::Relaxed),
             refused_budget_exhausted: self.refused_budget_exhausted.load(Ordering::Relaxed),
+            hedges_sent: self.hedges.figures().0,
+            hedges_won: self.hedges.figures().1,
         }
     }
 
@@ -111,6 +115,10 @@ pub struct OriginStats {
     pub refused_rate_limited: u64,
     /// Operations stopped because the retry budget could not pay for a retry.
     pub refused_budget_exhausted: u64,
+    /// Hedges sent ([`Hedging`](crate::Hedging)).
+    pub hedges_sent: u64,
+    /// Hedges whose answer won over the attempt they hedged.
+    pub hedges_won: u64,
 }
 
 type Shard = RwLock<HashMap<Box<str>, Arc<OriginState>>>;
@@ -191,6 +199,8 @@ impl Origins {
                 refused_circuit_open: 0,
                 refused_rate_limited: 0,
                 refused_budget_exhausted: 0,
+                hedges_sent: 0,
+                hedges_won: 0,
             },
         }
     }
@@ -253,6 +263,7 @@ impl Origins {
             budget: TokenBucket::new(self.budget.capacity, self.below_full.clone()),
             circuit: OnceLock::new(),
             limiter: OnceLock::new(),
+            hedges: super::hedging::HedgeBucket::new(),
             refused_circuit_open: AtomicU64::new(0),
             refused_rate_limited: AtomicU64::new(0),
             refused_budget_exhausted: AtomicU64::new(0),
