@@ -312,8 +312,8 @@ pub enum Client {
     RawKeyed(reqwest::Client),
     /// This crate.
     Ours(idempotent_retry::IdempotentClient),
-    /// This crate with the circuit breaker and the adaptive rate limiter on: what
-    /// holding back costs when nothing fails.
+    /// This crate with the circuit breaker, the adaptive rate limiter and hedging (POST
+    /// included, after 1 s) on: what holding back costs when nothing fails.
     OursHoldingBack(idempotent_retry::IdempotentClient),
     /// reqwest-middleware with reqwest-retry's transient-error retries.
     Retry(reqwest_middleware::ClientWithMiddleware),
@@ -330,7 +330,7 @@ impl Client {
             Client::RawTimeout(_) => "raw reqwest + timeout",
             Client::RawKeyed(_) => "raw reqwest + timeout + key",
             Client::Ours(_) => "IdempotentClient",
-            Client::OursHoldingBack(_) => "IdempotentClient + breaker + limiter",
+            Client::OursHoldingBack(_) => "IdempotentClient + breaker + limiter + hedging",
             Client::Retry(_) => "reqwest-retry",
             Client::RetryKeyed(_) => "reqwest-retry + timeout + key",
         }
@@ -417,6 +417,10 @@ impl Client {
                 idempotent_retry::IdempotentClient::builder()
                     .circuit_breaker(idempotent_retry::CircuitBreaker::new())
                     .adaptive_rate_limit(idempotent_retry::AdaptiveRateLimit::new())
+                    .hedging(
+                        idempotent_retry::Hedging::after(std::time::Duration::from_secs(1))
+                            .keyed_methods(true),
+                    )
                     .build()
                     .expect("valid settings"),
             ),

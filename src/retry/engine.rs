@@ -436,29 +436,40 @@ impl<'a> Engine<'a> {
             .get_or_insert_with(|| settings.origins.get(url))
             .clone();
         origin.hedges.deposit();
-        let mut flights: Vec<(bool, Detached<T::Answer>)> = vec![(false, first)];
+        // The first attempt, and the hedges beside it: no allocation for the list
+        // until a hedge starts, and the timer in the race's own (boxed) state.
+        let mut first = Some(first);
+        let mut hedges: Vec<Detached<T::Answer>> = Vec::new();
         let mut hedges_left = plan.max_hedges;
-        let mut timer = Box::pin(tokio::time::sleep(plan.delay));
+        let mut timer = std::pin::pin!(tokio::time::sleep(plan.delay));
         loop {
+            // `Some((None, a))`: the first attempt answered; `Some((Some(i), a))`: hedge
+            // `i`; `None`: time to hedge.
             let event = std::future::poll_fn(|cx| {
-                for (i, (_, flight)) in flights.iter_mut().enumerate() {
-                    if let std::task::Poll::Ready(answer) = flight.as_mut().poll(cx) {
-                        return std::task::Poll::Ready(Some((i, answer)));
+                use std::task::Poll;
+                if let Some(flight) = first.as_mut() {
+                    if let Poll::Ready(answer) = flight.as_mut().poll(cx) {
+                        return Poll::Ready(Some((None, answer)));
+                    }
+                }
+                for (i, flight) in hedges.iter_mut().enumerate() {
+                    if let Poll::Ready(answer) = flight.as_mut().poll(cx) {
+                        return Poll::Ready(Some((Some(i), answer)));
                     }
                 }
                 if hedges_left > 0 && timer.as_mut().poll(cx).is_ready() {
-                    return std::task::Poll::Ready(None);
+                    return Poll::Ready(None);
                 }
-                std::task::Poll::Pending
+                Poll::Pending
             })
             .await;
-            let Some((i, answer)) = event else {
+            let Some((which, answer)) = event else {
                 hedges_left -= 1;
                 match self.hedge_timeout(&origin, timeout) {
                     Some(hedge_timeout) => match transport.detached(hedge_timeout, true) {
                         Some(hedge) => {
                             self.hedges = self.hedges.saturating_add(1);
-                            flights.push((true, hedge));
+                            hedges.push(hedge);
                             timer
                                 .as_mut()
                                 .reset(tokio::time::Instant::now() + plan.delay);
@@ -469,13 +480,17 @@ impl<'a> Engine<'a> {
                 }
                 continue;
             };
-            let (was_hedge, _) = flights.swap_remove(i);
-            if flights.is_empty() || self.settles::<T>(&answer) {
+            match which {
+                None => first = None,
+                Some(i) => drop(hedges.swap_remove(i)),
+            }
+            let in_flight = hedges.len() + usize::from(first.is_some());
+            if in_flight == 0 || self.settles::<T>(&answer) {
                 // The others are dropped in flight: each may have executed.
-                let dropped = u32::try_from(flights.len()).unwrap_or(u32::MAX);
+                let dropped = u32::try_from(in_flight).unwrap_or(u32::MAX);
                 self.made = self.made.saturating_add(dropped);
                 self.outcome_unknown |= dropped > 0;
-                if was_hedge {
+                if which.is_some() {
                     origin.hedges.count_win();
                 }
                 return answer;
