@@ -366,3 +366,65 @@ fn a_hedge_delay_not_below_the_attempt_timeout_fails_the_build() {
         .unwrap_err();
     assert!(err.to_string().contains("hedging.max_hedges"), "{err}");
 }
+
+#[tokio::test]
+async fn no_hedge_after_a_throttling_answer_or_while_the_circuit_is_half_open() {
+    // A 429 first (Retry-After 0), then a stalled attempt: the operation already heard
+    // "too many", so the stalled retry is not hedged.
+    let server = MockServer::start().await;
+    server.inject(
+        Fault::RateLimited {
+            retry_after: Duration::ZERO,
+        },
+        1,
+    );
+    server.inject(Fault::DelayBeforeProcessing(Duration::from_millis(300)), 1);
+    let client = hedging_client(keyed_hedging());
+    let resp = send_full(&client, &server).await;
+    assert_eq!((resp.attempts(), resp.hedges()), (2, 0));
+
+    // A half-open probe is not hedged: the circuit lets one attempt through.
+    let server = MockServer::start().await;
+    let client = fast_builder()
+        .retry_policy(fast_policy().max_attempts(2))
+        .circuit_breaker(
+            breaker()
+                .minimum_throughput(2)
+                .break_duration(Duration::from_millis(30)),
+        )
+        .hedging(keyed_hedging())
+        .build()
+        .unwrap();
+    server.inject(
+        Fault::StatusBeforeProcessing(StatusCode::SERVICE_UNAVAILABLE),
+        2,
+    );
+    send(&client, &server).await.unwrap_err();
+    let url = server.uri();
+    let mut polls = 0;
+    while client.circuit_state(&url).unwrap() != CircuitState::HalfOpen {
+        polls += 1;
+        assert!(polls < 400, "the break never ended");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.inject(Fault::DelayBeforeProcessing(Duration::from_millis(300)), 1);
+    let resp = send_full(&client, &server).await;
+    assert_eq!(
+        (resp.attempts(), resp.hedges()),
+        (1, 0),
+        "the probe went alone"
+    );
+    assert_eq!(client.circuit_state(&url).unwrap(), CircuitState::Closed);
+}
+
+async fn send_full(
+    client: &IdempotentClient,
+    server: &MockServer,
+) -> idempotent_retry::IdempotentResponse {
+    client
+        .post_idempotent(format!("{}/orders", server.uri()))
+        .json(&json!({"sku": "tea"}))
+        .send()
+        .await
+        .unwrap()
+}
