@@ -30,7 +30,7 @@ use crate::telemetry::TARGET;
 /// |---|---|---|
 /// | `failure_ratio` | 0.5 | resilience4j's `failureRateThreshold` (50 %): half the attempts failing is a sick origin, not bad luck |
 /// | `minimum_throughput` | 20 | Polly and resilience4j use 100 for busy services; 20 lets a client sending a few operations a second notice an outage within seconds, and no fewer than 20 keeps two unlucky timeouts from opening it |
-/// | `sampling_window` | 10 s | the window `RetryBudget` and AWS's client rate limiter think in; Polly uses 30 s, which forgets an outage three times slower |
+/// | `sampling_window` | 2 s | how fast a full outage trips it: the window's successes from before the outage must be outweighed, which takes about window ÷ (1 + retries per operation), a second here; resilience4j counts the last 100 calls, about as fast at 100 calls a second; Polly's 30 s would take a quarter of a minute |
 /// | `break_duration` | 5 s | Polly's `BreakDuration` |
 /// | `half_open_probes` | 1 | Polly's single trial call: one request tells whether the origin is back, at the least cost to it |
 /// | `max_break_duration` | 60 s | resilience4j's `waitDurationInOpenState`: a long outage is probed once a minute |
@@ -44,7 +44,7 @@ use crate::telemetry::TARGET;
 ///         CircuitBreaker::new()
 ///             .failure_ratio(0.5)
 ///             .minimum_throughput(20)
-///             .sampling_window(Duration::from_secs(10))
+///             .sampling_window(Duration::from_secs(2))
 ///             .break_duration(Duration::from_secs(5))
 ///             .half_open_probes(1)
 ///             .max_break_duration(Duration::from_secs(60)),
@@ -68,7 +68,7 @@ impl Default for CircuitBreaker {
         Self {
             failure_ratio: 0.5,
             minimum_throughput: 20,
-            sampling_window: Duration::from_secs(10),
+            sampling_window: Duration::from_secs(2),
             break_duration: Duration::from_secs(5),
             half_open_probes: 1,
             max_break_duration: Duration::from_secs(60),

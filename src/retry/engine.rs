@@ -190,11 +190,18 @@ impl<'a> Engine<'a> {
         let mut last: Option<Box<T::Answer>> = None;
         let end = loop {
             // The origin first: an open circuit refuses at once, a throttled origin's
-            // limiter may ask for a wait (which the deadline counts).
-            match self.hold_back() {
-                Ok(None) => {}
-                Ok(Some(wait)) => tokio::time::sleep(wait).await,
-                Err(reason) => break End::GaveUp(self.give_up(reason), last.map(|l| *l)),
+            // limiter may ask for waits (which the deadline and `max_wait` count).
+            if let Err(reason) = self.admit() {
+                break End::GaveUp(self.give_up(reason), last.map(|l| *l));
+            }
+            let turn = loop {
+                match self.turn() {
+                    Ok(Some(wait)) => tokio::time::sleep(wait).await,
+                    other => break other,
+                }
+            };
+            if let Err(reason) = turn {
+                break End::GaveUp(self.give_up(reason), last.map(|l| *l));
             }
             let timeout = match self.begin_attempt(timeout) {
                 Ok(timeout) => timeout,
@@ -576,37 +583,46 @@ impl<'a> Engine<'a> {
         decision == Decision::Final
     }
 
-    /// Asks the origin whether the next attempt may go: its circuit (refused while
-    /// open), then its rate limiter (a wait, or refused past `max_wait`). Nothing to ask,
-    /// and no lookup, while the client has neither a breaker nor a limiter and no
-    /// circuit was ever opened by hand.
-    fn hold_back(&mut self) -> Result<Option<Duration>, GiveUpReason> {
+    /// Asks the origin's circuit whether the next attempt may go. Nothing to ask (and
+    /// no lookup) while the client has no breaker and no circuit was ever opened by hand.
+    fn admit(&mut self) -> Result<(), GiveUpReason> {
         let settings = self.settings;
         let circuits = settings.breaker.is_some() || settings.origins.any_circuit();
-        if !circuits && settings.limiter.is_none() {
-            return Ok(None);
+        if !circuits {
+            return Ok(());
         }
-        let now = Instant::now();
         let url = self.url;
         let origin = &**self.origin.get_or_insert_with(|| settings.origins.get(url));
         let circuit = match &settings.breaker {
             Some(breaker) => Some(origin.circuit(Some(breaker))),
-            None if circuits => origin.existing_circuit(),
-            None => None,
+            None => origin.existing_circuit(),
         };
-        if let Some(circuit) = circuit {
-            match circuit.admit(now) {
-                Admission::Go => self.pass = Some(false),
-                Admission::Probe => self.pass = Some(true),
-                Admission::Refused => {
-                    origin.count_refusal(GiveUpReason::CircuitOpen);
-                    return Err(GiveUpReason::CircuitOpen);
-                }
+        let Some(circuit) = circuit else {
+            return Ok(());
+        };
+        match circuit.admit(Instant::now()) {
+            Admission::Go => self.pass = Some(false),
+            Admission::Probe => self.pass = Some(true),
+            Admission::Refused => {
+                origin.count_refusal(GiveUpReason::CircuitOpen);
+                return Err(GiveUpReason::CircuitOpen);
             }
         }
+        Ok(())
+    }
+
+    /// A token from the origin's rate limiter for the next attempt, if the client has
+    /// one (always at once while the origin has never throttled), or the wait before
+    /// asking again; refused when that wait is longer than `max_wait` or passes the
+    /// deadline.
+    fn turn(&mut self) -> Result<Option<Duration>, GiveUpReason> {
+        let settings = self.settings;
         let Some(config) = &settings.limiter else {
             return Ok(None);
         };
+        let now = Instant::now();
+        let url = self.url;
+        let origin = &**self.origin.get_or_insert_with(|| settings.origins.get(url));
         match origin.limiter().acquire(config.max_wait, now) {
             Turn::Now => Ok(None),
             Turn::After(wait) => {

@@ -82,9 +82,10 @@ impl AdaptiveRateLimit {
 /// What the limiter says of an attempt about to be sent.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Turn {
-    /// Go now.
+    /// A token taken: go now.
     Now,
-    /// A token is set aside: go after this wait.
+    /// No token yet: ask again after this wait (nothing is set aside, so that the
+    /// waits follow the rate as it changes, as AWS's bucket does).
     After(Duration),
     /// No token within `max_wait` (the wait it would take); nothing was set aside.
     Refused(Duration),
@@ -146,18 +147,19 @@ impl Limiter {
             return Turn::Now;
         }
         s.refill(t);
-        if s.capacity >= 1.0 {
-            s.capacity -= 1.0;
+        // A token, give or take the rounding of the waits that led here.
+        if s.capacity >= 1.0 - 1e-9 {
+            s.capacity = (s.capacity - 1.0).max(0.0);
             return Turn::Now;
         }
-        let wait =
-            Duration::try_from_secs_f64((1.0 - s.capacity) / s.fill_rate).unwrap_or(Duration::MAX);
+        // At least a millisecond: a wait rounded down to nothing would ask again at
+        // once, and again, until the clock moves.
+        let wait = Duration::try_from_secs_f64((1.0 - s.capacity) / s.fill_rate)
+            .unwrap_or(Duration::MAX)
+            .max(Duration::from_millis(1));
         if wait > max_wait {
             return Turn::Refused(wait);
         }
-        // Set aside now, so that attempts waiting together queue up rather than all
-        // taking the same token when it comes.
-        s.capacity -= 1.0;
         Turn::After(wait)
     }
 
@@ -167,11 +169,12 @@ impl Limiter {
         let t = self.seconds(now);
         let mut s = self.lock();
         s.measure(t);
+        let measured = s.sending_rate(t);
         let rate = if throttled {
             let rate_to_use = if s.enabled {
-                s.measured_rate.min(s.fill_rate)
+                measured.min(s.fill_rate)
             } else {
-                s.measured_rate
+                measured
             };
             s.last_max_rate = rate_to_use;
             s.time_window = time_window(rate_to_use);
@@ -182,7 +185,7 @@ impl Limiter {
             s.time_window = time_window(s.last_max_rate);
             s.cubic_success(t)
         };
-        let rate = rate.min(2.0 * s.measured_rate);
+        let rate = rate.min(2.0 * measured);
         s.set_rate(rate, t);
     }
 
@@ -239,6 +242,19 @@ impl State {
             self.slice_count = 0;
             self.slice_start = slice;
         }
+    }
+
+    /// The sending rate to cut from: the smoothed measure, or, before the first
+    /// half-second has been measured, the rate of the current slice so far. (AWS's
+    /// limiter starts from a measure of zero, so a throttle in the first half second
+    /// drops it to the floor, 0.5 per second, from which it takes seconds to climb back:
+    /// a departure from AWS, made on purpose.)
+    fn sending_rate(&self, t: f64) -> f64 {
+        if self.measured_rate > 0.0 {
+            return self.measured_rate;
+        }
+        // At least 50 ms of slice, so that one early request is not a huge rate.
+        self.slice_count as f64 / (t - self.slice_start).max(0.05)
     }
 
     /// The rate `t` seconds after the limiter's start, on the cubic through the last
@@ -319,20 +335,27 @@ mod tests {
     fn the_bucket_holds_attempts_to_the_rate() {
         let limiter = throttled_at(20);
         let rate = limiter.rate().unwrap();
-        let t = at(&limiter, 2.0);
-        // Whatever the bucket held is used up first; then each token is 1/rate apart.
-        let mut waits = Vec::new();
-        for _ in 0..40 {
-            match limiter.acquire(Duration::from_secs(60), t) {
-                Turn::Now => {}
-                Turn::After(wait) => waits.push(wait.as_secs_f64()),
+        let mut t = 2.0;
+        // Whatever the bucket held is used up first; then one token per 1/rate: each
+        // attempt that is told to wait gets its token when it asks again after it.
+        while limiter.acquire(Duration::ZERO, at(&limiter, t)) == Turn::Now {}
+        let mut sent = 0;
+        while sent < 30 {
+            match limiter.acquire(Duration::from_secs(60), at(&limiter, t)) {
+                Turn::Now => sent += 1,
+                Turn::After(wait) => {
+                    assert!(wait.as_secs_f64() <= 1.0 / rate + 1e-3, "{wait:?}");
+                    t += wait.as_secs_f64();
+                }
                 Turn::Refused(_) => panic!("within a minute"),
             }
         }
-        assert!(waits.len() >= 25, "{waits:?}");
-        for pair in waits.windows(2) {
-            assert!(((pair[1] - pair[0]) - 1.0 / rate).abs() < 1e-6, "{pair:?}");
-        }
+        // 30 tokens at `rate` a second, give or take the one the bucket held.
+        let took = t - 2.0;
+        assert!(
+            (took * rate - 30.0).abs() <= 1.0 + 1e-6,
+            "{took} s at {rate}/s"
+        );
     }
 
     #[test]
@@ -343,9 +366,23 @@ mod tests {
         let Turn::Refused(wait) = limiter.acquire(Duration::ZERO, t) else {
             panic!("no token and no wait allowed");
         };
-        // Refusing took nothing: the same wait again.
+        // Refusing took nothing, and neither does a wait: the same wait again.
         assert_eq!(limiter.acquire(Duration::ZERO, t), Turn::Refused(wait));
         assert!(matches!(limiter.acquire(wait, t), Turn::After(w) if w == wait));
+        assert!(matches!(limiter.acquire(wait, t), Turn::After(w) if w == wait));
+    }
+
+    #[test]
+    fn a_throttle_in_the_first_half_second_cuts_from_what_is_being_sent() {
+        // 40 requests in the first 100 ms (400 a second), then a 429.
+        let limiter = Limiter::new(Instant::now());
+        for i in 0..40 {
+            limiter.update(false, at(&limiter, f64::from(i) * 0.0025));
+        }
+        limiter.update(true, at(&limiter, 0.1));
+        let rate = limiter.rate().unwrap();
+        // 41 requests over 0.1 s, cut to 70 %; not the 0.5 floor.
+        assert!((rate - 0.7 * 410.0).abs() < 1.0, "{rate}");
     }
 
     #[test]
