@@ -509,6 +509,7 @@ impl IdempotentClientBuilder {
             max_origins,
             circuit_breaker,
             adaptive_rate_limit,
+            hedging,
         } = config;
         self.policy = *retry_policy;
         self.attempt_timeout = *attempt_timeout;
@@ -520,6 +521,7 @@ impl IdempotentClientBuilder {
         self.max_origins = *max_origins;
         self.breaker = circuit_breaker.clone();
         self.limiter = adaptive_rate_limit.clone();
+        self.hedging = hedging.clone();
         self
     }
 

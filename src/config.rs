@@ -22,7 +22,7 @@ use crate::settings::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_SHOULD_RETRY_HEADER,
 };
-use crate::{AdaptiveRateLimit, CircuitBreaker, KeyFormat, RetryBudget, RetryPolicy};
+use crate::{AdaptiveRateLimit, CircuitBreaker, Hedging, KeyFormat, RetryBudget, RetryPolicy};
 
 /// The options of an [`IdempotentClient`](crate::IdempotentClient) that can live in a
 /// configuration file; apply them with
@@ -66,6 +66,7 @@ use crate::{AdaptiveRateLimit, CircuitBreaker, KeyFormat, RetryBudget, RetryPoli
 /// | `key_format` | `"bare"` or `"structured_string"` | `"bare"` |
 /// | `should_retry_header` | header name, `""` for none | `"Stripe-Should-Retry"` |
 /// | `max_origins` | integer | `10000` |
+/// | `hedging` | table, see [`Hedging`] (`delay`, required; `max_hedges`, `keyed_methods`) | none: no hedging |
 /// | `adaptive_rate_limit` | table, see [`AdaptiveRateLimit`] (`max_wait`); an empty table is its defaults | none: no limiter |
 /// | `circuit_breaker` | table, see [`CircuitBreaker`] (`failure_ratio`, `minimum_throughput`, `sampling_window`, `break_duration`, `half_open_probes`, `max_break_duration`); an empty table is the breaker's defaults | none: no breaker |
 /// | `retry_budget` | table, see [`RetryBudget`] (`capacity`, `transient_cost`, `throttling_cost`, `success_refund`; all costs 0 turns it off) | [`RetryBudget::default`] |
@@ -92,6 +93,8 @@ pub struct ClientConfig {
     pub circuit_breaker: Option<CircuitBreaker>,
     /// Adaptive rate limiting per origin, if any.
     pub adaptive_rate_limit: Option<AdaptiveRateLimit>,
+    /// Hedging, if any.
+    pub hedging: Option<Hedging>,
 }
 
 impl Default for ClientConfig {
@@ -107,6 +110,7 @@ impl Default for ClientConfig {
             max_origins: DEFAULT_MAX_ORIGINS,
             circuit_breaker: None,
             adaptive_rate_limit: None,
+            hedging: None,
         }
     }
 }
@@ -610,6 +614,50 @@ impl<'de> Deserialize<'de> for AdaptiveRateLimit {
     }
 }
 
+impl Table for Hedging {
+    const WHAT: &'static str = "a hedging table";
+    const FIELDS: &'static [&'static str] = &["delay", "max_hedges", "keyed_methods"];
+
+    fn set<'de, A: MapAccess<'de>>(
+        &mut self,
+        field: &str,
+        path: &str,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        // Every field named: a new one does not compile until it is read here.
+        let Hedging {
+            delay,
+            max_hedges,
+            keyed_methods,
+        } = self;
+        match field {
+            "delay" => *delay = duration(map, path)?,
+            "max_hedges" => *max_hedges = value(map, path)?,
+            "keyed_methods" => *keyed_methods = value(map, path)?,
+            other => return Err(unknown(other, Self::FIELDS)),
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        // Against the attempt timeout, `build` checks the rest.
+        if self.delay.is_zero() {
+            return Err("delay: required, more than zero, such as \"200ms\"".to_owned());
+        }
+        if self.max_hedges == 0 {
+            return Err("max_hedges: must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for Hedging {
+    /// From a table with `delay` (required), `max_hedges` and `keyed_methods`.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        table(deserializer, "")
+    }
+}
+
 impl Table for ClientConfig {
     const WHAT: &'static str = "a client configuration table";
     const FIELDS: &'static [&'static str] = &[
@@ -623,6 +671,7 @@ impl Table for ClientConfig {
         "max_origins",
         "circuit_breaker",
         "adaptive_rate_limit",
+        "hedging",
     ];
 
     fn set<'de, A: MapAccess<'de>>(
@@ -643,6 +692,7 @@ impl Table for ClientConfig {
             max_origins,
             circuit_breaker,
             adaptive_rate_limit,
+            hedging,
         } = self;
         match field {
             "retry_policy" => *retry_policy = nested(map, path)?,
@@ -657,6 +707,7 @@ impl Table for ClientConfig {
             "max_origins" => *max_origins = value(map, path)?,
             "circuit_breaker" => *circuit_breaker = Some(nested(map, path)?),
             "adaptive_rate_limit" => *adaptive_rate_limit = Some(nested(map, path)?),
+            "hedging" => *hedging = Some(nested(map, path)?),
             other => return Err(unknown(other, Self::FIELDS)),
         }
         Ok(())
@@ -753,6 +804,14 @@ mod tests {
         let defaults = parse(r#"{"circuit_breaker": {}, "adaptive_rate_limit": {}}"#).unwrap();
         assert_eq!(defaults.circuit_breaker, Some(CircuitBreaker::new()));
         assert_eq!(defaults.adaptive_rate_limit, Some(AdaptiveRateLimit::new()));
+        let hedging =
+            parse(r#"{"hedging": {"delay": "150ms", "max_hedges": 2, "keyed_methods": true}}"#)
+                .unwrap()
+                .hedging;
+        let expected = Hedging::after(Duration::from_millis(150))
+            .max_hedges(2)
+            .keyed_methods(true);
+        assert_eq!(hedging, Some(expected));
         let limit = parse(r#"{"adaptive_rate_limit": {"max_wait": "250ms"}}"#).unwrap();
         let expected = AdaptiveRateLimit::new().max_wait(Duration::from_millis(250));
         assert_eq!(limit.adaptive_rate_limit, Some(expected));
@@ -817,6 +876,10 @@ mod tests {
             (
                 r#"{"circuit_breaker": {"failure_ratio": 2}}"#,
                 "circuit_breaker.failure_ratio must be in (0, 1], got 2",
+            ),
+            (
+                r#"{"hedging": {"max_hedges": 1}}"#,
+                "hedging.delay: required, more than zero",
             ),
             (
                 r#"{"circuit_breaker": {"break_duration": "soon"}}"#,

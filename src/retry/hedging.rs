@@ -52,6 +52,14 @@ pub struct Hedging {
     pub(crate) keyed_methods: bool,
 }
 
+/// What a configuration table starts from before its fields are read: no delay, which
+/// the table's check refuses (`delay` must be given).
+impl Default for Hedging {
+    fn default() -> Self {
+        Self::after(Duration::ZERO)
+    }
+}
+
 impl Hedging {
     /// Hedging that starts another attempt when one has no answer after `delay` (which
     /// must be more than zero and less than the attempt timeout).
