@@ -595,7 +595,7 @@ impl IdempotentClientBuilder {
         if let Some(problem) = self
             .hedging
             .as_ref()
-            .and_then(|h| h.problem(self.attempt_timeout))
+            .and_then(|h| h.problem(Some(self.attempt_timeout)))
         {
             return Err(config(format!("hedging.{problem}")));
         }

@@ -640,14 +640,8 @@ impl Table for Hedging {
     }
 
     fn check(&self) -> Result<(), String> {
-        // Against the attempt timeout, `build` checks the rest.
-        if self.delay.is_zero() {
-            return Err("delay: required, more than zero, such as \"200ms\"".to_owned());
-        }
-        if self.max_hedges == 0 {
-            return Err("max_hedges: must be at least 1".to_owned());
-        }
-        Ok(())
+        // The delay against the attempt timeout is for `build`, which knows both.
+        self.problem(None).map_or(Ok(()), Err)
     }
 }
 
@@ -879,7 +873,7 @@ mod tests {
             ),
             (
                 r#"{"hedging": {"max_hedges": 1}}"#,
-                "hedging.delay: required, more than zero",
+                "hedging.delay must be more than zero",
             ),
             (
                 r#"{"circuit_breaker": {"break_duration": "soon"}}"#,

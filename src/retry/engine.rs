@@ -285,12 +285,8 @@ impl<'a> Engine<'a> {
         // A panic in the caller's classifier or hook ends the operation with an error
         // that keeps its key and outcome, rather than unwinding through the caller and
         // losing the key of a request that may have executed.
-        let decision = match &settings.classifier {
-            Some(classifier) => match catch_unwind(AssertUnwindSafe(|| classifier(&attempt))) {
-                Ok(decision) => decision,
-                Err(_) => return Next::GiveUp(self.give_up(GiveUpReason::CallbackPanicked)),
-            },
-            None => default_classifier(&attempt),
+        let Some(decision) = decide(settings, &attempt) else {
+            return Next::GiveUp(self.give_up(GiveUpReason::CallbackPanicked));
         };
         // Failures are what the classifier retries as transient; throttling is neither.
         let verdict = if attempt.is_throttling() {
@@ -436,12 +432,7 @@ impl<'a> Engine<'a> {
             // A front end that cannot hedge sends as usual.
             return transport.send(timeout).await;
         };
-        let settings = self.settings;
-        let url = self.url;
-        let origin = self
-            .origin
-            .get_or_insert_with(|| settings.origins.get(url))
-            .clone();
+        let origin = origin_in(&mut self.origin, self.settings, self.url).clone();
         origin.hedges.deposit();
         // The first attempt, and the hedges beside it: no allocation for the list
         // until a hedge starts, and the timer in the race's own (boxed) state.
@@ -573,14 +564,9 @@ impl<'a> Engine<'a> {
         let Some(outcome) = T::outcome(answer) else {
             return true;
         };
-        let attempt = self.attempt(outcome);
-        let decision = match &self.settings.classifier {
-            Some(classifier) => {
-                catch_unwind(AssertUnwindSafe(|| classifier(&attempt))).unwrap_or(Decision::Final)
-            }
-            None => default_classifier(&attempt),
-        };
-        decision == Decision::Final
+        // A panicking classifier ends the operation, as `after` reports when it judges
+        // this answer.
+        decide(self.settings, &self.attempt(outcome)).is_none_or(|d| d == Decision::Final)
     }
 
     /// Asks the origin's circuit whether the next attempt may go. Nothing to ask (and
@@ -591,8 +577,7 @@ impl<'a> Engine<'a> {
         if !circuits {
             return Ok(());
         }
-        let url = self.url;
-        let origin = &**self.origin.get_or_insert_with(|| settings.origins.get(url));
+        let origin = origin_in(&mut self.origin, settings, self.url);
         let circuit = match &settings.breaker {
             Some(breaker) => Some(origin.circuit(Some(breaker))),
             None => origin.existing_circuit(),
@@ -621,8 +606,7 @@ impl<'a> Engine<'a> {
             return Ok(None);
         };
         let now = Instant::now();
-        let url = self.url;
-        let origin = &**self.origin.get_or_insert_with(|| settings.origins.get(url));
+        let origin = origin_in(&mut self.origin, settings, self.url);
         match origin.limiter().acquire(config.max_wait, now) {
             Turn::Now => Ok(None),
             Turn::After(wait) => {
@@ -661,8 +645,7 @@ impl<'a> Engine<'a> {
 
     /// The state of the operation's origin, looked up once.
     fn origin(&mut self) -> &OriginState {
-        let (origins, url) = (&self.settings.origins, self.url);
-        self.origin.get_or_insert_with(|| origins.get(url))
+        origin_in(&mut self.origin, self.settings, self.url)
     }
 
     /// The key for an event above debug level: only when the client was built with
@@ -723,6 +706,26 @@ fn should_retry(settings: &Settings, status: StatusCode, headers: &HeaderMap) ->
             debug!(target: TARGET, value = ?value, "ignoring a Stripe-Should-Retry that is neither true nor false");
             None
         }
+    }
+}
+
+/// The state of `url`'s origin, looked up into `slot` on first use: a function of the
+/// slot alone, so that a caller can set the engine's other fields while it holds it.
+fn origin_in<'s>(
+    slot: &'s mut Option<Arc<OriginState>>,
+    settings: &Settings,
+    url: &reqwest::Url,
+) -> &'s Arc<OriginState> {
+    slot.get_or_insert_with(|| settings.origins.get(url))
+}
+
+/// The decision on `attempt`: the caller's classifier, or the default one. `None` when
+/// the caller's classifier panicked (the panic is not passed on: the operation ends with
+/// its key and outcome instead).
+fn decide(settings: &Settings, attempt: &Attempt<'_>) -> Option<Decision> {
+    match &settings.classifier {
+        Some(classifier) => catch_unwind(AssertUnwindSafe(|| classifier(attempt))).ok(),
+        None => Some(default_classifier(attempt)),
     }
 }
 

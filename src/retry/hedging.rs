@@ -93,11 +93,15 @@ impl Hedging {
     }
 
     /// The first setting out of range, named as in a configuration file (relative to
-    /// hedging's own table); `attempt_timeout` is the client's.
-    pub(crate) fn problem(&self, attempt_timeout: Duration) -> Option<String> {
-        if self.delay.is_zero() || self.delay >= attempt_timeout {
+    /// hedging's own table). `attempt_timeout`, the client's, when it is known: a
+    /// configuration table is read before it is.
+    pub(crate) fn problem(&self, attempt_timeout: Option<Duration>) -> Option<String> {
+        if self.delay.is_zero() {
+            return Some("delay must be more than zero, such as \"200ms\"".to_owned());
+        }
+        if let Some(timeout) = attempt_timeout.filter(|t| self.delay >= *t) {
             return Some(format!(
-                "delay ({:?}) must be more than zero and less than attempt_timeout ({attempt_timeout:?})",
+                "delay ({:?}) must be less than attempt_timeout ({timeout:?})",
                 self.delay
             ));
         }
@@ -202,12 +206,16 @@ mod tests {
 
     #[test]
     fn settings_out_of_range_are_named() {
-        let timeout = Duration::from_secs(1);
+        let timeout = Some(Duration::from_secs(1));
         let ok = Hedging::after(Duration::from_millis(200));
         assert_eq!(ok.problem(timeout), None);
-        let long = Hedging::after(timeout).problem(timeout).unwrap();
+        let long = Hedging::after(Duration::from_secs(1))
+            .problem(timeout)
+            .unwrap();
         assert!(long.starts_with("delay"), "{long}");
+        assert_eq!(Hedging::after(Duration::from_secs(1)).problem(None), None);
         assert!(Hedging::after(Duration::ZERO).problem(timeout).is_some());
+        assert!(Hedging::after(Duration::ZERO).problem(None).is_some());
         let none = ok.max_hedges(0).problem(timeout).unwrap();
         assert!(none.starts_with("max_hedges"), "{none}");
     }
