@@ -214,6 +214,18 @@ impl Guard for Unguarded {
     }
 }
 
+/// One attempt of `template` through `http` (the client's pool, or its hedges'),
+/// bounded by `timeout`: a future that borrows none of its arguments.
+fn exchange(
+    client: &Inner,
+    http: &reqwest::Client,
+    template: &Template,
+    timeout: Duration,
+) -> impl Future<Output = Answer> + Send + use<> {
+    let request = template.attempt(timeout, client.http_timeout);
+    receive(http.execute(request), client.settings.max_response_bytes)
+}
+
 /// The client's side of the engine's contract: send one attempt of the template.
 struct Sender<'a, G> {
     client: &'a Inner,
@@ -233,12 +245,7 @@ impl<G: Guard> Transport for Sender<'_, G> {
     }
 
     fn send(&mut self, timeout: Duration) -> impl Future<Output = Answer> + Send {
-        let client = self.client;
-        let request = self.template.attempt(timeout, client.http_timeout);
-        receive(
-            client.http.execute(request),
-            client.settings.max_response_bytes,
-        )
+        exchange(self.client, &self.client.http, self.template, timeout)
     }
 
     fn detached(&self, timeout: Duration, hedge: bool) -> Option<Detached<Answer>> {
@@ -246,15 +253,11 @@ impl<G: Guard> Transport for Sender<'_, G> {
         // A hedge goes through the second pool when there is one, so that a stalled
         // connection (or an HTTP/2 connection stalled for all its streams) does not
         // hold it too.
-        let (http, http_timeout) = match &client.hedge_http {
-            Some(second) if hedge => (second, client.http_timeout),
-            _ => (&client.http, client.http_timeout),
+        let http = match &client.hedge_http {
+            Some(second) if hedge => second,
+            _ => &client.http,
         };
-        let request = self.template.attempt(timeout, http_timeout);
-        Some(Box::pin(receive(
-            http.execute(request),
-            client.settings.max_response_bytes,
-        )))
+        Some(Box::pin(exchange(client, http, self.template, timeout)))
     }
 
     fn outcome(answer: &Answer) -> Option<Outcome<'_>> {

@@ -46,14 +46,16 @@ pub(crate) async fn serve(
             let sabotage = Arc::new(Sabotage::default());
             let socket = Socket::new(stream, sabotage.clone());
             let service = hyper::service::service_fn(move |request| {
-                let line = shared
-                    .config
-                    .log_requests
-                    .then(|| RequestLine::of(&request, &shared.config.key_header));
+                // Only a logged request keeps a handle on the connection's sabotage, to
+                // read the fault it drew.
+                let line = shared.config.log_requests.then(|| {
+                    let line = RequestLine::of(&request, &shared.config.key_header);
+                    (line, sabotage.clone())
+                });
                 let (shared, sabotage) = (shared.clone(), sabotage.clone());
                 async move {
-                    let answer = handler::handle(shared, sabotage.clone(), request).await;
-                    if let Some(line) = line {
+                    let answer = handler::handle(shared, sabotage, request).await;
+                    if let Some((line, sabotage)) = line {
                         line.print(&answer, sabotage.take_fault());
                     }
                     answer

@@ -62,6 +62,7 @@ impl OriginState {
 
     /// The figures of `origin_stats`.
     fn stats(&self, now: Instant) -> OriginStats {
+        let (hedges_sent, hedges_won) = self.hedges.figures();
         OriginStats {
             retry_tokens: self.budget.available(),
             circuit: self
@@ -71,8 +72,8 @@ impl OriginState {
             refused_circuit_open: self.refused_circuit_open.load(Ordering::Relaxed),
             refused_rate_limited: self.refused_rate_limited.load(Ordering::Relaxed),
             refused_budget_exhausted: self.refused_budget_exhausted.load(Ordering::Relaxed),
-            hedges_sent: self.hedges.figures().0,
-            hedges_won: self.hedges.figures().1,
+            hedges_sent,
+            hedges_won,
         }
     }
 
