@@ -36,6 +36,13 @@ use serde_json::json;
 const WORKERS: usize = 16;
 const PACE: Duration = Duration::from_millis(25);
 
+/// The three clients' names, in the order of [`Client::all`].
+const NAMES: [&str; 3] = [
+    "(a) reqwest-retry",
+    "(b) ours, defaults",
+    "(c) ours, holding back",
+];
+
 /// The three clients.
 #[derive(Clone)]
 enum Client {
@@ -63,11 +70,12 @@ impl Client {
             .hedging(Hedging::after(Duration::from_millis(100)).keyed_methods(true))
             .build()
             .unwrap();
-        vec![
-            ("(a) reqwest-retry", Client::Retry(retry)),
-            ("(b) ours, defaults", Client::Ours(IdempotentClient::new())),
-            ("(c) ours, holding back", Client::Ours(holding_back)),
-        ]
+        let clients = [
+            Client::Retry(retry),
+            Client::Ours(IdempotentClient::new()),
+            Client::Ours(holding_back),
+        ];
+        NAMES.into_iter().zip(clients).collect()
     }
 
     /// One operation: a POST with one key for all its attempts. `Ok` on a 2xx.
@@ -159,11 +167,8 @@ fn executions_per_key(servers: &[&MockServer]) -> &'static str {
 
 fn table(title: &str, rows: &[&str], columns: &[Vec<String>]) {
     println!("\n### {title}\n");
-    print!("| |");
-    for (name, _) in Client::all() {
-        print!(" {name} |");
-    }
-    println!("\n|---|---:|---:|---:|");
+    println!("| | {} |", NAMES.join(" | "));
+    println!("|---|{}", "---:|".repeat(NAMES.len()));
     for (i, row) in rows.iter().enumerate() {
         print!("| {row} |");
         for column in columns {

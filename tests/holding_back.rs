@@ -35,6 +35,16 @@ fn client(breaker: CircuitBreaker, attempts: u32) -> IdempotentClient {
         .unwrap()
 }
 
+/// Waits, bounded (2 s), until the break of `url`'s circuit has ended.
+async fn half_open(client: &IdempotentClient, url: &str) {
+    let mut polls = 0;
+    while client.circuit_state(url).unwrap() != CircuitState::HalfOpen {
+        polls += 1;
+        assert!(polls < 400, "the break never ended");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn send(client: &IdempotentClient, server: &MockServer) -> Result<u16, Error> {
     client
         .post_idempotent(format!("{}/orders", server.uri()))
@@ -152,13 +162,8 @@ async fn a_cancelled_half_open_probe_does_not_wedge_the_circuit() {
     let url = server.uri();
     assert_eq!(client.circuit_state(&url).unwrap(), CircuitState::Open);
 
-    // The break ends 30 ms after the opening: wait for the half-open state, bounded.
-    let mut polls = 0;
-    while client.circuit_state(&url).unwrap() != CircuitState::HalfOpen {
-        polls += 1;
-        assert!(polls < 400, "the break never ended");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // The break ends 30 ms after the opening.
+    half_open(&client, &url).await;
 
     // The probe stalls; its caller gives up and drops it.
     server.inject(Fault::DelayBeforeProcessing(Duration::from_secs(5)), 1);
@@ -252,12 +257,7 @@ async fn the_breaker_opens_in_an_outage_and_a_probe_closes_it_after() {
     assert_eq!(server.requests().len(), during, "refused before any I/O");
 
     server.outage(Outage::Drop, Duration::ZERO);
-    let mut polls = 0;
-    while client.circuit_state(&url).unwrap() != CircuitState::HalfOpen {
-        polls += 1;
-        assert!(polls < 400, "the break never ended");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    half_open(&client, &url).await;
     assert_eq!(send(&client, &server).await.unwrap(), 201);
     assert_eq!(client.circuit_state(&url).unwrap(), CircuitState::Closed);
 }
@@ -402,12 +402,7 @@ async fn no_hedge_after_a_throttling_answer_or_while_the_circuit_is_half_open() 
     );
     send(&client, &server).await.unwrap_err();
     let url = server.uri();
-    let mut polls = 0;
-    while client.circuit_state(&url).unwrap() != CircuitState::HalfOpen {
-        polls += 1;
-        assert!(polls < 400, "the break never ended");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    half_open(&client, &url).await;
     server.inject(Fault::DelayBeforeProcessing(Duration::from_millis(300)), 1);
     let resp = send_full(&client, &server).await;
     assert_eq!(

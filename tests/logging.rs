@@ -191,20 +191,18 @@ async fn record_all<F: std::future::Future<Output = ()>>(
 /// Runs `operation` with a [`Recorder`] at `DEBUG` for this thread; returns the
 /// crate's operation spans and the crate's events.
 async fn record<F: std::future::Future<Output = ()>>(operation: F) -> (Vec<Seen>, Vec<Seen>) {
-    let recorder = Recorder::default();
-    let subscriber = tracing_subscriber::registry()
-        .with(recorder.clone())
-        .with(tracing_subscriber::filter::LevelFilter::DEBUG);
-    {
-        let _guard = tracing::subscriber::set_default(subscriber);
-        operation.await;
-    }
-    let spans = recorder.spans.lock().unwrap();
-    let spans = spans.values().filter(|s| s.name == "idempotent_request");
-    let events = recorder.events.lock().unwrap();
+    let (spans, events) = record_all(Level::DEBUG, operation).await;
     let ours = ["sending", "attempt finished", "retrying", "giving up"];
-    let events = events.iter().filter(|e| ours.contains(&e.name.as_str()));
-    (spans.cloned().collect(), events.cloned().collect())
+    (
+        spans
+            .into_iter()
+            .filter(|s| s.name == "idempotent_request")
+            .collect(),
+        events
+            .into_iter()
+            .filter(|e| ours.contains(&e.name.as_str()))
+            .collect(),
+    )
 }
 
 #[tokio::test]

@@ -645,6 +645,17 @@ impl Drop for Child {
     }
 }
 
+/// Queues `fault` on a standalone server through its admin API.
+async fn queue_fault(http: &reqwest::Client, base: &str, fault: Value) {
+    let resp = http
+        .post(format!("{base}/__admin/faults"))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{fault}");
+}
+
 /// Starts the standalone binary with `args` (its standard error piped), and returns it
 /// with the base URL it prints once listening.
 fn start_binary(args: &[&str]) -> (Child, String) {
@@ -688,14 +699,12 @@ async fn the_standalone_binary_serves_and_takes_admin_faults() {
         .unwrap();
     assert_eq!(no_key.status(), 400, "--require-key");
     // Each POST takes the next queued fault, so queue it only now.
-    let fault = json!({"fault": "drop_after_processing", "times": 1});
-    let resp = http
-        .post(format!("{base}/__admin/faults"))
-        .json(&fault)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    queue_fault(
+        &http,
+        &base,
+        json!({"fault": "drop_after_processing", "times": 1}),
+    )
+    .await;
 
     let resp = fast_builder()
         .build()
@@ -1054,14 +1063,12 @@ async fn the_binary_logs_each_request_when_asked_and_tells_its_version() {
 
     let (mut child, base) = start_binary(&["--addr", "127.0.0.1:0", "--log-requests"]);
     let http = reqwest::Client::new();
-    let fault = json!({"fault": "status_before_processing", "status": 503});
-    let resp = http
-        .post(format!("{base}/__admin/faults"))
-        .json(&fault)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    queue_fault(
+        &http,
+        &base,
+        json!({"fault": "status_before_processing", "status": 503}),
+    )
+    .await;
     for _ in 0..3 {
         http.post(format!("{base}/orders"))
             .header("idempotency-key", "k1")

@@ -553,32 +553,42 @@ async fn a_route_rate_limit_answers_429_with_the_ietf_fields_and_leaves_faults_q
     assert_eq!(refused.headers()["ratelimit"], "\"default\";r=0;t=1");
 }
 
-#[test]
-fn a_stub_file_sets_a_rate_limit() {
+#[tokio::test]
+async fn a_stub_file_sets_a_rate_limit() {
     let dir = std::env::temp_dir().join(format!("stub-limit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("api.toml");
-    std::fs::write(
-        &file,
-        r#"
-[[route]]
-method = "POST"
-path = "/v1/charges"
-rate_limit = { per_second = 5, burst = 10, retry_after = false }
-"#,
-    )
-    .unwrap();
-    assert!(MockServer::builder().stubs_file(&file).check().is_ok());
-    std::fs::write(
-        &file,
-        r#"
-[[route]]
-method = "POST"
-path = "/v1/charges"
-rate_limit = { per_second = 0, burst = 10 }
-"#,
-    )
-    .unwrap();
+    let stub = |limit: &str| {
+        let text =
+            format!("[[route]]\nmethod = \"POST\"\npath = \"/v1/charges\"\nrate_limit = {limit}\n");
+        std::fs::write(&file, text).unwrap();
+    };
+    // The file's limit is the one served: a burst of two, then a 429 without
+    // Retry-After, as the file says.
+    stub("{ per_second = 1, burst = 2, retry_after = false }");
+    let server = MockServer::builder()
+        .stubs_file(&file)
+        .start()
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for key in ["a", "b", "c"] {
+        let resp = http
+            .post(format!("{}/v1/charges", server.uri()))
+            .header("idempotency-key", key)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        retry_after = resp.headers().get("retry-after").cloned();
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(retry_after, None, "retry_after = false");
+
+    stub("{ per_second = 0, burst = 10 }");
     let err = MockServer::builder().stubs_file(&file).check().unwrap_err();
     assert!(
         err.to_string()

@@ -22,7 +22,7 @@ pub(crate) struct Throttle {
 }
 
 impl Throttle {
-    /// `None` for a limit of zero per second or a zero burst, which would refuse all.
+    /// The limit, or why not: a zero rate or a zero burst would refuse every request.
     pub(crate) fn new(per_second: u32, burst: u32, retry_after: bool) -> Result<Self, String> {
         if per_second == 0 || burst == 0 {
             return Err("rate_limit: per_second and burst must be at least 1".to_owned());
