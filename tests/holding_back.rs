@@ -45,13 +45,21 @@ async fn half_open(client: &IdempotentClient, url: &str) {
     }
 }
 
-async fn send(client: &IdempotentClient, server: &MockServer) -> Result<u16, Error> {
+/// One order to `server`: the whole answer.
+async fn order(
+    client: &IdempotentClient,
+    server: &MockServer,
+) -> Result<idempotent_retry::IdempotentResponse, Error> {
     client
         .post_idempotent(format!("{}/orders", server.uri()))
         .json(&json!({"sku": "tea"}))
         .send()
         .await
-        .map(|r| r.status().as_u16())
+}
+
+/// One order to `server`: its status.
+async fn send(client: &IdempotentClient, server: &MockServer) -> Result<u16, Error> {
+    order(client, server).await.map(|r| r.status().as_u16())
 }
 
 #[tokio::test]
@@ -276,12 +284,7 @@ async fn a_hedge_wins_over_a_stalled_attempt_and_the_operation_executes_once() {
     // The first request stalls before processing; the hedge, 50 ms later, does not.
     server.inject(Fault::DelayBeforeProcessing(Duration::from_secs(3)), 1);
     let client = hedging_client(keyed_hedging());
-    let resp = client
-        .post_idempotent(format!("{}/orders", server.uri()))
-        .json(&json!({"sku": "tea"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = order(&client, &server).await.unwrap();
     assert_eq!(resp.status(), 201);
     assert_eq!((resp.attempts(), resp.hedges()), (2, 1));
     let key = resp.idempotency_key().as_str().to_owned();
@@ -299,12 +302,7 @@ async fn a_hedges_409_is_awaited_never_returned() {
         .await
         .unwrap();
     let client = hedging_client(keyed_hedging());
-    let resp = client
-        .post_idempotent(format!("{}/orders", server.uri()))
-        .json(&json!({"sku": "tea"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = order(&client, &server).await.unwrap();
     assert_eq!(
         resp.status(),
         201,
@@ -381,7 +379,7 @@ async fn no_hedge_after_a_throttling_answer_or_while_the_circuit_is_half_open() 
     );
     server.inject(Fault::DelayBeforeProcessing(Duration::from_millis(300)), 1);
     let client = hedging_client(keyed_hedging());
-    let resp = send_full(&client, &server).await;
+    let resp = order(&client, &server).await.unwrap();
     assert_eq!((resp.attempts(), resp.hedges()), (2, 0));
 
     // A half-open probe is not hedged: the circuit lets one attempt through.
@@ -404,23 +402,11 @@ async fn no_hedge_after_a_throttling_answer_or_while_the_circuit_is_half_open() 
     let url = server.uri();
     half_open(&client, &url).await;
     server.inject(Fault::DelayBeforeProcessing(Duration::from_millis(300)), 1);
-    let resp = send_full(&client, &server).await;
+    let resp = order(&client, &server).await.unwrap();
     assert_eq!(
         (resp.attempts(), resp.hedges()),
         (1, 0),
         "the probe went alone"
     );
     assert_eq!(client.circuit_state(&url).unwrap(), CircuitState::Closed);
-}
-
-async fn send_full(
-    client: &IdempotentClient,
-    server: &MockServer,
-) -> idempotent_retry::IdempotentResponse {
-    client
-        .post_idempotent(format!("{}/orders", server.uri()))
-        .json(&json!({"sku": "tea"}))
-        .send()
-        .await
-        .unwrap()
 }
