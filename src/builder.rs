@@ -4,7 +4,7 @@ use crate::retry::breaker::CircuitBreaker;
 use crate::retry::hedging::Hedging;
 use crate::retry::limiter::AdaptiveRateLimit;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -534,31 +534,24 @@ impl IdempotentClientBuilder {
     /// a reqwest client that could not be built.
     pub fn build(mut self) -> Result<IdempotentClient, Error> {
         self.check()?;
-        // No redirects: a 3xx is the operation's final answer (a 303 after a POST means
-        // it executed), and a 307/308 would send body and key on to another URL.
         let ours = |timeout| {
-            reqwest::Client::builder()
-                .timeout(timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|source| Error::InvalidConfig {
-                    reason: "could not build the default reqwest client".to_owned(),
-                    source: Some(source),
-                })
+            crate::client::default_http(timeout).map_err(|source| Error::InvalidConfig {
+                reason: "could not build the default reqwest client".to_owned(),
+                source: Some(source),
+            })
         };
         let (http, http_timeout, hedge_http) = match self.http.take() {
             // The caller's client: hedges share its pool (documented on `Hedging`).
-            Some(http) => (http, None, None),
+            Some(http) => (http, None, OnceLock::new()),
             None => {
+                // A client that hedges gets its second pool now; one that hedges only
+                // for some requests gets it at the first hedge.
                 let hedge_http = match self.hedging {
-                    Some(_) => Some(ours(self.attempt_timeout)?),
-                    None => None,
+                    Some(_) => OnceLock::from(ours(self.attempt_timeout)?),
+                    None => OnceLock::new(),
                 };
-                (
-                    ours(self.attempt_timeout)?,
-                    Some(self.attempt_timeout),
-                    hedge_http,
-                )
+                let http = ours(self.attempt_timeout)?;
+                (http, Some(self.attempt_timeout), hedge_http)
             }
         };
         Ok(IdempotentClient {
@@ -595,7 +588,7 @@ impl IdempotentClientBuilder {
         if let Some(problem) = self
             .hedging
             .as_ref()
-            .and_then(|h| h.problem(Some(self.attempt_timeout)))
+            .and_then(|h| h.problem(Some((self.attempt_timeout, "attempt_timeout"))))
         {
             return Err(config(format!("hedging.{problem}")));
         }

@@ -2,7 +2,7 @@
 
 use crate::telemetry::TARGET;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use reqwest::{IntoUrl, Method};
@@ -34,9 +34,44 @@ pub(crate) struct Inner {
     /// this timeout leave it unset on the request, which spares reqwest a per-request
     /// extension map.
     pub(crate) http_timeout: Option<Duration>,
-    /// A second pool for hedges, when the client hedges and we built `http`.
-    pub(crate) hedge_http: Option<reqwest::Client>,
+    /// A second pool for hedges, when we built `http`: made with the client when it
+    /// hedges, or at the first hedge of a request that hedges on its own.
+    pub(crate) hedge_http: OnceLock<reqwest::Client>,
     pub(crate) settings: Settings,
+}
+
+impl Inner {
+    /// The pool a hedge goes through: a second one when we built `http`, so that a
+    /// stalled connection (or an HTTP/2 connection stalled for all its streams) does
+    /// not hold the hedge too; the caller's own client otherwise. Should the second
+    /// pool fail to build (the TLS backend, which built the first one already), the
+    /// hedge shares the first.
+    pub(crate) fn hedge_pool(&self) -> &reqwest::Client {
+        let Some(timeout) = self.http_timeout else {
+            return &self.http;
+        };
+        if let Some(pool) = self.hedge_http.get() {
+            return pool;
+        }
+        match default_http(timeout) {
+            // Two racing first hedges may both build one; the first kept is used.
+            Ok(pool) => self.hedge_http.get_or_init(|| pool),
+            Err(e) => {
+                tracing::debug!(target: crate::telemetry::TARGET, error = %e, "hedging through the client's own pool");
+                &self.http
+            }
+        }
+    }
+}
+
+/// The reqwest client this crate builds: `timeout` on every request, and no redirects
+/// (a 3xx is the operation's final answer: a 303 after a POST means it executed, and
+/// a 307/308 would send body and key on to another URL).
+pub(crate) fn default_http(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
 }
 
 impl IdempotentClient {

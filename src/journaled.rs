@@ -15,7 +15,7 @@ use crate::journal::{
     BodySeal, Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, Lease,
     PendingOperation, RecordedAnswer, RecordedRequest, Release, ResumeReport,
 };
-use crate::transport::{Guard, Operation, Template};
+use crate::transport::{Guard, Operation, Overrides, Template};
 use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentClient, IdempotentResponse};
 
 /// Headers that are never written to a journal.
@@ -126,7 +126,7 @@ pub(crate) async fn send(
         ..record.clone()
     });
     let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
-    let policy = *operation.policy.as_deref().unwrap_or(&settings.policy);
+    let policy = *Overrides::policy(operation.overrides.as_deref(), settings);
     let deadline = Instant::now().checked_add(policy.deadline);
     let journal_error = |key: Option<&IdempotencyKey>, outcome_unknown: bool| {
         let id = id.clone();
@@ -309,7 +309,7 @@ pub(crate) async fn send(
         key,
         // A recorded key may have been sent by an earlier run.
         fresh_key: operation.fresh_key && !resumed,
-        policy: operation.policy,
+        overrides: operation.overrides,
         timeout: operation.timeout,
     };
     let guard = LeaseGuard {
@@ -651,7 +651,7 @@ pub(crate) async fn resume_pending(client: &IdempotentClient) -> Result<ResumeRe
             template,
             key,
             fresh_key: false,
-            policy: None,
+            overrides: None,
             timeout: client.inner.settings.attempt_timeout,
         };
         // A holder that is gone is taken over by the claim; a live one keeps it.

@@ -327,7 +327,7 @@ async fn retry(
     };
     let engine = Engine::new(
         settings,
-        &settings.policy,
+        None,
         request.method(),
         request.url(),
         &key,

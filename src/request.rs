@@ -8,8 +8,8 @@ use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::transport::{Operation, Template};
-use crate::{Error, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPolicy};
+use crate::transport::{Operation, Overrides, Template};
+use crate::{Error, Hedging, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPolicy};
 
 /// One logical operation being put together. Nothing is sent until
 /// [`send`](Self::send). The operation's key exists from the start (minted when the
@@ -46,8 +46,9 @@ pub struct IdempotentRequestBuilder {
     key: IdempotencyKey,
     /// Whether `key` was minted here and never left the process (not the caller's).
     fresh_key: bool,
-    /// Boxed: an override is rare, and the builder is moved at every chained call.
-    policy: Option<Box<RetryPolicy>>,
+    /// What the request sets for itself. Boxed: an override is rare, and the builder
+    /// is moved at every chained call.
+    overrides: Option<Box<Overrides>>,
     timeout: Option<Duration>,
     /// The caller's name for the operation, for the journal.
     operation_id: Option<Box<str>>,
@@ -62,7 +63,7 @@ impl IdempotentRequestBuilder {
             // The one place a key is minted: once per operation, before any attempt.
             key: IdempotencyKey::new_v4(),
             fresh_key: true,
-            policy: None,
+            overrides: None,
             timeout: None,
             operation_id: None,
         }
@@ -285,8 +286,49 @@ impl IdempotentRequestBuilder {
     /// # drop(request);
     /// ```
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
-        self.policy = Some(Box::new(policy));
+        self.overrides_mut().policy = Some(policy);
         self
+    }
+
+    /// Hedging for this request only, on a client with hedging or without: when an
+    /// attempt has no answer after the delay, another with the same key starts beside
+    /// it. The rules are the client's ([`Hedging`]): POST and PATCH hedge only with
+    /// `keyed_methods(true)`, and only against a server that answers `409` to a key
+    /// still in flight. The delay must be less than the request's timeout: `send`
+    /// refuses it otherwise, before any I/O.
+    ///
+    /// On a client whose reqwest client this crate built, hedges go through a second
+    /// connection pool, made when the client is built with hedging or else at the
+    /// first hedge; on your own reqwest client they share its pool.
+    ///
+    /// ```
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// use std::time::Duration;
+    /// use idempotent_retry::Hedging;
+    /// let request = client
+    ///     .put_idempotent("http://127.0.0.1:8080/orders/42")
+    ///     .hedging(Hedging::after(Duration::from_millis(150)));
+    /// # drop(request);
+    /// ```
+    pub fn hedging(mut self, hedging: Hedging) -> Self {
+        self.overrides_mut().hedging = Some(Some(hedging));
+        self
+    }
+
+    /// No hedging for this request, whatever the client's.
+    ///
+    /// ```
+    /// # let client = idempotent_retry::IdempotentClient::new();
+    /// let request = client.post_idempotent("http://127.0.0.1:8080/payments").no_hedging();
+    /// # drop(request);
+    /// ```
+    pub fn no_hedging(mut self) -> Self {
+        self.overrides_mut().hedging = Some(None);
+        self
+    }
+
+    fn overrides_mut(&mut self) -> &mut Overrides {
+        self.overrides.get_or_insert_with(Box::default)
     }
 
     /// Sends the operation with its key, making attempts until one gets a final
@@ -339,7 +381,7 @@ impl IdempotentRequestBuilder {
             body,
             key,
             fresh_key,
-            policy,
+            overrides,
             timeout,
             operation_id: _,
         } = self;
@@ -353,7 +395,8 @@ impl IdempotentRequestBuilder {
         };
 
         // The client's own policy was validated when it was built.
-        if let Some(Err(e)) = policy.as_deref().map(RetryPolicy::validate) {
+        let own_policy = overrides.as_deref().and_then(|o| o.policy.as_ref());
+        if let Some(Err(e)) = own_policy.map(RetryPolicy::validate) {
             return Err(invalid(key, e.to_string(), None));
         }
         let timeout = timeout.unwrap_or(settings.attempt_timeout);
@@ -363,6 +406,16 @@ impl IdempotentRequestBuilder {
                 "timeout must be greater than zero".into(),
                 None,
             ));
+        }
+        // The request's own hedging, against the request's timeout. (The client's was
+        // checked against the client's attempt timeout; a shorter timeout set here only
+        // means its hedges have no time to start.)
+        let own_hedging = overrides.as_deref().and_then(|o| o.hedging.as_ref());
+        if let Some(problem) = own_hedging
+            .and_then(Option::as_ref)
+            .and_then(|h| h.problem(Some((timeout, "the request's timeout"))))
+        {
+            return Err(invalid(key, format!("hedging: {problem}"), None));
         }
         let mut request = match request.build() {
             Ok(request) => request,
@@ -399,7 +452,7 @@ impl IdempotentRequestBuilder {
             template,
             key,
             fresh_key,
-            policy,
+            overrides,
             timeout,
         })
     }
@@ -412,7 +465,7 @@ impl fmt::Debug for IdempotentRequestBuilder {
             .field("body", &self.body.as_ref().map(|b| b.bytes.len()))
             .field("key", &self.key)
             .field("fresh_key", &self.fresh_key)
-            .field("policy", &self.policy)
+            .field("overrides", &self.overrides)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }

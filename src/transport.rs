@@ -10,6 +10,8 @@ use http::{HeaderMap, Method, StatusCode, Version};
 use crate::client::Inner;
 use crate::retry::classify::Outcome;
 use crate::retry::engine::{self, Detached, End, Ending, Engine, Transport};
+use crate::retry::hedging::Hedging;
+use crate::settings::Settings;
 use crate::{
     Error, GiveUpReason, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPolicy,
 };
@@ -185,9 +187,44 @@ pub(crate) struct Operation {
     pub(crate) key: IdempotencyKey,
     /// Whether the key was minted for this operation and never sent before.
     pub(crate) fresh_key: bool,
-    /// A per-request policy; `None` for the client's.
-    pub(crate) policy: Option<Box<RetryPolicy>>,
+    /// What the request sets for itself; `None` (the common case) for the client's
+    /// settings throughout.
+    pub(crate) overrides: Option<Box<Overrides>>,
     pub(crate) timeout: Duration,
+}
+
+/// What one request sets for itself instead of the client's settings. Boxed where it is
+/// kept: an override is rare, and the operation's state stays small.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Overrides {
+    /// A retry policy for this request.
+    pub(crate) policy: Option<RetryPolicy>,
+    /// `Some(Some(h))`: hedge with `h`; `Some(None)`: do not hedge; `None`: as the
+    /// client does.
+    pub(crate) hedging: Option<Option<Hedging>>,
+}
+
+impl Overrides {
+    /// The policy of an operation with these overrides on a client with `settings`.
+    pub(crate) fn policy<'s>(
+        overrides: Option<&'s Self>,
+        settings: &'s Settings,
+    ) -> &'s RetryPolicy {
+        overrides
+            .and_then(|o| o.policy.as_ref())
+            .unwrap_or(&settings.policy)
+    }
+
+    /// The hedging of an operation with these overrides on a client with `settings`.
+    pub(crate) fn hedging<'s>(
+        overrides: Option<&'s Self>,
+        settings: &'s Settings,
+    ) -> Option<&'s Hedging> {
+        match overrides.and_then(|o| o.hedging.as_ref()) {
+            Some(own) => own.as_ref(),
+            None => settings.hedging.as_ref(),
+        }
+    }
 }
 
 /// What may stop an operation before an attempt: nothing, for a plain send; the
@@ -250,12 +287,10 @@ impl<G: Guard> Transport for Sender<'_, G> {
 
     fn detached(&self, timeout: Duration, hedge: bool) -> Option<Detached<Answer>> {
         let client = self.client;
-        // A hedge goes through the second pool when there is one, so that a stalled
-        // connection (or an HTTP/2 connection stalled for all its streams) does not
-        // hold it too.
-        let http = match &client.hedge_http {
-            Some(second) if hedge => second,
-            _ => &client.http,
+        let http = if hedge {
+            client.hedge_pool()
+        } else {
+            &client.http
         };
         Some(Box::pin(exchange(client, http, self.template, timeout)))
     }
@@ -294,7 +329,6 @@ impl Operation {
         async move {
             let inner = &*self.client.inner;
             let settings = &inner.settings;
-            let policy = self.policy.as_deref().unwrap_or(&settings.policy);
             let mut sender = Sender {
                 client: inner,
                 template: &self.template,
@@ -303,7 +337,7 @@ impl Operation {
             let template = &self.template;
             let engine = Engine::new(
                 settings,
-                policy,
+                self.overrides.as_deref(),
                 template.method(),
                 template.url(),
                 &self.key,
@@ -390,7 +424,7 @@ pub(crate) fn state_size() -> usize {
         template: Template::new(request, None),
         key: IdempotencyKey::new_v4(),
         fresh_key: true,
-        policy: None,
+        overrides: None,
         timeout: Duration::from_secs(1),
     };
     std::mem::size_of_val(&operation.run().instrument(tracing::Span::none()))

@@ -410,3 +410,86 @@ async fn no_hedge_after_a_throttling_answer_or_while_the_circuit_is_half_open() 
     );
     assert_eq!(client.circuit_state(&url).unwrap(), CircuitState::Closed);
 }
+
+#[tokio::test]
+async fn no_hedge_without_a_rate_limiter_token() {
+    let server = MockServer::start().await;
+    let client = fast_builder()
+        .retry_policy(fast_policy().max_attempts(1))
+        .adaptive_rate_limit(AdaptiveRateLimit::new())
+        .hedging(keyed_hedging())
+        .build()
+        .unwrap();
+    // A slow first order (600 ms, not hedged) then a 429: the limiter turns on at 70 %
+    // of the 1.6 requests per second it measured, about one token every 0.9 s.
+    server.inject(Fault::DelayBeforeProcessing(Duration::from_millis(600)), 1);
+    let slow = client
+        .post_idempotent(format!("{}/orders", server.uri()))
+        .no_hedging()
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.attempts(), 1);
+    server.inject(
+        Fault::RateLimited {
+            retry_after: Duration::ZERO,
+        },
+        1,
+    );
+    send(&client, &server).await.unwrap_err();
+    let rate = client.origin_stats(&server.uri()).unwrap().rate_limit;
+    assert!(rate.is_some_and(|r| r < 1.5), "{rate:?}");
+    // The next order waits for its token, then stalls 300 ms: the hedge due after
+    // 50 ms finds no token (a twentieth of one has come back) and does not start.
+    server.inject(Fault::DelayBeforeProcessing(Duration::from_millis(300)), 1);
+    let resp = order(&client, &server).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!((resp.attempts(), resp.hedges()), (1, 0));
+    assert_eq!(server.executions(), 2);
+}
+
+#[tokio::test]
+async fn a_request_hedges_on_its_own_or_not_at_all() {
+    // A client without hedging: one request asks for it, and its hedge wins over a
+    // stalled first attempt (through a second pool made at that first hedge).
+    let server = MockServer::start().await;
+    let client = support::fast_client();
+    server.inject(Fault::DelayBeforeProcessing(Duration::from_secs(3)), 1);
+    let resp = client
+        .post_idempotent(format!("{}/orders", server.uri()))
+        .json(&json!({"sku": "tea"}))
+        .hedging(keyed_hedging())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!((resp.attempts(), resp.hedges()), (2, 1));
+    assert_eq!(server.executions(), 1);
+
+    // A client that hedges: one request opts out and waits for its stalled attempt.
+    let client = hedging_client(keyed_hedging());
+    server.inject(Fault::DelayBeforeProcessing(Duration::from_millis(200)), 1);
+    let resp = client
+        .post_idempotent(format!("{}/orders", server.uri()))
+        .json(&json!({"sku": "tea"}))
+        .no_hedging()
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((resp.attempts(), resp.hedges()), (1, 0));
+
+    // A request's hedge delay must be below the request's timeout: refused before any
+    // I/O, with nothing sent.
+    let requests = server.requests().len();
+    let err = client
+        .post_idempotent(format!("{}/orders", server.uri()))
+        .timeout(Duration::from_millis(100))
+        .hedging(idempotent_retry::Hedging::after(Duration::from_millis(100)))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest { .. }), "{err:?}");
+    assert!(err.to_string().contains("the request's timeout"), "{err}");
+    assert!(!err.is_outcome_unknown());
+    assert_eq!(server.requests().len(), requests);
+}

@@ -20,11 +20,12 @@ use tracing::{debug, info, warn};
 use super::backoff::Backoff;
 use super::breaker::{Admission, CircuitState, Verdict};
 use super::classify::{Attempt, Decision, Outcome, default_classifier};
+use super::hedging::Hedging;
 use super::limiter::Turn;
 use super::origins::OriginState;
-use super::policy::RetryPolicy;
 use crate::settings::Settings;
 use crate::telemetry::{self, ErrorType};
+use crate::transport::Overrides;
 use crate::{GiveUpReason, IdempotencyKey};
 
 /// An attempt that borrows nothing, so that others can run beside it.
@@ -99,7 +100,8 @@ enum Next {
 /// The state of one operation between its attempts.
 pub(crate) struct Engine<'a> {
     settings: &'a Settings,
-    policy: &'a RetryPolicy,
+    /// What the request sets for itself: `None` for the client's settings throughout.
+    overrides: Option<&'a Overrides>,
     method: &'a Method,
     url: &'a reqwest::Url,
     key: &'a IdempotencyKey,
@@ -146,15 +148,16 @@ impl<'a> Engine<'a> {
     /// A key the caller supplied may have been sent before, by an earlier call.
     pub(crate) fn new(
         settings: &'a Settings,
-        policy: &'a RetryPolicy,
+        overrides: Option<&'a Overrides>,
         method: &'a Method,
         url: &'a reqwest::Url,
         key: &'a IdempotencyKey,
         fresh_key: bool,
     ) -> Self {
+        let policy = Overrides::policy(overrides, settings);
         Self {
             settings,
-            policy,
+            overrides,
             method,
             url,
             key,
@@ -337,7 +340,7 @@ impl<'a> Engine<'a> {
 
         // Advance the schedule on every retry, even when Retry-After sets the wait, so
         // the n-th retry always draws the n-th delay.
-        let policy = self.policy;
+        let policy = Overrides::policy(self.overrides, settings);
         let backoff = self
             .backoff
             .get_or_insert_with(|| Box::new(Backoff::new(policy)));
@@ -425,10 +428,7 @@ impl<'a> Engine<'a> {
     /// the sibling awaited: no retry starts while an attempt is in flight. Siblings
     /// dropped when one wins count as attempts that may have executed.
     async fn race<T: Transport>(&mut self, transport: &mut T, timeout: Duration) -> T::Answer {
-        let (Some(plan), Some(first)) = (
-            self.settings.hedging.as_ref(),
-            transport.detached(timeout, false),
-        ) else {
+        let (Some(plan), Some(first)) = (self.hedging(), transport.detached(timeout, false)) else {
             // A front end that cannot hedge sends as usual.
             return transport.send(timeout).await;
         };
@@ -520,13 +520,14 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Whether this operation hedges: the client hedges, and its method may.
+    /// The operation's hedging: the request's own, or the client's.
+    fn hedging(&self) -> Option<&'a Hedging> {
+        Overrides::hedging(self.overrides, self.settings)
+    }
+
+    /// Whether this operation hedges: it has hedging, and its method may.
     fn hedged(&self) -> bool {
-        let method = self.method;
-        self.settings
-            .hedging
-            .as_ref()
-            .is_some_and(|h| h.covers(method))
+        self.hedging().is_some_and(|h| h.covers(self.method))
     }
 
     /// The timeout of a hedge starting now, if one may: none after a throttling answer,

@@ -10,7 +10,9 @@ use std::time::Duration;
 use http::Method;
 
 /// Settings of hedging (opt-in, per client with
-/// [`IdempotentClientBuilder::hedging`](crate::IdempotentClientBuilder::hedging)).
+/// [`IdempotentClientBuilder::hedging`](crate::IdempotentClientBuilder::hedging), or per
+/// request with
+/// [`IdempotentRequestBuilder::hedging`](crate::IdempotentRequestBuilder::hedging)).
 ///
 /// When an attempt has no answer after `delay`, another attempt with the same key
 /// starts (on a second connection pool when the crate built the reqwest client, so a
@@ -93,15 +95,15 @@ impl Hedging {
     }
 
     /// The first setting out of range, named as in a configuration file (relative to
-    /// hedging's own table). `attempt_timeout`, the client's, when it is known: a
-    /// configuration table is read before it is.
-    pub(crate) fn problem(&self, attempt_timeout: Option<Duration>) -> Option<String> {
+    /// hedging's own table). `timeout`: the attempt timeout the delay must stay below,
+    /// and its name, when it is known (a configuration table is read before it is).
+    pub(crate) fn problem(&self, timeout: Option<(Duration, &str)>) -> Option<String> {
         if self.delay.is_zero() {
             return Some("delay must be more than zero, such as \"200ms\"".to_owned());
         }
-        if let Some(timeout) = attempt_timeout.filter(|t| self.delay >= *t) {
+        if let Some((timeout, name)) = timeout.filter(|(t, _)| self.delay >= *t) {
             return Some(format!(
-                "delay ({:?}) must be less than attempt_timeout ({timeout:?})",
+                "delay ({:?}) must be less than {name} ({timeout:?})",
                 self.delay
             ));
         }
@@ -206,13 +208,13 @@ mod tests {
 
     #[test]
     fn settings_out_of_range_are_named() {
-        let timeout = Some(Duration::from_secs(1));
+        let timeout = Some((Duration::from_secs(1), "attempt_timeout"));
         let ok = Hedging::after(Duration::from_millis(200));
         assert_eq!(ok.problem(timeout), None);
         let long = Hedging::after(Duration::from_secs(1))
             .problem(timeout)
             .unwrap();
-        assert!(long.starts_with("delay"), "{long}");
+        assert_eq!(long, "delay (1s) must be less than attempt_timeout (1s)");
         assert_eq!(Hedging::after(Duration::from_secs(1)).problem(None), None);
         assert!(Hedging::after(Duration::ZERO).problem(timeout).is_some());
         assert!(Hedging::after(Duration::ZERO).problem(None).is_some());
