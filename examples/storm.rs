@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use idempotent_retry::mock::{Fault, MockServer, Outage, Route};
+use idempotent_retry::mock::{MockServer, Outage, Route};
 use idempotent_retry::{
     AdaptiveRateLimit, CircuitBreaker, Hedging, IdempotencyKey, IdempotentClient,
 };
@@ -366,11 +366,8 @@ async fn stalls(quick: bool) -> bool {
         let server = MockServer::builder()
             .threads(2)
             .seed(7)
-            .route(
-                Route::post("/orders")
-                    .status(201)
-                    .fault_rates([(Fault::DelayBeforeProcessing(Duration::from_secs(1)), 0.02)]),
-            )
+            .stall(0.02, Duration::from_secs(1))
+            .route(Route::post("/orders").status(201))
             .start()
             .await
             .unwrap();

@@ -1151,3 +1151,121 @@ async fn an_outage_refuses_everything_but_the_admin_api_until_it_ends() {
     }
     assert_eq!(server.executions(), 2);
 }
+
+/// Whether each of `n` sequential orders to `server` was held back `stall` or longer.
+async fn stalled_pattern(server: &MockServer, n: usize, stall: Duration) -> Vec<bool> {
+    let http = reqwest::Client::new();
+    let mut pattern = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = std::time::Instant::now();
+        let resp = post(
+            &http,
+            server,
+            Some(&format!("s{i}")),
+            &json!({"sku": "tea"}),
+        )
+        .await;
+        assert_eq!(resp.status(), 201, "a stall delays, it does not fail");
+        pattern.push(started.elapsed() >= stall);
+    }
+    pattern
+}
+
+#[tokio::test]
+async fn a_share_of_requests_stalls_before_processing_drawn_from_the_seed() {
+    let stall = Duration::from_millis(150);
+    let start = || MockServer::builder().stall(0.5, stall).seed(11).start();
+    let server = start().await.unwrap();
+    let pattern = stalled_pattern(&server, 12, stall).await;
+    let stalled = pattern.iter().filter(|s| **s).count() as u64;
+    assert_eq!(
+        server.stalled(),
+        stalled,
+        "each stall is counted: {pattern:?}"
+    );
+    assert!((1..12).contains(&stalled), "about half stall: {pattern:?}");
+    assert_eq!(server.stats().stalled, stalled);
+    assert_eq!(server.executions(), 12, "a stalled request still executes");
+
+    // The same seed stalls the same requests.
+    let again = start().await.unwrap();
+    assert_eq!(stalled_pattern(&again, 12, stall).await, pattern);
+
+    // Through the admin API: every request, then none.
+    let http = reqwest::Client::new();
+    let set = |body: Value| {
+        http.post(format!("{}/__admin/stall", again.uri()))
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        set(json!({"share": 1.0, "duration": "20ms"}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let before = again.stalled();
+    assert_eq!(
+        stalled_pattern(&again, 2, Duration::from_millis(20)).await,
+        [true, true]
+    );
+    assert_eq!(again.stalled(), before + 2);
+    assert_eq!(
+        set(json!({"share": 0, "duration": "20ms"}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    stalled_pattern(&again, 2, Duration::from_millis(20)).await;
+    assert_eq!(again.stalled(), before + 2, "a zero share ends stalls");
+    let (status, body) =
+        problem_of(set(json!({"share": 2, "duration": "1s"})).await.unwrap()).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["detail"].as_str().unwrap().contains("between 0 and 1"),
+        "{body}"
+    );
+    assert!(again.stall(-0.1, stall).is_err());
+}
+
+#[tokio::test]
+async fn a_stub_file_starts_the_server_in_an_outage_and_with_stalls() {
+    let dir = std::env::temp_dir().join(format!("stub-outage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("api.toml");
+    let stub = |tables: &str| {
+        let text =
+            format!("{tables}\n[[route]]\nmethod = \"POST\"\npath = \"/orders\"\nstatus = 201\n");
+        std::fs::write(&file, text).unwrap();
+    };
+    stub(
+        "[outage]\nstatus = 503\nduration = \"1m\"\n\n[stall]\nshare = 1.0\nduration = \"30ms\"\n",
+    );
+    let server = MockServer::builder()
+        .stubs_file(&file)
+        .start()
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let (status, body) = problem_of(post(&http, &server, Some("k1"), &json!({})).await).await;
+    assert_eq!(
+        (status, body["title"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("Outage"))
+    );
+    server.outage(idempotent_retry::mock::Outage::Drop, Duration::ZERO);
+    assert_eq!(
+        stalled_pattern(&server, 1, Duration::from_millis(30)).await,
+        [true]
+    );
+    assert_eq!(server.stalled(), 1);
+
+    stub("[stall]\nshare = 1.5\nduration = \"1s\"\n");
+    let err = MockServer::builder().stubs_file(&file).check().unwrap_err();
+    assert!(err.to_string().contains("stall: stall share 1.5"), "{err}");
+    stub("[outage]\nduration = \"1s\"\n");
+    let err = MockServer::builder().stubs_file(&file).check().unwrap_err();
+    assert!(err.to_string().contains("outage: give either"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

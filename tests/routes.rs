@@ -7,7 +7,7 @@ mod support;
 use idempotent_retry::mock::{Fault, MockError, MockServer, Route};
 use idempotent_retry::{IdempotencyKey, IdempotentResponse};
 use serde_json::{Value, json};
-use support::fast_client;
+use support::{fast_builder, fast_client};
 
 /// A keyed POST of `body` as JSON, through a client that retries quickly.
 async fn post_json(url: impl AsRef<str>, body: Value) -> IdempotentResponse {
@@ -596,4 +596,50 @@ async fn a_stub_file_sets_a_rate_limit() {
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_route_streams_a_large_answer_that_the_client_bound_refuses() {
+    // 64 KiB chunks and a last partial one, with no declared length.
+    let size: u64 = 3 * 64 * 1024 + 3;
+    let server = MockServer::builder()
+        .route(Route::get("/v1/small").stream_body(size))
+        .route(Route::get("/v1/exports").stream_body(256 << 20))
+        .start()
+        .await
+        .unwrap();
+    let resp = reqwest::get(format!("{}/v1/small", server.uri()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("content-length").is_none(), "streamed");
+    assert_eq!(resp.headers()["content-type"], "application/octet-stream");
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(body.len() as u64, size);
+    assert!(body.iter().all(|b| *b == b'x'));
+
+    // 256 MiB offered to a client that buffers 1 MiB: too large, never retried.
+    let client = fast_builder().max_response_bytes(1 << 20).build().unwrap();
+    let err = client
+        .request_idempotent(http::Method::GET, format!("{}/v1/exports", server.uri()))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_response_too_large(), "{err:?}");
+    assert_eq!(err.attempts(), 1);
+
+    // A route whose answers are stored under their key cannot stream.
+    let err = MockServer::builder()
+        .route(Route::post("/v1/exports").stream_body(10))
+        .check()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("stream_body is for a route that stores nothing"),
+        "{err}"
+    );
+    MockServer::builder()
+        .route(Route::post("/v1/exports").store(false).stream_body(10))
+        .check()
+        .unwrap();
 }

@@ -21,7 +21,8 @@ usage: idempotent-mock-server [options]
   --max-keys N             most keys stored at once (default 100000)
   --threads N              worker threads (default: every core, here {cores})
   --stubs FILE             play your API: routes from a TOML or JSON stub file
-                           (repeatable; tried in the order given)
+                           (repeatable; tried in the order given), and optionally
+                           an [outage] and [stall] from the start
   --admin-token TOKEN      require `Authorization: Bearer TOKEN` on /__admin/*;
                            needed when --addr is not loopback (better: set it in
                            the IDEMPOTENT_MOCK_ADMIN_TOKEN environment variable,
@@ -35,7 +36,9 @@ usage: idempotent-mock-server [options]
 Durations are a number and a unit: 250ms, 1.5s, 5m, 24h, 2h 30m.
 Admin: GET /__admin/stats (with a per-route section), GET /__admin/requests (the log,
 headers and bodies), GET and POST /__admin/routes (list, add at run time),
-POST /__admin/faults (optional \"route\": a name or \"METHOD /path\"), POST /__admin/reset.";
+POST /__admin/faults (optional \"route\": a name or \"METHOD /path\"), POST /__admin/outage
+({\"status\": 503, \"duration\": \"5s\"}), POST /__admin/stall ({\"share\": 0.02, \"duration\": \"1s\"}),
+POST /__admin/reset.";
 
 fn main() -> ExitCode {
     let token = std::env::var(ADMIN_TOKEN_ENV).ok();

@@ -128,40 +128,49 @@ pub(crate) async fn handle(
                 Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid outage", &detail),
             }
         }
+        (&Method::POST, "stall") => {
+            let body = match read(request).await {
+                Ok(body) => body,
+                Err(answer) => return answer,
+            };
+            match stall_request(&body).and_then(|(share, duration)| {
+                shared.stalls.set(share, duration)?;
+                Ok((share, duration))
+            }) {
+                Ok((share, duration)) => {
+                    let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+                    json(
+                        StatusCode::OK,
+                        &json!({ "stall_share": share, "stall_ms": ms }),
+                    )
+                }
+                Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid stall", &detail),
+            }
+        }
         _ => problem(
             StatusCode::NOT_FOUND,
             "No such admin endpoint",
             "use GET /__admin/stats, GET /__admin/requests, GET or POST /__admin/routes, \
-             POST /__admin/faults, POST /__admin/outage or POST /__admin/reset",
+             POST /__admin/faults, POST /__admin/outage, POST /__admin/stall or \
+             POST /__admin/reset",
         ),
     }
 }
 
 /// The body of `POST /__admin/outage`: `{"status": 503, "duration": "5s"}` or
 /// `{"drop": true, "duration": "5s"}`; a zero duration ends an outage.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OutageRequest {
-    status: Option<u16>,
-    #[serde(default)]
-    drop: bool,
-    duration: String,
+fn outage_request(body: &[u8]) -> Result<(super::Outage, std::time::Duration), String> {
+    serde_json::from_slice::<super::outage::OutageSpec>(body)
+        .map_err(|e| format!("not an outage request: {e}"))?
+        .resolve()
 }
 
-fn outage_request(body: &[u8]) -> Result<(super::Outage, std::time::Duration), String> {
-    let request: OutageRequest =
-        serde_json::from_slice(body).map_err(|e| format!("not an outage request: {e}"))?;
-    let duration =
-        crate::parse_duration(&request.duration).map_err(|e| format!("duration: {e}"))?;
-    let outage = match (request.status, request.drop) {
-        (Some(code), false) => super::Outage::Status(
-            super::response::final_status(code)
-                .ok_or_else(|| format!("status {code} is not a final HTTP status (200..=999)"))?,
-        ),
-        (None, true) => super::Outage::Drop,
-        _ => return Err("give either \"status\" or \"drop\": true".to_owned()),
-    };
-    Ok((outage, duration))
+/// The body of `POST /__admin/stall`: `{"share": 0.02, "duration": "1s"}`; a zero
+/// share or duration ends stalls.
+fn stall_request(body: &[u8]) -> Result<(f64, std::time::Duration), String> {
+    serde_json::from_slice::<super::stall::StallSpec>(body)
+        .map_err(|e| format!("not a stall request: {e}"))?
+        .resolve()
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use super::fault::{Fault, Faults, RandomFaults};
 use super::route::{Compiled, Route};
 use super::serve::serve;
 use super::shared::{Config, Shared};
+use super::stubs::Loaded;
 
 /// Settings for a [`MockServer`].
 ///
@@ -35,6 +36,7 @@ use super::shared::{Config, Shared};
 /// | `scope_header` | `Authorization`: keys and created resources are per credential |
 /// | random faults | none; `fault_rate` spreads a rate over all eleven kinds |
 /// | `outage` | none ([`MockServer::outage`] starts one at any time) |
+/// | `stall` | none: no request waits before processing |
 /// | `addr` | `127.0.0.1:0` (a free port) |
 /// | `admin_token` | none: `/__admin/*` is open, which `start` allows on loopback only |
 /// | `threads` | 2 worker threads (a test's server; the binary uses every core) |
@@ -80,12 +82,14 @@ pub struct MockServerBuilder {
     admin_token: Option<Result<AdminToken, String>>,
     log_requests: bool,
     outage: Option<(super::Outage, Duration)>,
+    stall: Option<(f64, Duration)>,
 }
 
 /// Where routes come from, in the order given.
 #[derive(Debug, Clone)]
 enum Routes {
-    One(Route),
+    /// Boxed: a route is large beside a path.
+    One(Box<Route>),
     File(std::path::PathBuf),
 }
 
@@ -112,6 +116,7 @@ impl Default for MockServerBuilder {
             admin_token: None,
             log_requests: false,
             outage: None,
+            stall: None,
         }
     }
 }
@@ -182,6 +187,31 @@ impl MockServerBuilder {
     /// [`MockServer::outage`], which starts one at any time).
     pub fn outage(mut self, outage: super::Outage, duration: Duration) -> Self {
         self.outage = Some((outage, duration));
+        self
+    }
+
+    /// Starts the server with `share` of the requests it processes waiting `duration`
+    /// before processing (see [`MockServer::stall`], which sets it at any time): tail
+    /// latency for testing timeouts and hedging. `start` refuses a share outside
+    /// `[0, 1]`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_retry::mock::MockServer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), idempotent_retry::mock::MockError> {
+    /// let server = MockServer::builder()
+    ///     .stall(0.02, Duration::from_secs(1))
+    ///     .seed(7)
+    ///     .start()
+    ///     .await?;
+    /// # drop(server);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stall(mut self, share: f64, duration: Duration) -> Self {
+        self.stall = Some((share, duration));
         self
     }
 
@@ -289,16 +319,26 @@ impl MockServerBuilder {
     /// order, first match wins, none: `404`), with every idempotency rule and fault
     /// still applying to operations (POST, PUT, PATCH, DELETE). See [`Route`].
     pub fn route(mut self, route: Route) -> Self {
-        self.routes.push(Routes::One(route));
+        self.routes.push(Routes::One(Box::new(route)));
         self
     }
 
     /// Adds the routes of a stub file, TOML or JSON by its extension (read at `start`),
     /// after the routes given so far. The schema is [`Route`]'s, under a top-level
     /// `route` list; unknown fields are refused, and every error names the file, the
-    /// route and where.
+    /// route and where. A file may also start the server in an outage and with stalls
+    /// (the [`outage`](Self::outage) and [`stall`](Self::stall) given here win over a
+    /// file's; of two files, the later one's).
     ///
     /// ```toml
+    /// [outage]          # from the start: 503 (or drop = true) for 5 s
+    /// status = 503
+    /// duration = "5s"
+    ///
+    /// [stall]           # 2 % of requests wait 1 s before processing
+    /// share = 0.02
+    /// duration = "1s"
+    ///
     /// [[route]]
     /// name = "create"
     /// method = "POST"
@@ -331,7 +371,17 @@ impl MockServerBuilder {
                 .map_err(|reason| MockError::InvalidConfig { reason })?;
         }
         self.checked_admin_token()?;
-        self.compiled_routes().map(drop)
+        let (_, from_files) = self.compiled_routes()?;
+        self.stall_setting(&from_files).map(drop)
+    }
+
+    /// The stalls to start with, the builder's over a stub file's, checked.
+    fn stall_setting(&self, from_files: &Loaded) -> Result<Option<(f64, Duration)>, MockError> {
+        let stall = self.stall.or(from_files.stall);
+        if let Some((share, _)) = stall {
+            super::stall::check(share).map_err(|reason| MockError::InvalidConfig { reason })?;
+        }
+        Ok(stall)
     }
 
     /// The admin token, checked, and refused for its absence beyond loopback.
@@ -342,15 +392,20 @@ impl MockServerBuilder {
         Ok(token)
     }
 
-    /// Every route, from builder calls and stub files in order, checked and parsed.
-    fn compiled_routes(&self) -> Result<Vec<Compiled>, MockError> {
+    /// Every route, from builder calls and stub files in order, checked and parsed;
+    /// and the outage and stalls the stub files set (the last file's).
+    fn compiled_routes(&self) -> Result<(Vec<Compiled>, Loaded), MockError> {
         let config_error = |reason: String| MockError::InvalidConfig { reason };
         let mut listed = Vec::new();
+        let mut from_files = Loaded::default();
         for source in &self.routes {
             match source {
-                Routes::One(route) => listed.push(route.clone()),
+                Routes::One(route) => listed.push(Route::clone(route)),
                 Routes::File(path) => {
-                    listed.extend(super::stubs::load(path).map_err(config_error)?)
+                    let loaded = super::stubs::load(path).map_err(config_error)?;
+                    listed.extend(loaded.routes);
+                    from_files.outage = loaded.outage.or(from_files.outage);
+                    from_files.stall = loaded.stall.or(from_files.stall);
                 }
             }
         }
@@ -365,7 +420,7 @@ impl MockServerBuilder {
             }
             compiled.push(route);
         }
-        Ok(compiled)
+        Ok((compiled, from_files))
     }
 
     /// Starts the server.
@@ -385,7 +440,9 @@ impl MockServerBuilder {
     /// As [`start`](Self::start).
     pub fn start_blocking(self) -> Result<MockServer, MockError> {
         let config_error = |reason: String| MockError::InvalidConfig { reason };
-        let routes = self.compiled_routes()?;
+        let (routes, from_files) = self.compiled_routes()?;
+        let stall = self.stall_setting(&from_files)?;
+        let outage = self.outage.or(from_files.outage);
         let admin_token = self.checked_admin_token()?;
         let key_header = self.key_header.map_err(config_error)?;
         let scope_header = self.scope_header.map_err(config_error)?;
@@ -436,8 +493,15 @@ impl MockServerBuilder {
             },
             routes,
         ));
-        if let Some((outage, duration)) = self.outage {
+        if let Some((outage, duration)) = outage {
             shared.outage.begin(outage, duration);
+        }
+        if let Some((share, duration)) = stall {
+            // Checked above (`stall_setting`): a share in [0, 1] is always taken.
+            shared
+                .stalls
+                .set(share, duration)
+                .map_err(|reason| MockError::InvalidConfig { reason })?;
         }
         let header_read_timeout = self.header_read_timeout;
         let (shutdown, stopped) = tokio::sync::oneshot::channel();

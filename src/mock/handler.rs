@@ -280,6 +280,9 @@ pub(crate) async fn draw_fault(
     sabotage: &Sabotage,
     route: Option<&Compiled>,
 ) -> Step<Option<After>> {
+    if let Some(stall) = shared.stalls.draw() {
+        tokio::time::sleep(stall).await;
+    }
     let fault = shared.next_fault(route);
     if let Some(fault) = &fault {
         sabotage.note_fault(fault.name());

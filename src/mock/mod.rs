@@ -62,6 +62,7 @@ mod routed;
 mod serve;
 mod shared;
 mod socket;
+mod stall;
 mod store;
 mod stubs;
 mod template;
@@ -121,6 +122,8 @@ pub struct Stats {
     pub faults_queued: usize,
     /// Keys executed more than once. Must be empty.
     pub duplicates: Vec<String>,
+    /// Requests held back by a stall before processing (see [`MockServer::stall`]).
+    pub stalled: u64,
     /// Each route's figures, in route order (empty without routes).
     pub routes: Vec<RouteStats>,
 }
@@ -201,6 +204,43 @@ impl MockServer {
     /// ```
     pub fn outage(&self, outage: Outage, duration: std::time::Duration) {
         self.shared.outage.begin(outage, duration);
+    }
+
+    /// From now on, `share` of the requests the server processes (those a fault could
+    /// act on: without routes, POST and PATCH with an acceptable key and body; with
+    /// routes, any request a route answers) wait `duration` before processing, then go
+    /// on as usual: the tail latency of a slow queue, for testing timeouts and hedging.
+    /// Which requests stall is drawn from the server's seed. A zero share or duration
+    /// ends stalls; [`reset`](Self::reset) leaves the setting and zeroes the count.
+    /// Also `POST /__admin/stall` (`{"share": 0.02, "duration": "1s"}`), the builder's
+    /// [`stall`](MockServerBuilder::stall) and a stub file's `[stall]` table.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_retry::mock::MockServer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), idempotent_retry::mock::MockError> {
+    /// let server = MockServer::start().await;
+    /// server.stall(0.02, Duration::from_secs(1))?; // 2 % of requests wait a second
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`MockError::InvalidConfig`] for a share outside `[0, 1]`; nothing changes.
+    pub fn stall(&self, share: f64, duration: std::time::Duration) -> Result<(), MockError> {
+        self.shared
+            .stalls
+            .set(share, duration)
+            .map_err(|reason| MockError::InvalidConfig { reason })
+    }
+
+    /// Requests that a stall held back before processing.
+    #[must_use]
+    pub fn stalled(&self) -> u64 {
+        self.shared.stalls.stalled()
     }
 
     /// Queues `fault` for the next `times` requests the server processes, after faults

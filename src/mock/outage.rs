@@ -17,6 +17,35 @@ pub enum Outage {
     Drop,
 }
 
+/// An outage as `POST /__admin/outage` and a stub file's `[outage]` table write it:
+/// `status = 503` or `drop = true`, and a `duration`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutageSpec {
+    status: Option<u16>,
+    #[serde(default)]
+    drop: bool,
+    duration: String,
+}
+
+impl OutageSpec {
+    /// The outage and its duration, or what is wrong with them.
+    pub(crate) fn resolve(self) -> Result<(Outage, Duration), String> {
+        let duration =
+            crate::parse_duration(&self.duration).map_err(|e| format!("duration: {e}"))?;
+        let outage = match (self.status, self.drop) {
+            (Some(code), false) => {
+                Outage::Status(super::response::final_status(code).ok_or_else(|| {
+                    format!("status {code} is not a final HTTP status (200..=999)")
+                })?)
+            }
+            (None, true) => Outage::Drop,
+            _ => return Err("give either \"status\" or \"drop\": true".to_owned()),
+        };
+        Ok((outage, duration))
+    }
+}
+
 /// The outage in force, if any: lock-free, read by every request.
 #[derive(Debug)]
 pub(crate) struct OutageWindow {

@@ -27,7 +27,12 @@ pub(crate) struct Body {
     cut: bool,
     /// For a cut body: whether hyper has been made to flush what it has.
     flushed: bool,
+    /// Bytes of filler still to stream (a route's `stream_body`).
+    filler: u64,
 }
+
+/// The chunk a streamed body is sent in: static, so streaming allocates nothing.
+static FILLER: [u8; 64 * 1024] = [b'x'; 64 * 1024];
 
 impl Body {
     /// The whole body.
@@ -36,6 +41,7 @@ impl Body {
             data: (!data.is_empty()).then_some(data),
             cut: false,
             flushed: false,
+            filler: 0,
         }
     }
 }
@@ -51,6 +57,11 @@ impl hyper::body::Body for Body {
         let this = self.get_mut();
         Poll::Ready(match this.data.take() {
             Some(data) => Some(Ok(Frame::data(data))),
+            None if this.filler > 0 => {
+                let n = usize::try_from(this.filler).map_or(FILLER.len(), |n| n.min(FILLER.len()));
+                this.filler -= n as u64;
+                Some(Ok(Frame::data(Bytes::from_static(&FILLER[..n]))))
+            }
             None if this.cut && !this.flushed => {
                 // hyper buffers the head and the first bytes, and an error now would
                 // discard them: waiting once makes it flush them to the socket first.
@@ -67,13 +78,14 @@ impl hyper::body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none() && !self.cut
+        self.data.is_none() && !self.cut && self.filler == 0
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.data {
-            // A cut body's length is the declared one, in its header.
-            _ if self.cut => SizeHint::default(),
+            // A cut body's length is the declared one, in its header; a streamed one
+            // is not told (chunked).
+            _ if self.cut || self.filler > 0 => SizeHint::default(),
             Some(data) => SizeHint::with_exact(data.len() as u64),
             None => SizeHint::with_exact(0),
         }
@@ -97,6 +109,7 @@ pub(crate) fn truncated(earned: Response<Body>) -> Response<Body> {
             data: (!sent.is_empty()).then_some(sent),
             cut: true,
             flushed: false,
+            filler: 0,
         },
     )
 }
@@ -132,6 +145,19 @@ pub(crate) fn stored(stored: &Stored, replayed: bool) -> Response<Body> {
             .headers_mut()
             .insert(REPLAYED, HeaderValue::from_static("true"));
     }
+    response
+}
+
+/// `stored`'s status and headers with `bytes` bytes of filler as the body, streamed
+/// without a declared length.
+pub(crate) fn streamed(stored: &Stored, bytes: u64) -> Response<Body> {
+    let mut response = self::stored(stored, false);
+    *response.body_mut() = Body {
+        data: None,
+        cut: false,
+        flushed: false,
+        filler: bytes,
+    };
     response
 }
 

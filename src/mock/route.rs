@@ -58,6 +58,8 @@ pub struct Route {
     handler: Option<Handler>,
     /// Requests per second, burst, and whether a `429` carries `Retry-After`.
     rate_limit: Option<(u32, u32, bool)>,
+    /// Bytes of a large answer streamed instead of the body.
+    stream_body: Option<u64>,
 }
 
 impl Route {
@@ -84,6 +86,7 @@ impl Route {
             rates: Vec::new(),
             handler: None,
             rate_limit: None,
+            stream_body: None,
         }
     }
 
@@ -216,6 +219,24 @@ impl Route {
     /// ```
     pub fn store(mut self, store: bool) -> Self {
         self.store = store;
+        self
+    }
+
+    /// Answers with `bytes` bytes of filler (`x`) instead of the body, streamed in
+    /// 64 KiB chunks without a `Content-Length`, so the reader finds its size only by
+    /// reading, and never held whole in the server's memory: for testing what a client
+    /// does with an answer larger than it will buffer (this crate's
+    /// `max_response_bytes`, or your own limit). The status and headers are the
+    /// route's. For a route that stores nothing (GET, HEAD, or `store(false)`):
+    /// `start` refuses it on a route whose answers are stored under their key.
+    ///
+    /// ```
+    /// use idempotent_retry::mock::Route;
+    /// let route = Route::get("/v1/exports/{id}").stream_body(256 << 20); // 256 MiB
+    /// # drop(route);
+    /// ```
+    pub fn stream_body(mut self, bytes: u64) -> Self {
+        self.stream_body = Some(bytes);
         self
     }
 
@@ -379,6 +400,8 @@ pub(crate) struct Compiled {
     matched: Option<HeaderValue>,
     /// The route's rate limit, if any.
     pub(crate) throttle: Option<super::throttle::Throttle>,
+    /// Bytes of filler streamed instead of the body, if any.
+    pub(crate) stream_body: Option<u64>,
 }
 
 /// Why a request matched no route: the nearest route and the condition that failed.
@@ -483,8 +506,19 @@ impl Compiled {
             })
             .transpose()
             .map_err(&fail)?;
+        let stores = route.store
+            && matches!(
+                route.method,
+                Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+            );
+        if route.stream_body.is_some() && stores {
+            return Err(fail(
+                "stream_body is for a route that stores nothing: a GET, or store(false)".into(),
+            ));
+        }
         Ok(Self {
             throttle,
+            stream_body: route.stream_body,
             faults: Mutex::new(Faults {
                 scripted: Default::default(),
                 random,
@@ -635,9 +669,14 @@ impl Compiled {
         let body = self.body.render(fields).map_err(|e| e.to_string())?;
         let mut headers = Vec::with_capacity(self.headers.len() + 2);
         if !self.content_type {
+            // Filler is no JSON.
+            let implied = match self.stream_body {
+                Some(_) => "application/octet-stream",
+                None => "application/json",
+            };
             headers.push((
                 http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
+                HeaderValue::from_static(implied),
             ));
         }
         for (name, template) in &self.headers {

@@ -165,7 +165,7 @@ pub(crate) async fn handle(
         };
         let answer = answer(route, &data, (&method, &path, &params), "", 0)?;
         route.count_execution();
-        return Ok(spoil(sabotage, after, response::stored(&answer, false)).await);
+        return Ok(spoil(sabotage, after, made(route, &answer)).await);
     }
 
     let scope = scope_of(shared, &data.headers);
@@ -191,7 +191,7 @@ pub(crate) async fn handle(
         if !route.store {
             // Not an execution: answered as is, nothing stored, the key left free.
             let answer = answer(route, &data, (&method, &path, &params), "", route.seq())?;
-            return Err(Ok(response::stored(&answer, false)));
+            return Err(Ok(made(route, &answer)));
         }
         if route.handler.is_none() {
             route
@@ -231,6 +231,15 @@ pub(crate) async fn handle(
     })
     .await?;
     Ok(spoil(sabotage, after, response::stored(&stored, false)).await)
+}
+
+/// The answer a route made for a request that stores nothing, its body streamed when
+/// the route says so.
+fn made(route: &Compiled, answer: &Stored) -> Response<Body> {
+    match route.stream_body {
+        Some(bytes) => response::streamed(answer, bytes),
+        None => response::stored(answer, false),
+    }
 }
 
 /// The index of the route that answers the request, with its path parameters, or a

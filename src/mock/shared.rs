@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     /// The outage in force, if any.
     pub(crate) outage: super::outage::OutageWindow,
+    /// The share of requests that stall before processing, if any.
+    pub(crate) stalls: super::stall::Stalls,
 }
 
 /// Locks, recovering the data if a panicking thread poisoned the lock: every critical
@@ -124,6 +126,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub(crate) fn new(config: Config, faults: Faults, routes: Vec<Compiled>) -> Self {
         let log = Log::new(config.max_log, config.max_log_bytes, config.log_credentials);
+        let stalls = super::stall::Stalls::new(config.seed);
         Self {
             store: Mutex::new(Store::new(config.key_ttl, config.max_keys)),
             config,
@@ -141,6 +144,7 @@ impl Shared {
             mismatches: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             outage: super::outage::OutageWindow::new(Instant::now()),
+            stalls,
         }
     }
 
@@ -227,6 +231,7 @@ impl Shared {
             stored_keys: lock(&self.store).len(),
             faults_queued: lock(&self.faults).scripted.len(),
             duplicates: self.duplicates(),
+            stalled: self.stalls.stalled(),
             routes: self.routes().iter().map(|r| r.stats()).collect(),
         }
     }
@@ -253,6 +258,7 @@ impl Shared {
         lock(&self.faults).scripted.clear();
         self.outage
             .begin(super::outage::Outage::Drop, Duration::ZERO);
+        self.stalls.reset_count();
         {
             let mut book = lock(&self.book);
             book.log.clear();

@@ -1,6 +1,7 @@
 //! Stub files: routes in TOML or JSON (by extension), the same schema as [`Route`]'s
-//! builder, under a top-level `route` list. Unknown fields are refused; every error names
-//! the file, the route and where.
+//! builder, under a top-level `route` list, and optionally the server's `outage` and
+//! `stall` from its start. Unknown fields are refused; every error names the file, the
+//! route and where.
 //!
 //! ```toml
 //! [[route]]
@@ -14,11 +15,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use http::Method;
 use serde::Deserialize;
 
+use super::outage::{Outage, OutageSpec};
 use super::route::{Compiled, Route};
+use super::stall::StallSpec;
 
 /// One route as a file writes it.
 #[derive(Debug, Deserialize)]
@@ -37,6 +41,7 @@ struct Stub {
     store: Option<bool>,
     fault_rate: Option<f64>,
     rate_limit: Option<RateLimitStub>,
+    stream_body: Option<u64>,
 }
 
 /// `rate_limit = { per_second = 10, burst = 20, retry_after = false }`.
@@ -79,6 +84,8 @@ impl Scalar {
 struct TomlFile {
     #[serde(default)]
     route: Vec<toml::Spanned<Stub>>,
+    outage: Option<OutageSpec>,
+    stall: Option<StallSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,29 +93,50 @@ struct TomlFile {
 struct JsonFile {
     #[serde(default)]
     route: Vec<Stub>,
+    outage: Option<OutageSpec>,
+    stall: Option<StallSpec>,
 }
 
-/// The routes of the stub file at `path`, checked as the server would check them; the
-/// error names the file, the route and where.
-pub(crate) fn load(path: &Path) -> Result<Vec<Route>, String> {
+/// What a stub file sets: its routes, and the server's outage and stalls from its start.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    pub(crate) routes: Vec<Route>,
+    pub(crate) outage: Option<(Outage, Duration)>,
+    pub(crate) stall: Option<(f64, Duration)>,
+}
+
+/// What the stub file at `path` sets, checked as the server would check it; the error
+/// names the file, the route (or table) and where.
+pub(crate) fn load(path: &Path) -> Result<Loaded, String> {
     let shown = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
     let json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    let stubs: Vec<(Stub, Option<usize>)> = if json {
+    let (stubs, outage, stall): (Vec<(Stub, Option<usize>)>, _, _) = if json {
         let file: JsonFile = serde_json::from_str(&text).map_err(|e| format!("{shown}: {e}"))?;
-        file.route.into_iter().map(|s| (s, None)).collect()
+        let stubs = file.route.into_iter().map(|s| (s, None)).collect();
+        (stubs, file.outage, file.stall)
     } else {
         let file: TomlFile = toml::from_str(&text).map_err(|e| format!("{shown}: {e}"))?;
-        file.route
+        let stubs = file
+            .route
             .into_iter()
             .map(|spanned| {
                 let line = text[..spanned.span().start].matches('\n').count() + 1;
                 (spanned.into_inner(), Some(line))
             })
-            .collect()
+            .collect();
+        (stubs, file.outage, file.stall)
     };
+    let outage = outage
+        .map(OutageSpec::resolve)
+        .transpose()
+        .map_err(|e| format!("{shown}: outage: {e}"))?;
+    let stall = stall
+        .map(StallSpec::resolve)
+        .transpose()
+        .map_err(|e| format!("{shown}: stall: {e}"))?;
     let mut routes = Vec::with_capacity(stubs.len());
     for (index, (stub, line)) in stubs.into_iter().enumerate() {
         let at = line.map_or(String::new(), |l| format!(" (line {l})"));
@@ -117,7 +145,11 @@ pub(crate) fn load(path: &Path) -> Result<Vec<Route>, String> {
         Compiled::new(&route, index, 0).map_err(|e| format!("{shown}{at}: {e}"))?;
         routes.push(route);
     }
-    Ok(routes)
+    Ok(Loaded {
+        routes,
+        outage,
+        stall,
+    })
 }
 
 /// Routes sent as JSON to `POST /__admin/routes`: one route object, a list of them,
@@ -128,7 +160,13 @@ pub(crate) fn from_json(text: &[u8]) -> Result<Vec<Route>, String> {
     let stubs: Vec<Stub> = match &value {
         serde_json::Value::Array(_) => serde_json::from_value(value),
         serde_json::Value::Object(map) if map.contains_key("route") => {
-            serde_json::from_value::<JsonFile>(value).map(|file| file.route)
+            let file = serde_json::from_value::<JsonFile>(value).map_err(|e| e.to_string())?;
+            if file.outage.is_some() || file.stall.is_some() {
+                return Err("routes only: send an outage to POST /__admin/outage and \
+                            stalls to POST /__admin/stall"
+                    .to_owned());
+            }
+            Ok(file.route)
         }
         _ => serde_json::from_value(value).map(|stub| vec![stub]),
     }
@@ -168,6 +206,9 @@ fn route(stub: Stub) -> Result<Route, String> {
     if let Some(rate) = stub.fault_rate {
         route = route.fault_rate(rate);
     }
+    if let Some(bytes) = stub.stream_body {
+        route = route.stream_body(bytes);
+    }
     if let Some(limit) = stub.rate_limit {
         route = route
             .rate_limit(limit.per_second, limit.burst)
@@ -186,7 +227,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
-        let result = load(&path);
+        let result = load(&path).map(|loaded| loaded.routes);
         std::fs::remove_file(&path).unwrap();
         result
     }
