@@ -1194,34 +1194,22 @@ async fn a_share_of_requests_stalls_before_processing_drawn_from_the_seed() {
     // Through the admin API: every request, then none.
     let http = reqwest::Client::new();
     let set = |body: Value| {
-        http.post(format!("{}/__admin/stall", again.uri()))
-            .json(&body)
-            .send()
+        let request = http.post(format!("{}/__admin/stall", again.uri()));
+        async move { request.json(&body).send().await.unwrap() }
     };
-    assert_eq!(
-        set(json!({"share": 1.0, "duration": "20ms"}))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let on = set(json!({"share": 1.0, "duration": "20ms"})).await;
+    assert_eq!(on.status(), 200);
     let before = again.stalled();
     assert_eq!(
         stalled_pattern(&again, 2, Duration::from_millis(20)).await,
         [true, true]
     );
     assert_eq!(again.stalled(), before + 2);
-    assert_eq!(
-        set(json!({"share": 0, "duration": "20ms"}))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let off = set(json!({"share": 0, "duration": "20ms"})).await;
+    assert_eq!(off.status(), 200);
     stalled_pattern(&again, 2, Duration::from_millis(20)).await;
     assert_eq!(again.stalled(), before + 2, "a zero share ends stalls");
-    let (status, body) =
-        problem_of(set(json!({"share": 2, "duration": "1s"})).await.unwrap()).await;
+    let (status, body) = problem_of(set(json!({"share": 2, "duration": "1s"})).await).await;
     assert_eq!(status, 400);
     assert!(
         body["detail"].as_str().unwrap().contains("between 0 and 1"),
@@ -1232,19 +1220,17 @@ async fn a_share_of_requests_stalls_before_processing_drawn_from_the_seed() {
 
 #[tokio::test]
 async fn a_stub_file_starts_the_server_in_an_outage_and_with_stalls() {
-    let dir = std::env::temp_dir().join(format!("stub-outage-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("api.toml");
+    let file = support::TempStub::new("stub-outage", "api.toml");
     let stub = |tables: &str| {
-        let text =
-            format!("{tables}\n[[route]]\nmethod = \"POST\"\npath = \"/orders\"\nstatus = 201\n");
-        std::fs::write(&file, text).unwrap();
+        file.write(&format!(
+            "{tables}\n[[route]]\nmethod = \"POST\"\npath = \"/orders\"\nstatus = 201\n"
+        ));
     };
     stub(
         "[outage]\nstatus = 503\nduration = \"1m\"\n\n[stall]\nshare = 1.0\nduration = \"30ms\"\n",
     );
     let server = MockServer::builder()
-        .stubs_file(&file)
+        .stubs_file(&file.path)
         .start()
         .await
         .unwrap();
@@ -1262,10 +1248,15 @@ async fn a_stub_file_starts_the_server_in_an_outage_and_with_stalls() {
     assert_eq!(server.stalled(), 1);
 
     stub("[stall]\nshare = 1.5\nduration = \"1s\"\n");
-    let err = MockServer::builder().stubs_file(&file).check().unwrap_err();
+    let err = MockServer::builder()
+        .stubs_file(&file.path)
+        .check()
+        .unwrap_err();
     assert!(err.to_string().contains("stall: stall share 1.5"), "{err}");
     stub("[outage]\nduration = \"1s\"\n");
-    let err = MockServer::builder().stubs_file(&file).check().unwrap_err();
+    let err = MockServer::builder()
+        .stubs_file(&file.path)
+        .check()
+        .unwrap_err();
     assert!(err.to_string().contains("outage: give either"), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -555,19 +555,17 @@ async fn a_route_rate_limit_answers_429_with_the_ietf_fields_and_leaves_faults_q
 
 #[tokio::test]
 async fn a_stub_file_sets_a_rate_limit() {
-    let dir = std::env::temp_dir().join(format!("stub-limit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("api.toml");
+    let file = support::TempStub::new("stub-limit", "api.toml");
     let stub = |limit: &str| {
-        let text =
-            format!("[[route]]\nmethod = \"POST\"\npath = \"/v1/charges\"\nrate_limit = {limit}\n");
-        std::fs::write(&file, text).unwrap();
+        file.write(&format!(
+            "[[route]]\nmethod = \"POST\"\npath = \"/v1/charges\"\nrate_limit = {limit}\n"
+        ));
     };
     // The file's limit is the one served: a burst of two, then a 429 without
     // Retry-After, as the file says.
     stub("{ per_second = 1, burst = 2, retry_after = false }");
     let server = MockServer::builder()
-        .stubs_file(&file)
+        .stubs_file(&file.path)
         .start()
         .await
         .unwrap();
@@ -589,13 +587,15 @@ async fn a_stub_file_sets_a_rate_limit() {
     assert_eq!(retry_after, None, "retry_after = false");
 
     stub("{ per_second = 0, burst = 10 }");
-    let err = MockServer::builder().stubs_file(&file).check().unwrap_err();
+    let err = MockServer::builder()
+        .stubs_file(&file.path)
+        .check()
+        .unwrap_err();
     assert!(
         err.to_string()
             .contains("per_second and burst must be at least 1"),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
