@@ -215,9 +215,12 @@ impl<'a> Engine<'a> {
             }
             // A block, so that nothing of this attempt is kept across the sleep.
             let delay = {
-                // Boxed: only a hedged operation needs the race's state.
-                let answer = if self.hedged() {
-                    Box::pin(self.race(transport, timeout)).await
+                // The race's state shares its room with a plain attempt's: only one of
+                // them is ever in flight.
+                // (`if let`, not `match`: its scrutinee is gone before `else`, so a
+                // plain attempt's state does not keep room for it.)
+                let answer = if let Some((plan, first)) = self.hedged_start(transport, timeout) {
+                    self.race(transport, plan, first, timeout).await
                 } else {
                     transport.send(timeout).await
                 };
@@ -427,69 +430,60 @@ impl<'a> Engine<'a> {
     /// sibling is in flight (a `409` for the key in flight, a failure) are counted and
     /// the sibling awaited: no retry starts while an attempt is in flight. Siblings
     /// dropped when one wins count as attempts that may have executed.
-    async fn race<T: Transport>(&mut self, transport: &mut T, timeout: Duration) -> T::Answer {
-        let (Some(plan), Some(first)) = (self.hedging(), transport.detached(timeout, false)) else {
-            // A front end that cannot hedge sends as usual.
-            return transport.send(timeout).await;
-        };
-        let origin = origin_in(&mut self.origin, self.settings, self.url).clone();
-        origin.hedges.deposit();
+    async fn race<T: Transport>(
+        &mut self,
+        transport: &mut T,
+        plan: &Hedging,
+        first: Detached<T::Answer>,
+        timeout: Duration,
+    ) -> T::Answer {
+        // The origin stays in `self.origin`, looked up here: not held in the race.
+        origin_in(&mut self.origin, self.settings, self.url)
+            .hedges
+            .deposit();
         // The first attempt, and the hedges beside it: no allocation for the list
-        // until a hedge starts, and the timer in the race's own (boxed) state.
-        let mut first = Some(first);
-        let mut hedges: Vec<Detached<T::Answer>> = Vec::new();
-        let mut hedges_left = plan.max_hedges;
-        let mut timer = std::pin::pin!(tokio::time::sleep(plan.delay));
+        // until a hedge starts, and the timer in the race's own state.
+        let timer = std::pin::pin!(tokio::time::sleep(plan.delay));
+        let mut flights = Flights {
+            first: Some(first),
+            hedges: Vec::new(),
+            hedges_left: plan.max_hedges,
+            timer,
+        };
         loop {
-            // `Some((None, a))`: the first attempt answered; `Some((Some(i), a))`: hedge
-            // `i`; `None`: time to hedge.
-            let event = std::future::poll_fn(|cx| {
-                use std::task::Poll;
-                if let Some(flight) = first.as_mut() {
-                    if let Poll::Ready(answer) = flight.as_mut().poll(cx) {
-                        return Poll::Ready(Some((None, answer)));
-                    }
-                }
-                for (i, flight) in hedges.iter_mut().enumerate() {
-                    if let Poll::Ready(answer) = flight.as_mut().poll(cx) {
-                        return Poll::Ready(Some((Some(i), answer)));
-                    }
-                }
-                if hedges_left > 0 && timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
-                }
-                Poll::Pending
-            })
-            .await;
+            let event = std::future::poll_fn(|cx| flights.poll_event(cx)).await;
             let Some((which, answer)) = event else {
-                hedges_left -= 1;
-                match self.hedge_timeout(&origin, timeout) {
+                flights.hedges_left -= 1;
+                match self.hedge_timeout(timeout) {
                     Some(hedge_timeout) => match transport.detached(hedge_timeout, true) {
                         Some(hedge) => {
                             self.hedges = self.hedges.saturating_add(1);
-                            hedges.push(hedge);
-                            timer
+                            flights.hedges.push(hedge);
+                            flights
+                                .timer
                                 .as_mut()
                                 .reset(tokio::time::Instant::now() + plan.delay);
                         }
-                        None => hedges_left = 0,
+                        None => flights.hedges_left = 0,
                     },
-                    None => hedges_left = 0,
+                    None => flights.hedges_left = 0,
                 }
                 continue;
             };
             match which {
-                None => first = None,
-                Some(i) => drop(hedges.swap_remove(i)),
+                None => flights.first = None,
+                Some(i) => drop(flights.hedges.swap_remove(i)),
             }
-            let in_flight = hedges.len() + usize::from(first.is_some());
+            let in_flight = flights.hedges.len() + usize::from(flights.first.is_some());
             if in_flight == 0 || self.settles::<T>(&answer) {
                 // The others are dropped in flight: each may have executed.
                 let dropped = u32::try_from(in_flight).unwrap_or(u32::MAX);
                 self.made = self.made.saturating_add(dropped);
                 self.outcome_unknown |= dropped > 0;
                 if which.is_some() {
-                    origin.hedges.count_win();
+                    if let Some(origin) = &self.origin {
+                        origin.hedges.count_win();
+                    }
                 }
                 return answer;
             }
@@ -501,7 +495,7 @@ impl<'a> Engine<'a> {
                     self.outcome_unknown |= attempt.may_have_executed();
                     if attempt.is_throttling() {
                         self.throttled = true;
-                        hedges_left = 0;
+                        flights.hedges_left = 0;
                     }
                 }
                 None => self.outcome_unknown = true,
@@ -525,15 +519,22 @@ impl<'a> Engine<'a> {
         Overrides::hedging(self.overrides, self.settings)
     }
 
-    /// Whether this operation hedges: it has hedging, and its method may.
-    fn hedged(&self) -> bool {
-        self.hedging().is_some_and(|h| h.covers(self.method))
+    /// The hedging plan and the first attempt of an operation that hedges (it has
+    /// hedging, its method may, and its front end can); `None` for a plain attempt.
+    fn hedged_start<T: Transport>(
+        &self,
+        transport: &T,
+        timeout: Duration,
+    ) -> Option<(&'a Hedging, Detached<T::Answer>)> {
+        let plan = self.hedging().filter(|h| h.covers(self.method))?;
+        Some((plan, transport.detached(timeout, false)?))
     }
 
     /// The timeout of a hedge starting now, if one may: none after a throttling answer,
     /// while the circuit is not closed, without a rate-limiter token or a hedge token,
     /// or with no time left before the deadline.
-    fn hedge_timeout(&self, origin: &OriginState, timeout: Duration) -> Option<Duration> {
+    fn hedge_timeout(&self, timeout: Duration) -> Option<Duration> {
+        let origin = self.origin.as_deref()?;
         if self.throttled {
             return None;
         }
@@ -674,6 +675,40 @@ impl<'a> Engine<'a> {
             "giving up"
         );
         reason
+    }
+}
+
+/// The attempts of a hedged operation in flight, and the timer of its next hedge.
+struct Flights<'t, A> {
+    first: Option<Detached<A>>,
+    hedges: Vec<Detached<A>>,
+    hedges_left: u32,
+    timer: std::pin::Pin<&'t mut tokio::time::Sleep>,
+}
+
+impl<A> Flights<'_, A> {
+    /// `Some((None, a))`: the first attempt answered; `Some((Some(i), a))`: hedge `i`;
+    /// `None`: time to hedge.
+    #[allow(clippy::type_complexity)] // Read once, by `race`, just above.
+    fn poll_event(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<(Option<usize>, A)>> {
+        use std::task::Poll;
+        if let Some(flight) = self.first.as_mut() {
+            if let Poll::Ready(answer) = flight.as_mut().poll(cx) {
+                return Poll::Ready(Some((None, answer)));
+            }
+        }
+        for (i, flight) in self.hedges.iter_mut().enumerate() {
+            if let Poll::Ready(answer) = flight.as_mut().poll(cx) {
+                return Poll::Ready(Some((Some(i), answer)));
+            }
+        }
+        if self.hedges_left > 0 && self.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 }
 
