@@ -1310,3 +1310,41 @@ async fn postgres_down_at_send_time_means_nothing_is_sent() {
     assert!(!err.may_have_executed());
     assert!(server.requests().is_empty(), "nothing sent");
 }
+
+#[tokio::test]
+async fn an_open_circuit_refuses_a_journalled_operation_and_a_resume_says_it_may_have_run() {
+    let server = MockServer::start().await;
+    let url = format!("{}/v1/charges", server.uri());
+    let client = retrying(MemoryJournal::new(), 1);
+    // A first try that ends without an answer: its key was sent, the entry pending.
+    server.inject(
+        Fault::StatusBeforeProcessing(http::StatusCode::SERVICE_UNAVAILABLE),
+        1,
+    );
+    charge(&client, &url, "order-9/charge", json!({"amount": 900}))
+        .await
+        .unwrap_err();
+    // A new operation while the origin's circuit is open: refused before any I/O,
+    // and its key, recorded but never sent, cannot have run.
+    client.open_circuit(&url).unwrap();
+    let err = charge(&client, &url, "order-10/charge", json!({"amount": 1000}))
+        .await
+        .unwrap_err();
+    assert!(err.is_circuit_open() && !err.may_have_executed(), "{err}");
+    // The resume of a journalled key is refused too, and says the operation may have
+    // run: that key may have been sent by the run before.
+    let requests = server.requests().len();
+    let report = client.resume_pending().await.unwrap();
+    assert_eq!(report.still_pending.len(), 2, "{report:?}");
+    for (id, err) in &report.still_pending {
+        assert!(err.is_circuit_open(), "{id}: {err}");
+        assert!(err.may_have_executed(), "{id}: a journalled key: {err}");
+    }
+    assert_eq!(server.requests().len(), requests, "nothing sent");
+    // Closed again: both complete, each executed once.
+    client.close_circuit(&url).unwrap();
+    let report = client.resume_pending().await.unwrap();
+    assert_eq!(report.completed.len(), 2, "{report:?}");
+    assert_eq!(server.executions(), 2);
+    assert!(server.duplicates().is_empty());
+}
