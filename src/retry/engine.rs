@@ -192,21 +192,26 @@ impl<'a> Engine<'a> {
         // room with the attempt, which is never in flight at the same time.)
         let mut last: Option<Box<T::Answer>> = None;
         let end = loop {
+            // One clock read for the checks before an attempt, read again after a wait.
+            let mut now = Instant::now();
             // The origin first: an open circuit refuses at once, a throttled origin's
             // limiter may ask for waits (which the deadline and `max_wait` count).
-            if let Err(reason) = self.admit() {
+            if let Err(reason) = self.admit(now) {
                 break End::GaveUp(self.give_up(reason), last.map(|l| *l));
             }
             let turn = loop {
-                match self.turn() {
-                    Ok(Some(wait)) => tokio::time::sleep(wait).await,
+                match self.turn(now) {
+                    Ok(Some(wait)) => {
+                        tokio::time::sleep(wait).await;
+                        now = Instant::now();
+                    }
                     other => break other,
                 }
             };
             if let Err(reason) = turn {
                 break End::GaveUp(self.give_up(reason), last.map(|l| *l));
             }
-            let timeout = match self.begin_attempt(timeout) {
+            let timeout = match self.begin_attempt(timeout, now) {
                 Ok(timeout) => timeout,
                 Err(reason) => break End::GaveUp(reason, last.map(|l| *l)),
             };
@@ -252,10 +257,8 @@ impl<'a> Engine<'a> {
     /// The next attempt's timeout: `timeout`, shrunk to what remains of the deadline.
     /// Gives up (and reports it) when nothing remains after a first attempt: the sleep
     /// was checked against the deadline, but timers may overshoot.
-    fn begin_attempt(&self, timeout: Duration) -> Result<Duration, GiveUpReason> {
-        let remaining = self
-            .deadline
-            .map(|d| d.saturating_duration_since(Instant::now()));
+    fn begin_attempt(&self, timeout: Duration, now: Instant) -> Result<Duration, GiveUpReason> {
+        let remaining = self.deadline.map(|d| d.saturating_duration_since(now));
         let timeout = remaining.map_or(timeout, |r| r.min(timeout));
         if timeout.is_zero() && self.made > 0 {
             return Err(self.give_up(GiveUpReason::DeadlineExceeded));
@@ -573,7 +576,7 @@ impl<'a> Engine<'a> {
 
     /// Asks the origin's circuit whether the next attempt may go. Nothing to ask (and
     /// no lookup) while the client has no breaker and no circuit was ever opened by hand.
-    fn admit(&mut self) -> Result<(), GiveUpReason> {
+    fn admit(&mut self, now: Instant) -> Result<(), GiveUpReason> {
         let settings = self.settings;
         let circuits = settings.breaker.is_some() || settings.origins.any_circuit();
         if !circuits {
@@ -587,7 +590,7 @@ impl<'a> Engine<'a> {
         let Some(circuit) = circuit else {
             return Ok(());
         };
-        match circuit.admit(Instant::now()) {
+        match circuit.admit(now) {
             Admission::Go => self.pass = Some(false),
             Admission::Probe => self.pass = Some(true),
             Admission::Refused => {
@@ -602,12 +605,11 @@ impl<'a> Engine<'a> {
     /// one (always at once while the origin has never throttled), or the wait before
     /// asking again; refused when that wait is longer than `max_wait` or passes the
     /// deadline.
-    fn turn(&mut self) -> Result<Option<Duration>, GiveUpReason> {
+    fn turn(&mut self, now: Instant) -> Result<Option<Duration>, GiveUpReason> {
         let settings = self.settings;
         let Some(config) = &settings.limiter else {
             return Ok(None);
         };
-        let now = Instant::now();
         let origin = origin_in(&mut self.origin, settings, self.url);
         match origin.limiter().acquire(config.max_wait, now) {
             Turn::Now => Ok(None),
