@@ -5,6 +5,7 @@
 //! The state machine takes the time as an argument (`now`), so tests drive every
 //! transition with made-up instants: no clock, no sleep.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -230,6 +231,9 @@ pub(crate) struct Circuit {
     origin: Box<str>,
     /// The start of the window's time slices.
     epoch: Instant,
+    /// Whether the state is `Closed`, kept beside it under the lock and read without
+    /// it: a closed circuit admits an attempt without locking.
+    closed: AtomicBool,
     inner: Mutex<Inner>,
 }
 
@@ -240,6 +244,7 @@ impl Circuit {
             config,
             origin: origin.into(),
             epoch: now,
+            closed: AtomicBool::new(true),
             inner: Mutex::new(Inner {
                 state: State::Closed,
                 next_break,
@@ -253,8 +258,18 @@ impl Circuit {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Changes the state (under the lock, which `inner` is) and its lock-free mirror.
+    fn set_state(&self, inner: &mut Inner, state: State) {
+        self.closed
+            .store(matches!(state, State::Closed), Ordering::Release);
+        inner.state = state;
+    }
+
     /// The state now (an open circuit whose break has ended reads half-open).
     pub(crate) fn state(&self, now: Instant) -> CircuitState {
+        if self.closed.load(Ordering::Acquire) {
+            return CircuitState::Closed;
+        }
         match self.lock().state {
             State::Closed => CircuitState::Closed,
             State::Open { until: Some(until) } if now >= until => CircuitState::HalfOpen,
@@ -265,13 +280,19 @@ impl Circuit {
 
     /// May an attempt go now?
     pub(crate) fn admit(&self, now: Instant) -> Admission {
+        // (An attempt racing the circuit's opening may go, as it would have a moment
+        // earlier.)
+        if self.closed.load(Ordering::Acquire) {
+            return Admission::Go;
+        }
         let mut inner = self.lock();
         if let State::Open { until: Some(until) } = inner.state {
             if now >= until {
-                inner.state = State::HalfOpen {
+                let half_open = State::HalfOpen {
                     in_flight: 0,
                     passed: 0,
                 };
+                self.set_state(&mut inner, half_open);
                 info!(target: TARGET, origin = %self.origin, "circuit half-open");
             }
         }
@@ -324,7 +345,7 @@ impl Circuit {
             Verdict::Success => {
                 *passed += 1;
                 if *passed >= config.half_open_probes {
-                    inner.state = State::Closed;
+                    self.set_state(inner, State::Closed);
                     inner.next_break = config.break_duration;
                     inner.window = [Slice::default(); SLICES];
                     info!(target: TARGET, origin = %self.origin, "circuit closed");
@@ -387,9 +408,10 @@ impl Circuit {
     /// Opens the circuit for `break_for`; the next opening lasts twice as long, up to
     /// the cap.
     fn open(&self, inner: &mut Inner, config: &CircuitBreaker, break_for: Duration, now: Instant) {
-        inner.state = State::Open {
+        let open = State::Open {
             until: now.checked_add(break_for),
         };
+        self.set_state(inner, open);
         inner.next_break = break_for.saturating_mul(2).min(config.max_break_duration);
         info!(
             target: TARGET,
@@ -401,14 +423,14 @@ impl Circuit {
 
     /// Opens the circuit until [`close`](Self::close).
     pub(crate) fn open_by_hand(&self) {
-        self.lock().state = State::Open { until: None };
+        self.set_state(&mut self.lock(), State::Open { until: None });
         info!(target: TARGET, origin = %self.origin, "circuit opened by hand");
     }
 
     /// Closes the circuit with a fresh window and the first break.
     pub(crate) fn close(&self) {
         let mut inner = self.lock();
-        inner.state = State::Closed;
+        self.set_state(&mut inner, State::Closed);
         inner.window = [Slice::default(); SLICES];
         if let Some(config) = &self.config {
             inner.next_break = config.break_duration;

@@ -6,6 +6,7 @@
 //! The state machine takes the time as an argument (`now`), so tests drive it with
 //! made-up instants.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -119,6 +120,9 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct Limiter {
     epoch: Instant,
+    /// Whether the origin ever throttled: read without the lock, so that an origin
+    /// that never did costs its attempts no lock to ask for a turn.
+    on: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -126,6 +130,7 @@ impl Limiter {
     pub(crate) fn new(now: Instant) -> Self {
         Self {
             epoch: now,
+            on: AtomicBool::new(false),
             state: Mutex::new(State::off()),
         }
     }
@@ -141,11 +146,13 @@ impl Limiter {
 
     /// A token for one attempt, waiting at most `max_wait` for it.
     pub(crate) fn acquire(&self, max_wait: Duration, now: Instant) -> Turn {
-        let t = self.seconds(now);
-        let mut s = self.lock();
-        if !s.enabled {
+        // (An attempt racing the first throttle may go without a token, as it would
+        // have had it asked a moment earlier.)
+        if !self.on.load(Ordering::Acquire) {
             return Turn::Now;
         }
+        let t = self.seconds(now);
+        let mut s = self.lock();
         s.refill(t);
         // A token, give or take the rounding of the waits that led here.
         if s.capacity >= 1.0 - 1e-9 {
@@ -180,6 +187,7 @@ impl Limiter {
             s.time_window = time_window(rate_to_use);
             s.last_throttle = t;
             s.enabled = true;
+            self.on.store(true, Ordering::Release);
             rate_to_use * BETA
         } else {
             s.time_window = time_window(s.last_max_rate);
