@@ -201,6 +201,72 @@ struct Slice {
     failures: u32,
 }
 
+/// `d` in whole nanoseconds as u64 (584 years), which divide far faster than u128.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The sliding window: outcomes in [`SLICES`] slices of time, and their sums over the
+/// slices in the window that ends at the newest slice counted.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    slots: [Slice; SLICES],
+    /// The slice the sums end at; `u64::MAX` before the first count.
+    newest: u64,
+    failures: u64,
+    total: u64,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self {
+            slots: [Slice::default(); SLICES],
+            newest: u64::MAX,
+            failures: 0,
+            total: 0,
+        }
+    }
+}
+
+impl Window {
+    /// Counts `verdict` in slice `index`, and gives the failures and the outcomes in the
+    /// window that ends there.
+    fn count(&mut self, index: u64, verdict: Verdict) -> (u64, u64) {
+        // The slots are indexed by time modulo their number; a slot holding an older
+        // slice is reset.
+        let slot = &mut self.slots[(index % SLICES as u64) as usize];
+        if slot.index != index {
+            *slot = Slice {
+                index,
+                ..Slice::default()
+            };
+        }
+        let failed = u64::from(verdict == Verdict::Failure);
+        let counted = u64::from(verdict != Verdict::Neutral);
+        slot.failures += failed as u32;
+        slot.successes += (counted - failed) as u32;
+        if index == self.newest {
+            // The same slice as the last count (the common case under load): the sums
+            // take this outcome alone.
+            self.failures += failed;
+            self.total += counted;
+        } else {
+            // Another slice: the sums start again from the slices in its window.
+            let oldest = index.saturating_sub(SLICES as u64 - 1);
+            let live = self
+                .slots
+                .iter()
+                .filter(|s| s.index >= oldest && s.index <= index);
+            (self.failures, self.total) = live.fold((0, 0), |(f, t), s| {
+                let f = f + u64::from(s.failures);
+                (f, t + u64::from(s.failures) + u64::from(s.successes))
+            });
+            self.newest = index;
+        }
+        (self.failures, self.total)
+    }
+}
+
 #[derive(Debug)]
 enum State {
     Closed,
@@ -219,7 +285,7 @@ struct Inner {
     state: State,
     /// The break the next opening lasts.
     next_break: Duration,
-    window: [Slice; SLICES],
+    window: Window,
 }
 
 /// One origin's circuit. `config` is `None` for a circuit made by a manual open on a
@@ -231,6 +297,8 @@ pub(crate) struct Circuit {
     origin: Box<str>,
     /// The start of the window's time slices.
     epoch: Instant,
+    /// The width of one slice, in nanoseconds (at least 1).
+    slice_nanos: u64,
     /// Whether the state is `Closed`, kept beside it under the lock and read without
     /// it: a closed circuit admits an attempt without locking.
     closed: AtomicBool,
@@ -240,15 +308,19 @@ pub(crate) struct Circuit {
 impl Circuit {
     pub(crate) fn new(config: Option<CircuitBreaker>, origin: &str, now: Instant) -> Self {
         let next_break = config.as_ref().map_or(Duration::ZERO, |c| c.break_duration);
+        let slice_nanos = config
+            .as_ref()
+            .map_or(1, |c| nanos(c.sampling_window / SLICES as u32).max(1));
         Self {
             config,
             origin: origin.into(),
             epoch: now,
+            slice_nanos,
             closed: AtomicBool::new(true),
             inner: Mutex::new(Inner {
                 state: State::Closed,
                 next_break,
-                window: [Slice::default(); SLICES],
+                window: Window::default(),
             }),
         }
     }
@@ -347,7 +419,7 @@ impl Circuit {
                 if *passed >= config.half_open_probes {
                     self.set_state(inner, State::Closed);
                     inner.next_break = config.break_duration;
-                    inner.window = [Slice::default(); SLICES];
+                    inner.window = Window::default();
                     info!(target: TARGET, origin = %self.origin, "circuit closed");
                 }
             }
@@ -370,34 +442,8 @@ impl Circuit {
         if verdict == Verdict::Neutral {
             return;
         }
-        // In whole nanoseconds as u64 (584 years), which divide far faster than u128.
-        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let width = nanos(config.sampling_window / SLICES as u32).max(1);
-        let index = nanos(now.saturating_duration_since(self.epoch)) / width;
-        // The slot array is indexed by time modulo its length; a slot holding an older
-        // slice is reset.
-        let slot = &mut inner.window[(index % SLICES as u64) as usize];
-        if slot.index != index {
-            *slot = Slice {
-                index,
-                ..Slice::default()
-            };
-        }
-        match verdict {
-            Verdict::Failure => slot.failures += 1,
-            Verdict::Success => slot.successes += 1,
-            Verdict::Neutral => {}
-        }
-        let oldest = index.saturating_sub(SLICES as u64 - 1);
-        let (mut failures, mut total) = (0u64, 0u64);
-        for slice in inner
-            .window
-            .iter()
-            .filter(|s| s.index >= oldest && s.index <= index)
-        {
-            failures += u64::from(slice.failures);
-            total += u64::from(slice.successes) + u64::from(slice.failures);
-        }
+        let index = nanos(now.saturating_duration_since(self.epoch)) / self.slice_nanos;
+        let (failures, total) = inner.window.count(index, verdict);
         let ratio = failures as f64 / total.max(1) as f64;
         if total >= u64::from(config.minimum_throughput) && ratio >= config.failure_ratio {
             let break_for = config.break_duration;
@@ -431,7 +477,7 @@ impl Circuit {
     pub(crate) fn close(&self) {
         let mut inner = self.lock();
         self.set_state(&mut inner, State::Closed);
-        inner.window = [Slice::default(); SLICES];
+        inner.window = Window::default();
         if let Some(config) = &self.config {
             inner.next_break = config.break_duration;
         }
@@ -442,6 +488,40 @@ impl Circuit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_windows_running_sums_match_a_sum_over_its_slices() {
+        // Slices forward, mostly the same one, sometimes a jump past the window and
+        // sometimes one back (a clock read taken before another's count).
+        let mut rng = crate::rng::SplitMix64::new(18);
+        let mut window = Window::default();
+        let mut index = 0u64;
+        for step in 0..20_000 {
+            index = match rng.next_u64() % 20 {
+                0 => index + 1 + rng.next_u64() % 15,
+                1 => index.saturating_sub(1),
+                _ => index,
+            };
+            let verdict = match rng.next_u64() % 3 {
+                0 => Verdict::Failure,
+                1 => Verdict::Success,
+                _ => Verdict::Neutral,
+            };
+            let got = window.count(index, verdict);
+            let oldest = index.saturating_sub(SLICES as u64 - 1);
+            let want = window
+                .slots
+                .iter()
+                .filter(|s| s.index >= oldest && s.index <= index)
+                .fold((0, 0), |(f, t), s| {
+                    (
+                        f + u64::from(s.failures),
+                        t + u64::from(s.failures + s.successes),
+                    )
+                });
+            assert_eq!(got, want, "step {step}, slice {index}");
+        }
+    }
 
     fn breaker() -> CircuitBreaker {
         CircuitBreaker::new()
