@@ -115,6 +115,8 @@
 //! | event `retrying` | `info` | `attempt`, `http.request.resend_count`, `http.response.status_code`, `error.type`, `error`, `delay_ms` |
 //! | event `giving up` | `warn` | `attempts`, `http.request.resend_count`, `error.type`, `reason`, `outcome_unknown` |
 //! | events `circuit opened`, `circuit half-open`, `circuit closed` (and `… by hand`) | `info` | `origin`, and `break_ms` on opening |
+//! | event `waiting for a rate-limit turn` | `debug` | `wait_ms` |
+//! | event `hedge started` | `debug` | `hedge` (this operation's hedges so far), `idempotency.key` |
 //!
 //! `error.type` is the status code for a 4xx or 5xx answer, else `timeout`, `connect`,
 //! `connection_closed`, `malformed_response`, `redirect`, `body`, `response_too_large` or

@@ -202,6 +202,8 @@ impl<'a> Engine<'a> {
             let turn = loop {
                 match self.turn(now) {
                     Ok(Some(wait)) => {
+                        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                        debug!(target: TARGET, wait_ms, "waiting for a rate-limit turn");
                         tokio::time::sleep(wait).await;
                         now = Instant::now();
                     }
@@ -461,6 +463,11 @@ impl<'a> Engine<'a> {
                     Some(hedge_timeout) => match transport.detached(hedge_timeout, true) {
                         Some(hedge) => {
                             self.hedges = self.hedges.saturating_add(1);
+                            debug!(target: TARGET,
+                                hedge = self.hedges,
+                                "idempotency.key" = %self.key,
+                                "hedge started"
+                            );
                             flights.hedges.push(hedge);
                             flights
                                 .timer
