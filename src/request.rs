@@ -342,7 +342,7 @@ impl IdempotentRequestBuilder {
     /// # Errors
     ///
     /// - [`Error::InvalidRequest`] before any I/O: bad URL, header or body; an invalid
-    ///   per-request policy or timeout; the key header set by hand; a key the
+    ///   per-request policy, timeout or hedging (a delay not below the timeout); the key header set by hand; a key the
     ///   structured-string form cannot carry.
     /// - [`Error::Failed`] when attempts stopped without a final response. Check
     ///   [`Error::is_outcome_unknown`] to learn whether to resume later with the key.
