@@ -493,3 +493,26 @@ async fn a_request_hedges_on_its_own_or_not_at_all() {
     assert!(!err.is_outcome_unknown());
     assert_eq!(server.requests().len(), requests);
 }
+
+#[tokio::test]
+async fn a_hedges_429_while_its_sibling_is_in_flight_still_cuts_the_rate() {
+    let server = MockServer::start().await;
+    let client = fast_builder()
+        .adaptive_rate_limit(AdaptiveRateLimit::new())
+        .hedging(keyed_hedging())
+        .build()
+        .unwrap();
+    // The first attempt stalls 300 ms; the hedge is told 429, which is awaited out.
+    server.inject(Fault::DelayBeforeProcessing(Duration::from_millis(300)), 1);
+    server.inject(
+        Fault::RateLimited {
+            retry_after: Duration::ZERO,
+        },
+        1,
+    );
+    let resp = order(&client, &server).await.unwrap();
+    assert_eq!(resp.status(), 201, "the first attempt's answer");
+    assert_eq!((resp.attempts(), resp.hedges()), (2, 1));
+    let stats = client.origin_stats(&server.uri()).unwrap();
+    assert!(stats.rate_limit.is_some(), "the 429 turned the limiter on");
+}

@@ -275,11 +275,7 @@ impl<'a> Engine<'a> {
         let attempt = self.attempt(outcome);
         self.outcome_unknown |= attempt.may_have_executed();
         self.throttled |= attempt.is_throttling();
-        // The server's own throttling (429, or 503 with Retry-After; not our own 409),
-        // which cuts the origin's rate limit.
-        let throttled = attempt.status() == Some(StatusCode::TOO_MANY_REQUESTS)
-            || (attempt.status() == Some(StatusCode::SERVICE_UNAVAILABLE)
-                && attempt.retry_after().is_some());
+        let throttled = server_throttled(&attempt);
         let error_type = telemetry::error_type(&attempt);
         let status = attempt.status();
         self.last_status = status;
@@ -497,7 +493,8 @@ impl<'a> Engine<'a> {
                 }
                 return answer;
             }
-            // Not final, and a sibling is in flight: counted, and the sibling awaited.
+            // Not final, and a sibling is in flight: counted (by the rate limiter too,
+            // which measures every attempt), and the sibling awaited.
             self.made += 1;
             match T::outcome(&answer) {
                 Some(outcome) => {
@@ -507,6 +504,8 @@ impl<'a> Engine<'a> {
                         self.throttled = true;
                         flights.hedges_left = 0;
                     }
+                    let throttled = server_throttled(&attempt);
+                    self.tell_limiter(throttled, Instant::now());
                 }
                 None => self.outcome_unknown = true,
             }
@@ -638,19 +637,26 @@ impl<'a> Engine<'a> {
     /// the attempt through, and its rate limiter, which measures every attempt.
     fn tell_origin(&mut self, verdict: Verdict, throttled: bool) {
         let probe = self.pass.take();
-        let limiting = self.settings.limiter.is_some();
-        if probe.is_none() && !limiting {
+        if probe.is_none() && self.settings.limiter.is_none() {
             return;
         }
         let now = Instant::now();
-        let Some(origin) = self.origin.as_deref() else {
-            return;
-        };
-        if let (Some(probe), Some(circuit)) = (probe, origin.existing_circuit()) {
-            circuit.record(probe, verdict, now);
+        if let Some(probe) = probe {
+            let origin = self.origin.as_deref();
+            if let Some(circuit) = origin.and_then(OriginState::existing_circuit) {
+                circuit.record(probe, verdict, now);
+            }
         }
-        if limiting {
-            origin.limiter().update(throttled, now);
+        self.tell_limiter(throttled, now);
+    }
+
+    /// Tells the origin's rate limiter, if the client has one, that an attempt ended
+    /// (`throttled`: with the server's own throttling).
+    fn tell_limiter(&self, throttled: bool, now: Instant) {
+        if self.settings.limiter.is_some() {
+            if let Some(origin) = self.origin.as_deref() {
+                origin.limiter().update(throttled, now);
+            }
         }
     }
 
@@ -772,6 +778,14 @@ fn decide(settings: &Settings, attempt: &Attempt<'_>) -> Option<Decision> {
         Some(classifier) => catch_unwind(AssertUnwindSafe(|| classifier(attempt))).ok(),
         None => Some(default_classifier(attempt)),
     }
+}
+
+/// Whether `attempt` is the server's own throttling (429, or 503 with `Retry-After`;
+/// not our own 409), which cuts the origin's rate limit.
+fn server_throttled(attempt: &Attempt<'_>) -> bool {
+    let status = attempt.status();
+    status == Some(StatusCode::TOO_MANY_REQUESTS)
+        || (status == Some(StatusCode::SERVICE_UNAVAILABLE) && attempt.retry_after().is_some())
 }
 
 /// Whether a final answer counts as a success for the budget: anything but a 5xx, a
