@@ -138,8 +138,13 @@ impl HedgeBucket {
         }
     }
 
-    /// A hedged operation starts: a little back into the bucket.
+    /// A hedged operation starts: a little back into the bucket. A full bucket (the
+    /// common case) is only read, not written, so that operations on many threads do
+    /// not take turns at its cache line.
     pub(crate) fn deposit(&self) {
+        if self.millitokens.load(Ordering::Relaxed) >= CAPACITY {
+            return;
+        }
         let _ = self
             .millitokens
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
