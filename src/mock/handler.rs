@@ -284,7 +284,8 @@ pub(crate) async fn draw_fault(
         tokio::time::sleep(stall).await;
     }
     let fault = shared.next_fault(route);
-    if let Some(fault) = &fault {
+    // Noted for the request's log line, when there is one.
+    if let Some(fault) = fault.as_ref().filter(|_| shared.config.log_requests) {
         sabotage.note_fault(fault.name());
     }
     match fault.map(|fault| fault.phase()) {
