@@ -417,9 +417,7 @@ impl Circuit {
             Verdict::Success => {
                 *passed += 1;
                 if *passed >= config.half_open_probes {
-                    self.set_state(inner, State::Closed);
-                    inner.next_break = config.break_duration;
-                    inner.window = Window::default();
+                    self.reset_closed(inner);
                     info!(target: TARGET, origin = %self.origin, "circuit closed");
                 }
             }
@@ -475,13 +473,18 @@ impl Circuit {
 
     /// Closes the circuit with a fresh window and the first break.
     pub(crate) fn close(&self) {
-        let mut inner = self.lock();
-        self.set_state(&mut inner, State::Closed);
+        self.reset_closed(&mut self.lock());
+        info!(target: TARGET, origin = %self.origin, "circuit closed by hand");
+    }
+
+    /// Closed, with a fresh window and the first break (under the lock, which `inner`
+    /// is).
+    fn reset_closed(&self, inner: &mut Inner) {
+        self.set_state(inner, State::Closed);
         inner.window = Window::default();
         if let Some(config) = &self.config {
             inner.next_break = config.break_duration;
         }
-        info!(target: TARGET, origin = %self.origin, "circuit closed by hand");
     }
 }
 
