@@ -131,8 +131,11 @@ trait Table: Default {
         map: &mut A,
     ) -> Result<(), A::Error>;
 
-    /// Checks the whole table; the message starts with the field at fault.
-    fn check(&self) -> Result<(), String>;
+    /// Checks the whole table; the message starts with the field at fault. A table
+    /// whose every value is valid on its own has nothing to check.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// `field` under `path`: `retry_policy.max_delay`, or `max_delay` at the top.
@@ -519,10 +522,6 @@ impl Table for RetryBudget {
         *slot = value(map, path)?;
         Ok(())
     }
-
-    fn check(&self) -> Result<(), String> {
-        Ok(())
-    }
 }
 
 impl<'de> Deserialize<'de> for RetryBudget {
@@ -599,10 +598,6 @@ impl Table for AdaptiveRateLimit {
             "max_wait" => *max_wait = duration(map, path)?,
             other => return Err(unknown(other, Self::FIELDS)),
         }
-        Ok(())
-    }
-
-    fn check(&self) -> Result<(), String> {
         Ok(())
     }
 }
