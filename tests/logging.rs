@@ -433,18 +433,9 @@ async fn log_keys_puts_the_key_on_info_events_and_the_span() {
 #[tokio::test]
 async fn a_hedge_is_an_event() {
     let _serial = SERIAL.lock().await;
-    let server = MockServer::start().await;
     // The first request stalls; the hedge 50 ms later is answered at once.
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_millis(500)))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201))
-        .mount(&server)
-        .await;
+    let stalled = ResponseTemplate::new(201).set_delay(Duration::from_millis(500));
+    let server = server_failing(stalled, 1).await;
     let key = IdempotencyKey::new_v4();
     let (_, events) = record_all(Level::DEBUG, async {
         let resp = fast_builder()
@@ -474,23 +465,12 @@ async fn a_hedge_is_an_event() {
 #[tokio::test]
 async fn a_wait_for_a_rate_limit_turn_is_an_event() {
     let _serial = SERIAL.lock().await;
-    let server = MockServer::start().await;
     // A 429 after 450 ms turns the limiter on at 70 % of the ~2 requests a second it
     // measured: the next operation waits about 0.6 s for its turn.
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(429)
-                .insert_header("retry-after", "0")
-                .set_delay(Duration::from_millis(450)),
-        )
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201))
-        .mount(&server)
-        .await;
+    let throttled = ResponseTemplate::new(429)
+        .insert_header("retry-after", "0")
+        .set_delay(Duration::from_millis(450));
+    let server = server_failing(throttled, 1).await;
     let client = fast_builder()
         .retry_policy(fast_policy().max_attempts(1))
         .adaptive_rate_limit(idempotent_retry::AdaptiveRateLimit::new())

@@ -22,6 +22,20 @@ struct Charge {
     amount: u64,
 }
 
+/// The answer of a default client to one POST that a server answers with `template`.
+async fn answered(template: ResponseTemplate) -> idempotent_retry::IdempotentResponse {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(template)
+        .mount(&server)
+        .await;
+    fast_client()
+        .post_idempotent(server.uri())
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_fresh_key_refused_everywhere_was_not_sent() {
     let err = fast_client()
@@ -82,16 +96,7 @@ async fn an_answer_that_does_not_decode_after_a_2xx_may_have_executed() {
 
 #[tokio::test]
 async fn an_undecodable_refusal_did_not_execute() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(402).set_body_string("card declined"))
-        .mount(&server)
-        .await;
-    let response = fast_client()
-        .post_idempotent(server.uri())
-        .send()
-        .await
-        .unwrap();
+    let response = answered(ResponseTemplate::new(402).set_body_string("card declined")).await;
     let err = response.json::<Charge>().await.unwrap_err();
     assert_eq!(err.status(), Some(reqwest::StatusCode::PAYMENT_REQUIRED));
     assert!(!err.may_have_executed(), "a 4xx refusal is the server's no");
@@ -240,16 +245,7 @@ async fn the_key_is_known_before_send_so_a_cancelled_call_loses_nothing() {
 
 #[tokio::test]
 async fn error_for_status_turns_a_refusal_into_an_error_that_keeps_the_answer() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(402).set_body_string("card declined"))
-        .mount(&server)
-        .await;
-    let response = fast_client()
-        .post_idempotent(server.uri())
-        .send()
-        .await
-        .unwrap();
+    let response = answered(ResponseTemplate::new(402).set_body_string("card declined")).await;
     let key = response.idempotency_key().clone();
     let err = response.error_for_status().unwrap_err();
     assert!(matches!(err, Error::Status { .. }), "{err:?}");
@@ -264,16 +260,8 @@ async fn error_for_status_turns_a_refusal_into_an_error_that_keeps_the_answer() 
 
 #[tokio::test]
 async fn error_for_status_passes_a_success_and_flags_a_final_5xx() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201).set_body_string("{}"))
-        .mount(&server)
-        .await;
-    let ok = fast_client()
-        .post_idempotent(server.uri())
-        .send()
+    let ok = answered(ResponseTemplate::new(201).set_body_string("{}"))
         .await
-        .unwrap()
         .error_for_status()
         .unwrap();
     assert_eq!(ok.status(), 201);
