@@ -10,8 +10,8 @@ use std::time::Duration;
 use http::header::HeaderName;
 
 use crate::client::Inner;
-use crate::journal::Journal;
-use crate::journaled::{JournalSettings, LEASE_MARGIN, ResumeHeaders};
+use crate::journal::{Journal, PendingOperation};
+use crate::journaled::{JournalSettings, LEASE_MARGIN, ResumeCredentials};
 use crate::retry::origins::{DEFAULT_MAX_ORIGINS, Origins};
 use crate::settings::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, DEFAULT_MAX_RESPONSE_BYTES,
@@ -61,7 +61,7 @@ pub struct IdempotentClientBuilder {
     sensitive: Vec<HeaderName>,
     /// The first invalid `sensitive_header` name, reported by `build`.
     bad_sensitive: Option<String>,
-    resume_headers: Option<ResumeHeaders>,
+    credentials: Option<ResumeCredentials>,
     seal: Option<Arc<dyn crate::journal::BodySeal>>,
     log_keys: bool,
     breaker: Option<CircuitBreaker>,
@@ -93,7 +93,7 @@ impl IdempotentClientBuilder {
             journal: None,
             sensitive: Vec::new(),
             bad_sensitive: None,
-            resume_headers: None,
+            credentials: None,
             seal: None,
             log_keys: false,
             breaker: None,
@@ -453,9 +453,18 @@ impl IdempotentClientBuilder {
         self
     }
 
-    /// The secrets (the headers never journalled) of an operation that
-    /// [`resume_pending`](crate::IdempotentClient::resume_pending) re-sends with no
-    /// request at hand, by the operation's URL: typically its `Authorization`.
+    /// The values of a resumed operation's secret headers (the headers never
+    /// journalled: `Authorization`, `Cookie`, those named with
+    /// [`sensitive_header`](Self::sensitive_header)), by the operation's URL: fixed
+    /// credentials. For credentials that rotate, use
+    /// [`resume_credentials`](Self::resume_credentials); the last of the two set wins.
+    ///
+    /// The journal records which secret headers an operation carried (their names,
+    /// never their values). A resume sends it only when each of them has a value, from
+    /// the request at hand or from here; otherwise it sends nothing and the operation
+    /// stays pending ([`Error::CredentialsMissing`](crate::Error::CredentialsMissing)).
+    /// Only the recorded names are attached: a header an operation did not carry is
+    /// never added to it.
     ///
     /// ```
     /// use idempotent_retry::IdempotentClient;
@@ -477,7 +486,56 @@ impl IdempotentClientBuilder {
     where
         F: Fn(&reqwest::Url) -> http::HeaderMap + Send + Sync + 'static,
     {
-        self.resume_headers = Some(Arc::new(headers));
+        self.credentials = Some(Arc::new(move |operation: &PendingOperation| {
+            let given = reqwest::Url::parse(&operation.url)
+                .map(|url| headers(&url))
+                .unwrap_or_default();
+            Box::pin(std::future::ready(given))
+        }));
+        self
+    }
+
+    /// Where a resumed operation gets the values of its secret headers, asked afresh
+    /// for each resumed send that lacks some (so a rotated token is the one sent, never
+    /// a stored one): an async function of the operation, giving the headers (typically
+    /// `Authorization` from your secret store or token cache). Only the secret headers
+    /// the operation was recorded with are taken from what it gives; a name it leaves
+    /// out makes that resume send nothing
+    /// ([`Error::CredentialsMissing`](crate::Error::CredentialsMissing)).
+    ///
+    /// A server that scopes keys by *token* rather than by account sees a key re-sent
+    /// under a rotated token as new: see [`journal`](crate::journal), "Rotating
+    /// credentials".
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// use idempotent_retry::journal::{MemoryJournal, PendingOperation};
+    /// use idempotent_retry::reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+    ///
+    /// async fn current_token() -> String { "sk_test_rotated".into() }
+    ///
+    /// let client = IdempotentClient::builder()
+    ///     .journal(MemoryJournal::new())
+    ///     .resume_credentials(|_op: &PendingOperation| async {
+    ///         let mut headers = HeaderMap::new();
+    ///         let bearer = format!("Bearer {}", current_token().await);
+    ///         if let Ok(value) = HeaderValue::from_str(&bearer) {
+    ///             headers.insert(AUTHORIZATION, value);
+    ///         }
+    ///         headers
+    ///     })
+    ///     .build()?;
+    /// # drop(client);
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn resume_credentials<F, Fut>(mut self, credentials: F) -> Self
+    where
+        F: Fn(&PendingOperation) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = http::HeaderMap> + Send + 'static,
+    {
+        self.credentials = Some(Arc::new(move |operation: &PendingOperation| {
+            Box::pin(credentials(operation))
+        }));
         self
     }
 
@@ -659,7 +717,7 @@ impl IdempotentClientBuilder {
                     journal,
                     seal: self.seal,
                     sensitive: self.sensitive,
-                    resume_headers: self.resume_headers,
+                    credentials: self.credentials,
                 })
             }),
         }

@@ -218,11 +218,35 @@ impl IdempotentClient {
         crate::journaled::pending(self).await
     }
 
+    /// The answer recorded for an operation, by its id, without any I/O to its server:
+    /// a completed operation's final answer, or the answer that made an operation need
+    /// attention (a resumed send's 401, say); `None` when there is neither (pending,
+    /// abandoned, or no such id). Bodies sealed with
+    /// [`seal_bodies`](crate::IdempotentClientBuilder::seal_bodies) come back opened.
+    /// This is the way to an answer recorded for a request whose shape the application
+    /// no longer sends (see [`journal`](crate::journal), "Deploying a new request
+    /// shape").
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) without a journal;
+    /// [`Error::Journal`](crate::Error::Journal) if it cannot be read, or a sealed
+    /// body does not open.
+    pub async fn recorded_answer(
+        &self,
+        operation_id: &str,
+    ) -> Result<Option<crate::journal::RecordedAnswer>, crate::Error> {
+        crate::journaled::recorded_answer(self, operation_id).await
+    }
+
     /// Sends every pending operation that no live worker holds again, one after the
-    /// other, each with its recorded key and bytes (and the secrets from
-    /// [`resume_headers`](crate::IdempotentClientBuilder::resume_headers)); call it when
-    /// a process starts. Operations too old to resume are not sent: they are reported
-    /// as needing attention.
+    /// other, each with its recorded key and bytes, and the values of its secret
+    /// headers from
+    /// [`resume_credentials`](crate::IdempotentClientBuilder::resume_credentials) (an
+    /// operation whose secrets have no value is not sent: it stays pending, reported
+    /// with [`Error::CredentialsMissing`](crate::Error::CredentialsMissing)); call it
+    /// when a process starts. Operations too old to resume are not sent: they are
+    /// reported as needing attention.
     ///
     /// # Errors
     ///

@@ -202,6 +202,30 @@ pub enum Error {
         age: Duration,
         /// Why.
         reason: String,
+        /// The answer that made it need attention, when one did (a resumed send's 401
+        /// or 403, an answer the classifier called
+        /// [`Unresolved`](crate::Decision::Unresolved)): [`Error::last_response`].
+        last_response: Option<Box<IdempotentResponse>>,
+    },
+
+    /// A recorded operation was not sent again: it was recorded with secret headers
+    /// (never stored), and no value for some of them was at hand, neither on the
+    /// request nor from the client's
+    /// [`resume_credentials`](crate::IdempotentClientBuilder::resume_credentials).
+    /// Nothing was sent; the operation stays pending, and may have executed before.
+    #[error(
+        "operation {operation_id:?} was not sent again: no value for its secret header(s) {} \
+         (give them on the request or with resume_credentials)",
+        headers.join(", ")
+    )]
+    #[non_exhaustive]
+    CredentialsMissing {
+        /// The caller's operation id.
+        operation_id: String,
+        /// The operation's key.
+        key: IdempotencyKey,
+        /// The secret headers without a value, by name.
+        headers: Vec<String>,
     },
 
     /// A person abandoned this operation ([`Resolution::Abandoned`]): it is never sent
@@ -317,6 +341,9 @@ pub enum GiveUpReason {
     /// The journalled operation may not be sent yet: a server asked for a wait that
     /// has not passed ([`Error::retry_after`] says how long is left).
     NotYet,
+    /// The classifier called the answer [`Unresolved`](crate::Decision::Unresolved):
+    /// final, but about the caller rather than the operation, which may have executed.
+    Unresolved,
 }
 
 impl fmt::Display for GiveUpReason {
@@ -336,11 +363,24 @@ impl fmt::Display for GiveUpReason {
             Self::NotYet => "the server asked for a wait that has not passed yet",
             Self::CircuitOpen => "the origin's circuit is open",
             Self::RateLimited => "the origin's rate limit left no turn within max_wait",
+            Self::Unresolved => "the answer is about the caller, not the operation's outcome",
         })
     }
 }
 
 impl Error {
+    /// The same error, saying that the operation may have executed: the journal could
+    /// not close a record that a resume would send.
+    pub(crate) fn into_outcome_unknown(mut self) -> Self {
+        if let Self::Failed {
+            outcome_unknown, ..
+        } = &mut self
+        {
+            *outcome_unknown = true;
+        }
+        self
+    }
+
     /// The operation's key, for every error that comes from `send()` or from decoding
     /// its response.
     #[must_use]
@@ -353,6 +393,7 @@ impl Error {
             | Self::ResponseTooLarge { key, .. }
             | Self::OperationMismatch { key, .. }
             | Self::NeedsAttention { key, .. }
+            | Self::CredentialsMissing { key, .. }
             | Self::Abandoned { key, .. } => Some(key),
             Self::Journal { key, .. } => key.as_ref(),
             #[cfg(feature = "middleware")]
@@ -410,6 +451,7 @@ impl Error {
             Self::ResponseTooLarge { .. }
             | Self::OperationMismatch { .. }
             | Self::NeedsAttention { .. }
+            | Self::CredentialsMissing { .. }
             | Self::Abandoned { .. } => true,
             #[cfg(feature = "middleware")]
             Self::MiddlewareLayer { .. } => true,
@@ -494,7 +536,11 @@ impl Error {
                 last_response: Some(r),
                 ..
             }
-            | Self::Status { response: r, .. } => Some(r),
+            | Self::Status { response: r, .. }
+            | Self::NeedsAttention {
+                last_response: Some(r),
+                ..
+            } => Some(r),
             _ => None,
         }
     }

@@ -40,6 +40,8 @@ pub(crate) fn operation_span(method: &Method, url: &reqwest::Url) -> tracing::Sp
         "idempotency.replayed" = Empty,
         // Only with `IdempotentClientBuilder::log_keys(true)`.
         "idempotency.key" = Empty,
+        // The caller's operation id, for a journalled send (fresh or resumed).
+        operation_id = Empty,
     )
 }
 

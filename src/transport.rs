@@ -236,6 +236,13 @@ pub(crate) trait Guard: Send {
         made: u32,
         timeout: Duration,
     ) -> impl Future<Output = Result<(), GiveUpReason>> + Send;
+
+    /// Whether a hedge with this timeout may start now, beside the attempt in flight,
+    /// without waiting for anything.
+    fn may_hedge(&self, timeout: Duration) -> bool {
+        let _ = timeout;
+        true
+    }
 }
 
 /// The guard of a plain send: every attempt may go.
@@ -279,6 +286,10 @@ impl<G: Guard> Transport for Sender<'_, G> {
         timeout: Duration,
     ) -> impl Future<Output = Result<(), GiveUpReason>> + Send {
         self.guard.before_attempt(made, timeout)
+    }
+
+    fn may_hedge(&self, timeout: Duration) -> bool {
+        self.guard.may_hedge(timeout)
     }
 
     fn send(&mut self, timeout: Duration) -> impl Future<Output = Answer> + Send {

@@ -94,9 +94,19 @@ pub async fn check(journal: &dyn Journal) -> Result<(), String> {
         }
     }
     journal
-        .renew(&first, SHORT)
+        .start_attempt(&first, SHORT)
         .await
-        .map_err(|e| fail("renewing one's own lease", e))?;
+        .map_err(|e| fail("starting an attempt under one's own lease", e))?;
+    let attempts = journal
+        .find(&id("op"))
+        .await
+        .map_err(|e| fail("find", e))?
+        .map(|e| e.attempts);
+    if attempts != Some(1) {
+        return Err(format!(
+            "start_attempt must count the attempt before it leaves (1), not {attempts:?}"
+        ));
+    }
     tokio::time::sleep(PAST_SHORT).await;
     let second = match journal
         .claim(&id("op"), "worker-b", LONG)
@@ -118,7 +128,8 @@ pub async fn check(journal: &dyn Journal) -> Result<(), String> {
         headers: vec![("content-type".into(), b"application/json".to_vec())],
         body: Bytes::from_static(b"{\"id\":1}"),
     };
-    fenced(journal.renew(&first, LONG).await, "renew")?;
+    fenced(journal.start_attempt(&first, LONG).await, "start_attempt")?;
+    fenced(journal.withdraw(&first).await, "withdraw")?;
     fenced(journal.complete(&first, &answer).await, "complete")?;
     fenced(
         journal.release(&first, &Release::default()).await,
@@ -159,8 +170,8 @@ pub async fn check(journal: &dyn Journal) -> Result<(), String> {
     let lease = recorded(journal, &id("wait")).await?;
     let release = Release {
         attempts: 2,
-        attention: None,
         not_before: Some(SHORT),
+        ..Release::default()
     };
     journal
         .release(&lease, &release)
@@ -203,9 +214,16 @@ pub async fn check(journal: &dyn Journal) -> Result<(), String> {
         }
     };
 
-    // Attention: never claimed again; listed by pending; a person resolves it.
+    // Attention: never claimed again; listed by pending with the answer that caused
+    // it; a person resolves it.
+    let unauthorized = RecordedAnswer {
+        status: 401,
+        headers: vec![("www-authenticate".into(), b"Bearer".to_vec())],
+        body: Bytes::from_static(b"{\"error\":\"expired token\"}"),
+    };
     let release = Release {
         attention: Some("checked by a person".into()),
+        answer: Some(unauthorized.clone()),
         ..Release::default()
     };
     journal
@@ -217,6 +235,9 @@ pub async fn check(journal: &dyn Journal) -> Result<(), String> {
     let listed = pending.iter().find(|e| e.id == id("wait"));
     if !listed.is_some_and(|e| matches!(e.state, EntryState::NeedsAttention(_))) {
         return Err("pending must list an operation that needs attention".into());
+    }
+    if listed.and_then(|e| e.answer.as_ref()) != Some(&unauthorized) {
+        return Err("an operation that needs attention must keep the answer that caused it".into());
     }
     if pending.iter().any(|e| e.id == id("op")) {
         return Err("pending must not list a completed operation".into());
@@ -241,7 +262,57 @@ pub async fn check(journal: &dyn Journal) -> Result<(), String> {
         .await
         .map_err(|e| fail("resolve", e))?
     {
-        return Err("resolve must not apply to a completed operation".into());
+        return Err("Resend must not apply to an operation completed with a 2xx answer".into());
+    }
+    // Resend reopens an operation completed with an answer that is not 2xx.
+    let lease = recorded(journal, &id("404")).await?;
+    journal
+        .complete(&lease, &unauthorized)
+        .await
+        .map_err(|e| fail("complete", e))?;
+    if !journal
+        .resolve(&id("404"), &Resolution::Resend)
+        .await
+        .map_err(|e| fail("resolve", e))?
+    {
+        return Err("Resend must reopen an operation completed with a 401".into());
+    }
+    let entry = journal
+        .find(&id("404"))
+        .await
+        .map_err(|e| fail("find", e))?
+        .ok_or("a reopened operation must be found")?;
+    if entry.state != EntryState::Pending || entry.request.key != "k-2" {
+        return Err(format!(
+            "Resend must leave it pending under its key, not {:?}",
+            entry.state
+        ));
+    }
+    let lease = match journal
+        .claim(&id("404"), "worker-d", LONG)
+        .await
+        .map_err(|e| fail("claim", e))?
+    {
+        Claimed::Lease(lease) => lease,
+        other => return Err(format!("a reopened operation must be claimed, not {other:?}")),
+    };
+    journal
+        .complete(&lease, &answer)
+        .await
+        .map_err(|e| fail("complete", e))?;
+    // Withdraw: the operation goes, as if never recorded.
+    let lease = recorded(journal, &id("withdrawn")).await?;
+    journal
+        .withdraw(&lease)
+        .await
+        .map_err(|e| fail("withdraw", e))?;
+    if journal
+        .find(&id("withdrawn"))
+        .await
+        .map_err(|e| fail("find", e))?
+        .is_some()
+    {
+        return Err("a withdrawn operation must not be found".into());
     }
     // A held operation is not resolved under its worker's feet.
     let held = recorded(journal, &id("held")).await?;
@@ -314,6 +385,7 @@ fn request(key: &str) -> RecordedRequest {
             ("content-type".into(), b"application/json".to_vec()),
             ("x-bytes".into(), vec![0x80, 0xff]),
         ],
+        secret_headers: vec!["authorization".into(), "x-api-key".into()],
         body: Bytes::from_static(b"{\"amount\":100}"),
     }
 }

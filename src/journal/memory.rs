@@ -5,6 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Stands for "never" where an instant must be stored: a century.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 use super::{
     Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease,
     Limits, RecordedAnswer, RecordedRequest, Release, Resolution, limits_of,
@@ -24,6 +27,8 @@ struct Row {
     resumes: u32,
     /// When it was completed or abandoned, for housekeeping.
     closed: Option<Instant>,
+    /// The answer that made it need attention, if one did.
+    answer: Option<RecordedAnswer>,
 }
 
 /// A [`Journal`] in memory, shared by its clones. Its clock is the process's monotonic
@@ -138,6 +143,7 @@ fn entry(id: &str, row: &Row, now: Instant) -> JournalEntry {
         holder: row.holder.clone().filter(|_| row.expires > now),
         not_before: row.not_before.filter(|at| *at > now).map(|at| at - now),
         resumes: row.resumes,
+        answer: row.answer.clone(),
     }
 }
 
@@ -173,6 +179,7 @@ impl Journal for MemoryJournal {
                     not_before: None,
                     resumes: 0,
                     closed: None,
+                    answer: None,
                 },
             );
             Inserted::Recorded(Lease {
@@ -216,11 +223,18 @@ impl Journal for MemoryJournal {
         Box::pin(async move { Ok(claimed) })
     }
 
-    fn renew<'a>(&'a self, lease: &'a Lease, duration: Duration) -> JournalFuture<'a, ()> {
+    fn start_attempt<'a>(
+        &'a self,
+        lease: &'a Lease,
+        duration: Duration,
+    ) -> JournalFuture<'a, ()> {
         let now = Instant::now();
         let mut rows = self.rows();
-        let renewed = Self::leased(&mut rows, lease).map(|row| row.expires = now + duration);
-        Box::pin(async move { renewed })
+        let started = Self::leased(&mut rows, lease).map(|row| {
+            row.attempts = row.attempts.saturating_add(1);
+            row.expires = now.checked_add(duration).unwrap_or(row.expires);
+        });
+        Box::pin(async move { started })
     }
 
     fn complete<'a>(
@@ -241,14 +255,27 @@ impl Journal for MemoryJournal {
         let now = Instant::now();
         let mut rows = self.rows();
         let released = Self::leased(&mut rows, lease).map(|row| {
-            row.attempts += release.attempts;
+            row.attempts = row.attempts.saturating_add(release.attempts);
             row.holder = None;
-            row.not_before = release.not_before.map(|wait| now + wait);
+            // A wait beyond a century is a wait without end, as far as sends go.
+            row.not_before = release
+                .not_before
+                .and_then(|wait| now.checked_add(wait.min(FAR_FUTURE)));
             if let Some(reason) = &release.attention {
                 row.state = EntryState::NeedsAttention(reason.clone());
+                row.answer = release.answer.clone();
             }
         });
         Box::pin(async move { released })
+    }
+
+    fn withdraw<'a>(&'a self, lease: &'a Lease) -> JournalFuture<'a, ()> {
+        let mut rows = self.rows();
+        let withdrawn = Self::leased(&mut rows, lease).map(|_| ());
+        if withdrawn.is_ok() {
+            rows.remove(&lease.id);
+        }
+        Box::pin(async move { withdrawn })
     }
 
     fn pending(&self) -> JournalFuture<'_, Vec<JournalEntry>> {
@@ -275,10 +302,8 @@ impl Journal for MemoryJournal {
         let mut rows = self.rows();
         let resolved = match rows.get_mut(id) {
             Some(row)
-                if matches!(
-                    row.state,
-                    EntryState::Pending | EntryState::NeedsAttention(_)
-                ) && !(row.holder.is_some() && row.expires > now) =>
+                if super::resolvable(&row.state, resolution)
+                    && !(row.holder.is_some() && row.expires > now) =>
             {
                 row.token += 1;
                 row.holder = None;
@@ -296,6 +321,8 @@ impl Journal for MemoryJournal {
                         row.created = now;
                         row.resumes = 0;
                         row.not_before = None;
+                        row.closed = None;
+                        row.answer = None;
                     }
                 }
                 true

@@ -129,8 +129,11 @@ pub trait Journal: Send + Sync + 'static {
         lease: Duration,
     ) -> JournalFuture<'a, Claimed>;
 
-    /// Extends the lease by `duration` from now.
-    fn renew<'a>(&'a self, lease: &'a Lease, duration: Duration) -> JournalFuture<'a, ()>;
+    /// Counts one attempt that starts now and extends the lease by `duration` from now,
+    /// in one durable write, before the attempt leaves: an operation killed mid-attempt
+    /// is never listed as unsent.
+    fn start_attempt<'a>(&'a self, lease: &'a Lease, duration: Duration)
+    -> JournalFuture<'a, ()>;
 
     /// Records the final answer and lets the lease go.
     fn complete<'a>(
@@ -140,8 +143,14 @@ pub trait Journal: Send + Sync + 'static {
     ) -> JournalFuture<'a, ()>;
 
     /// Lets the lease go, the operation still pending (or needing attention, if
-    /// `release.attention` says why).
+    /// `release.attention` says why, with `release.answer` attached).
     fn release<'a>(&'a self, lease: &'a Lease, release: &'a Release) -> JournalFuture<'a, ()>;
+
+    /// Deletes an operation none of whose attempts could have reached the server (every
+    /// one refused before a byte was sent), as if it had never been recorded, so that
+    /// the error that says "not executed" stays true: no resume can send it later.
+    /// Conditional on the lease, like every write that names one.
+    fn withdraw<'a>(&'a self, lease: &'a Lease) -> JournalFuture<'a, ()>;
 
     /// Every operation that is not completed (pending, or needing attention), oldest
     /// first.
@@ -167,7 +176,9 @@ pub trait Journal: Send + Sync + 'static {
     }
 
     /// A person's decision on an operation that is not completed (pending, or needing
-    /// attention) and that no live worker holds. `false` if there was none such.
+    /// attention) and that no live worker holds; [`Resolution::Resend`] also applies to
+    /// an operation completed with an answer that is not 2xx (a 401 from an expired
+    /// credential, a 404 from a wrong base URL). `false` if there was none such.
     fn resolve<'a>(&'a self, id: &'a str, resolution: &'a Resolution) -> JournalFuture<'a, bool>;
 
     /// Abandons a pending operation of which no attempt ever started: its recorder let
@@ -207,6 +218,19 @@ pub trait BodySeal: Send + Sync + 'static {
     ///
     /// Why the sealed bytes cannot be opened.
     fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+/// Whether `resolution` may be applied to an operation in `state` (held by no live
+/// worker): any to one that is open (pending or needing attention), and
+/// [`Resolution::Resend`] to one completed with an answer that is not 2xx too.
+pub(crate) fn resolvable(state: &EntryState, resolution: &Resolution) -> bool {
+    match state {
+        EntryState::Pending | EntryState::NeedsAttention(_) => true,
+        EntryState::Completed(answer) => {
+            matches!(resolution, Resolution::Resend) && !(200..300).contains(&answer.status)
+        }
+        EntryState::Abandoned(_) => false,
+    }
 }
 
 /// A write that names a lease: it applied (to exactly one operation), or the lease is no
@@ -330,6 +354,9 @@ pub enum Resolution {
     Abandoned(String),
     /// Send it again, as recorded and with its key (the server has no trace of it, or
     /// the person accepts the risk): pending anew, its age and resumes counted from now.
+    /// It also reopens an operation completed with an answer that is not 2xx (an
+    /// expired credential's 401, a wrong base URL's 404): the next send goes out with
+    /// the same key, so a server that did execute it replays its answer.
     Resend,
 }
 
@@ -362,13 +389,16 @@ pub struct RecordedRequest {
     /// The headers that define the request, in order, without the key header and
     /// without secrets.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The names (never the values) of the secret headers the request carried, in
+    /// lower case: a re-send goes out only when each has a value at hand.
+    pub secret_headers: Vec<String>,
     /// The body.
     pub body: Bytes,
 }
 
 /// A final answer as recorded: what a later `send()` with the same id returns without
 /// any I/O.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RecordedAnswer {
     /// The status code.
     pub status: u16,
@@ -376,6 +406,22 @@ pub struct RecordedAnswer {
     pub headers: Vec<(String, Vec<u8>)>,
     /// The whole body.
     pub body: Bytes,
+}
+
+impl std::fmt::Debug for RecordedAnswer {
+    /// Header values as text where they are (as `http` shows them), not as byte arrays.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, String)> = self
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), String::from_utf8_lossy(value).into_owned()))
+            .collect();
+        f.debug_struct("RecordedAnswer")
+            .field("status", &self.status)
+            .field("headers", &headers)
+            .field("body", &self.body)
+            .finish()
+    }
 }
 
 /// Where an operation stands.
@@ -412,12 +458,17 @@ pub struct JournalEntry {
     pub not_before: Option<Duration>,
     /// How many times a worker took it up again after the one that recorded it.
     pub resumes: u32,
+    /// For an operation needing attention because of an answer (a resumed send answered
+    /// 401 or 403, or an answer a classifier called
+    /// [`Unresolved`](crate::Decision::Unresolved)): that answer.
+    pub answer: Option<RecordedAnswer>,
 }
 
 /// What a worker that lets an operation go says of it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Release {
-    /// Attempts it made.
+    /// Attempts it made that [`Journal::start_attempt`] did not count (hedges, which
+    /// start beside a counted attempt).
     pub attempts: u32,
     /// Why no automatic send may happen again, if so: the operation then needs a
     /// person's attention.
@@ -425,6 +476,8 @@ pub struct Release {
     /// No send before this long from now (the journal's clock): the wait the server
     /// asked for.
     pub not_before: Option<Duration>,
+    /// With `attention`: the answer that made the operation need it, kept for a person.
+    pub answer: Option<RecordedAnswer>,
 }
 
 /// An operation that is not completed, as [`pending`](crate::IdempotentClient::pending)
@@ -442,10 +495,18 @@ pub struct PendingOperation {
     pub url: String,
     /// How long ago it was recorded, by the journal's clock.
     pub age: Duration,
-    /// Attempts made so far.
+    /// Attempts started so far, counted as each started (before it left), so an
+    /// operation killed mid-attempt shows it.
     pub attempts: u32,
+    /// Whether some attempt may have reached the server: `attempts > 0`. When `false`,
+    /// no byte of it was ever sent.
+    pub may_have_reached_server: bool,
     /// `Some(why)` when it must not be sent automatically again; a person decides.
     pub needs_attention: Option<String>,
+    /// The answer that made it need attention, if an answer did (a resumed send's 401).
+    pub last_status: Option<u16>,
+    /// The names of the secret headers a re-send needs (values are never stored).
+    pub secret_headers: Vec<String>,
     /// The worker driving it now, if any.
     pub holder: Option<String>,
     /// How long until it may be sent again, when a server asked for a wait.
@@ -461,6 +522,9 @@ impl From<JournalEntry> for PendingOperation {
             url: entry.request.url,
             age: entry.age,
             attempts: entry.attempts,
+            may_have_reached_server: entry.attempts > 0,
+            last_status: entry.answer.as_ref().map(|a| a.status),
+            secret_headers: entry.request.secret_headers,
             not_before: entry.not_before,
             needs_attention: match entry.state {
                 EntryState::NeedsAttention(reason) => Some(reason),

@@ -23,7 +23,7 @@ use super::{
 };
 
 /// The schema this version writes; a database with a newer one is refused.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 /// The advisory lock under which the schema is created or migrated, fleet-wide.
 const SCHEMA_LOCK: i64 = 0x4944_454d_504f_5354; // "IDEMPOST"
@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS idempotent_retry_operations (
     closed_at TIMESTAMPTZ,
     PRIMARY KEY (namespace, id)
 );
+-- Schema 2: the names of a request's secret headers, one a line.
+ALTER TABLE idempotent_retry_operations
+    ADD COLUMN IF NOT EXISTS secret_headers TEXT NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS idempotent_retry_operations_open
     ON idempotent_retry_operations (namespace, state, created_at);
 ";
@@ -64,7 +67,8 @@ const COLUMNS: &str = "id, key, method, url, key_header, key_value, headers, bod
     attention, answer_status, answer_headers, answer_body, attempts, \
     CASE WHEN expires_at > now() THEN holder END AS live_holder, \
     (EXTRACT(EPOCH FROM (now() - created_at)) * 1000)::BIGINT AS age_ms, \
-    (EXTRACT(EPOCH FROM (not_before - now())) * 1000)::BIGINT AS wait_ms, resumes";
+    (EXTRACT(EPOCH FROM (not_before - now())) * 1000)::BIGINT AS wait_ms, resumes, \
+    secret_headers";
 
 const PENDING: i16 = 0;
 const COMPLETED: i16 = 1;
@@ -333,6 +337,17 @@ async fn migrate(client: &Client) -> Result<(), JournalError> {
             Some(v) if v > SCHEMA_VERSION => Err(JournalError::corrupt(format!(
                 "the database has journal schema {v}; this version reads up to {SCHEMA_VERSION}"
             ))),
+            // Older: the schema above has just added what it lacked.
+            Some(v) if v < SCHEMA_VERSION => {
+                client
+                    .execute(
+                        "UPDATE idempotent_retry_schema SET version = $1",
+                        &[&SCHEMA_VERSION],
+                    )
+                    .await
+                    .map_err(&fail)?;
+                Ok(())
+            }
             Some(_) => Ok(()),
         }
     }
@@ -355,29 +370,37 @@ fn millis(value: Option<i64>) -> Option<Duration> {
 fn entry(row: &Row) -> Result<JournalEntry, JournalError> {
     let bad = |e: tokio_postgres::Error| JournalError::corrupt(format!("a row: {e}"));
     let state: i16 = row.try_get("state").map_err(bad)?;
+    let status: Option<i32> = row.try_get("answer_status").map_err(bad)?;
+    let answer_headers: Option<Vec<u8>> = row.try_get("answer_headers").map_err(bad)?;
+    let answer_body: Option<Vec<u8>> = row.try_get("answer_body").map_err(bad)?;
+    let answer = match (status, answer_headers, answer_body) {
+        (Some(status), Some(headers), Some(body)) => Some(RecordedAnswer {
+            status: u16::try_from(status)
+                .map_err(|_| JournalError::corrupt(format!("status {status}")))?,
+            headers: decode(&headers)?,
+            body: Bytes::from(body),
+        }),
+        _ => None,
+    };
+    let mut attention_answer = None;
     let state = match state {
         PENDING => EntryState::Pending,
         COMPLETED => {
-            let status: Option<i32> = row.try_get("answer_status").map_err(bad)?;
-            let headers: Option<Vec<u8>> = row.try_get("answer_headers").map_err(bad)?;
-            let body: Option<Vec<u8>> = row.try_get("answer_body").map_err(bad)?;
-            let (Some(status), Some(headers), Some(body)) = (status, headers, body) else {
+            let Some(answer) = answer else {
                 return Err(JournalError::corrupt(
                     "a completed operation without its answer",
                 ));
             };
-            EntryState::Completed(RecordedAnswer {
-                status: u16::try_from(status)
-                    .map_err(|_| JournalError::corrupt(format!("status {status}")))?,
-                headers: decode(&headers)?,
-                body: Bytes::from(body),
-            })
+            EntryState::Completed(answer)
         }
-        ATTENTION => EntryState::NeedsAttention(
-            row.try_get::<_, Option<String>>("attention")
-                .map_err(bad)?
-                .unwrap_or_default(),
-        ),
+        ATTENTION => {
+            attention_answer = answer;
+            EntryState::NeedsAttention(
+                row.try_get::<_, Option<String>>("attention")
+                    .map_err(bad)?
+                    .unwrap_or_default(),
+            )
+        }
         ABANDONED => EntryState::Abandoned(
             row.try_get::<_, Option<String>>("attention")
                 .map_err(bad)?
@@ -389,6 +412,7 @@ fn entry(row: &Row) -> Result<JournalEntry, JournalError> {
     let body: Vec<u8> = row.try_get("body").map_err(bad)?;
     let attempts: i64 = row.try_get("attempts").map_err(bad)?;
     let resumes: i64 = row.try_get("resumes").map_err(bad)?;
+    let secret_headers: String = row.try_get("secret_headers").map_err(bad)?;
     Ok(JournalEntry {
         id: row.try_get("id").map_err(bad)?,
         request: RecordedRequest {
@@ -398,6 +422,11 @@ fn entry(row: &Row) -> Result<JournalEntry, JournalError> {
             key_header: row.try_get("key_header").map_err(bad)?,
             key_value: row.try_get("key_value").map_err(bad)?,
             headers: decode(&headers)?,
+            secret_headers: secret_headers
+                .split('\n')
+                .filter(|name| !name.is_empty())
+                .map(str::to_owned)
+                .collect(),
             body: Bytes::from(body),
         },
         state,
@@ -406,6 +435,7 @@ fn entry(row: &Row) -> Result<JournalEntry, JournalError> {
         holder: row.try_get("live_holder").map_err(bad)?,
         not_before: millis(row.try_get("wait_ms").map_err(bad)?),
         resumes: u32::try_from(resumes).unwrap_or(u32::MAX),
+        answer: attention_answer,
     })
 }
 
@@ -443,9 +473,9 @@ impl Journal for PostgresJournal {
             let inserted = client
                 .execute(
                     "INSERT INTO idempotent_retry_operations (namespace, id, key, method, url, \
-                     key_header, key_value, headers, body, holder, expires_at) \
+                     key_header, key_value, headers, body, holder, expires_at, secret_headers) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                     now() + $11::float8 * interval '1 millisecond') \
+                     now() + $11::float8 * interval '1 millisecond', $12) \
                      ON CONFLICT (namespace, id) DO NOTHING",
                     &[
                         &self.namespace(),
@@ -459,6 +489,7 @@ impl Journal for PostgresJournal {
                         &&request.body[..],
                         &holder,
                         &(ms(lease) as f64),
+                        &request.secret_headers.join("\n"),
                     ],
                 )
                 .await
@@ -532,13 +563,17 @@ impl Journal for PostgresJournal {
         })
     }
 
-    fn renew<'a>(&'a self, lease: &'a Lease, duration: Duration) -> JournalFuture<'a, ()> {
+    fn start_attempt<'a>(
+        &'a self,
+        lease: &'a Lease,
+        duration: Duration,
+    ) -> JournalFuture<'a, ()> {
         Box::pin(async move {
             let client = self.client().await?;
             let changed = client
                 .execute(
-                    "UPDATE idempotent_retry_operations \
-                     SET expires_at = now() + $4::float8 * interval '1 millisecond' \
+                    "UPDATE idempotent_retry_operations SET attempts = attempts + 1, \
+                     expires_at = now() + $4::float8 * interval '1 millisecond' \
                      WHERE namespace = $1 AND id = $2 AND token = $3 AND state = 0",
                     &[
                         &self.namespace(),
@@ -548,7 +583,7 @@ impl Journal for PostgresJournal {
                     ],
                 )
                 .await
-                .map_err(sql("could not renew the lease"))?;
+                .map_err(sql("could not count the attempt and renew the lease"))?;
             fenced(changed, lease)
         })
     }
@@ -589,11 +624,13 @@ impl Journal for PostgresJournal {
                 PENDING
             };
             let wait = release.not_before.map(|wait| ms(wait) as f64);
+            let answer = release.answer.as_ref().filter(|_| state == ATTENTION);
             let changed = client
                 .execute(
                     "UPDATE idempotent_retry_operations SET attempts = attempts + $4, \
                      holder = NULL, state = $5, attention = $6, \
-                     not_before = now() + $7::float8 * interval '1 millisecond' \
+                     not_before = now() + $7::float8 * interval '1 millisecond', \
+                     answer_status = $8, answer_headers = $9, answer_body = $10 \
                      WHERE namespace = $1 AND id = $2 AND token = $3 AND state = 0",
                     &[
                         &self.namespace(),
@@ -603,10 +640,28 @@ impl Journal for PostgresJournal {
                         &state,
                         &release.attention,
                         &wait,
+                        &answer.map(|a| i32::from(a.status)),
+                        &answer.map(|a| encode(&a.headers)),
+                        &answer.map(|a| &a.body[..]),
                     ],
                 )
                 .await
                 .map_err(sql("could not release the lease"))?;
+            fenced(changed, lease)
+        })
+    }
+
+    fn withdraw<'a>(&'a self, lease: &'a Lease) -> JournalFuture<'a, ()> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let changed = client
+                .execute(
+                    "DELETE FROM idempotent_retry_operations \
+                     WHERE namespace = $1 AND id = $2 AND token = $3 AND state = 0",
+                    &[&self.namespace(), &lease.id, &token(lease)],
+                )
+                .await
+                .map_err(sql("could not withdraw the operation"))?;
             fenced(changed, lease)
         })
     }
@@ -637,6 +692,10 @@ impl Journal for PostgresJournal {
             // Open (pending or needing attention) and held by no live worker.
             let open = "namespace = $1 AND id = $2 AND state IN (0, 2) \
                         AND (holder IS NULL OR expires_at <= now())";
+            // Resend also reopens an operation completed with an answer that is not 2xx.
+            let reopen = "namespace = $1 AND id = $2 AND (holder IS NULL OR expires_at <= now()) \
+                          AND (state IN (0, 2) OR (state = 1 \
+                          AND (answer_status < 200 OR answer_status >= 300)))";
             let changed = match resolution {
                 Resolution::Completed(answer) => {
                     client
@@ -674,7 +733,9 @@ impl Journal for PostgresJournal {
                             &format!(
                                 "UPDATE idempotent_retry_operations SET state = 0, \
                                  attention = NULL, holder = NULL, token = token + 1, \
-                                 created_at = now(), resumes = 0, not_before = NULL WHERE {open}"
+                                 created_at = now(), resumes = 0, not_before = NULL, \
+                                 closed_at = NULL, answer_status = NULL, answer_headers = NULL, \
+                                 answer_body = NULL WHERE {reopen}"
                             ),
                             &[&self.namespace(), &id],
                         )

@@ -25,7 +25,7 @@ use super::{
 const APPLICATION_ID: i32 = 0x4944_454d; // "IDEM"
 
 /// The schema this version writes; a file with a newer one is refused.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS operations (
@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS operations (
     not_before_ms INTEGER,
     resumes INTEGER NOT NULL DEFAULT 0,
     closed_ms INTEGER,
-    owner TEXT
+    owner TEXT,
+    secret_headers TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS operations_open ON operations (state, created_ms);
 ";
@@ -348,6 +349,14 @@ fn open(path: &Path, busy: Duration) -> Result<Connection, JournalError> {
     connection
         .execute_batch(SCHEMA)
         .map_err(storage("could not create the journal's schema"))?;
+    if version == 1 {
+        // Schema 2 records the names of a request's secret headers.
+        connection
+            .execute_batch(
+                "ALTER TABLE operations ADD COLUMN secret_headers TEXT NOT NULL DEFAULT ''",
+            )
+            .map_err(storage("could not migrate the journal's schema"))?;
+    }
     connection
         .pragma_update(None, "application_id", APPLICATION_ID)
         .map_err(storage("could not mark the journal"))?;
@@ -374,7 +383,7 @@ fn since(earlier_ms: i64, now: i64) -> Duration {
 
 const COLUMNS: &str = "id, key, method, url, key_header, key_value, headers, body, created_ms, \
      state, attention, answer_status, answer_headers, answer_body, attempts, holder, expires_ms, \
-     not_before_ms, resumes";
+     not_before_ms, resumes, secret_headers";
 
 /// What a claim reads: state, holder, token, lease expiry, not-before, the holder's
 /// process (its owner registration).
@@ -393,6 +402,7 @@ struct RawRow {
     expires_ms: i64,
     not_before_ms: Option<i64>,
     resumes: i64,
+    secret_headers: String,
 }
 
 fn raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -416,28 +426,37 @@ fn raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         expires_ms: row.get(16)?,
         not_before_ms: row.get(17)?,
         resumes: row.get(18)?,
+        secret_headers: row.get(19)?,
     })
 }
 
 fn entry(row: RawRow, now: i64) -> Result<JournalEntry, JournalError> {
     let (key, method, url, key_header, key_value, headers, body) = row.request;
+    let answer = match row.answer {
+        (Some(status), Some(headers), Some(body)) => Some(RecordedAnswer {
+            status: u16::try_from(status)
+                .map_err(|_| JournalError::corrupt(format!("status {status}")))?,
+            headers: decode(&headers)?,
+            body: Bytes::from(body),
+        }),
+        _ => None,
+    };
+    let mut attention_answer = None;
     let state = match row.state {
         PENDING => EntryState::Pending,
         COMPLETED => {
-            let (Some(status), Some(headers), Some(body)) = row.answer else {
+            let Some(answer) = answer else {
                 return Err(JournalError::corrupt(format!(
                     "operation {:?} is completed without its answer",
                     row.id
                 )));
             };
-            EntryState::Completed(RecordedAnswer {
-                status: u16::try_from(status)
-                    .map_err(|_| JournalError::corrupt(format!("status {status}")))?,
-                headers: decode(&headers)?,
-                body: Bytes::from(body),
-            })
+            EntryState::Completed(answer)
         }
-        ATTENTION => EntryState::NeedsAttention(row.attention.unwrap_or_default()),
+        ATTENTION => {
+            attention_answer = answer;
+            EntryState::NeedsAttention(row.attention.unwrap_or_default())
+        }
         ABANDONED => EntryState::Abandoned(row.attention.unwrap_or_default()),
         other => return Err(JournalError::corrupt(format!("operation state {other}"))),
     };
@@ -449,6 +468,7 @@ fn entry(row: RawRow, now: i64) -> Result<JournalEntry, JournalError> {
             key_header,
             key_value,
             headers: decode(&headers)?,
+            secret_headers: names(&row.secret_headers),
             body: Bytes::from(body),
         },
         state,
@@ -460,8 +480,22 @@ fn entry(row: RawRow, now: i64) -> Result<JournalEntry, JournalError> {
             .filter(|at| *at > now)
             .map(|at| since(now, at)),
         resumes: u32::try_from(row.resumes).unwrap_or(u32::MAX),
+        answer: attention_answer,
         id: row.id,
     })
+}
+
+/// Header names as one column: one a line (a header name holds no line break).
+fn joined(names: &[String]) -> String {
+    names.join("\n")
+}
+
+fn names(column: &str) -> Vec<String> {
+    column
+        .split('\n')
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn find(connection: &Connection, id: &str) -> Result<Option<JournalEntry>, JournalError> {
@@ -506,8 +540,8 @@ impl Journal for SqliteJournal {
             let inserted = connection
                 .prepare_cached(
                     "INSERT INTO operations (id, key, method, url, key_header, key_value, headers, \
-                     body, created_ms, state, holder, token, expires_ms, owner) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, 1, ?11, ?12) \
+                     body, created_ms, state, holder, token, expires_ms, owner, secret_headers) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, 1, ?11, ?12, ?13) \
                      ON CONFLICT (id) DO NOTHING",
                 )
                 .and_then(|mut statement| {
@@ -524,6 +558,7 @@ impl Journal for SqliteJournal {
                         holder,
                         now.saturating_add(ms(lease)),
                         owner_id,
+                        joined(&request.secret_headers),
                     ])
                 })
                 .map_err(storage("could not record the operation"))?;
@@ -603,17 +638,22 @@ impl Journal for SqliteJournal {
         })
     }
 
-    fn renew<'a>(&'a self, lease: &'a Lease, duration: Duration) -> JournalFuture<'a, ()> {
+    fn start_attempt<'a>(
+        &'a self,
+        lease: &'a Lease,
+        duration: Duration,
+    ) -> JournalFuture<'a, ()> {
         let lease = lease.clone();
         self.with(move |connection| {
             let changed = connection
                 .prepare_cached(
-                    "UPDATE operations SET expires_ms = ?3 WHERE id = ?1 AND token = ?2 AND state = 0")
+                    "UPDATE operations SET attempts = attempts + 1, expires_ms = ?3 \
+                     WHERE id = ?1 AND token = ?2 AND state = 0")
                 .and_then(|mut statement| {
                     statement.execute(
                     params![lease.id, token(&lease), now_ms().saturating_add(ms(duration))],)
                 })
-                .map_err(storage("could not renew the lease"))?;
+                .map_err(storage("could not count the attempt and renew the lease"))?;
             fenced(changed as u64, &lease)
         })
     }
@@ -657,10 +697,13 @@ impl Journal for SqliteJournal {
             let not_before = release
                 .not_before
                 .map(|wait| now_ms().saturating_add(ms(wait)));
+            let answer = release.answer.as_ref().filter(|_| state == ATTENTION);
             let changed = connection
                 .prepare_cached(
                     "UPDATE operations SET attempts = attempts + ?3, holder = NULL, state = ?4, \
-                     attention = ?5, not_before_ms = ?6 WHERE id = ?1 AND token = ?2 AND state = 0",
+                     attention = ?5, not_before_ms = ?6, answer_status = ?7, \
+                     answer_headers = ?8, answer_body = ?9 \
+                     WHERE id = ?1 AND token = ?2 AND state = 0",
                 )
                 .and_then(|mut statement| {
                     statement.execute(params![
@@ -669,10 +712,24 @@ impl Journal for SqliteJournal {
                         release.attempts,
                         state,
                         release.attention,
-                        not_before
+                        not_before,
+                        answer.map(|a| a.status),
+                        answer.map(|a| encode(&a.headers)),
+                        answer.map(|a| a.body.to_vec()),
                     ])
                 })
                 .map_err(storage("could not release the lease"))?;
+            fenced(changed as u64, &lease)
+        })
+    }
+
+    fn withdraw<'a>(&'a self, lease: &'a Lease) -> JournalFuture<'a, ()> {
+        let lease = lease.clone();
+        self.with(move |connection| {
+            let changed = connection
+                .prepare_cached("DELETE FROM operations WHERE id = ?1 AND token = ?2 AND state = 0")
+                .and_then(|mut statement| statement.execute(params![lease.id, token(&lease)]))
+                .map_err(storage("could not withdraw the operation"))?;
             fenced(changed as u64, &lease)
         })
     }
@@ -705,6 +762,9 @@ impl Journal for SqliteJournal {
             let now = now_ms();
             // Open (pending or needing attention) and held by no live worker.
             let open = "id = ?1 AND state IN (0, 2) AND (holder IS NULL OR expires_ms <= ?2)";
+            // Resend also reopens an operation completed with an answer that is not 2xx.
+            let reopen = "id = ?1 AND (holder IS NULL OR expires_ms <= ?2) AND (state IN (0, 2) \
+                 OR (state = 1 AND (answer_status < 200 OR answer_status >= 300)))";
             let changed = match &resolution {
                 Resolution::Completed(answer) => tx.execute(
                     &format!(
@@ -731,7 +791,8 @@ impl Journal for SqliteJournal {
                     &format!(
                         "UPDATE operations SET state = 0, attention = NULL, holder = NULL, \
                          token = token + 1, created_ms = ?2, resumes = 0, \
-                         not_before_ms = NULL WHERE {open}"
+                         not_before_ms = NULL, closed_ms = NULL, answer_status = NULL, \
+                         answer_headers = NULL, answer_body = NULL WHERE {reopen}"
                     ),
                     params![id, now],
                 ),

@@ -16,6 +16,14 @@ pub enum Decision {
     Retry,
     /// Stop here: a response goes back to the caller as `Ok`, an error as `Err`.
     Final,
+    /// Stop here, but this answer is about the caller, not the operation's outcome (a
+    /// credential refused, a misconfigured base URL's 404), and an earlier attempt may
+    /// have executed it. `send()` returns an error that keeps the answer
+    /// ([`Error::last_response`](crate::Error::last_response)) and says the operation
+    /// may have executed; a journalled operation is not completed with it but stays
+    /// open, needing a person's attention, with the answer attached. (The journal
+    /// already treats a resumed send's 401 and 403 so.)
+    Unresolved,
 }
 
 /// The outcome of one attempt, as seen by a

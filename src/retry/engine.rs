@@ -51,6 +51,14 @@ pub(crate) trait Transport {
         std::future::ready(Ok(()))
     }
 
+    /// May a hedge start now, with this timeout? Asked without waiting, so a front end
+    /// answers from what it knows (the journalled client: whether its lease, by its own
+    /// clock, covers the hedge and a margin). Every other front end always may.
+    fn may_hedge(&self, timeout: Duration) -> bool {
+        let _ = timeout;
+        true
+    }
+
     /// One attempt as a future that borrows nothing (`hedge`: the attempt is a hedge,
     /// which may go through its own connection pool), so that a hedge can race it;
     /// `None` for a front end that does not hedge.
@@ -341,6 +349,11 @@ impl<'a> Engine<'a> {
             }
             return Next::GiveUp(self.give_up(GiveUpReason::NotRetryable));
         }
+        if decision == Decision::Unresolved {
+            // An answer about the caller: the operation itself may have executed.
+            self.outcome_unknown = true;
+            return Next::GiveUp(self.give_up(GiveUpReason::Unresolved));
+        }
 
         // Advance the schedule on every retry, even when Retry-After sets the wait, so
         // the n-th retry always draws the n-th delay.
@@ -455,7 +468,10 @@ impl<'a> Engine<'a> {
             let event = std::future::poll_fn(|cx| flights.poll_event(cx)).await;
             let Some((which, answer)) = event else {
                 flights.hedges_left -= 1;
-                match self.hedge_timeout(timeout) {
+                let hedge = self
+                    .hedge_timeout(timeout)
+                    .filter(|&t| transport.may_hedge(t));
+                match hedge {
                     Some(hedge_timeout) => match transport.detached(hedge_timeout, true) {
                         Some(hedge) => {
                             self.hedges = self.hedges.saturating_add(1);
@@ -577,7 +593,7 @@ impl<'a> Engine<'a> {
         };
         // A panicking classifier ends the operation, as `after` reports when it judges
         // this answer.
-        decide(self.settings, &self.attempt(outcome)).is_none_or(|d| d == Decision::Final)
+        decide(self.settings, &self.attempt(outcome)).is_none_or(|d| d != Decision::Retry)
     }
 
     /// Asks the origin's circuit whether the next attempt may go. Nothing to ask (and
