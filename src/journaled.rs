@@ -642,7 +642,9 @@ async fn let_go(e: Error, id: &str, lease: &Lease, counted: u32, js: &JournalSet
         };
     }
     let attention = match (reason, &e) {
-        (Some(GiveUpReason::TooOld), _) => Some("older than the journal's max_resume_age".to_owned()),
+        (Some(GiveUpReason::TooOld), _) => {
+            Some("older than the journal's max_resume_age".to_owned())
+        }
         (_, Error::ResponseTooLarge { limit, .. }) => Some(format!(
             "its answer is longer than the {limit} bytes the client reads"
         )),
@@ -720,7 +722,11 @@ impl Guard for LeaseGuard<'_> {
             return Err(GiveUpReason::TooOld);
         }
         let asked = Instant::now();
-        match self.journal.start_attempt(self.lease, self.lease_duration).await {
+        match self
+            .journal
+            .start_attempt(self.lease, self.lease_duration)
+            .await
+        {
             Ok(()) => {
                 self.renewed = Some(asked);
                 self.counted.fetch_add(1, Ordering::Relaxed);
@@ -998,7 +1004,10 @@ pub(crate) async fn resume_pending(client: &IdempotentClient) -> Result<ResumeRe
             timeout: client.inner.settings.attempt_timeout,
         };
         // A holder that is gone is taken over by the claim; a live one keeps it.
-        match send(operation, id.clone(), Held::Leave).instrument(span).await {
+        match send(operation, id.clone(), Held::Leave)
+            .instrument(span)
+            .await
+        {
             Ok(_) => report.completed.push(id),
             Err(Error::NeedsAttention { .. }) => report.needs_attention.push(id),
             Err(Error::Failed {

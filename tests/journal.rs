@@ -518,7 +518,11 @@ async fn secrets_are_never_recorded_and_resumes_get_them_back(journal: impl Jour
 
     let mut secrets = recorded.request.secret_headers.clone();
     secrets.sort();
-    assert_eq!(secrets, ["authorization", "cookie", "x-api-key"], "names only");
+    assert_eq!(
+        secrets,
+        ["authorization", "cookie", "x-api-key"],
+        "names only"
+    );
 
     // resume_headers gives Authorization alone: the two others have no value, so the
     // resume sends nothing and says which are missing.
@@ -549,7 +553,10 @@ async fn secrets_are_never_recorded_and_resumes_get_them_back(journal: impl Jour
         .unwrap();
     assert_eq!(resumed.status(), 201);
     let resumed = server.requests().pop().unwrap();
-    assert_eq!(resumed.header("authorization"), Some("Bearer sk_live_secret"));
+    assert_eq!(
+        resumed.header("authorization"),
+        Some("Bearer sk_live_secret")
+    );
     assert_eq!(resumed.header("x-api-key"), Some("ak_secret"));
     assert_eq!(resumed.header("x-trace"), Some("kept"));
     assert_eq!(server.executions(), 1);

@@ -82,6 +82,8 @@ struct Seen {
     /// The metadata's target and module path.
     target: String,
     module: String,
+    /// A span's own id; an event's current span's.
+    span: Option<u64>,
 }
 
 impl Seen {
@@ -134,6 +136,7 @@ impl<S: tracing::Subscriber> Layer<S> for Recorder {
                 .module_path()
                 .unwrap_or_default()
                 .to_owned(),
+            span: Some(id.into_u64()),
         };
         self.spans.lock().unwrap().insert(id.into_u64(), seen);
     }
@@ -151,7 +154,7 @@ impl<S: tracing::Subscriber> Layer<S> for Recorder {
         }
     }
 
-    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
         let mut fields = Fields::default();
         event.record(&mut fields);
         let name = fields.0.remove("message").unwrap_or_default();
@@ -165,6 +168,7 @@ impl<S: tracing::Subscriber> Layer<S> for Recorder {
                 .module_path()
                 .unwrap_or_default()
                 .to_owned(),
+            span: ctx.current_span().id().map(tracing::span::Id::into_u64),
         });
     }
 }
@@ -491,4 +495,42 @@ async fn a_wait_for_a_rate_limit_turn_is_an_event() {
     assert_eq!(waits[0].level, Level::DEBUG);
     let wait_ms: u64 = waits[0].field("wait_ms").unwrap().parse().unwrap();
     assert!((100..=2000).contains(&wait_ms), "{wait_ms}");
+}
+
+#[tokio::test]
+async fn a_resumed_operation_runs_in_a_span_that_names_its_operation_id() {
+    let _serial = SERIAL.lock().await;
+    let server = server_failing(ResponseTemplate::new(503), 1).await;
+    let url = format!("{}/orders", server.uri());
+    let client = fast_builder()
+        .retry_policy(fast_policy().max_attempts(1))
+        .journal(idempotent_retry::journal::MemoryJournal::new())
+        .build()
+        .unwrap();
+    let (spans, events) = record(async {
+        client
+            .post_idempotent(&url)
+            .operation_id("op-5")
+            .body("{}")
+            .send()
+            .await
+            .unwrap_err();
+        let report = client.resume_pending().await.unwrap();
+        assert_eq!(report.completed, ["op-5"]);
+    })
+    .await;
+    // The fresh send and the resume: each in an operation span with the id.
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    for span in &spans {
+        assert_eq!(span.field("operation_id"), Some("op-5"), "{span:?}");
+    }
+    let finished: Vec<&Seen> = events
+        .iter()
+        .filter(|e| e.name == "attempt finished")
+        .collect();
+    assert_eq!(finished.len(), 2);
+    for event in finished {
+        let span = spans.iter().find(|s| s.span == event.span);
+        assert!(span.is_some(), "{event:?} is in an operation span");
+    }
 }

@@ -294,7 +294,11 @@ pub async fn check(journal: &dyn Journal) -> Result<(), String> {
         .map_err(|e| fail("claim", e))?
     {
         Claimed::Lease(lease) => lease,
-        other => return Err(format!("a reopened operation must be claimed, not {other:?}")),
+        other => {
+            return Err(format!(
+                "a reopened operation must be claimed, not {other:?}"
+            ));
+        }
     };
     journal
         .complete(&lease, &answer)

@@ -223,11 +223,7 @@ impl Journal for MemoryJournal {
         Box::pin(async move { Ok(claimed) })
     }
 
-    fn start_attempt<'a>(
-        &'a self,
-        lease: &'a Lease,
-        duration: Duration,
-    ) -> JournalFuture<'a, ()> {
+    fn start_attempt<'a>(&'a self, lease: &'a Lease, duration: Duration) -> JournalFuture<'a, ()> {
         let now = Instant::now();
         let mut rows = self.rows();
         let started = Self::leased(&mut rows, lease).map(|row| {

@@ -132,8 +132,7 @@ pub trait Journal: Send + Sync + 'static {
     /// Counts one attempt that starts now and extends the lease by `duration` from now,
     /// in one durable write, before the attempt leaves: an operation killed mid-attempt
     /// is never listed as unsent.
-    fn start_attempt<'a>(&'a self, lease: &'a Lease, duration: Duration)
-    -> JournalFuture<'a, ()>;
+    fn start_attempt<'a>(&'a self, lease: &'a Lease, duration: Duration) -> JournalFuture<'a, ()>;
 
     /// Records the final answer and lets the lease go.
     fn complete<'a>(

@@ -563,11 +563,7 @@ impl Journal for PostgresJournal {
         })
     }
 
-    fn start_attempt<'a>(
-        &'a self,
-        lease: &'a Lease,
-        duration: Duration,
-    ) -> JournalFuture<'a, ()> {
+    fn start_attempt<'a>(&'a self, lease: &'a Lease, duration: Duration) -> JournalFuture<'a, ()> {
         Box::pin(async move {
             let client = self.client().await?;
             let changed = client

@@ -638,20 +638,20 @@ impl Journal for SqliteJournal {
         })
     }
 
-    fn start_attempt<'a>(
-        &'a self,
-        lease: &'a Lease,
-        duration: Duration,
-    ) -> JournalFuture<'a, ()> {
+    fn start_attempt<'a>(&'a self, lease: &'a Lease, duration: Duration) -> JournalFuture<'a, ()> {
         let lease = lease.clone();
         self.with(move |connection| {
             let changed = connection
                 .prepare_cached(
                     "UPDATE operations SET attempts = attempts + 1, expires_ms = ?3 \
-                     WHERE id = ?1 AND token = ?2 AND state = 0")
+                     WHERE id = ?1 AND token = ?2 AND state = 0",
+                )
                 .and_then(|mut statement| {
-                    statement.execute(
-                    params![lease.id, token(&lease), now_ms().saturating_add(ms(duration))],)
+                    statement.execute(params![
+                        lease.id,
+                        token(&lease),
+                        now_ms().saturating_add(ms(duration))
+                    ])
                 })
                 .map_err(storage("could not count the attempt and renew the lease"))?;
             fenced(changed as u64, &lease)
