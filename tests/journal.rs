@@ -1247,7 +1247,7 @@ async fn the_resumer_finishes_what_a_failed_run_left() {
 
 /// A resume after the credential changed (a rotated token), against a server that
 /// scopes keys by `scope`: what executes.
-async fn resume_after_rotation(server: MockServer) -> u64 {
+async fn resume_after_rotation(server: &MockServer) -> u64 {
     server.inject(Fault::DropAfterProcessing, 1);
     let client = builder(MemoryJournal::new())
         .retry_policy(support::fast_policy().max_attempts(1))
@@ -1277,14 +1277,26 @@ async fn a_resume_after_token_rotation_is_safe_only_where_keys_are_scoped_by_acc
     // Keys scoped by token: the rotated token makes the key new, and it runs again.
     // The docs warn about such servers.
     let by_token = MockServer::start().await;
-    assert_eq!(resume_after_rotation(by_token).await, 2);
+    assert_eq!(resume_after_rotation(&by_token).await, 2);
+    // And the mock says so: one key, executed once in each of two scopes.
+    let [duplicate] = &by_token.duplicate_details()[..] else {
+        panic!("{:?}", by_token.duplicate_details());
+    };
+    assert_eq!(by_token.duplicates(), [duplicate.key.clone()]);
+    assert_eq!(duplicate.executions, 2);
+    assert_eq!(duplicate.scopes.len(), 2, "{duplicate:?}");
+    assert!(
+        duplicate.scopes.iter().all(|s| s.starts_with("Bearer #")),
+        "{duplicate:?}"
+    );
     // Keys scoped by account: the same resume gets the stored answer.
     let by_account = MockServer::builder()
         .scope_header("x-account")
         .start()
         .await
         .unwrap();
-    assert_eq!(resume_after_rotation(by_account).await, 1);
+    assert_eq!(resume_after_rotation(&by_account).await, 1);
+    assert!(by_account.duplicates().is_empty());
 }
 
 #[cfg(all(feature = "journal-sqlite", unix))]

@@ -1260,3 +1260,45 @@ async fn a_stub_file_starts_the_server_in_an_outage_and_with_stalls() {
         .unwrap_err();
     assert!(err.to_string().contains("outage: give either"), "{err}");
 }
+
+#[tokio::test]
+async fn a_key_executed_in_two_scopes_is_a_duplicate() {
+    let server = MockServer::start().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/orders", server.uri());
+    // One key, sent with a credential and then without one (a resume that lost it):
+    // each scope executes it once, which is twice for the operation.
+    for auth in [Some("Bearer sk_one"), None] {
+        let mut request = http
+            .post(&url)
+            .header("idempotency-key", "k-scoped")
+            .json(&json!({}));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 201);
+    }
+    assert_eq!(server.executions(), 2);
+    assert_eq!(server.duplicates(), ["k-scoped"]);
+    let details = server.duplicate_details();
+    assert_eq!(details.len(), 1);
+    assert_eq!(details[0].executions, 2);
+    let mut scopes = details[0].scopes.clone();
+    scopes.sort();
+    assert_eq!(scopes[0], "(no scope header)");
+    assert!(scopes[1].starts_with("Bearer #"), "{scopes:?}");
+    assert!(
+        !scopes[1].contains("sk_one"),
+        "the credential is never shown"
+    );
+    // The same key twice in one scope is still one execution and a replay.
+    let again = http
+        .post(&url)
+        .header("idempotency-key", "k-scoped")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(server.executions(), 2);
+}

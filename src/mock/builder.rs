@@ -244,6 +244,13 @@ impl MockServerBuilder {
     /// `Authorization`, as Stripe scopes keys by API key). A server that scopes keys by
     /// *token* sees a key sent again under a rotated token as new, and executes it
     /// again: scope by an account header (`x-account`) to model a server that does not.
+    ///
+    /// Per scope, the server keeps each key's stored answer, in-flight state and
+    /// fingerprint, and the created resources read back by `GET`: a replay, a `409` or a
+    /// `422` only ever answers the scope the key was first sent in. Executions are
+    /// counted across scopes too: a key that executes in two scopes is in
+    /// [`MockServer::duplicates`](super::MockServer::duplicates), with the scopes in
+    /// [`duplicate_details`](super::MockServer::duplicate_details).
     pub fn scope_header(mut self, name: &str) -> Self {
         self.scope_header =
             HeaderName::try_from(name).map_err(|e| format!("scope_header {name:?}: {e}"));

@@ -102,6 +102,19 @@ pub(crate) mod fuzzing {
     }
 }
 
+/// A key that executed more than once, as
+/// [`MockServer::duplicate_details`] reports it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Duplicate {
+    /// The key.
+    pub key: String,
+    /// Its executions, all scopes together.
+    pub executions: u64,
+    /// The scopes it executed in: one when it ran twice in one scope.
+    pub scopes: Vec<String>,
+}
+
 /// The read-back figures, as `GET /__admin/stats` also gives them.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[non_exhaustive]
@@ -266,12 +279,26 @@ impl MockServer {
         self.shared.executions_for(key)
     }
 
-    /// Keys executed more than once, sorted. Empty when idempotency held. (A key that
+    /// Keys executed more than once, sorted. Empty when idempotency held. A key counts
+    /// whether it ran twice in one scope or once in each of two scopes (the
+    /// [`scope_header`](MockServerBuilder::scope_header), `Authorization` by default):
+    /// a client that re-sends an operation without its credential, or with a rotated
+    /// token against a server that scopes keys by token, executes it again in a new
+    /// scope, and that is a double execution all the same.
+    /// [`duplicate_details`](Self::duplicate_details) says in which scopes. (A key that
     /// executes again after being evicted by `max_keys` cannot be told apart from a new
     /// one, as on a real server.)
     #[must_use]
     pub fn duplicates(&self) -> Vec<String> {
         self.shared.duplicates()
+    }
+
+    /// Each key of [`duplicates`](Self::duplicates) with its executions and the scopes
+    /// it ran in, sorted by key. A scope is shown by its scheme and a short digest
+    /// (`Bearer #3fa2c1d0`, `(no scope header)`), never the credential.
+    #[must_use]
+    pub fn duplicate_details(&self) -> Vec<Duplicate> {
+        self.shared.duplicate_details()
     }
 
     /// The requests received, oldest first, with their headers and bodies (the most

@@ -47,9 +47,10 @@ pub(crate) struct Config {
 #[derive(Debug)]
 struct Book {
     log: Log,
-    /// Key → executions, for keys that executed more than once. Empty when idempotency
-    /// held; capped at [`MAX_DUPLICATES`] keys so hostile input cannot grow it forever.
-    duplicates: BTreeMap<String, u64>,
+    /// Key → executions and the scopes they ran in, for keys that executed more than
+    /// once (in one scope, or across scopes). Empty when idempotency held; capped at
+    /// [`MAX_DUPLICATES`] keys so hostile input cannot grow it forever.
+    duplicates: BTreeMap<String, super::Duplicate>,
 }
 
 /// Where an operation creates its resource: the path it was sent to, in its caller's
@@ -117,6 +118,26 @@ pub(crate) struct Shared {
 
 /// Locks, recovering the data if a panicking thread poisoned the lock: every critical
 /// section here leaves the data consistent, so a poison flag carries no information.
+/// A scope as read-back shows it: never the credential itself, only its scheme (the
+/// first word, when it has one) and a short digest, enough to tell two apart.
+fn scope_label(scope: Option<&Bytes>) -> String {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let Some(scope) = scope else {
+        return "(no scope header)".into();
+    };
+    let digest = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+        .hash_one(&scope[..]);
+    let scheme = std::str::from_utf8(scope)
+        .ok()
+        .and_then(|s| s.split_once(' '))
+        .map(|(scheme, _)| scheme)
+        .filter(|s| s.len() <= 16 && s.bytes().all(|b| b.is_ascii_alphanumeric()));
+    match scheme {
+        Some(scheme) => format!("{scheme} #{:08x}", digest >> 32),
+        None => format!("#{:08x}", digest >> 32),
+    }
+}
+
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -158,6 +179,10 @@ impl Shared {
 
     pub(crate) fn duplicates(&self) -> Vec<String> {
         lock(&self.book).duplicates.keys().cloned().collect()
+    }
+
+    pub(crate) fn duplicate_details(&self) -> Vec<super::Duplicate> {
+        lock(&self.book).duplicates.values().cloned().collect()
     }
 
     pub(crate) fn requests(&self) -> Vec<ReceivedRequest> {
@@ -349,12 +374,26 @@ impl Shared {
             self.remember(at, created, &stored);
         }
         if let Some(key) = key {
-            let executions = lock(&self.store).complete(key, stored.clone());
-            if executions > 1 {
+            let (executions, across) = {
+                let mut store = lock(&self.store);
+                let executions = store.complete(key, stored.clone());
+                (executions, store.across_scopes(key))
+            };
+            let scopes = across.unwrap_or_else(|| vec![(key.scope.clone(), executions)]);
+            let total: u64 = scopes.iter().map(|(_, n)| n).sum();
+            if total > 1 {
                 let mut book = lock(&self.book);
                 if book.duplicates.len() < MAX_DUPLICATES || book.duplicates.contains_key(&*key.key)
                 {
-                    book.duplicates.insert(key.key.to_string(), executions);
+                    let duplicate = super::Duplicate {
+                        key: key.key.to_string(),
+                        executions: total,
+                        scopes: scopes
+                            .iter()
+                            .map(|(s, _)| scope_label(s.as_ref()))
+                            .collect(),
+                    };
+                    book.duplicates.insert(key.key.to_string(), duplicate);
                 }
             }
         }

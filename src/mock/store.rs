@@ -69,6 +69,16 @@ pub(crate) struct Store {
     next_seq: u64,
     ttl: Duration,
     capacity: usize,
+    /// Live entries per key text (by its hash), all scopes together: a count above one
+    /// is the rare case where one key text lives in two scopes, the only case in which
+    /// executions are summed across scopes.
+    texts: HashMap<u64, u32>,
+}
+
+/// The hash of a key's text, for [`Store::texts`].
+fn text_hash(key: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key)
 }
 
 impl Store {
@@ -79,7 +89,21 @@ impl Store {
             next_seq: 0,
             ttl,
             capacity: capacity.max(1),
+            texts: HashMap::new(),
         }
+    }
+
+    /// Removes `key`'s entry, keeping the count of its text.
+    fn remove(&mut self, key: &ScopedKey) -> Option<Entry> {
+        let entry = self.map.remove(key)?;
+        let hash = text_hash(&key.key);
+        if let Some(count) = self.texts.get_mut(&hash) {
+            *count -= 1;
+            if *count == 0 {
+                self.texts.remove(&hash);
+            }
+        }
+        Some(entry)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -89,6 +113,7 @@ impl Store {
     pub(crate) fn clear(&mut self) {
         self.map.clear();
         self.order.clear();
+        self.texts.clear();
     }
 
     fn expired(&self, entry: &Entry, now: Instant) -> bool {
@@ -109,7 +134,7 @@ impl Store {
                     State::Done(stored) => Begin::Replay(stored.clone()),
                 };
             }
-            executions = self.map.remove(&key).map_or(0, |e| e.executions);
+            executions = self.remove(&key).map_or(0, |e| e.executions);
         }
         if !self.make_room() {
             return Begin::Full;
@@ -118,6 +143,7 @@ impl Store {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.order.push_back((key.clone(), seq));
+        *self.texts.entry(text_hash(&key.key)).or_default() += 1;
         self.map.insert(
             key.clone(),
             Entry {
@@ -153,8 +179,24 @@ impl Store {
             .get(key)
             .is_some_and(|e| matches!(e.state, State::InFlight))
         {
-            self.map.remove(key);
+            self.remove(key);
         }
+    }
+
+    /// Every scope in which a key with `key`'s text executed, with its executions, when
+    /// it lives in more than one scope; `None` in the common case of one scope (a map
+    /// lookup, no scan).
+    pub(crate) fn across_scopes(&self, key: &ScopedKey) -> Option<Vec<(Option<Bytes>, u64)>> {
+        if self.texts.get(&text_hash(&key.key)).is_none_or(|n| *n < 2) {
+            return None;
+        }
+        let scopes: Vec<(Option<Bytes>, u64)> = self
+            .map
+            .iter()
+            .filter(|(k, e)| k.key == key.key && e.executions > 0)
+            .map(|(k, e)| (k.scope.clone(), e.executions))
+            .collect();
+        (scopes.len() > 1).then_some(scopes)
     }
 
     /// Executions of every stored key with this text, all scopes together.
@@ -192,7 +234,7 @@ impl Store {
                     self.order.push_back((key, seq));
                 }
                 Some(entry) if entry.seq == seq => {
-                    self.map.remove(&key);
+                    self.remove(&key);
                 }
                 _ => {}
             }
@@ -252,6 +294,32 @@ mod tests {
             store.begin(key(None, "k"), 1, now),
             Begin::Execute(_)
         ));
+    }
+
+    #[test]
+    fn a_key_text_executed_in_two_scopes_is_seen_across_them() {
+        let mut store = Store::new(Duration::from_secs(60), 10);
+        let now = Instant::now();
+        let (a, b) = (key(Some("Bearer a"), "k"), key(Some("Bearer b"), "k"));
+        store.begin(a.clone(), 1, now);
+        assert_eq!(store.complete(&a, stored("x")), 1);
+        assert_eq!(store.across_scopes(&a), None, "one scope");
+        store.begin(b.clone(), 1, now);
+        assert_eq!(store.complete(&b, stored("y")), 1, "once in its own scope");
+        let mut across = store.across_scopes(&b).unwrap();
+        across.sort();
+        assert_eq!(
+            across,
+            [
+                (Some(Bytes::from_static(b"Bearer a")), 1),
+                (Some(Bytes::from_static(b"Bearer b")), 1)
+            ]
+        );
+        // Forgotten in one scope: nothing left to compare.
+        store.abandon(&a);
+        store.clear();
+        assert_eq!(store.across_scopes(&b), None);
+        assert!(store.texts.is_empty());
     }
 
     #[test]
