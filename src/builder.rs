@@ -59,9 +59,10 @@ pub struct IdempotentClientBuilder {
     on_retry: Option<RetryHook>,
     journal: Option<Arc<dyn Journal>>,
     sensitive: Vec<HeaderName>,
-    /// The first invalid `sensitive_header` name, reported by `build`.
-    bad_sensitive: Option<String>,
+    /// The first invalid `sensitive_header` or `scope_header` name, reported by `build`.
+    bad_header_name: Option<String>,
     credentials: Option<ResumeCredentials>,
+    scope_headers: Vec<HeaderName>,
     seal: Option<Arc<dyn crate::journal::BodySeal>>,
     log_keys: bool,
     breaker: Option<CircuitBreaker>,
@@ -92,8 +93,9 @@ impl IdempotentClientBuilder {
             on_retry: None,
             journal: None,
             sensitive: Vec::new(),
-            bad_sensitive: None,
+            bad_header_name: None,
             credentials: None,
+            scope_headers: vec![HeaderName::from_static("stripe-account")],
             seal: None,
             log_keys: false,
             breaker: None,
@@ -421,8 +423,38 @@ impl IdempotentClientBuilder {
         match HeaderName::try_from(name) {
             Ok(name) => self.sensitive.push(name),
             Err(e) => {
-                self.bad_sensitive
+                self.bad_header_name
                     .get_or_insert_with(|| format!("sensitive_header {name:?}: {e}"));
+            }
+        }
+        self
+    }
+
+    /// A header whose value scopes an operation at its server, besides
+    /// `Stripe-Account`: an account or tenant header. A send under a recorded operation
+    /// id must carry the recorded value, else it is refused before any I/O
+    /// ([`Error::OperationMismatch`](crate::Error::OperationMismatch)): another
+    /// account's recorded answer is never returned, and its key never re-sent for
+    /// this one. (Secret headers are not compared: their values are never recorded,
+    /// and a rotated token must still resume.)
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// use idempotent_retry::journal::MemoryJournal;
+    ///
+    /// let client = IdempotentClient::builder()
+    ///     .journal(MemoryJournal::new())
+    ///     .scope_header("x-tenant-id")
+    ///     .build()?;
+    /// # drop(client);
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn scope_header(mut self, name: &str) -> Self {
+        match HeaderName::try_from(name) {
+            Ok(name) => self.scope_headers.push(name),
+            Err(e) => {
+                self.bad_header_name
+                    .get_or_insert_with(|| format!("scope_header {name:?}: {e}"));
             }
         }
         self
@@ -637,7 +669,7 @@ impl IdempotentClientBuilder {
         if self.max_origins == 0 {
             return Err(config("max_origins must be at least 1"));
         }
-        if let Some(reason) = &self.bad_sensitive {
+        if let Some(reason) = &self.bad_header_name {
             return Err(config(reason.clone()));
         }
         if let Some(problem) = self.breaker.as_ref().and_then(CircuitBreaker::problem) {
@@ -718,6 +750,7 @@ impl IdempotentClientBuilder {
                     seal: self.seal,
                     sensitive: self.sensitive,
                     credentials: self.credentials,
+                    scope_headers: self.scope_headers,
                 })
             }),
         }

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
+use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use tracing::{info, warn};
 
+use crate::journal::equivalent::mismatch;
 use crate::journal::{
     BodySeal, Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, Lease,
     PendingOperation, RecordedAnswer, RecordedRequest, Release, ResumeReport,
@@ -50,6 +51,9 @@ pub(crate) struct JournalSettings {
     /// Where a resumed send finds the values of secret headers the request at hand
     /// does not carry.
     pub(crate) credentials: Option<ResumeCredentials>,
+    /// Headers whose values scope an operation at its server (an account): a request
+    /// under a recorded id must carry the recorded values.
+    pub(crate) scope_headers: Vec<HeaderName>,
 }
 
 impl JournalSettings {
@@ -234,7 +238,8 @@ async fn take_up(
             continue;
         };
         let key = recorded_key(&entry.request).map_err(journal_error(None))?;
-        if let Some(reason) = mismatch(&entry.request, &record, caller_key.as_ref()) {
+        let scope = &js.scope_headers;
+        if let Some(reason) = mismatch(&entry.request, &record, caller_key.as_ref(), scope) {
             return Err(Error::OperationMismatch {
                 operation_id: id.to_owned(),
                 key,
@@ -811,50 +816,6 @@ fn template_of(request: &RecordedRequest, secrets: &HeaderMap) -> Result<Templat
     }
     let body = (!request.body.is_empty()).then(|| request.body.clone());
     Ok(Template::new(built, body))
-}
-
-/// Why the request at hand is not the recorded one, if it is not.
-fn mismatch(
-    recorded: &RecordedRequest,
-    now: &RecordedRequest,
-    caller_key: Option<&IdempotencyKey>,
-) -> Option<String> {
-    if recorded.method != now.method {
-        return Some(format!(
-            "method {} is recorded, not {}",
-            recorded.method, now.method
-        ));
-    }
-    if recorded.url != now.url {
-        return Some(format!("URL {} is recorded, not {}", recorded.url, now.url));
-    }
-    if caller_key.is_some_and(|key| key.as_str() != recorded.key) {
-        return Some("the key given is not the recorded one".into());
-    }
-    if !same_body(recorded, now) {
-        return Some("the body differs from the recorded one".into());
-    }
-    None
-}
-
-/// Bodies compare as JSON when both are JSON (key order and spacing aside), else as
-/// bytes.
-fn same_body(recorded: &RecordedRequest, now: &RecordedRequest) -> bool {
-    if recorded.body == now.body {
-        return true;
-    }
-    let is_json = |r: &RecordedRequest| {
-        r.headers.iter().any(|(n, v)| {
-            n.as_str() == CONTENT_TYPE.as_str()
-                && std::str::from_utf8(v)
-                    .is_ok_and(|v| v.trim_start().to_ascii_lowercase().contains("json"))
-        })
-    };
-    if !(is_json(recorded) && is_json(now)) {
-        return false;
-    }
-    let parse = |b: &Bytes| serde_json::from_slice::<serde_json::Value>(b).ok();
-    matches!((parse(&recorded.body), parse(&now.body)), (Some(a), Some(b)) if a == b)
 }
 
 fn recorded_key(request: &RecordedRequest) -> Result<IdempotencyKey, JournalError> {

@@ -1282,7 +1282,7 @@ async fn a_resume_after_token_rotation_is_safe_only_where_keys_are_scoped_by_acc
     let [duplicate] = &by_token.duplicate_details()[..] else {
         panic!("{:?}", by_token.duplicate_details());
     };
-    assert_eq!(by_token.duplicates(), [duplicate.key.clone()]);
+    assert_eq!(by_token.duplicates(), std::slice::from_ref(&duplicate.key));
     assert_eq!(duplicate.executions, 2);
     assert_eq!(duplicate.scopes.len(), 2, "{duplicate:?}");
     assert!(

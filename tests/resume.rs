@@ -421,3 +421,80 @@ async fn a_hedge_starts_only_while_the_lease_covers_it() {
     // With room, the same operation hedges.
     assert_eq!(hedges(Duration::from_secs(30)).await, 1);
 }
+
+#[tokio::test]
+async fn a_hedges_409_is_never_the_recorded_answer_even_when_a_classifier_calls_409_final() {
+    // Every operation takes 300 ms inside the server: the hedge finds the key in flight.
+    let server = MockServer::builder()
+        .processing_delay(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
+    let journal = MemoryJournal::new();
+    let client = builder(journal.clone())
+        .hedging(Hedging::after(Duration::from_millis(50)).keyed_methods(true))
+        .classifier(|attempt| match attempt.status() {
+            Some(http::StatusCode::CONFLICT) => idempotent_retry::Decision::Final,
+            _ => idempotent_retry::default_classifier(attempt),
+        })
+        .build()
+        .unwrap();
+    let resp = client
+        .post_idempotent(format!("{}/v1/charges", server.uri()))
+        .operation_id("hedged-409")
+        .json(&json!({"amount": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        201,
+        "the first attempt's answer, not the 409"
+    );
+    assert_eq!(server.conflicts(), 1, "the hedge was answered 409");
+    let recorded = client.recorded_answer("hedged-409").await.unwrap().unwrap();
+    assert_eq!(recorded.status, 201);
+    assert_eq!(server.executions(), 1);
+}
+
+#[tokio::test]
+async fn another_accounts_request_under_a_recorded_id_is_refused_before_io() {
+    let server = MockServer::start().await;
+    let client = builder(MemoryJournal::new())
+        .scope_header("x-tenant")
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/charges", server.uri());
+    let send = |account: &str, tenant: &str| {
+        client
+            .post_idempotent(&url)
+            .operation_id("charge-1")
+            .header("stripe-account", account)
+            .header("x-tenant", tenant)
+            .json(&json!({"amount": 20.0}))
+            .send()
+    };
+    send("acct_1", "t1").await.unwrap();
+    for (account, tenant) in [("acct_2", "t1"), ("acct_1", "t2")] {
+        let err = send(account, tenant).await.unwrap_err();
+        assert!(matches!(err, Error::OperationMismatch { .. }), "{err:?}");
+    }
+    // An amount that only reads the same as a float is another amount.
+    let err = client
+        .post_idempotent(&url)
+        .operation_id("charge-1")
+        .header("stripe-account", "acct_1")
+        .header("x-tenant", "t1")
+        .header("content-type", "application/json")
+        .body(r#"{"amount": 19.999999999999999}"#)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::OperationMismatch { .. }), "{err:?}");
+    assert_eq!(server.requests().len(), 1, "nothing sent after the first");
+    assert_eq!(
+        send("acct_1", "t1").await.unwrap().attempts(),
+        0,
+        "the record"
+    );
+}

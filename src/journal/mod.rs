@@ -82,6 +82,7 @@ use bytes::Bytes;
 #[cfg(any(feature = "journal-sqlite", feature = "journal-postgres"))]
 mod blob;
 pub mod conformance;
+pub(crate) mod equivalent;
 mod memory;
 #[cfg(feature = "journal-sqlite")]
 mod owners;

@@ -586,11 +586,19 @@ impl<'a> Engine<'a> {
 
     /// Whether `answer`, arriving while a sibling is in flight, ends the operation: a
     /// final answer as the classifier judges it (asked again when the winner is
-    /// judged), or an answer not the engine's to judge.
+    /// judged), or an answer not the engine's to judge; never a 409.
     fn settles<T: Transport>(&self, answer: &T::Answer) -> bool {
         let Some(outcome) = T::outcome(answer) else {
             return true;
         };
+        // A 409 while a sibling is in flight is the server saying that our own other
+        // attempt holds the key: never the operation's answer, whatever the
+        // classifier makes of 409s.
+        if let Outcome::Response { status, .. } = outcome {
+            if status == StatusCode::CONFLICT {
+                return false;
+            }
+        }
         // A panicking classifier ends the operation, as `after` reports when it judges
         // this answer.
         decide(self.settings, &self.attempt(outcome)).is_none_or(|d| d != Decision::Retry)
