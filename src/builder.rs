@@ -684,7 +684,7 @@ impl IdempotentClientBuilder {
         }
         if let Some(journal) = &self.journal {
             let lease = journal.lease_duration();
-            if self.attempt_timeout + LEASE_MARGIN >= lease {
+            if self.attempt_timeout.saturating_add(LEASE_MARGIN) >= lease {
                 return Err(config(format!(
                     "the journal's lease_duration ({lease:?}) must exceed attempt_timeout ({:?}) \
                      by more than {LEASE_MARGIN:?}, the time to record an answer",

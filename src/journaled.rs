@@ -604,7 +604,7 @@ async fn attention(
         attempts: response.attempts().saturating_sub(counted),
         attention: Some(reason.clone()),
         answer: Some(answer_to_record(&response, js)),
-        not_before: None,
+        ..Release::default()
     };
     if let Err(e) = js.journal.release(lease, &release).await {
         warn!(target: TARGET, operation_id = %id, error = %e, "could not mark the operation as needing attention");
@@ -661,6 +661,7 @@ async fn let_go(e: Error, id: &str, lease: &Lease, counted: u32, js: &JournalSet
         // No path sends it before the wait the server asked for.
         not_before: e.retry_after().filter(|wait| !wait.is_zero()),
         answer: None,
+        sent_nothing: counted == 0 && e.attempts() == 0,
     };
     if let Err(source) = journal.release(lease, &release).await {
         warn!(target: TARGET, operation_id = %id, error = %source, "could not release the operation's lease");

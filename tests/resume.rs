@@ -498,3 +498,82 @@ async fn another_accounts_request_under_a_recorded_id_is_refused_before_io() {
         "the record"
     );
 }
+
+#[tokio::test]
+async fn rounds_that_send_nothing_do_not_count_toward_max_resumes() {
+    let server = MockServer::start().await;
+    let url = format!("{}/v1/shipments", server.uri());
+    let client = builder(MemoryJournal::new().max_resumes(2))
+        .resume_credentials(|_: &PendingOperation| async { bearer("sk_original") })
+        .build()
+        .unwrap();
+    shipped_but_answer_lost(&client, &server, "op-outage").await;
+    // A long outage: the circuit is open through many resume rounds.
+    client.open_circuit(&url).unwrap();
+    for _ in 0..5 {
+        let report = client.resume_pending().await.unwrap();
+        assert_eq!(report.still_pending.len(), 1, "{report:?}");
+        assert!(report.needs_attention.is_empty(), "{report:?}");
+    }
+    client.close_circuit(&url).unwrap();
+    let report = client.resume_pending().await.unwrap();
+    assert_eq!(report.completed, ["op-outage"], "{report:?}");
+    assert_eq!(server.executions(), 1);
+}
+
+#[tokio::test]
+async fn extreme_durations_are_errors_or_waits_never_panics() {
+    // A server's absurd Retry-After, after an attempt that may have executed: the
+    // operation stays pending with a wait that never ends, and send() returns.
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(429).insert_header("retry-after", "99999999999999999"),
+        )
+        .mount(&server)
+        .await;
+    let journal = MemoryJournal::new();
+    let client = support::fast_builder()
+        .retry_policy(support::fast_policy().max_attempts(3))
+        .attempt_timeout(Duration::from_millis(500))
+        .journal(journal.clone())
+        .build()
+        .unwrap();
+    let err = client
+        .post_idempotent(format!("{}/v1/charges", server.uri()))
+        .operation_id("huge-wait")
+        .json(&json!({"amount": 1}))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.may_have_executed(), "{err}");
+    let entry = journal.find("huge-wait").await.unwrap().unwrap();
+    assert!(
+        entry
+            .not_before
+            .is_some_and(|w| w > Duration::from_secs(365 * 24 * 3600))
+    );
+
+    // A timeout too long to add a margin to: build() says so.
+    let built = support::fast_builder()
+        .attempt_timeout(Duration::MAX)
+        .journal(MemoryJournal::new())
+        .build();
+    assert!(matches!(built, Err(Error::InvalidConfig { .. })));
+
+    // A request's own timeout as long: refused before any I/O.
+    let err = client
+        .post_idempotent(format!("{}/v1/charges", server.uri()))
+        .operation_id("huge-timeout")
+        .timeout(Duration::MAX)
+        .json(&json!({"amount": 1}))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest { .. }), "{err:?}");
+}

@@ -304,6 +304,46 @@ pub async fn check(journal: &dyn Journal) -> Result<(), String> {
         .complete(&lease, &answer)
         .await
         .map_err(|e| fail("complete", e))?;
+    // A take-up that sent nothing is no resume.
+    let lease = recorded(journal, &id("quiet")).await?;
+    journal
+        .release(&lease, &Release::default())
+        .await
+        .map_err(|e| fail("release", e))?;
+    let lease = match journal
+        .claim(&id("quiet"), "worker-e", LONG)
+        .await
+        .map_err(|e| fail("claim", e))?
+    {
+        Claimed::Lease(lease) => lease,
+        other => {
+            return Err(format!(
+                "a released operation must be claimed, not {other:?}"
+            ));
+        }
+    };
+    let quiet = Release {
+        sent_nothing: true,
+        ..Release::default()
+    };
+    journal
+        .release(&lease, &quiet)
+        .await
+        .map_err(|e| fail("release", e))?;
+    let resumes = journal
+        .find(&id("quiet"))
+        .await
+        .map_err(|e| fail("find", e))?
+        .map(|e| e.resumes);
+    if resumes != Some(0) {
+        return Err(format!(
+            "a release that sent nothing must not count as a resume (0), not {resumes:?}"
+        ));
+    }
+    journal
+        .resolve(&id("quiet"), &Resolution::Abandoned("by the check".into()))
+        .await
+        .map_err(|e| fail("resolve", e))?;
     // Withdraw: the operation goes, as if never recorded.
     let lease = recorded(journal, &id("withdrawn")).await?;
     journal

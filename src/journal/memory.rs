@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 /// Stands for "never" where an instant must be stored: a century.
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// `now` plus `wait`, a wait beyond a century taken as a century (which no clock
+/// overflows): a server's huge `Retry-After` or a huge lease is "never", not a panic.
+fn later(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait.min(FAR_FUTURE)).unwrap_or(now)
+}
+
 use super::{
     Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease,
     Limits, RecordedAnswer, RecordedRequest, Release, Resolution, limits_of,
@@ -175,7 +181,7 @@ impl Journal for MemoryJournal {
                     attempts: 0,
                     holder: Some(holder.to_owned()),
                     token: 1,
-                    expires: now + lease,
+                    expires: later(now, lease),
                     not_before: None,
                     resumes: 0,
                     closed: None,
@@ -211,7 +217,7 @@ impl Journal for MemoryJournal {
                     row.token += 1;
                     row.resumes += 1;
                     row.holder = Some(holder.to_owned());
-                    row.expires = now + lease;
+                    row.expires = later(now, lease);
                     Claimed::Lease(Lease {
                         id: id.to_owned(),
                         token: row.token,
@@ -228,7 +234,7 @@ impl Journal for MemoryJournal {
         let mut rows = self.rows();
         let started = Self::leased(&mut rows, lease).map(|row| {
             row.attempts = row.attempts.saturating_add(1);
-            row.expires = now.checked_add(duration).unwrap_or(row.expires);
+            row.expires = later(now, duration);
         });
         Box::pin(async move { started })
     }
@@ -254,9 +260,11 @@ impl Journal for MemoryJournal {
             row.attempts = row.attempts.saturating_add(release.attempts);
             row.holder = None;
             // A wait beyond a century is a wait without end, as far as sends go.
-            row.not_before = release
-                .not_before
-                .and_then(|wait| now.checked_add(wait.min(FAR_FUTURE)));
+            row.not_before = release.not_before.map(|wait| later(now, wait));
+            if release.sent_nothing {
+                // This take-up sent nothing: it is no resume.
+                row.resumes = row.resumes.saturating_sub(1);
+            }
             if let Some(reason) = &release.attention {
                 row.state = EntryState::NeedsAttention(reason.clone());
                 row.answer = release.answer.clone();

@@ -478,6 +478,10 @@ pub struct Release {
     pub not_before: Option<Duration>,
     /// With `attention`: the answer that made the operation need it, kept for a person.
     pub answer: Option<RecordedAnswer>,
+    /// The worker sent nothing while it held the operation (a circuit open, no
+    /// rate-limit turn, no budget): its take-up does not count toward
+    /// [`max_resumes`](Journal::max_resumes), which counts take-ups that sent.
+    pub sent_nothing: bool,
 }
 
 /// An operation that is not completed, as [`pending`](crate::IdempotentClient::pending)

@@ -626,7 +626,8 @@ impl Journal for PostgresJournal {
                     "UPDATE idempotent_retry_operations SET attempts = attempts + $4, \
                      holder = NULL, state = $5, attention = $6, \
                      not_before = now() + $7::float8 * interval '1 millisecond', \
-                     answer_status = $8, answer_headers = $9, answer_body = $10 \
+                     answer_status = $8, answer_headers = $9, answer_body = $10, \
+                     resumes = GREATEST(resumes - $11, 0) \
                      WHERE namespace = $1 AND id = $2 AND token = $3 AND state = 0",
                     &[
                         &self.namespace(),
@@ -639,6 +640,7 @@ impl Journal for PostgresJournal {
                         &answer.map(|a| i32::from(a.status)),
                         &answer.map(|a| encode(&a.headers)),
                         &answer.map(|a| &a.body[..]),
+                        &i64::from(release.sent_nothing),
                     ],
                 )
                 .await

@@ -702,7 +702,8 @@ impl Journal for SqliteJournal {
                 .prepare_cached(
                     "UPDATE operations SET attempts = attempts + ?3, holder = NULL, state = ?4, \
                      attention = ?5, not_before_ms = ?6, answer_status = ?7, \
-                     answer_headers = ?8, answer_body = ?9 \
+                     answer_headers = ?8, answer_body = ?9, \
+                     resumes = max(resumes - ?10, 0) \
                      WHERE id = ?1 AND token = ?2 AND state = 0",
                 )
                 .and_then(|mut statement| {
@@ -716,6 +717,7 @@ impl Journal for SqliteJournal {
                         answer.map(|a| a.status),
                         answer.map(|a| encode(&a.headers)),
                         answer.map(|a| a.body.to_vec()),
+                        i64::from(release.sent_nothing),
                     ])
                 })
                 .map_err(storage("could not release the lease"))?;
