@@ -572,7 +572,9 @@ impl IdempotentClientBuilder {
     }
 
     /// Takes every setting a [`ClientConfig`] holds (retry policy, attempt timeout,
-    /// answer bound, key header and form, should-retry field, retry budget, origins), for example one read from a configuration file.
+    /// answer bound, key header and form, should-retry field, retry budget, origins,
+    /// circuit breaker, adaptive rate limit, hedging), for example one read from a
+    /// configuration file.
     /// Later calls still change single settings.
     ///
     /// ```

@@ -141,7 +141,29 @@
 //! `operation_id` is recorded durably before its first attempt and completed with its
 //! final answer: run the same code again after a crash and it finds the record, returns
 //! a completed answer without I/O or re-sends the pending operation with its recorded key
-//! and bytes.
+//! and bytes. Credentials are never journalled: give the client
+//! `resume_credentials` (or `resume_headers`) next to its journal, or a resume of an
+//! operation that carried `Authorization` sends nothing and says which header it lacks.
+//!
+//! ```no_run
+//! use idempotent_retry::IdempotentClient;
+//! use idempotent_retry::journal::{MemoryJournal, PendingOperation};
+//! use idempotent_retry::reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+//!
+//! # async fn run() -> Result<(), idempotent_retry::Error> {
+//! let client = IdempotentClient::builder()
+//!     .journal(MemoryJournal::new()) // SqliteJournal or PostgresJournal in production
+//!     .resume_credentials(|_op: &PendingOperation| async {
+//!         let mut headers = HeaderMap::new();
+//!         headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer sk_test_123"));
+//!         headers
+//!     })
+//!     .build()?;
+//! let report = client.resume_pending().await?; // at start: finish what a crash left
+//! # drop(report);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Testing with the mock server
 //!
@@ -160,7 +182,8 @@
 //! | `http2` | yes | HTTP/2 in the default reqwest client |
 //! | `mock` | no | [`mock::MockServer`] and the `idempotent-mock-server` binary (a hyper server): test tooling, for `[dev-dependencies]` |
 //! | `middleware` | no | `IdempotencyMiddleware`: the same safe retries as one `reqwest-middleware` 0.5 layer |
-//! | `journal-sqlite` | no | `journal::SqliteJournal`: the [operation journal](mod@journal) in one SQLite file (bundled), so exactly-once survives a crash of the process |
+//! | `journal-sqlite` | no | `journal::SqliteJournal`: the [operation journal](mod@journal) in one SQLite file (bundled), so exactly-once survives a crash of the process. It builds `rusqlite` 0.40 with SQLite bundled, and only one crate in a build may link SQLite (`links = "sqlite3"`): an application on another `rusqlite` gets a link conflict, so use the one re-exported as `journal::rusqlite` |
+//! | `journal-postgres` | no | `journal::PostgresJournal`: the operation journal in PostgreSQL, shared by a fleet of workers on many machines (TLS with rustls) |
 //! | `fuzzing` | no | internal: entry points for the source repository's `cargo fuzz` targets; no API promise |
 //!
 //! Every combination of them builds (CI checks the whole powerset).

@@ -12,12 +12,22 @@
 //!
 //! ```no_run
 //! use idempotent_retry::IdempotentClient;
-//! use idempotent_retry::journal::MemoryJournal;
+//! use idempotent_retry::journal::{MemoryJournal, PendingOperation};
+//! use idempotent_retry::reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 //!
 //! # async fn run() -> Result<(), idempotent_retry::Error> {
-//! let client = IdempotentClient::builder().journal(MemoryJournal::new()).build()?;
+//! let client = IdempotentClient::builder()
+//!     .journal(MemoryJournal::new())
+//!     // Never journalled: a resume asks for the credentials, fresh each time.
+//!     .resume_credentials(|_op: &PendingOperation| async {
+//!         let mut headers = HeaderMap::new();
+//!         headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer sk_test_123"));
+//!         headers
+//!     })
+//!     .build()?;
 //! let resp = client
 //!     .post_idempotent("https://api.example/v1/charges")
+//!     .bearer_auth("sk_test_123")
 //!     .operation_id("order-42/charge")
 //!     .json(&serde_json::json!({"amount": 4200}))
 //!     .send()
@@ -37,12 +47,35 @@
 //!   [`JournalError::LeaseLost`], never a silent success). A worker renews before every
 //!   attempt after the first, and `lease_duration` must exceed the attempt timeout, so
 //!   an attempt is only sent while the lease covers it.
-//! - **No secrets stored.** `Authorization`, `Proxy-Authorization`, `Cookie` and the
+//! - **No secrets stored.** `Authorization`, `Proxy-Authorization`, `Cookie`, the
 //!   headers named with
-//!   [`sensitive_header`](crate::IdempotentClientBuilder::sensitive_header) are left
-//!   out of the record; a re-send takes them from the request at hand, and
+//!   [`sensitive_header`](crate::IdempotentClientBuilder::sensitive_header) and any
+//!   header value flagged sensitive are left out of the record, and so is an answer's
+//!   `Set-Cookie`. The record keeps only the *names* of the secret headers the request
+//!   carried. A re-send takes their values from the request at hand, and
 //!   [`resume_pending`](crate::IdempotentClient::resume_pending) from
-//!   [`resume_headers`](crate::IdempotentClientBuilder::resume_headers).
+//!   [`resume_credentials`](crate::IdempotentClientBuilder::resume_credentials)
+//!   (asked afresh at each resume) or
+//!   [`resume_headers`](crate::IdempotentClientBuilder::resume_headers); a resume that
+//!   lacks any of them sends nothing
+//!   ([`Error::CredentialsMissing`](crate::Error::CredentialsMissing)), since a
+//!   request without its credential would be refused at best, and executed again in
+//!   another caller's scope at worst.
+//! - **An answer about the caller is not the outcome.** A resumed send (or a retry
+//!   after an attempt that may have executed) answered `401` or `403` does not complete
+//!   the operation: it needs attention, with the answer attached
+//!   ([`recorded_answer`](crate::IdempotentClient::recorded_answer)), and the error
+//!   says it may have executed. A classifier says the same of its own cases with
+//!   [`Decision::Unresolved`](crate::Decision::Unresolved). After a fix,
+//!   [`Resolution::Resend`] sends it again with its key; it also reopens an operation
+//!   completed with an answer that is not 2xx.
+//! - **Attempts counted as they start**, in the same durable write that renews the
+//!   lease before each attempt, so [`PendingOperation::may_have_reached_server`] is
+//!   true for an operation killed mid-attempt.
+//! - **"Not executed" is true for good.** A new operation none of whose attempts could
+//!   have reached the server (connections refused, an open circuit, no rate-limit
+//!   turn) is withdrawn from the journal before its error returns, so no resume sends
+//!   it; if the journal cannot withdraw it, the error says it may have executed.
 //! - **Only a final answer completes an operation.** Anything else leaves it pending and
 //!   resumable. An operation older than `max_resume_age` (by the time its next attempt
 //!   could end) is never sent again: the server may have forgotten its key, so a re-send
@@ -51,8 +84,10 @@
 //!   [`pending`](crate::IdempotentClient::pending), for a person to decide.
 //! - **The outcome is honest.** A send under a key that was recorded before (a resume)
 //!   starts outcome-unknown; a failed journalled send says
-//!   [`may_have_executed`](crate::Error::may_have_executed) unless the journal confirmed
-//!   that no record existed before it. If recording the final answer fails after the
+//!   [`may_have_executed`](crate::Error::may_have_executed) unless no attempt could have
+//!   reached the server and its record was withdrawn. A journal that fails while
+//!   recording says it may have executed too: the write may have landed with its
+//!   answer lost, and a resume would then send it. If recording the final answer fails after the
 //!   answer arrived, `send()` still returns it, the record stays pending (a resume gets
 //!   the server's replay) and a warning event says so.
 //!
@@ -67,6 +102,19 @@
 //!   new, and executes the operation again: with such a server, finish or resolve every
 //!   pending operation before you rotate, or resume with the old token. Servers that
 //!   scope by account are safe. (The mock server's `scope_header` models both.)
+//!
+//! # Deploying a new request shape
+//!
+//! A pending operation is always re-sent with its recorded bytes, whatever the code
+//! sends now, so a deploy never changes what an operation does. A `send()` under a
+//! recorded id with a request of a new shape is
+//! [`Error::OperationMismatch`](crate::Error::OperationMismatch), before any I/O
+//! (bodies compare as JSON, numbers exactly as written; `Stripe-Account` and the
+//! [`scope_header`](crate::IdempotentClientBuilder::scope_header)s must match). Before
+//! such a deploy, let [`resume_pending`](crate::IdempotentClient::resume_pending)
+//! finish what is pending, or give the new shape new operation ids
+//! (`order-42/charge/v2`); the answers recorded under the old ids stay readable with
+//! [`recorded_answer`](crate::IdempotentClient::recorded_answer).
 //!
 //! Stores: [`MemoryJournal`] (tests, one process, no feature), `SqliteJournal`
 //! (feature `journal-sqlite`: one file, the embedded default), `PostgresJournal`
@@ -94,6 +142,11 @@ mod sqlite;
 pub use memory::MemoryJournal;
 #[cfg(feature = "journal-postgres")]
 pub use postgres::{PostgresJournal, PostgresJournalBuilder};
+/// The `rusqlite` this crate builds (0.40, SQLite bundled). Only one crate in a build
+/// may link SQLite (`links = "sqlite3"`), so an application that needs SQLite itself
+/// uses this one rather than another version.
+#[cfg(feature = "journal-sqlite")]
+pub use rusqlite;
 #[cfg(feature = "journal-sqlite")]
 pub use sqlite::{SqliteJournal, SqliteJournalBuilder};
 

@@ -192,11 +192,20 @@ struct Shared {
 ///
 /// ```no_run
 /// use idempotent_retry::IdempotentClient;
-/// use idempotent_retry::journal::PostgresJournal;
+/// use idempotent_retry::journal::{PendingOperation, PostgresJournal};
+/// use idempotent_retry::reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 ///
 /// # async fn run() -> Result<(), idempotent_retry::Error> {
 /// let journal = PostgresJournal::connect("postgres://app@db.internal/payments").await?;
-/// let client = IdempotentClient::builder().journal(journal).build()?;
+/// let client = IdempotentClient::builder()
+///     .journal(journal)
+///     // Never journalled: a resume asks for the credentials, fresh each time.
+///     .resume_credentials(|_op: &PendingOperation| async {
+///         let mut headers = HeaderMap::new();
+///         headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer sk_live_123"));
+///         headers
+///     })
+///     .build()?;
 /// # drop(client);
 /// # Ok(())
 /// # }
