@@ -1,20 +1,24 @@
 //! Exactly once across crashes: a journalled worker killed at random, again and again.
 //!
-//! Starts the mock server in its own process with random faults, then a worker process
-//! that runs N operations, each with an operation id, through an `IdempotentClient` with
-//! a SQLite journal. The worker is killed (SIGKILL: no cleanup, no flush) at random
+//! Starts the mock server in its own process with random faults, playing an API behind
+//! a bearer token (`Bearer sk_demo` creates an order; anything else is a 401), then a
+//! worker process that runs N operations, each with an operation id and the token,
+//! through an `IdempotentClient` with a SQLite journal. The token is never journalled:
+//! resumes get it from the client's `resume_credentials` provider, asked afresh each
+//! time. The worker is killed (SIGKILL: no cleanup, no flush) at random
 //! moments and restarted each time; every start first resumes what the journal holds,
 //! then runs every operation from the top, as an application would after a crash. In the
 //! end one worker runs to completion, and the server's own count decides: every
-//! operation executed exactly once, no key twice, nothing left pending. Exits non-zero
-//! otherwise.
+//! operation executed exactly once, no key twice in any scope, no 401, every final
+//! answer recorded, nothing left pending. Exits non-zero otherwise.
 //!
-//! With `--postgres URL`, the journal is PostgreSQL and `--workers N` worker processes
-//! (a fleet) share it, each killed at random in every round.
+//! With `--postgres URL` (feature `journal-postgres`), the journal is PostgreSQL and
+//! `--workers N` worker processes (a fleet) share it, each killed at random in every
+//! round.
 //!
 //! ```text
-//! cargo run --release --all-features --example crash -- [--ops 3000] [--kills 20] [--seed 7] [--fault-rate 0.2]
-//!     [--postgres postgres://user@127.0.0.1/db --workers 3]
+//! cargo run --release --features mock,journal-sqlite --example crash -- [--ops 3000] [--kills 20] [--seed 7] [--fault-rate 0.2]
+//! cargo run --release --all-features --example crash -- --postgres postgres://user@127.0.0.1/db --workers 3
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
@@ -23,8 +27,9 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idempotent_retry::journal::{Journal, PostgresJournal, SqliteJournal};
-use idempotent_retry::mock::MockServer;
+use idempotent_retry::journal::{Journal, PendingOperation, SqliteJournal};
+use idempotent_retry::mock::{MockServer, Route};
+use idempotent_retry::reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use idempotent_retry::{IdempotentClient, RetryBudget, RetryPolicy};
 use serde_json::{Value, json};
 
@@ -33,6 +38,8 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(400);
 const LEASE: Duration = Duration::from_secs(2);
 /// How many operations a worker drives at once.
 const CONCURRENCY: usize = 16;
+/// The API token the server accepts (a real worker would read it from its secret store).
+const TOKEN: &str = "sk_demo";
 
 struct Args {
     ops: u64,
@@ -64,6 +71,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--workers" => args.workers = value.parse().map_err(|_| bad())?,
             _ => return Err(format!("unknown option {flag}")),
         }
+    }
+    if args.postgres.is_some() && cfg!(not(feature = "journal-postgres")) {
+        return Err("--postgres needs the journal-postgres feature".into());
     }
     if !(0.0..1.0).contains(&args.fault_rate) {
         return Err("--fault-rate must be at least 0 and below 1".into());
@@ -105,7 +115,23 @@ fn server(mut argv: impl Iterator<Item = String>) -> ExitCode {
     let (Ok(seed), Ok(rate)) = (seed.parse::<u64>(), rate.parse::<f64>()) else {
         return ExitCode::from(2);
     };
+    // The API: a valid token creates the order, anything else is refused (not stored).
     let server = match MockServer::builder()
+        .route(
+            Route::post("/orders")
+                .name("create")
+                .when("header.authorization", format!("Bearer {TOKEN}"))
+                .status(201)
+                .id_prefix("ord_")
+                .body(r#"{"id": "{{id}}", "op": {{body.op}}}"#),
+        )
+        .route(
+            Route::post("/orders")
+                .name("unauthorized")
+                .status(401)
+                .store(false)
+                .body(r#"{"error": "invalid_token"}"#),
+        )
         .seed(seed)
         .fault_rate(rate)
         .start_blocking()
@@ -155,22 +181,22 @@ fn worker(mut argv: impl Iterator<Item = String>) -> ExitCode {
 
 /// The journal a worker uses: PostgreSQL for a URL, else the SQLite file at `place`.
 async fn open_journal(place: &str) -> Result<Box<dyn JournalHandle>, idempotent_retry::Error> {
-    Ok(if place.starts_with("postgres://") {
-        Box::new(
-            PostgresJournal::builder(place)
+    #[cfg(feature = "journal-postgres")]
+    if place.starts_with("postgres://") {
+        return Ok(Box::new(
+            idempotent_retry::journal::PostgresJournal::builder(place)
                 .namespace("crash-demo")
                 .lease_duration(LEASE)
                 .connect()
                 .await?,
-        )
-    } else {
-        Box::new(
-            SqliteJournal::builder(place)
-                .lease_duration(LEASE)
-                .open()
-                .await?,
-        )
-    })
+        ));
+    }
+    Ok(Box::new(
+        SqliteJournal::builder(place)
+            .lease_duration(LEASE)
+            .open()
+            .await?,
+    ))
 }
 
 /// Either journal, to hand to the client builder.
@@ -190,10 +216,24 @@ impl<J: Journal> JournalHandle for J {
     }
 }
 
+/// The credentials a resumed operation is sent with: asked for at each resume, so a
+/// token rotated meanwhile is the one sent (here it never rotates).
+async fn current_credentials(_operation: &PendingOperation) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&format!("Bearer {TOKEN}")) {
+        headers.insert(AUTHORIZATION, value);
+    }
+    headers
+}
+
 async fn run_worker(uri: &str, journal: &str, ops: u64) -> Result<bool, idempotent_retry::Error> {
     let journal = open_journal(journal).await?;
     let client = journal
         .into_builder(IdempotentClient::builder())
+        .resume_credentials(|op: &PendingOperation| {
+            let op = op.clone();
+            async move { current_credentials(&op).await }
+        })
         .attempt_timeout(ATTEMPT_TIMEOUT)
         .retry_policy(
             RetryPolicy::exponential()
@@ -218,11 +258,12 @@ async fn run_worker(uri: &str, journal: &str, ops: u64) -> Result<bool, idempote
             let _permit = permit;
             client
                 .post_idempotent(url)
+                .bearer_auth(TOKEN)
                 .operation_id(format!("order-{op}"))
                 .json(&json!({ "op": op }))
                 .send()
                 .await
-                .is_ok()
+                .is_ok_and(|resp| resp.status() == 201)
         }));
     }
     let mut done = true;
@@ -360,7 +401,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (stats, pending) = runtime.block_on(async {
+    let (stats, pending, recorded) = runtime.block_on(async {
         let stats: Value = reqwest::get(format!("{uri}/__admin/stats"))
             .await?
             .json()
@@ -371,32 +412,53 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
             .attempt_timeout(ATTEMPT_TIMEOUT)
             .build()?;
         let pending = client.pending().await?.len();
-        Ok::<_, Box<dyn std::error::Error>>((stats, pending))
+        // Every operation's final answer is in the journal: a 201 with its order.
+        let mut recorded = 0;
+        for op in 0..args.ops {
+            let answer = client.recorded_answer(&format!("order-{op}")).await?;
+            recorded += u64::from(answer.is_some_and(|a| a.status == 201));
+        }
+        Ok::<_, Box<dyn std::error::Error>>((stats, pending, recorded))
     })?;
     drop(server.stdin.take());
     let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
 
-    let executions = stats["executions"].as_u64().unwrap_or(0);
+    let route = |name: &str, field: &str| {
+        stats["routes"]
+            .as_array()
+            .and_then(|routes| routes.iter().find(|r| r["name"] == name))
+            .and_then(|r| r[field].as_u64())
+            .unwrap_or(0)
+    };
+    // Orders created; a 401 would be a request that went out without its token.
+    let executions = route("create", "executions");
+    let unauthorized = route("unauthorized", "requests");
+    // Keys executed twice, in one scope or across two.
     let duplicates = stats["duplicates"].as_array().map_or(0, Vec::len);
     println!();
     println!(
-        "| kills | operations | executions | duplicates | pending | resumed at a start | requests | worker runs to finish | time |"
+        "| kills | operations | executions | duplicates | pending | resumed at a start | requests | 401s | answers recorded | worker runs to finish | time |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {kills} | {} | {executions} | {duplicates} | {pending} | {resumed} | {} | {finishing_runs} | {:.1} s |",
+        "| {kills} | {} | {executions} | {duplicates} | {pending} | {resumed} | {} | {unauthorized} | {recorded} | {finishing_runs} | {:.1} s |",
         args.ops,
         stats["requests"].as_u64().unwrap_or(0),
         started.elapsed().as_secs_f64()
     );
-    let ok = finished && executions == args.ops && duplicates == 0 && pending == 0;
+    let ok = finished
+        && executions == args.ops
+        && duplicates == 0
+        && pending == 0
+        && unauthorized == 0
+        && recorded == args.ops;
     if ok {
         println!("\nOK: every operation executed exactly once, across {kills} kills.");
     } else {
         println!(
-            "\nFAIL: expected {} executions, 0 duplicates and 0 pending{}",
+            "\nFAIL: expected {} executions and recorded answers, 0 duplicates, 0 401s and 0 pending{}",
             args.ops,
             if finished {
                 ""
