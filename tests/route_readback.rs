@@ -311,3 +311,17 @@ async fn the_admin_api_adds_and_lists_routes_aims_faults_and_serves_the_log() {
     assert_eq!(log[0]["headers"]["authorization"], "[redacted]");
     assert!(log[1]["ms"].as_u64().unwrap() >= log[0]["ms"].as_u64().unwrap());
 }
+
+#[tokio::test]
+async fn faults_queued_counts_every_routes_queue_too() {
+    let server = MockServer::builder()
+        .route(Route::post("/v1/a").name("a"))
+        .route(Route::post("/v1/b").name("b"))
+        .start()
+        .await
+        .unwrap();
+    server.inject(Fault::DropAfterProcessing, 1);
+    server.inject_route("a", Fault::DropAfterProcessing, 2).unwrap();
+    server.inject_route("b", Fault::DropBeforeProcessing, 3).unwrap();
+    assert_eq!(server.stats().faults_queued, 6);
+}

@@ -131,7 +131,7 @@ pub struct Stats {
     pub mismatches: u64,
     /// Keys in the store now.
     pub stored_keys: usize,
-    /// Scripted faults still queued.
+    /// Scripted faults still queued, for all requests and for single routes together.
     pub faults_queued: usize,
     /// Keys executed more than once. Must be empty.
     pub duplicates: Vec<String>,

@@ -254,7 +254,13 @@ impl Shared {
             conflicts: self.conflicts.load(Ordering::Acquire),
             mismatches: self.mismatches.load(Ordering::Acquire),
             stored_keys: lock(&self.store).len(),
-            faults_queued: lock(&self.faults).scripted.len(),
+            // The global queue and every route's own.
+            faults_queued: lock(&self.faults).scripted.len()
+                + self
+                    .routes()
+                    .iter()
+                    .map(|r| lock(&r.faults).scripted.len())
+                    .sum::<usize>(),
             duplicates: self.duplicates(),
             stalled: self.stalls.stalled(),
             routes: self.routes().iter().map(|r| r.stats()).collect(),
