@@ -12,7 +12,8 @@ use tracing::Instrument;
 use crate::retry::classify::Outcome;
 use crate::retry::engine::{End, Ending, Engine, Transport};
 use crate::settings::Settings;
-use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentClientBuilder, telemetry};
+use crate::transport::Overrides;
+use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentClientBuilder, RetryPolicy, telemetry};
 
 /// A [`reqwest_middleware`] layer that gives each logical request one idempotency key
 /// and retries it with this crate's policy, deadline, budget and classifier: safe
@@ -41,8 +42,13 @@ use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentClientBuilder, teleme
 ///   a persisted key to resume an operation) and retries with it.
 /// - **`PUT` and `DELETE`**, idempotent by definition: keyed and retried the
 ///   same way, as [`IdempotentClient`](crate::IdempotentClient) does.
-/// - **`GET`, `HEAD`, `OPTIONS`, `TRACE`**: passed on untouched, no key and no retries;
-///   keep whatever retry layer you have for those.
+/// - **`GET`, `HEAD`, `OPTIONS`, `TRACE`**: no key and no retries (keep whatever retry
+///   layer you have for those), but they pass through the origin's circuit breaker and
+///   adaptive rate limiter when the layer has them: an open circuit refuses them before
+///   any I/O ([`Error::Failed`], [`is_circuit_open`](Error::is_circuit_open); its key
+///   is a placeholder, never sent), the limiter paces them, and their outcomes count
+///   for both. Without a breaker, an opened circuit or a limiter, they are passed on
+///   untouched.
 ///
 /// The final response is returned as it came, its body unread, with the key in its
 /// extensions (`response.extensions().get::<IdempotencyKey>()`) and an
@@ -166,7 +172,7 @@ impl Middleware for IdempotencyMiddleware {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
         if is_safe(request.method()) {
-            return next.run(request, extensions).await;
+            return pass_safe(&self.settings, request, extensions, next).await;
         }
         let settings = &*self.settings;
         let (key, fresh) = match key_for(settings, &mut request, extensions) {
@@ -183,6 +189,54 @@ impl Middleware for IdempotencyMiddleware {
             .instrument(span)
             .await
     }
+}
+
+/// A safe request: through the origin's circuit and rate limiter when there are any
+/// (one attempt, never retried or hedged, its own timeout kept), else straight on.
+async fn pass_safe(
+    settings: &Settings,
+    request: Request,
+    extensions: &mut Extensions,
+    next: Next<'_>,
+) -> reqwest_middleware::Result<Response> {
+    let held_back =
+        settings.breaker.is_some() || settings.limiter.is_some() || settings.origins.any_circuit();
+    if !held_back {
+        return next.run(request, extensions).await;
+    }
+    let once = Overrides {
+        policy: Some(RetryPolicy {
+            max_attempts: 1,
+            ..settings.policy
+        }),
+        hedging: Some(None),
+    };
+    // Only for the engine's reports: never sent, since a safe request carries no key.
+    let key = IdempotencyKey::new_v4();
+    let mut sender = Sender {
+        request: &request,
+        key: &key,
+        extensions,
+        next,
+        keep_timeout: true,
+    };
+    let engine = Engine::new(
+        settings,
+        Some(&once),
+        request.method(),
+        request.url(),
+        &key,
+        true,
+    );
+    let timeout = request.timeout().copied().unwrap_or(Duration::MAX);
+    let ending = engine.run(&mut sender, timeout).await;
+    let mut answer = finish(ending, key, settings.max_response_bytes);
+    if let Ok(response) = &mut answer {
+        // Passed on as it came: no key nor report for a request that had none.
+        response.extensions_mut().remove::<IdempotencyKey>();
+        response.extensions_mut().remove::<OperationReport>();
+    }
+    answer
 }
 
 /// The request's key and whether it is fresh (minted now, never sent): the one in its
@@ -255,6 +309,8 @@ struct Sender<'a, 'n> {
     key: &'a IdempotencyKey,
     extensions: &'a mut Extensions,
     next: Next<'n>,
+    /// Send the request with its own timeout (a safe request), not the attempt's.
+    keep_timeout: bool,
 }
 
 type Answer = reqwest_middleware::Result<Response>;
@@ -263,8 +319,11 @@ impl Transport for Sender<'_, '_> {
     type Answer = Answer;
 
     fn send(&mut self, timeout: Duration) -> impl Future<Output = Answer> + Send {
+        let keep_timeout = self.keep_timeout;
         let attempt = self.request.try_clone().map(|mut attempt| {
-            *attempt.timeout_mut() = Some(timeout);
+            if !keep_timeout {
+                *attempt.timeout_mut() = Some(timeout);
+            }
             attempt
         });
         let next = self.next.clone();
@@ -324,6 +383,7 @@ async fn retry(
         key: &key,
         extensions,
         next,
+        keep_timeout: false,
     };
     let engine = Engine::new(
         settings,

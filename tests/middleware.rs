@@ -374,3 +374,26 @@ async fn a_circuit_opened_on_the_layer_refuses_before_any_io() {
         .unwrap();
     assert_eq!(resp.status(), 201);
 }
+
+#[tokio::test]
+async fn safe_methods_pass_through_the_circuit_and_are_refused_while_it_is_open() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let layer = ours();
+    layer.open_circuit(&server.uri()).unwrap();
+    let http = client(|c| c.with(layer.clone()));
+    let err = http.get(server.uri()).send().await.unwrap_err();
+    let ours = Error::from_middleware_error(&err).unwrap();
+    assert!(ours.is_circuit_open(), "{ours}");
+    assert!(keys_received(&server).await.is_empty(), "refused before any I/O");
+    // Closed again: passed on once, with no key, no report, never retried.
+    layer.close_circuit(&server.uri()).unwrap();
+    let resp = http.get(server.uri()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.extensions().get::<IdempotencyKey>().is_none());
+    assert!(idempotent_retry::OperationReport::of(&resp).is_none());
+    assert_eq!(keys_received(&server).await, [None]);
+}

@@ -321,7 +321,11 @@ async fn faults_queued_counts_every_routes_queue_too() {
         .await
         .unwrap();
     server.inject(Fault::DropAfterProcessing, 1);
-    server.inject_route("a", Fault::DropAfterProcessing, 2).unwrap();
-    server.inject_route("b", Fault::DropBeforeProcessing, 3).unwrap();
+    server
+        .inject_route("a", Fault::DropAfterProcessing, 2)
+        .unwrap();
+    server
+        .inject_route("b", Fault::DropBeforeProcessing, 3)
+        .unwrap();
     assert_eq!(server.stats().faults_queued, 6);
 }
