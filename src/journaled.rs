@@ -521,9 +521,38 @@ async fn drive(
         renewed: None,
         counted: &counted,
     };
+    let url = drive.template.url().clone();
+    let client = drive.client.clone();
     let result = drive.run_guarded(guard).await;
     let counted = counted.into_inner();
-    settle(result, id, &lease, age, was_resumed, counted, js).await
+    // An open circuit's break is a wait for every worker, as a server's Retry-After is.
+    let reopens = match &result {
+        Err(e) if e.is_circuit_open() => client.inner.settings.origins.reopens_in(&url),
+        _ => None,
+    };
+    let ending = Ending {
+        id,
+        lease: &lease,
+        age,
+        resumed: was_resumed,
+        counted,
+        reopens,
+    };
+    settle(result, &ending, js).await
+}
+
+/// What `settle` needs to know of a driven operation besides its result.
+struct Ending<'a> {
+    id: &'a str,
+    lease: &'a Lease,
+    /// Its age when taken up.
+    age: Duration,
+    /// Whether its key was recorded before this call.
+    resumed: bool,
+    /// Attempts the journal counted as they started.
+    counted: u32,
+    /// When an open circuit refused it: how long until the circuit lets a probe by.
+    reopens: Option<Duration>,
 }
 
 /// Writes how a driven operation ended: a final answer completes it; an answer about
@@ -533,22 +562,19 @@ async fn drive(
 /// record (so "not executed" stays true); anything else lets the lease go, pending.
 async fn settle(
     result: Result<IdempotentResponse, Error>,
-    id: &str,
-    lease: &Lease,
-    age: Duration,
-    resumed: bool,
-    counted: u32,
+    ending: &Ending<'_>,
     js: &JournalSettings,
 ) -> Result<IdempotentResponse, Error> {
+    let (id, lease) = (ending.id, ending.lease);
     let journal = &*js.journal;
     let response = match result {
-        Ok(response) if about_the_caller(&response, resumed) => {
+        Ok(response) if about_the_caller(&response, ending.resumed) => {
             let reason = format!(
                 "a re-sent attempt was answered {}: an answer about the caller's credentials, \
                  not the operation's outcome",
                 response.status()
             );
-            return Err(attention(response, reason, id, lease, age, counted, js).await);
+            return Err(attention(response, reason, ending, js).await);
         }
         Ok(response) => response,
         Err(Error::Failed {
@@ -560,9 +586,9 @@ async fn settle(
                 "the classifier called its {} answer unresolved",
                 response.status()
             );
-            return Err(attention(*response, reason, id, lease, age, counted, js).await);
+            return Err(attention(*response, reason, ending, js).await);
         }
-        Err(e) => return Err(let_go(e, id, lease, counted, js).await),
+        Err(e) => return Err(let_go(e, ending, js).await),
     };
     let answer = answer_to_record(&response, js);
     match journal.complete(lease, &answer).await {
@@ -594,26 +620,24 @@ fn about_the_caller(response: &IdempotentResponse, resumed: bool) -> bool {
 async fn attention(
     response: IdempotentResponse,
     reason: String,
-    id: &str,
-    lease: &Lease,
-    age: Duration,
-    counted: u32,
+    ending: &Ending<'_>,
     js: &JournalSettings,
 ) -> Error {
+    let id = ending.id;
     let release = Release {
-        attempts: response.attempts().saturating_sub(counted),
+        attempts: response.attempts().saturating_sub(ending.counted),
         attention: Some(reason.clone()),
         answer: Some(answer_to_record(&response, js)),
         ..Release::default()
     };
-    if let Err(e) = js.journal.release(lease, &release).await {
+    if let Err(e) = js.journal.release(ending.lease, &release).await {
         warn!(target: TARGET, operation_id = %id, error = %e, "could not mark the operation as needing attention");
     }
     warn!(target: TARGET, operation_id = %id, status = response.status().as_u16(), %reason, "operation needs attention");
     Error::NeedsAttention {
         operation_id: id.to_owned(),
         key: response.idempotency_key().clone(),
-        age,
+        age: ending.age,
         reason,
         last_response: Some(Box::new(response)),
     }
@@ -621,8 +645,10 @@ async fn attention(
 
 /// Lets the lease of an operation that ended without a final answer go: withdrawn when
 /// no attempt could have reached the server, else pending (or needing attention, for
-/// an answer too large or an operation grown too old), with the server's wait.
-async fn let_go(e: Error, id: &str, lease: &Lease, counted: u32, js: &JournalSettings) -> Error {
+/// an answer too large or an operation grown too old), with the server's wait or the
+/// open circuit's.
+async fn let_go(e: Error, ending: &Ending<'_>, js: &JournalSettings) -> Error {
+    let (id, lease, counted) = (ending.id, ending.lease, ending.counted);
     let journal = &*js.journal;
     let reason = match &e {
         Error::Failed { reason, .. } => Some(*reason),
@@ -658,8 +684,12 @@ async fn let_go(e: Error, id: &str, lease: &Lease, counted: u32, js: &JournalSet
     let release = Release {
         attempts: e.attempts().saturating_sub(counted),
         attention,
-        // No path sends it before the wait the server asked for.
-        not_before: e.retry_after().filter(|wait| !wait.is_zero()),
+        // No path sends it before the wait the server asked for, nor before the
+        // origin's open circuit lets a probe through.
+        not_before: e
+            .retry_after()
+            .filter(|wait| !wait.is_zero())
+            .or(ending.reopens),
         answer: None,
         sent_nothing: counted == 0 && e.attempts() == 0,
     };

@@ -388,7 +388,10 @@ async fn safe_methods_pass_through_the_circuit_and_are_refused_while_it_is_open(
     let err = http.get(server.uri()).send().await.unwrap_err();
     let ours = Error::from_middleware_error(&err).unwrap();
     assert!(ours.is_circuit_open(), "{ours}");
-    assert!(keys_received(&server).await.is_empty(), "refused before any I/O");
+    assert!(
+        keys_received(&server).await.is_empty(),
+        "refused before any I/O"
+    );
     // Closed again: passed on once, with no key, no report, never retried.
     layer.close_circuit(&server.uri()).unwrap();
     let resp = http.get(server.uri()).send().await.unwrap();

@@ -577,3 +577,62 @@ async fn extreme_durations_are_errors_or_waits_never_panics() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidRequest { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn an_open_circuits_break_is_recorded_as_a_wait_for_every_worker() {
+    let server = MockServer::start().await;
+    let url = format!("{}/v1/shipments", server.uri());
+    let journal = MemoryJournal::new();
+    let client = builder(journal.clone())
+        .circuit_breaker(
+            idempotent_retry::CircuitBreaker::new()
+                .minimum_throughput(2)
+                .failure_ratio(0.5)
+                .break_duration(Duration::from_secs(5)),
+        )
+        .resume_credentials(|_: &PendingOperation| async { bearer("sk_original") })
+        .build()
+        .unwrap();
+    shipped_but_answer_lost(&client, &server, "op-break").await;
+    // A second failure opens the circuit for 5 s.
+    server.inject(
+        Fault::StatusBeforeProcessing(http::StatusCode::SERVICE_UNAVAILABLE),
+        1,
+    );
+    client
+        .post_idempotent(&url)
+        .bearer_auth("sk_original")
+        .json(&json!({"other": 1}))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        client.circuit_state(&url).unwrap(),
+        idempotent_retry::CircuitState::Open
+    );
+    // The resume is refused at the circuit, and its record now says "not before" the
+    // end of the break, which another worker (with its own, closed circuit) honours.
+    let report = client.resume_pending().await.unwrap();
+    assert!(report.still_pending[0].1.is_circuit_open(), "{report:?}");
+    let entry = journal.find("op-break").await.unwrap().unwrap();
+    assert!(
+        entry
+            .not_before
+            .is_some_and(|w| w > Duration::from_secs(3) && w <= Duration::from_secs(5)),
+        "{:?}",
+        entry.not_before
+    );
+    let other_worker = builder(journal)
+        .resume_credentials(|_: &PendingOperation| async { bearer("sk_original") })
+        .build()
+        .unwrap();
+    let sent = server.requests().len();
+    let report = other_worker.resume_pending().await.unwrap();
+    let err = &report.still_pending[0].1;
+    assert_eq!(
+        err.give_up_reason(),
+        Some(idempotent_retry::GiveUpReason::NotYet),
+        "{err}"
+    );
+    assert_eq!(server.requests().len(), sent, "nothing sent");
+}

@@ -350,6 +350,17 @@ impl Circuit {
         }
     }
 
+    /// How long until an open circuit's break ends, if it is open for a known time.
+    pub(crate) fn reopens_in(&self, now: Instant) -> Option<Duration> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        match self.lock().state {
+            State::Open { until: Some(until) } => Some(until.saturating_duration_since(now)),
+            _ => None,
+        }
+    }
+
     /// May an attempt go now?
     pub(crate) fn admit(&self, now: Instant) -> Admission {
         // (An attempt racing the circuit's opening may go, as it would have a moment

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::breaker::{Circuit, CircuitBreaker, CircuitState};
 use super::budget::{RetryBudget, TokenBucket};
@@ -170,6 +170,14 @@ impl Origins {
         self.peek(url)
             .and_then(|o| o.existing_circuit().map(|c| c.state(Instant::now())))
             .unwrap_or(CircuitState::Closed)
+    }
+
+    /// How long until `url`'s origin's open circuit lets a probe through, when it is
+    /// open for a known time (a breaker's break; a circuit opened by hand has none).
+    pub(crate) fn reopens_in(&self, url: &reqwest::Url) -> Option<Duration> {
+        self.peek(url)?
+            .existing_circuit()?
+            .reopens_in(Instant::now())
     }
 
     /// Opens `url`'s origin's circuit until [`close_circuit`](Self::close_circuit).
