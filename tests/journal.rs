@@ -1435,3 +1435,114 @@ async fn an_open_circuit_refuses_a_journalled_operation_and_a_resume_says_it_may
     assert_eq!(server.executions(), 2);
     assert!(server.duplicates().is_empty());
 }
+
+/// A proxy in front of PostgreSQL that lets the operation's INSERT reach the server and
+/// commit, then drops the connection before the reply: the ambiguous commit. Returns
+/// its port.
+#[cfg(feature = "journal-postgres")]
+async fn commit_then_cut(upstream: u16) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                let (mut buf_c, mut buf_s) = (vec![0u8; 65536], vec![0u8; 65536]);
+                // The INSERT is prepared first (its text), then executed (no text):
+                // the execution is the next message the client sends after it.
+                let (mut prepared, mut executed) = (false, false);
+                loop {
+                    tokio::select! {
+                        read = client.read(&mut buf_c) => {
+                            let Ok(n @ 1..) = read else { return };
+                            let chunk = &buf_c[..n];
+                            if prepared && !executed {
+                                executed = true;
+                            }
+                            let insert = b"INSERT INTO idempotent_retry_operations";
+                            if chunk.windows(insert.len()).any(|w| w == insert) {
+                                prepared = true;
+                            }
+                            if server.write_all(chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                        read = server.read(&mut buf_s) => {
+                            let Ok(n @ 1..) = read else { return };
+                            if executed {
+                                // The server answered the INSERT: it committed. The
+                                // client never hears it.
+                                return;
+                            }
+                            if client.write_all(&buf_s[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// An INSERT that committed but whose answer was lost: the error says the operation
+/// may have executed (a resume would send it), and a retry of the same id finds it.
+#[cfg(feature = "journal-postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_commit_whose_answer_is_lost_may_have_executed() {
+    use idempotent_retry::journal::PostgresJournal;
+    let Some(cluster) = support::postgres::Cluster::start("ambiguous") else {
+        return;
+    };
+    let upstream: u16 = cluster
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxied = cluster.url.replace(
+        &format!(":{upstream}/"),
+        &format!(":{}/", commit_then_cut(upstream).await),
+    );
+    let server = MockServer::start().await;
+    let url = format!("{}/v1/charges", server.uri());
+    let lease = Duration::from_secs(2);
+    let cut = PostgresJournal::builder(&proxied)
+        .connections(1)
+        .lease_duration(lease)
+        .connect()
+        .await
+        .unwrap();
+    let err = charge(&client(cut), &url, "order-12/charge", json!({"amount": 12}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Journal { .. }), "{err:?}");
+    assert!(err.may_have_executed(), "the record committed: {err}");
+    assert!(server.requests().is_empty(), "nothing sent");
+    // The record is there, under the lease the lost INSERT took: a retry of the same
+    // id finds it, waits for that lease to run out (within its deadline), takes it
+    // over and runs it once, with the recorded key.
+    let journal = PostgresJournal::builder(&cluster.url)
+        .lease_duration(lease)
+        .connect()
+        .await
+        .unwrap();
+    let recorded = journal.find("order-12/charge").await.unwrap().unwrap();
+    let resp = charge(
+        &client(journal),
+        &url,
+        "order-12/charge",
+        json!({"amount": 12}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.idempotency_key().as_str(), recorded.request.key);
+    assert_eq!(server.executions(), 1);
+}
