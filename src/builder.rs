@@ -35,7 +35,7 @@ use crate::{
 /// | `key_format` | [`KeyFormat::Bare`] |
 /// | `should_retry_header` | `Stripe-Should-Retry`: a server that says whether to retry is obeyed, as Stripe's own libraries do |
 /// | `retry_budget` | [`RetryBudget::default`], per origin (capacity 500, transient cost 14, throttling cost 5, refund 1: AWS retry behavior 2.1) |
-/// | `max_origins` | 10,000 origins remembered; past that, the one used least recently goes first |
+/// | `max_origins` | 10,000 origins remembered; past that, the one whose loss forgets least goes first (see `max_origins`) |
 /// | `classifier` | [`default_classifier`](crate::default_classifier) |
 /// | `hedging` | none: one attempt at a time ([`Hedging`] gives its defaults) |
 /// | `adaptive_rate_limit` | none: attempts are never paced ([`AdaptiveRateLimit`] gives its defaults) |
@@ -318,9 +318,13 @@ impl IdempotentClientBuilder {
         self
     }
 
-    /// Most origins whose state (retry budget) the client remembers, at least 1. Past
-    /// it, the origin used least recently is forgotten (and starts again with a full
-    /// bucket), so a client that meets millions of hosts stays bounded.
+    /// Most origins whose state (retry budget, circuit, rate limiter, hedge bucket) the
+    /// client remembers, at least 1, so a client that meets millions of hosts stays
+    /// bounded. Past it (counted per shard of the table), one is forgotten, and starts
+    /// again as new: an idle one first (a full budget, a closed circuit or none, a
+    /// limiter that is not throttling), then the one whose budget has the most tokens;
+    /// an origin whose circuit is not closed (by its breaker, or by hand) or whose
+    /// limiter is throttling only when nothing else is left to forget.
     ///
     /// ```
     /// use idempotent_retry::IdempotentClient;

@@ -3,7 +3,7 @@
 //! a healthy one is not held back by it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 /// A retry budget: a token bucket per origin (scheme, host and port of the URL you
 /// give), shared by a client and its clones, after the AWS SDKs' retry behavior 2.1
@@ -132,7 +132,19 @@ pub(crate) struct TokenBucket {
     capacity: u32,
     tokens: AtomicU32,
     below_full: Arc<AtomicUsize>,
+    /// This bucket's place in `below_full`: [`UNCOUNTED`], [`COUNTED`] or
+    /// [`DETACHED`]. Every change of the count goes through it, so a bucket is counted
+    /// at most once, and a forgotten one never again.
+    counted: AtomicU8,
 }
+
+/// Full: not in the shared count.
+const UNCOUNTED: u8 = 0;
+/// Below capacity: in the shared count, once.
+const COUNTED: u8 = 1;
+/// Forgotten by its client (evicted): out of the count for good, whatever an
+/// operation still holding it does to it.
+const DETACHED: u8 = 2;
 
 impl TokenBucket {
     /// A full bucket, counted in `below_full` whenever it is not.
@@ -141,6 +153,29 @@ impl TokenBucket {
             capacity,
             tokens: AtomicU32::new(capacity),
             below_full,
+            counted: AtomicU8::new(UNCOUNTED),
+        }
+    }
+
+    /// Counts this bucket as below capacity, unless it already is (or is detached).
+    fn enter_count(&self) {
+        if self
+            .counted
+            .compare_exchange(UNCOUNTED, COUNTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.below_full.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Takes this bucket out of the count, if it is in it.
+    fn leave_count(&self) {
+        if self
+            .counted
+            .compare_exchange(COUNTED, UNCOUNTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.below_full.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -156,7 +191,7 @@ impl TokenBucket {
         {
             Ok(before) => {
                 if before == self.capacity {
-                    self.below_full.fetch_add(1, Ordering::AcqRel);
+                    self.enter_count();
                 }
                 true
             }
@@ -177,7 +212,7 @@ impl TokenBucket {
                 (t < cap).then(|| t.saturating_add(tokens).min(cap))
             });
         if deposited.is_ok_and(|before| before.saturating_add(tokens) >= cap) {
-            self.forget_below_full();
+            self.leave_count();
         }
     }
 
@@ -186,14 +221,13 @@ impl TokenBucket {
         self.available() < self.capacity
     }
 
-    /// Takes this bucket out of the count (it filled up, or it is being forgotten
-    /// while below capacity). Never below zero. A count too high only costs a lookup; a
-    /// count too low (a forgotten bucket refilled later by an operation still holding
-    /// it) skips some refunds, which leaves fewer retries, never more.
-    pub(crate) fn forget_below_full(&self) {
-        let _ = self
-            .below_full
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    /// Takes this bucket out of the count for good: its client forgets it (an
+    /// evicted origin). An operation still holding it may pay or refill it later; the
+    /// count, which the client's other buckets rely on, no longer moves for it.
+    pub(crate) fn detach(&self) {
+        if self.counted.swap(DETACHED, Ordering::AcqRel) == COUNTED {
+            self.below_full.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Tokens in the bucket now.
@@ -225,8 +259,28 @@ mod tests {
         a.deposit(100);
         b.deposit(1);
         assert_eq!(below(), 0, "both full again");
-        a.forget_below_full();
+        a.detach();
         assert_eq!(below(), 0, "never below zero");
+    }
+
+    #[test]
+    fn a_forgotten_bucket_refilled_later_leaves_the_count_to_the_others() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let (evicted, other) = (
+            TokenBucket::new(10, count.clone()),
+            TokenBucket::new(10, count.clone()),
+        );
+        let below = || count.load(Ordering::Acquire);
+        assert!(evicted.try_withdraw(5) && other.try_withdraw(5));
+        assert_eq!(below(), 2);
+        // Its origin is evicted while an operation still holds it and retries.
+        evicted.detach();
+        assert_eq!(below(), 1);
+        assert!(evicted.try_withdraw(1), "the operation still pays");
+        evicted.deposit(100);
+        assert_eq!(below(), 1, "the other bucket is still below capacity");
+        other.deposit(5);
+        assert_eq!(below(), 0);
     }
 
     #[test]

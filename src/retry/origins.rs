@@ -1,8 +1,11 @@
-//! Per-origin state, shared by a client and its clones: the retry budget of each origin
-//! (scheme, host and port of the URL the caller gave). Bounded, so that a client that
-//! meets millions of hosts does not grow without end: past `max_origins`, an idle entry
-//! goes first (one whose bucket is full: forgetting it forgets nothing), else the one
-//! with the most tokens (the least to remember).
+//! Per-origin state, shared by a client and its clones: the retry budget, circuit,
+//! rate limiter and hedge bucket of each origin (scheme, host and port of the URL the
+//! caller gave). Bounded, so that a client that meets millions of hosts does not grow
+//! without end: past `max_origins`, an idle entry goes first (a full bucket, a closed
+//! circuit or none, a limiter that is not throttling: forgetting it forgets nothing),
+//! then the one whose budget has the most tokens (the least to remember), and an
+//! origin whose circuit is not closed (a sick one, or one opened by hand) or whose
+//! limiter is throttling only when every entry of its shard is such.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -87,14 +90,21 @@ impl OriginState {
         self.circuit.get()
     }
 
-    /// Whether forgetting this origin forgets nothing: a full bucket and no circuit
-    /// that is not closed.
-    fn is_idle(&self, now: Instant) -> bool {
-        let closed = self
+    /// How much forgetting this origin would lose, the least first: 0, nothing (a full
+    /// bucket, a closed circuit or none, a limiter that is not throttling); 1, a budget
+    /// being spent; 2, what must hold while it lasts (a circuit that is not closed, by
+    /// a breaker or by hand; a limiter's learned rate).
+    fn keep_rank(&self, now: Instant) -> u8 {
+        let circuit_held = self
             .circuit
             .get()
-            .is_none_or(|c| c.state(now) == CircuitState::Closed);
-        closed && !self.budget.is_below_full()
+            .is_some_and(|c| c.state(now) != CircuitState::Closed);
+        let throttling = self.limiter.get().and_then(Limiter::rate).is_some();
+        if circuit_held || throttling {
+            2
+        } else {
+            u8::from(self.budget.is_below_full())
+        }
     }
 }
 
@@ -252,19 +262,19 @@ impl Origins {
             return state.clone();
         }
         if map.len() >= self.per_shard {
-            // An idle one first (a full bucket and a closed circuit: forgetting it loses
-            // nothing), else the most tokens; a drained bucket or an open circuit (a
-            // sick origin) is remembered longest.
+            // The one whose loss forgets least (see the module's docs); among budgets
+            // being spent, the one with the most tokens.
             let now = Instant::now();
             let idle = map
                 .iter()
-                .max_by_key(|(_, state)| (state.is_idle(now), state.budget.available()))
+                .min_by_key(|(_, state)| {
+                    let tokens = state.budget.available();
+                    (state.keep_rank(now), u32::MAX - tokens)
+                })
                 .map(|(key, _)| key.clone());
             if let Some(idle) = idle {
                 if let Some(forgotten) = map.remove(&idle) {
-                    if forgotten.budget.is_below_full() {
-                        forgotten.budget.forget_below_full();
-                    }
+                    forgotten.budget.detach();
                 }
             }
         }
@@ -359,5 +369,27 @@ mod tests {
         assert!(origins.len() <= 4 * SHARDS, "{}", origins.len());
         // A thousand idle origins came and went; the drained bucket is still drained.
         assert!(!origins.get(&sick).budget.try_withdraw(1));
+    }
+
+    #[test]
+    fn an_open_circuit_and_a_throttling_limiter_outlast_busy_budgets() {
+        let origins = Origins::new(RetryBudget::new().capacity(10), 4 * SHARDS);
+        let opened = url("http://opened.example/");
+        origins.open_circuit(&opened, None);
+        let throttled = url("http://throttled.example/");
+        let now = Instant::now();
+        origins.get(&throttled).limiter().update(true, now);
+        assert!(origins.get(&throttled).limiter().rate().is_some());
+        // Origins whose budgets are being spent (full buckets would go first anyway).
+        for n in 0..1_000 {
+            let busy = origins.get(&url(&format!("http://busy-{n}.example/")));
+            assert!(busy.budget.try_withdraw(1));
+        }
+        assert!(origins.len() <= 4 * SHARDS, "{}", origins.len());
+        assert_eq!(origins.circuit_state(&opened), CircuitState::Open);
+        let kept = origins
+            .peek(&throttled)
+            .expect("the throttling origin is kept");
+        assert!(kept.limiter().rate().is_some(), "its learned rate too");
     }
 }
