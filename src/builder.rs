@@ -606,6 +606,8 @@ impl IdempotentClientBuilder {
             circuit_breaker,
             adaptive_rate_limit,
             hedging,
+            sensitive_headers,
+            scope_headers,
         } = config;
         self.policy = *retry_policy;
         self.attempt_timeout = *attempt_timeout;
@@ -618,6 +620,17 @@ impl IdempotentClientBuilder {
         self.breaker = circuit_breaker.clone();
         self.limiter = adaptive_rate_limit.clone();
         self.hedging = hedging.clone();
+        // Added to what the builder holds: the defaults (`Stripe-Account`) stay.
+        for name in sensitive_headers {
+            if !self.sensitive.contains(name) {
+                self.sensitive.push(name.clone());
+            }
+        }
+        for name in scope_headers {
+            if !self.scope_headers.contains(name) {
+                self.scope_headers.push(name.clone());
+            }
+        }
         self
     }
 

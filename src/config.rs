@@ -70,6 +70,11 @@ use crate::{AdaptiveRateLimit, CircuitBreaker, Hedging, KeyFormat, RetryBudget, 
 /// | `adaptive_rate_limit` | table, see [`AdaptiveRateLimit`] (`max_wait`); an empty table is its defaults | none: no limiter |
 /// | `circuit_breaker` | table, see [`CircuitBreaker`] (`failure_ratio`, `minimum_throughput`, `sampling_window`, `break_duration`, `half_open_probes`, `max_break_duration`); an empty table is the breaker's defaults | none: no breaker |
 /// | `retry_budget` | table, see [`RetryBudget`] (`capacity`, `transient_cost`, `throttling_cost`, `success_refund`; all costs 0 turns it off) | [`RetryBudget::default`] |
+/// | `sensitive_headers` | list of header names, never journalled (besides `Authorization`, `Proxy-Authorization`, `Cookie`) | `[]` |
+/// | `scope_headers` | list of header names whose values scope a journalled operation (besides `Stripe-Account`) | `[]` |
+///
+/// The journal's own settings (lease, resume age, resumes, retention) are a
+/// [`JournalConfig`](crate::journal::JournalConfig), given to the journal's builder.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ClientConfig {
@@ -95,6 +100,13 @@ pub struct ClientConfig {
     pub adaptive_rate_limit: Option<AdaptiveRateLimit>,
     /// Hedging, if any.
     pub hedging: Option<Hedging>,
+    /// Headers never written to a journal besides `Authorization`,
+    /// `Proxy-Authorization` and `Cookie`
+    /// ([`sensitive_header`](crate::IdempotentClientBuilder::sensitive_header)).
+    pub sensitive_headers: Vec<HeaderName>,
+    /// Headers whose values scope a journalled operation besides `Stripe-Account`
+    /// ([`scope_header`](crate::IdempotentClientBuilder::scope_header)).
+    pub scope_headers: Vec<HeaderName>,
 }
 
 impl Default for ClientConfig {
@@ -111,13 +123,15 @@ impl Default for ClientConfig {
             circuit_breaker: None,
             adaptive_rate_limit: None,
             hedging: None,
+            sensitive_headers: Vec::new(),
+            scope_headers: Vec::new(),
         }
     }
 }
 
 /// A settings table: its fields, how to set one from the file, and what to check once
 /// all are read.
-trait Table: Default {
+pub(crate) trait Table: Default {
     /// What it is, for "expected …" messages.
     const WHAT: &'static str;
     const FIELDS: &'static [&'static str];
@@ -163,7 +177,10 @@ fn at<E: de::Error>(path: &str, message: impl fmt::Display) -> E {
 /// way out: a format that points at the offending value (TOML's line and column, with
 /// the value underlined) attaches that place as the error leaves the value, and a
 /// rewrapped error would point at the enclosing table instead.
-fn table<'de, T: Table, D: Deserializer<'de>>(deserializer: D, path: &str) -> Result<T, D::Error> {
+pub(crate) fn table<'de, T: Table, D: Deserializer<'de>>(
+    deserializer: D,
+    path: &str,
+) -> Result<T, D::Error> {
     struct TableVisitor<'p, T>(&'p str, PhantomData<T>);
 
     impl<'de, T: Table> Visitor<'de> for TableVisitor<'_, T> {
@@ -203,7 +220,7 @@ fn table<'de, T: Table, D: Deserializer<'de>>(deserializer: D, path: &str) -> Re
 
 /// Reads the next value of `map`, found at `path`: a plain value, or a nested table of
 /// ours. Its errors start with `path`.
-fn value<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
+pub(crate) fn value<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
     map: &mut A,
     path: &str,
 ) -> Result<T, A::Error> {
@@ -346,7 +363,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Prefixed<'_, V> {
 
 /// A field name outside a table's list. The table's reader refuses those before it
 /// calls `set`; `set` refuses them too rather than guess.
-fn unknown<E: de::Error>(field: &str, expected: &'static [&'static str]) -> E {
+pub(crate) fn unknown<E: de::Error>(field: &str, expected: &'static [&'static str]) -> E {
     E::unknown_field(field, expected)
 }
 
@@ -403,7 +420,10 @@ impl<'de, T: FromText> Deserialize<'de> for Text<T> {
     }
 }
 
-fn duration<'de, A: MapAccess<'de>>(map: &mut A, path: &str) -> Result<Duration, A::Error> {
+pub(crate) fn duration<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    path: &str,
+) -> Result<Duration, A::Error> {
     value::<Text<Duration>, A>(map, path).map(|d| d.0)
 }
 
@@ -412,6 +432,20 @@ fn header_name<'de, A: MapAccess<'de>>(map: &mut A, path: &str) -> Result<Header
     value::<Text<Option<HeaderName>>, A>(map, path)?
         .0
         .ok_or_else(|| at(path, "\"\" is not a header name: it is empty"))
+}
+
+/// A list of header names, none of them empty.
+fn header_names<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    path: &str,
+) -> Result<Vec<HeaderName>, A::Error> {
+    value::<Vec<Text<Option<HeaderName>>>, A>(map, path)?
+        .into_iter()
+        .map(|name| {
+            name.0
+                .ok_or_else(|| at(path, "\"\" is not a header name: it is empty"))
+        })
+        .collect()
 }
 
 /// A nested table of ours at `path`.
@@ -661,6 +695,8 @@ impl Table for ClientConfig {
         "circuit_breaker",
         "adaptive_rate_limit",
         "hedging",
+        "sensitive_headers",
+        "scope_headers",
     ];
 
     fn set<'de, A: MapAccess<'de>>(
@@ -682,6 +718,8 @@ impl Table for ClientConfig {
             circuit_breaker,
             adaptive_rate_limit,
             hedging,
+            sensitive_headers,
+            scope_headers,
         } = self;
         match field {
             "retry_policy" => *retry_policy = nested(map, path)?,
@@ -697,6 +735,8 @@ impl Table for ClientConfig {
             "circuit_breaker" => *circuit_breaker = Some(nested(map, path)?),
             "adaptive_rate_limit" => *adaptive_rate_limit = Some(nested(map, path)?),
             "hedging" => *hedging = Some(nested(map, path)?),
+            "sensitive_headers" => *sensitive_headers = header_names(map, path)?,
+            "scope_headers" => *scope_headers = header_names(map, path)?,
             other => return Err(unknown(other, Self::FIELDS)),
         }
         Ok(())

@@ -183,3 +183,38 @@ fn a_bad_value_in_a_nested_config_is_reported_at_the_value_with_one_path() {
         "{message}"
     );
 }
+
+#[test]
+fn the_journal_settings_and_the_clients_journal_headers_come_from_a_file() {
+    use idempotent_retry::journal::{Journal, JournalConfig, MemoryJournal};
+    use std::time::Duration;
+    let journal: JournalConfig = toml::from_str(
+        r#"
+        lease_duration = "12s"
+        max_resume_age = "10h"
+        max_resumes = 4
+        completed_retention = "2d"
+        "#,
+    )
+    .unwrap();
+    let memory: &dyn Journal = &MemoryJournal::new().config(&journal);
+    assert_eq!(memory.lease_duration(), Duration::from_secs(12));
+    assert_eq!(memory.max_resume_age(), Duration::from_secs(36_000));
+    assert_eq!(memory.max_resumes(), 4);
+    assert_eq!(
+        memory.completed_retention(),
+        Duration::from_secs(2 * 86_400)
+    );
+
+    let client: idempotent_retry::ClientConfig = toml::from_str(
+        r#"
+        sensitive_headers = ["x-api-key"]
+        scope_headers = ["x-tenant"]
+        "#,
+    )
+    .unwrap();
+    assert_eq!(client.sensitive_headers, ["x-api-key"]);
+    assert_eq!(client.scope_headers, ["x-tenant"]);
+    let bad = toml::from_str::<idempotent_retry::ClientConfig>(r#"scope_headers = ["x y"]"#);
+    assert!(bad.unwrap_err().to_string().contains("scope_headers"));
+}

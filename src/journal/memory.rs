@@ -120,6 +120,21 @@ impl MemoryJournal {
         self
     }
 
+    /// Takes every setting a [`JournalConfig`](super::JournalConfig) holds.
+    ///
+    /// ```
+    /// use idempotent_retry::journal::{JournalConfig, MemoryJournal};
+    /// let config: JournalConfig = serde_json::from_str(r#"{"lease_duration": "5s"}"#)?;
+    /// let journal = MemoryJournal::new().config(&config);
+    /// # drop(journal);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    #[must_use]
+    pub fn config(mut self, config: &super::JournalConfig) -> Self {
+        self.limits = config.into();
+        self
+    }
+
     fn rows(&self) -> MutexGuard<'_, HashMap<String, Row>> {
         // Every critical section leaves the map consistent: a poisoned lock carries no
         // information.

@@ -129,6 +129,7 @@ use bytes::Bytes;
 
 #[cfg(any(feature = "journal-sqlite", feature = "journal-postgres"))]
 mod blob;
+mod config;
 pub mod conformance;
 pub(crate) mod equivalent;
 mod memory;
@@ -139,6 +140,7 @@ mod postgres;
 #[cfg(feature = "journal-sqlite")]
 mod sqlite;
 
+pub use config::JournalConfig;
 pub use memory::MemoryJournal;
 #[cfg(feature = "journal-postgres")]
 pub use postgres::{PostgresJournal, PostgresJournalBuilder};
@@ -361,6 +363,14 @@ macro_rules! limit_setters {
         /// (default 7 days).
         pub fn completed_retention(mut self, retention: std::time::Duration) -> Self {
             self.limits.completed_retention = retention;
+            self
+        }
+
+        /// Takes every setting a [`JournalConfig`](crate::journal::JournalConfig)
+        /// holds, for example one read from a configuration file. Later calls still
+        /// change single settings.
+        pub fn config(mut self, config: &crate::journal::JournalConfig) -> Self {
+            self.limits = config.into();
             self
         }
     };
