@@ -41,7 +41,7 @@ use crate::config::{Table, duration, table, unknown, value};
 /// let journal = MemoryJournal::new().config(&config);
 /// # drop(journal);
 ///
-/// let typo = toml::from_str::<JournalConfig>("lease_duration = \"15 secs\"");
+/// let typo = toml::from_str::<JournalConfig>("lease_duration = \"soon\"");
 /// assert!(typo.unwrap_err().to_string().contains("lease_duration"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```

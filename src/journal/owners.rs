@@ -28,7 +28,7 @@ impl Owner {
         let dir = PathBuf::from(dir);
         std::fs::create_dir_all(&dir)
             .map_err(|e| JournalError::storage(format!("could not create {}", dir.display()), e))?;
-        let lock = lock_new(&dir.join(format!("{id}.lock")))?;
+        let lock = lock_new(&dir, &id)?;
         let owner = Self {
             id,
             dir,
@@ -88,16 +88,23 @@ fn try_lock(_: &File) -> bool {
     false
 }
 
-/// Creates the owner's lock file and locks it.
-fn lock_new(path: &Path) -> Result<Option<File>, JournalError> {
-    let file = File::create(path)
-        .map_err(|e| JournalError::storage(format!("could not create {}", path.display()), e))?;
+/// Creates the owner's lock file, locked. It is made and locked under a name no sweep
+/// looks at, then renamed into place (a rename is atomic, and the lock is the file's,
+/// whatever its name): another process never sees an owner's `.lock` file unlocked
+/// while that owner lives, so it never takes a live owner for gone.
+fn lock_new(dir: &Path, id: &str) -> Result<Option<File>, JournalError> {
+    let making = dir.join(format!("{id}.lock.new"));
+    let file = File::create(&making)
+        .map_err(|e| JournalError::storage(format!("could not create {}", making.display()), e))?;
     if cfg!(unix) && !try_lock(&file) {
         return Err(JournalError::Storage {
-            reason: format!("could not lock {}", path.display()),
+            reason: format!("could not lock {}", making.display()),
             source: None,
         });
     }
+    let path = dir.join(format!("{id}.lock"));
+    std::fs::rename(&making, &path)
+        .map_err(|e| JournalError::storage(format!("could not create {}", path.display()), e))?;
     Ok(Some(file))
 }
 
@@ -164,6 +171,32 @@ mod tests {
             !dir.join(format!("{id}.lock")).exists(),
             "and its file is removed"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_lock_file_appears_only_once_it_is_locked() {
+        let db = std::env::temp_dir().join(format!("owners-{}.db", uuid::Uuid::new_v4().simple()));
+        let owner = Owner::register(&db).unwrap();
+        let dir = owner.dir().to_owned();
+        // A registration under way in another process: its file, not locked yet, is
+        // under a name a sweep leaves alone.
+        let making = dir.join("other.lock.new");
+        std::fs::write(&making, b"").unwrap();
+        let second = Owner::register(&db).unwrap();
+        assert!(making.exists(), "a registration under way is never swept");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        for id in [owner.id(), second.id()] {
+            assert!(names.contains(&format!("{id}.lock")), "{names:?}");
+            assert!(!names.contains(&format!("{id}.lock.new")), "{names:?}");
+            assert!(!is_gone(&dir, id), "each is locked under its final name");
+        }
+        drop((owner, second));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
