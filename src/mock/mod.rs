@@ -338,7 +338,9 @@ impl MockServer {
     }
 
     /// Forgets stored keys, counts, the request log and queued faults (the server's
-    /// and every route's); expectations stay.
+    /// and every route's); expectations stay. A key whose operation is in flight at that
+    /// moment stays in flight until it completes, and is stored then: forgetting it
+    /// would let its retry execute the operation a second time, unseen.
     pub fn reset(&self) {
         self.shared.reset();
     }

@@ -110,10 +110,18 @@ impl Store {
         self.map.len()
     }
 
+    /// Forgets every completed key. Keys in flight stay until their operation
+    /// completes: forgetting one would let its retry execute a second time, unseen.
     pub(crate) fn clear(&mut self) {
-        self.map.clear();
-        self.order.clear();
+        self.map
+            .retain(|_, entry| matches!(entry.state, State::InFlight));
+        let map = &self.map;
+        self.order
+            .retain(|(key, seq)| map.get(&**key).is_some_and(|e| e.seq == *seq));
         self.texts.clear();
+        for key in self.map.keys() {
+            *self.texts.entry(text_hash(&key.key)).or_default() += 1;
+        }
     }
 
     fn expired(&self, entry: &Entry, now: Instant) -> bool {
@@ -320,6 +328,25 @@ mod tests {
         store.clear();
         assert_eq!(store.across_scopes(&b), None);
         assert!(store.texts.is_empty());
+    }
+
+    #[test]
+    fn clearing_keeps_the_keys_in_flight() {
+        let mut store = Store::new(Duration::from_secs(60), 10);
+        let now = Instant::now();
+        let (done, running) = (key(None, "done"), key(None, "running"));
+        store.begin(done.clone(), 1, now);
+        store.complete(&done, stored("x"));
+        store.begin(running.clone(), 1, now);
+        store.clear();
+        assert_eq!(store.len(), 1);
+        assert!(matches!(
+            store.begin(running.clone(), 1, now),
+            Begin::InFlight
+        ));
+        assert_eq!(store.complete(&running, stored("y")), 1);
+        assert!(matches!(store.begin(running, 1, now), Begin::Replay(_)));
+        assert!(matches!(store.begin(done, 1, now), Begin::Execute(_)));
     }
 
     #[test]
