@@ -1,0 +1,140 @@
+//! What the journal holds, for the client: the pending operations, a recorded answer,
+//! and resuming every pending operation.
+
+use http::HeaderMap;
+use tracing::warn;
+
+use super::drive::template_of;
+use super::{Held, JournalSettings, recorded_key, send};
+use crate::journal::{EntryState, JournalEntry, PendingOperation, RecordedAnswer, ResumeReport};
+use crate::telemetry::TARGET;
+use crate::transport::Operation;
+use crate::{Error, GiveUpReason, IdempotentClient};
+
+/// Whether a client has a journal, for `pending` and `resume_pending`.
+fn settings_of(client: &IdempotentClient) -> Result<&JournalSettings, Error> {
+    client
+        .inner
+        .settings
+        .journal
+        .as_deref()
+        .ok_or_else(|| Error::InvalidConfig {
+            reason: "this client has no journal: IdempotentClient::builder().journal(…)".into(),
+            source: None,
+        })
+}
+
+/// The answer recorded for `id`: a completed operation's, or the one attached to an
+/// operation that needs attention; its body opened.
+pub(crate) async fn recorded_answer(
+    client: &IdempotentClient,
+    id: &str,
+) -> Result<Option<RecordedAnswer>, Error> {
+    let js = settings_of(client)?;
+    let journal_error = |source| Error::Journal {
+        operation_id: id.to_owned(),
+        key: None,
+        outcome_unknown: true,
+        source,
+    };
+    let Some(entry) = js.journal.find(id).await.map_err(journal_error)? else {
+        return Ok(None);
+    };
+    let answer = match entry.state {
+        EntryState::Completed(answer) => Some(answer),
+        _ => entry.answer,
+    };
+    answer
+        .map(|answer| {
+            Ok(RecordedAnswer {
+                body: js.open(&answer.body)?,
+                ..answer
+            })
+        })
+        .transpose()
+        .map_err(journal_error)
+}
+
+/// The journal's operations that are not completed, oldest first.
+pub(crate) async fn pending(client: &IdempotentClient) -> Result<Vec<PendingOperation>, Error> {
+    let entries = listed(settings_of(client)?).await?;
+    Ok(entries.into_iter().map(PendingOperation::from).collect())
+}
+
+/// Every operation that is not completed, as the journal lists it.
+async fn listed(js: &JournalSettings) -> Result<Vec<JournalEntry>, Error> {
+    js.journal.pending().await.map_err(|source| Error::Journal {
+        operation_id: String::new(),
+        key: None,
+        outcome_unknown: true,
+        source,
+    })
+}
+
+/// Sends every pending operation that no worker holds again, one at a time, each with
+/// its recorded key and bytes and the values of its secret headers from the client's
+/// resume credentials, each inside an operation span of its own.
+pub(crate) async fn resume_pending(client: &IdempotentClient) -> Result<ResumeReport, Error> {
+    use tracing::Instrument;
+    let js = settings_of(client)?;
+    let entries = listed(js).await?;
+    let mut report = ResumeReport::default();
+    match js.journal.housekeep().await {
+        Ok(removed) => report.removed = removed,
+        Err(e) => warn!(target: TARGET, error = %e, "could not remove old completed operations"),
+    }
+    for entry in entries {
+        let id = entry.id.clone();
+        let entry = match js.opened(entry) {
+            Ok(entry) => entry,
+            Err(e) => {
+                // One unreadable record holds up no other.
+                warn!(target: TARGET, operation_id = %id, error = %e, "a recorded operation cannot be read: it needs attention");
+                report.needs_attention.push(id);
+                continue;
+            }
+        };
+        if let EntryState::NeedsAttention(_) = entry.state {
+            report.needs_attention.push(id);
+            continue;
+        }
+        let built = recorded_key(&entry.request)
+            .and_then(|key| Ok((key, template_of(&entry.request, &HeaderMap::new())?)));
+        let (key, template) = match built {
+            Ok(built) => built,
+            Err(source) => {
+                let error = Error::Journal {
+                    operation_id: id.clone(),
+                    key: None,
+                    outcome_unknown: true,
+                    source,
+                };
+                report.still_pending.push((id, error));
+                continue;
+            }
+        };
+        let span = crate::telemetry::operation_span(template.method(), template.url());
+        let operation = Operation {
+            client: client.clone(),
+            template,
+            key,
+            fresh_key: false,
+            overrides: None,
+            timeout: client.inner.settings.attempt_timeout,
+        };
+        // A holder that is gone is taken over by the claim; a live one keeps it.
+        match send(operation, id.clone(), Held::Leave)
+            .instrument(span)
+            .await
+        {
+            Ok(_) => report.completed.push(id),
+            Err(Error::NeedsAttention { .. }) => report.needs_attention.push(id),
+            Err(Error::Failed {
+                reason: GiveUpReason::LeaseHeld | GiveUpReason::LeaseLost,
+                ..
+            }) => report.held_elsewhere.push(id),
+            Err(e) => report.still_pending.push((id, e)),
+        }
+    }
+    Ok(report)
+}
