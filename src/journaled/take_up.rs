@@ -76,6 +76,7 @@ pub(super) async fn take_up(
     let mut races = 0;
     // Set once the id is known to be taken: waiting on another worker then only reads.
     let mut taken = false;
+    let mut found_secrets: Option<HeaderMap> = None;
     loop {
         // A new operation is the common case: one durable write records it and takes
         // its lease. Only an id already taken is read back.
@@ -127,13 +128,18 @@ pub(super) async fn take_up(
         if let Some(response) = closed(&entry, &key, js)? {
             return Ok(TakenUp::Answered(response));
         }
-        let secrets = secrets_for(&entry, operation.template.headers(), js)
-            .await
-            .map_err(|headers| Error::CredentialsMissing {
-                operation_id: id.to_owned(),
-                key: key.clone(),
-                headers,
-            })?;
+        // Found once: a provider is not asked again at each look while another
+        // worker holds the operation.
+        let secrets = match found_secrets.take() {
+            Some(secrets) => secrets,
+            None => secrets_for(&entry, operation.template.headers(), js)
+                .await
+                .map_err(|headers| Error::CredentialsMissing {
+                    operation_id: id.to_owned(),
+                    key: key.clone(),
+                    headers,
+                })?,
+        };
         let claimed = journal
             .claim(id, holder, lease_duration)
             .await
@@ -177,6 +183,7 @@ pub(super) async fn take_up(
                 if held == Held::Leave || deadline.is_some_and(|d| Instant::now() + wait >= d) {
                     return Err(not_sent(key, GiveUpReason::LeaseHeld, None));
                 }
+                found_secrets = Some(secrets);
                 tokio::time::sleep(wait).await;
             }
             _ => {
