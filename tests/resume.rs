@@ -636,3 +636,103 @@ async fn an_open_circuits_break_is_recorded_as_a_wait_for_every_worker() {
     );
     assert_eq!(server.requests().len(), sent, "nothing sent");
 }
+
+#[tokio::test]
+async fn a_flagged_sensitive_header_and_an_answers_set_cookie_are_never_stored() {
+    let server = MockServer::builder()
+        .route(
+            Route::post("/v1/sessions")
+                .status(201)
+                .header("set-cookie", "session=s3cr3t; HttpOnly")
+                .body(r#"{"id": "{{id}}"}"#),
+        )
+        .start()
+        .await
+        .unwrap();
+    let journal = MemoryJournal::new();
+    let client = builder(journal.clone()).build().unwrap();
+    let mut signature = http::HeaderValue::from_static("sig_abc");
+    signature.set_sensitive(true);
+    let resp = client
+        .post_idempotent(format!("{}/v1/sessions", server.uri()))
+        .operation_id("session-1")
+        .header("x-signature", signature)
+        .header("x-trace", "kept")
+        .json(&json!({"user": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["set-cookie"], "session=s3cr3t; HttpOnly");
+    let entry = journal.find("session-1").await.unwrap().unwrap();
+    let names: Vec<&str> = entry
+        .request
+        .headers
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert!(names.contains(&"x-trace"), "{names:?}");
+    assert!(!names.contains(&"x-signature"), "{names:?}");
+    assert_eq!(entry.request.secret_headers, ["x-signature"]);
+    let answer = client.recorded_answer("session-1").await.unwrap().unwrap();
+    assert!(
+        answer.headers.iter().all(|(n, _)| n != "set-cookie"),
+        "{answer:?}"
+    );
+    assert!(answer.headers.iter().any(|(n, _)| n == "content-type"));
+}
+
+/// A cipher that opens only what it sealed.
+struct Marked;
+
+impl idempotent_retry::journal::BodySeal for Marked {
+    fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        [b"SEALED:".as_slice(), plain].concat()
+    }
+    fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        sealed
+            .strip_prefix(b"SEALED:")
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| "not sealed here".to_owned())
+    }
+}
+
+#[tokio::test]
+async fn one_record_that_does_not_open_holds_up_no_other_resume() {
+    let server = MockServer::start().await;
+    let url = format!("{}/v1/charges", server.uri());
+    let journal = MemoryJournal::new();
+    let client = builder(journal.clone())
+        .seal_bodies(Marked)
+        .build()
+        .unwrap();
+    // One operation the client recorded (sealed), left pending by a 503.
+    server.inject(
+        Fault::StatusBeforeProcessing(http::StatusCode::SERVICE_UNAVAILABLE),
+        1,
+    );
+    client
+        .post_idempotent(&url)
+        .operation_id("good")
+        .json(&json!({"amount": 1}))
+        .send()
+        .await
+        .unwrap_err();
+    // And one written by something else, whose body this client's seal cannot open.
+    let other = builder(journal.clone()).build().unwrap();
+    server.inject(
+        Fault::StatusBeforeProcessing(http::StatusCode::SERVICE_UNAVAILABLE),
+        1,
+    );
+    other
+        .post_idempotent(&url)
+        .operation_id("unreadable")
+        .json(&json!({"amount": 2}))
+        .send()
+        .await
+        .unwrap_err();
+
+    let report = client.resume_pending().await.unwrap();
+    assert_eq!(report.completed, ["good"], "{report:?}");
+    assert_eq!(report.needs_attention, ["unreadable"], "{report:?}");
+    assert_eq!(server.executions(), 1, "the unreadable one was not sent");
+}
