@@ -1,7 +1,42 @@
 //! Header lists as one blob, for stores that keep them in a single column: for each
 //! header, the name's and the value's length (4 bytes each, little-endian) and bytes.
+//! Also the other shapes both SQL stores share: header names as one text column, and
+//! an answer from its three columns.
 
-use super::JournalError;
+use bytes::Bytes;
+
+use super::{JournalError, RecordedAnswer};
+
+/// Header names as one column: one a line (a header name holds no line break).
+pub(crate) fn join_names(names: &[String]) -> String {
+    names.join("\n")
+}
+
+/// The names of [`join_names`], read back.
+pub(crate) fn split_names(column: &str) -> Vec<String> {
+    column
+        .split('\n')
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// An answer from its columns (status, header blob, body), when all three are set.
+pub(crate) fn answer(
+    status: Option<i64>,
+    headers: Option<Vec<u8>>,
+    body: Option<Vec<u8>>,
+) -> Result<Option<RecordedAnswer>, JournalError> {
+    let (Some(status), Some(headers), Some(body)) = (status, headers, body) else {
+        return Ok(None);
+    };
+    Ok(Some(RecordedAnswer {
+        status: u16::try_from(status)
+            .map_err(|_| JournalError::corrupt(format!("status {status}")))?,
+        headers: decode(&headers)?,
+        body: Bytes::from(body),
+    }))
+}
 
 /// The headers as one blob.
 pub(crate) fn encode(headers: &[(String, Vec<u8>)]) -> Vec<u8> {

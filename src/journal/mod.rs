@@ -310,12 +310,7 @@ pub(crate) struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            lease_duration: DEFAULT_LEASE_DURATION,
-            max_resume_age: DEFAULT_MAX_RESUME_AGE,
-            max_resumes: DEFAULT_MAX_RESUMES,
-            completed_retention: DEFAULT_COMPLETED_RETENTION,
-        }
+        (&JournalConfig::default()).into()
     }
 }
 

@@ -16,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use tokio_postgres::{Client, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::blob::{decode, encode};
+use super::blob::{self, decode, encode};
 use super::{
     Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease,
     Limits, RecordedAnswer, RecordedRequest, Release, Resolution, fenced, limit_setters, limits_of,
@@ -382,15 +382,7 @@ fn entry(row: &Row) -> Result<JournalEntry, JournalError> {
     let status: Option<i32> = row.try_get("answer_status").map_err(bad)?;
     let answer_headers: Option<Vec<u8>> = row.try_get("answer_headers").map_err(bad)?;
     let answer_body: Option<Vec<u8>> = row.try_get("answer_body").map_err(bad)?;
-    let answer = match (status, answer_headers, answer_body) {
-        (Some(status), Some(headers), Some(body)) => Some(RecordedAnswer {
-            status: u16::try_from(status)
-                .map_err(|_| JournalError::corrupt(format!("status {status}")))?,
-            headers: decode(&headers)?,
-            body: Bytes::from(body),
-        }),
-        _ => None,
-    };
+    let answer = blob::answer(status.map(i64::from), answer_headers, answer_body)?;
     let mut attention_answer = None;
     let state = match state {
         PENDING => EntryState::Pending,
@@ -431,11 +423,7 @@ fn entry(row: &Row) -> Result<JournalEntry, JournalError> {
             key_header: row.try_get("key_header").map_err(bad)?,
             key_value: row.try_get("key_value").map_err(bad)?,
             headers: decode(&headers)?,
-            secret_headers: secret_headers
-                .split('\n')
-                .filter(|name| !name.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            secret_headers: blob::split_names(&secret_headers),
             body: Bytes::from(body),
         },
         state,
@@ -498,7 +486,7 @@ impl Journal for PostgresJournal {
                         &&request.body[..],
                         &holder,
                         &(ms(lease) as f64),
-                        &request.secret_headers.join("\n"),
+                        &blob::join_names(&request.secret_headers),
                     ],
                 )
                 .await

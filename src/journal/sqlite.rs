@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::blob::{decode, encode};
+use super::blob::{self, decode, encode};
 use super::owners;
 use super::{
     Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease,
@@ -441,15 +441,8 @@ fn raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
 
 fn entry(row: RawRow, now: i64) -> Result<JournalEntry, JournalError> {
     let (key, method, url, key_header, key_value, headers, body) = row.request;
-    let answer = match row.answer {
-        (Some(status), Some(headers), Some(body)) => Some(RecordedAnswer {
-            status: u16::try_from(status)
-                .map_err(|_| JournalError::corrupt(format!("status {status}")))?,
-            headers: decode(&headers)?,
-            body: Bytes::from(body),
-        }),
-        _ => None,
-    };
+    let (status, answer_headers, answer_body) = row.answer;
+    let answer = blob::answer(status, answer_headers, answer_body)?;
     let mut attention_answer = None;
     let state = match row.state {
         PENDING => EntryState::Pending,
@@ -477,7 +470,7 @@ fn entry(row: RawRow, now: i64) -> Result<JournalEntry, JournalError> {
             key_header,
             key_value,
             headers: decode(&headers)?,
-            secret_headers: names(&row.secret_headers),
+            secret_headers: blob::split_names(&row.secret_headers),
             body: Bytes::from(body),
         },
         state,
@@ -492,19 +485,6 @@ fn entry(row: RawRow, now: i64) -> Result<JournalEntry, JournalError> {
         answer: attention_answer,
         id: row.id,
     })
-}
-
-/// Header names as one column: one a line (a header name holds no line break).
-fn joined(names: &[String]) -> String {
-    names.join("\n")
-}
-
-fn names(column: &str) -> Vec<String> {
-    column
-        .split('\n')
-        .filter(|name| !name.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 fn find(connection: &Connection, id: &str) -> Result<Option<JournalEntry>, JournalError> {
@@ -567,7 +547,7 @@ impl Journal for SqliteJournal {
                         holder,
                         now.saturating_add(ms(lease)),
                         owner_id,
-                        joined(&request.secret_headers),
+                        blob::join_names(&request.secret_headers),
                     ])
                 })
                 .map_err(storage("could not record the operation"))?;
