@@ -392,7 +392,9 @@ impl IdempotentClientBuilder {
     /// process: a request with an
     /// [`operation_id`](crate::IdempotentRequestBuilder::operation_id) is recorded before
     /// its first attempt and completed with its final answer. See
-    /// [`journal`](crate::journal).
+    /// [`journal`](crate::journal). Credentials are never recorded: give
+    /// [`resume_credentials`](Self::resume_credentials) too, or a resume of a request
+    /// that carried `Authorization` sends nothing.
     ///
     /// ```
     /// use idempotent_retry::IdempotentClient;
@@ -408,9 +410,10 @@ impl IdempotentClientBuilder {
     }
 
     /// A header never written to the journal, besides `Authorization`,
-    /// `Proxy-Authorization` and `Cookie` (an API key header, a signature). A re-send
-    /// takes it from the request at hand, or from
-    /// [`resume_headers`](Self::resume_headers).
+    /// `Proxy-Authorization`, `Cookie` and any value flagged sensitive (an API key
+    /// header, a signature). Its name is recorded; a re-send takes its value from the
+    /// request at hand, or from [`resume_credentials`](Self::resume_credentials) (or
+    /// [`resume_headers`](Self::resume_headers)), and sends nothing without one.
     ///
     /// ```
     /// use idempotent_retry::IdempotentClient;
