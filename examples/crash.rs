@@ -180,12 +180,15 @@ fn worker(mut argv: impl Iterator<Item = String>) -> ExitCode {
 }
 
 /// The journal a worker uses: PostgreSQL for a URL, else the SQLite file at `place`.
-async fn open_journal(place: &str) -> Result<Box<dyn JournalHandle>, idempotent_retry::Error> {
+async fn open_journal(
+    place: &str,
+    namespace: &str,
+) -> Result<Box<dyn JournalHandle>, idempotent_retry::Error> {
     #[cfg(feature = "journal-postgres")]
     if place.starts_with("postgres://") {
         return Ok(Box::new(
             idempotent_retry::journal::PostgresJournal::builder(place)
-                .namespace("crash-demo")
+                .namespace(namespace)
                 .lease_duration(LEASE)
                 .connect()
                 .await?,
@@ -198,6 +201,11 @@ async fn open_journal(place: &str) -> Result<Box<dyn JournalHandle>, idempotent_
             .await?,
     ))
 }
+
+/// The environment variable that hands a run's namespace in a PostgreSQL journal to
+/// its workers: a database that kept an earlier run's operations (under the same ids,
+/// for another server's URL) does not mix them in.
+const NAMESPACE: &str = "CRASH_DEMO_NAMESPACE";
 
 /// Either journal, to hand to the client builder.
 trait JournalHandle {
@@ -227,7 +235,8 @@ async fn current_credentials(_operation: &PendingOperation) -> HeaderMap {
 }
 
 async fn run_worker(uri: &str, journal: &str, ops: u64) -> Result<bool, idempotent_retry::Error> {
-    let journal = open_journal(journal).await?;
+    let namespace = std::env::var(NAMESPACE).unwrap_or_else(|_| "crash-demo".into());
+    let journal = open_journal(journal, &namespace).await?;
     let client = journal
         .into_builder(IdempotentClient::builder())
         .resume_credentials(|op: &PendingOperation| {
@@ -286,8 +295,15 @@ impl Rng {
     }
 }
 
-fn spawn_worker(exe: &Path, uri: &str, journal: &str, ops: u64) -> std::io::Result<Child> {
+fn spawn_worker(
+    exe: &Path,
+    uri: &str,
+    journal: &str,
+    ops: u64,
+    namespace: &str,
+) -> std::io::Result<Child> {
     Command::new(exe)
+        .env(NAMESPACE, namespace)
         .arg("worker")
         .arg(uri)
         .arg(journal)
@@ -323,6 +339,7 @@ fn orchestrate(args: &Args) -> ExitCode {
 
 fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let exe = std::env::current_exe()?;
+    let namespace = format!("crash-demo-{}", std::process::id());
     let dir = std::env::temp_dir().join(format!("idempotent-retry-crash-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let journal: String = match &args.postgres {
@@ -368,7 +385,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     for _ in 0..args.kills {
         let mut fleet = Vec::new();
         for _ in 0..args.workers {
-            fleet.push(spawn_worker(&exe, &uri, &journal, args.ops)?);
+            fleet.push(spawn_worker(&exe, &uri, &journal, args.ops, &namespace)?);
         }
         for mut child in fleet {
             std::thread::sleep(Duration::from_millis(20 + rng.next() % 250));
@@ -384,7 +401,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         finishing_runs += 1;
         let mut fleet = Vec::new();
         for _ in 0..args.workers {
-            fleet.push(spawn_worker(&exe, &uri, &journal, args.ops)?);
+            fleet.push(spawn_worker(&exe, &uri, &journal, args.ops, &namespace)?);
         }
         let mut all = true;
         for child in fleet {
@@ -406,7 +423,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
             .await?
             .json()
             .await?;
-        let client = open_journal(&journal)
+        let client = open_journal(&journal, &namespace)
             .await?
             .into_builder(IdempotentClient::builder())
             .attempt_timeout(ATTEMPT_TIMEOUT)
