@@ -109,7 +109,7 @@
 //!
 //! | what | level | fields |
 //! |---|---|---|
-//! | span `idempotent_request`, one per operation | `info` | `http.request.method`, `url.full`, `server.address`, `server.port`; when it ends `http.response.status_code`, `http.request.resend_count` (attempts − 1, if any), `error.type`, and `idempotency.replayed` = `true` when the final answer was a stored one sent again |
+//! | span `idempotent_request`, one per operation (a resumed one too) | `info` | `http.request.method`, `url.full`, `server.address`, `server.port`, `operation_id` for a journalled send; when it ends `http.response.status_code`, `http.request.resend_count` (attempts − 1, if any), `error.type`, and `idempotency.replayed` = `true` when the final answer was a stored one sent again |
 //! | event `sending`, at the start | `debug` | `idempotency.key` |
 //! | event `attempt finished` | `debug` | `attempt`, `http.request.resend_count`, `http.response.status_code`, `error.type`, `error`, `idempotency.key`, `decision` |
 //! | event `retrying` | `info` | `attempt`, `http.request.resend_count`, `http.response.status_code`, `error.type`, `error`, `delay_ms` |
@@ -117,6 +117,8 @@
 //! | events `circuit opened`, `circuit half-open`, `circuit closed` (and `… by hand`) | `info` | `origin`, and `break_ms` on opening |
 //! | event `waiting for a rate-limit turn` | `debug` | `wait_ms` |
 //! | event `hedge started` | `debug` | `hedge` (this operation's hedges so far), `idempotency.key` |
+//! | events `operation recorded`, `resuming a recorded operation`, `operation completed`, `operation withdrawn: no attempt reached the server` (journal) | `info` | `operation_id`; `age_s` on resuming, `status` on completing |
+//! | events `operation needs attention`, `operation too old to resume`, `lease lost to another worker`, and the journal's own failures (`could not …`) | `warn` | `operation_id`; `reason` and `status` for attention, `error` for failures |
 //!
 //! `error.type` is the status code for a 4xx or 5xx answer, else `timeout`, `connect`,
 //! `connection_closed`, `malformed_response`, `redirect`, `body`, `response_too_large` or
