@@ -488,17 +488,19 @@ async fn secrets_are_never_recorded_and_resumes_get_them_back(journal: impl Jour
         })
         .build()
         .unwrap();
-    client
-        .post_idempotent(format!("{}/v1/charges", server.uri()))
-        .operation_id("order-5/charge")
-        .bearer_auth("sk_live_secret")
-        .header("x-api-key", "ak_secret")
-        .header("x-trace", "kept")
-        .header("cookie", "session=secret")
-        .json(&json!({"amount": 500}))
-        .send()
-        .await
-        .unwrap_err();
+    // The request with all its secrets at hand, as the application sends it.
+    let send = || {
+        client
+            .post_idempotent(format!("{}/v1/charges", server.uri()))
+            .operation_id("order-5/charge")
+            .bearer_auth("sk_live_secret")
+            .header("x-api-key", "ak_secret")
+            .header("x-trace", "kept")
+            .header("cookie", "session=secret")
+            .json(&json!({"amount": 500}))
+            .send()
+    };
+    send().await.unwrap_err();
     let recorded = journal.find("order-5/charge").await.unwrap().unwrap();
     let names: Vec<&str> = recorded
         .request
@@ -540,17 +542,7 @@ async fn secrets_are_never_recorded_and_resumes_get_them_back(journal: impl Jour
     assert_eq!(server.requests().len(), sent, "nothing sent");
 
     // A re-run with the request at hand carries them all.
-    let resumed = client
-        .post_idempotent(format!("{}/v1/charges", server.uri()))
-        .operation_id("order-5/charge")
-        .bearer_auth("sk_live_secret")
-        .header("x-api-key", "ak_secret")
-        .header("x-trace", "kept")
-        .header("cookie", "session=secret")
-        .json(&json!({"amount": 500}))
-        .send()
-        .await
-        .unwrap();
+    let resumed = send().await.unwrap();
     assert_eq!(resumed.status(), 201);
     let resumed = server.requests().pop().unwrap();
     assert_eq!(
