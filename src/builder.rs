@@ -427,14 +427,20 @@ impl IdempotentClientBuilder {
     /// # Ok::<(), idempotent_retry::Error>(())
     /// ```
     pub fn sensitive_header(mut self, name: &str) -> Self {
-        match HeaderName::try_from(name) {
-            Ok(name) => self.sensitive.push(name),
-            Err(e) => {
-                self.bad_header_name
-                    .get_or_insert_with(|| format!("sensitive_header {name:?}: {e}"));
-            }
+        if let Some(name) = self.header_name("sensitive_header", name) {
+            self.sensitive.push(name);
         }
         self
+    }
+
+    /// `name` as a header name, or `None` with the first bad one kept for `build`.
+    fn header_name(&mut self, setting: &str, name: &str) -> Option<HeaderName> {
+        HeaderName::try_from(name)
+            .map_err(|e| {
+                self.bad_header_name
+                    .get_or_insert_with(|| format!("{setting} {name:?}: {e}"));
+            })
+            .ok()
     }
 
     /// A header whose value scopes an operation at its server, besides
@@ -457,12 +463,8 @@ impl IdempotentClientBuilder {
     /// # Ok::<(), idempotent_retry::Error>(())
     /// ```
     pub fn scope_header(mut self, name: &str) -> Self {
-        match HeaderName::try_from(name) {
-            Ok(name) => self.scope_headers.push(name),
-            Err(e) => {
-                self.bad_header_name
-                    .get_or_insert_with(|| format!("scope_header {name:?}: {e}"));
-            }
+        if let Some(name) = self.header_name("scope_header", name) {
+            self.scope_headers.push(name);
         }
         self
     }

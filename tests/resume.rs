@@ -231,6 +231,14 @@ async fn a_resumed_401_is_not_the_outcome_the_operation_needs_attention_with_it(
     assert!(server.duplicates().is_empty());
 }
 
+/// A classifier that calls a 404 an answer about the caller (a wrong base URL).
+fn not_found_is_unresolved(attempt: &idempotent_retry::Attempt<'_>) -> idempotent_retry::Decision {
+    match attempt.status() {
+        Some(http::StatusCode::NOT_FOUND) => idempotent_retry::Decision::Unresolved,
+        _ => idempotent_retry::default_classifier(attempt),
+    }
+}
+
 #[tokio::test]
 async fn a_classifier_can_call_an_answer_unresolved() {
     let server = MockServer::builder()
@@ -239,10 +247,7 @@ async fn a_classifier_can_call_an_answer_unresolved() {
         .await
         .unwrap();
     let client = builder(MemoryJournal::new())
-        .classifier(|attempt| match attempt.status() {
-            Some(http::StatusCode::NOT_FOUND) => idempotent_retry::Decision::Unresolved,
-            _ => idempotent_retry::default_classifier(attempt),
-        })
+        .classifier(not_found_is_unresolved)
         .build()
         .unwrap();
     let err = client
@@ -260,10 +265,7 @@ async fn a_classifier_can_call_an_answer_unresolved() {
 
     // Without a journal: an error keeping the answer, not an `Ok(404)`.
     let plain = support::fast_builder()
-        .classifier(|attempt| match attempt.status() {
-            Some(http::StatusCode::NOT_FOUND) => idempotent_retry::Decision::Unresolved,
-            _ => idempotent_retry::default_classifier(attempt),
-        })
+        .classifier(not_found_is_unresolved)
         .build()
         .unwrap();
     let err = plain

@@ -93,6 +93,16 @@ fn try_lock(_: &File) -> bool {
 /// whatever its name): another process never sees an owner's `.lock` file unlocked
 /// while that owner lives, so it never takes a live owner for gone.
 fn lock_new(dir: &Path, id: &str) -> Result<Option<File>, JournalError> {
+    let (file, making) = locked_unpublished(dir, id)?;
+    let path = dir.join(format!("{id}.lock"));
+    std::fs::rename(&making, &path)
+        .map_err(|e| JournalError::storage(format!("could not create {}", path.display()), e))?;
+    Ok(Some(file))
+}
+
+/// The first half of [`lock_new`]: the owner's file, locked, under the name no sweep
+/// reads (`{id}.lock.new`), and that name.
+fn locked_unpublished(dir: &Path, id: &str) -> Result<(File, PathBuf), JournalError> {
     let making = dir.join(format!("{id}.lock.new"));
     let file = File::create(&making)
         .map_err(|e| JournalError::storage(format!("could not create {}", making.display()), e))?;
@@ -102,10 +112,7 @@ fn lock_new(dir: &Path, id: &str) -> Result<Option<File>, JournalError> {
             source: None,
         });
     }
-    let path = dir.join(format!("{id}.lock"));
-    std::fs::rename(&making, &path)
-        .map_err(|e| JournalError::storage(format!("could not create {}", path.display()), e))?;
-    Ok(Some(file))
+    Ok((file, making))
 }
 
 /// The network file system `dir` is on, if it is one SQLite cannot lock safely
@@ -180,23 +187,24 @@ mod tests {
         let db = std::env::temp_dir().join(format!("owners-{}.db", uuid::Uuid::new_v4().simple()));
         let owner = Owner::register(&db).unwrap();
         let dir = owner.dir().to_owned();
-        // A registration under way in another process: its file, not locked yet, is
-        // under a name a sweep leaves alone.
-        let making = dir.join("other.lock.new");
-        std::fs::write(&making, b"").unwrap();
-        let second = Owner::register(&db).unwrap();
+        // Another registration half done: its file exists, and is already locked,
+        // before it gets the name other processes look at.
+        let (file, making) = locked_unpublished(&dir, "other").unwrap();
+        let probe = File::open(&making).unwrap();
+        assert!(!try_lock(&probe), "locked before it is published");
+        drop(probe);
+        // A sweep by a third process meanwhile leaves it alone.
+        let third = Owner::register(&db).unwrap();
         assert!(making.exists(), "a registration under way is never swept");
-        let names: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        for id in [owner.id(), second.id()] {
-            assert!(names.contains(&format!("{id}.lock")), "{names:?}");
-            assert!(!names.contains(&format!("{id}.lock.new")), "{names:?}");
+        std::fs::rename(&making, dir.join("other.lock")).unwrap();
+        assert!(!is_gone(&dir, "other"), "alive under its final name");
+        drop(file);
+        assert!(is_gone(&dir, "other"), "gone once its lock is");
+        for id in [owner.id(), third.id()] {
+            assert!(!dir.join(format!("{id}.lock.new")).exists());
             assert!(!is_gone(&dir, id), "each is locked under its final name");
         }
-        drop((owner, second));
+        drop((owner, third));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
