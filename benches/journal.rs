@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idempotent_retry::journal::{PostgresJournal, SqliteJournal};
-use idempotent_retry::mock::MockServer;
 use idempotent_retry::{IdempotentClient, IdempotentClientBuilder, RetryBudget};
+use idempotent_retry_mock::MockServer;
 
 struct Row {
     ops: u64,

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use idempotent_retry::mock::{Fault, MockServer};
 use idempotent_retry::{IdempotencyKey, IdempotentClient, Jitter, RetryBudget, RetryPolicy};
+use idempotent_retry_mock::{Fault, MockServer};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
@@ -105,7 +105,7 @@ impl Report {
     }
 }
 
-async fn faulty_server(args: &Args) -> Result<MockServer, idempotent_retry::mock::MockError> {
+async fn faulty_server(args: &Args) -> Result<MockServer, idempotent_retry_mock::MockError> {
     let kinds = Fault::all_kinds(FAULT_DELAY, Duration::from_secs(1));
     let each = args.fault_rate / kinds.len() as f64;
     MockServer::builder()

@@ -28,9 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idempotent_retry::journal::{Journal, PendingOperation, SqliteJournal};
-use idempotent_retry::mock::{MockServer, Route};
 use idempotent_retry::reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use idempotent_retry::{IdempotentClient, RetryBudget, RetryPolicy};
+use idempotent_retry_mock::{MockServer, Route};
 use serde_json::{Value, json};
 
 /// A worker's attempt timeout; its journal's lease must outlast it.

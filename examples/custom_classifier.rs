@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use http::StatusCode;
-use idempotent_retry::mock::{Fault, MockServer};
 use idempotent_retry::{Attempt, Decision, IdempotentClient, RetryPolicy, default_classifier};
+use idempotent_retry_mock::{Fault, MockServer};
 
 fn classify(attempt: &Attempt<'_>) -> Decision {
     match attempt.status() {

@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use http::StatusCode;
-use idempotent_retry::mock::{Fault, MockServer};
 use idempotent_retry::{IdempotentClient, Jitter, RetryPolicy};
+use idempotent_retry_mock::{Fault, MockServer};
 
 #[tokio::main]
 async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use idempotent_retry::mock::MockServer;
+use idempotent_retry_mock::MockServer;
 
 const CONCURRENCY: u64 = 64;
 

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use idempotent_retry::mock::{Fault, MockServer};
 use idempotent_retry::{Error, IdempotentClient, Jitter, RetryPolicy};
+use idempotent_retry_mock::{Fault, MockServer};
 
 #[derive(serde::Serialize)]
 struct Order {

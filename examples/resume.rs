@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use idempotent_retry::mock::{Fault, MockServer};
 use idempotent_retry::{IdempotencyKey, IdempotentClient, RetryPolicy};
+use idempotent_retry_mock::{Fault, MockServer};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

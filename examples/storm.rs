@@ -25,10 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use idempotent_retry::mock::{MockServer, Outage, Route};
 use idempotent_retry::{
     AdaptiveRateLimit, CircuitBreaker, Hedging, IdempotencyKey, IdempotentClient,
 };
+use idempotent_retry_mock::{MockServer, Outage, Route};
 use reqwest_middleware::ClientWithMiddleware;
 use serde_json::json;
 

@@ -65,12 +65,6 @@ impl IdempotencyKey {
         &self.0
     }
 
-    /// The key's text, without copying it.
-    #[cfg(feature = "mock")]
-    pub(crate) fn into_boxed_str(self) -> Box<str> {
-        self.0
-    }
-
     /// The header value for this key in the chosen form, or why it cannot be sent so.
     pub(crate) fn header_value(&self, format: KeyFormat) -> Result<HeaderValue, String> {
         let value = match format {

@@ -8,11 +8,10 @@
 //! # Quick start
 //!
 //! ```
-//! # #[cfg(feature = "mock")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use idempotent_retry::mock::{Fault, MockServer};
+//! use idempotent_retry_mock::{Fault, MockServer};
 //! use idempotent_retry::{IdempotentClient, Jitter, RetryPolicy};
 //!
 //! // The bundled idempotent server, with its first answer lost after the work was done.
@@ -46,12 +45,11 @@
 //! assert_eq!(order["path"], "/orders");
 //! # Ok(())
 //! # }
-//! # #[cfg(not(feature = "mock"))]
-//! # fn main() {}
 //! ```
 //!
-//! The server in this example is the crate's own test tooling (feature `mock`, for your
-//! `[dev-dependencies]`).
+//! The server in this example is the crate's companion test tooling,
+//! [`idempotent-retry-mock`](https://docs.rs/idempotent-retry-mock), for your
+//! `[dev-dependencies]`.
 //!
 //! # Keys
 //!
@@ -169,12 +167,13 @@
 //!
 //! # Testing with the mock server
 //!
-//! [`mock::MockServer`] is an idempotent HTTP server with fault injection that runs in
-//! your test process (feature `mock`, off by default: turn it on in your
-//! `[dev-dependencies]`, so your production build compiles no HTTP server). Point your code at its `uri()`,
-//! inject lost responses, drops, 5xx and 429, and read back how many times each
-//! operation executed. The `idempotent-mock-server` binary serves the same engine to
-//! clients in any language.
+//! The companion crate [`idempotent-retry-mock`](https://docs.rs/idempotent-retry-mock)
+//! is an idempotent HTTP server with fault injection that runs in your test process. Add
+//! it to your `[dev-dependencies]` (your production build then compiles no HTTP server),
+//! point your code at its `uri()`, inject lost responses, drops, 5xx and 429, and read
+//! back how many times each operation executed. Its `idempotent-mock-server` binary
+//! (`cargo install idempotent-retry-mock`) serves the same engine to clients in any
+//! language. It does not depend on this crate.
 //!
 //! # Cargo features
 //!
@@ -182,7 +181,6 @@
 //! |---|---|---|
 //! | `default-tls` | yes | reqwest's default TLS (rustls), for `https://` URLs |
 //! | `http2` | yes | HTTP/2 in the default reqwest client |
-//! | `mock` | no | [`mock::MockServer`] and the `idempotent-mock-server` binary (a hyper server): test tooling, for `[dev-dependencies]` |
 //! | `middleware` | no | `IdempotencyMiddleware`: the same safe retries as one `reqwest-middleware` 0.5 layer |
 //! | `journal-sqlite` | no | `journal::SqliteJournal`: the [operation journal](mod@journal) in one SQLite file (bundled), so exactly-once survives a crash of the process. It builds `rusqlite` 0.40 with SQLite bundled, and only one crate in a build may link SQLite (`links = "sqlite3"`): an application on another `rusqlite` gets a link conflict, so use the one re-exported as `journal::rusqlite` |
 //! | `journal-postgres` | no | `journal::PostgresJournal`: the operation journal in PostgreSQL, shared by a fleet of workers on many machines (TLS with rustls) |
@@ -208,8 +206,6 @@ mod journaled;
 mod key;
 #[cfg(feature = "middleware")]
 mod middleware;
-#[cfg(feature = "mock")]
-pub mod mock;
 mod request;
 mod response;
 mod retry;
@@ -264,32 +260,10 @@ pub mod fuzzing {
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
         crate::retry::retry_after::parse(&value, date.as_ref(), now)
     }
-
-    /// The mock server's key header decoding (bare or structured string).
-    pub fn decode_key(bytes: &[u8]) -> Option<Result<crate::IdempotencyKey, String>> {
-        crate::mock::fuzzing::decode_key(bytes)
-    }
-
-    /// The mock server's `POST /__admin/faults` body parsing.
-    pub fn fault_request(bytes: &[u8]) -> Option<Result<(crate::mock::Fault, usize), String>> {
-        crate::mock::fuzzing::fault_request(bytes)
-    }
-}
-
-/// Figures for the benchmarks in `benches/`. Not part of the public API: no stability
-/// promise.
-#[doc(hidden)]
-pub mod benchmarks {
-    /// Bytes of one operation's state, which `send()` boxes once per operation.
-    #[must_use]
-    pub fn operation_state_bytes() -> usize {
-        crate::transport::state_size()
-    }
 }
 
 /// The README's examples, compiled and run as doctests so that they cannot drift. (They
-/// use the mock server, so they run with its feature on, as `cargo test --all-features`
-/// does.)
-#[cfg(all(doctest, feature = "mock"))]
+/// use the mock server, a dev-dependency, which doctests can use.)
+#[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -421,26 +421,6 @@ fn finish(
     })
 }
 
-/// The size of one operation's state as `send()` boxes it, for the memory benchmark,
-/// which keeps it within the allocators' small-block size classes.
-pub(crate) fn state_size() -> usize {
-    use tracing::Instrument;
-    // Cannot fail: a valid literal URL.
-    let Ok(url) = reqwest::Url::parse("http://127.0.0.1:1/") else {
-        return 0;
-    };
-    let request = reqwest::Request::new(Method::POST, url);
-    let operation = Operation {
-        client: IdempotentClient::new(),
-        template: Template::new(request, None),
-        key: IdempotencyKey::new_v4(),
-        fresh_key: true,
-        overrides: None,
-        timeout: Duration::from_secs(1),
-    };
-    std::mem::size_of_val(&operation.run().instrument(tracing::Span::none()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,5 +451,31 @@ mod tests {
             None,
             "the client's own timeout applies"
         );
+    }
+
+    /// The size of one operation's state as `send()` boxes it.
+    fn state_size() -> usize {
+        use tracing::Instrument;
+        let url = reqwest::Url::parse("http://127.0.0.1:1/").unwrap();
+        let request = reqwest::Request::new(Method::POST, url);
+        let operation = Operation {
+            client: IdempotentClient::new(),
+            template: Template::new(request, None),
+            key: IdempotencyKey::new_v4(),
+            fresh_key: true,
+            overrides: None,
+            timeout: Duration::from_secs(1),
+        };
+        std::mem::size_of_val(&operation.run().instrument(tracing::Span::none()))
+    }
+
+    /// glibc's malloc serves blocks up to 1,032 bytes from a per-thread cache; past that,
+    /// every operation pays its slow path (about 1,300 instructions more per request,
+    /// measured in BENCHMARKS.md section 1). `--nocapture` prints the size.
+    #[test]
+    fn operation_state_fits_a_small_block() {
+        let state = state_size();
+        println!("operation state: {state} bytes");
+        assert!(state <= 1024, "the retry loop's state is {state} bytes");
     }
 }

@@ -7,8 +7,8 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use idempotent_retry::mock::MockServer;
 use idempotent_retry::{Error, IdempotencyKey, KeyFormat, RetryPolicy};
+use idempotent_retry_mock::MockServer;
 use serde_json::{Value, json};
 use support::{fast_builder, fast_client, server_failing};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -200,7 +200,7 @@ struct Guarded {
 }
 
 impl Guarded {
-    async fn new(builder: idempotent_retry::mock::MockServerBuilder) -> Self {
+    async fn new(builder: idempotent_retry_mock::MockServerBuilder) -> Self {
         let server = builder.start().await.unwrap();
         // A new connection per request: the slowloris row shortens the header timeout,
         // which also closes idle keep-alive connections.

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use idempotent_retry::mock::MockServer;
 use idempotent_retry::{ClientConfig, IdempotentClient, Jitter, KeyFormat, RetryPolicy};
+use idempotent_retry_mock::MockServer;
 
 const FILE: &str = r#"
 # How our checkout service retries payments.
@@ -70,9 +70,7 @@ async fn a_client_built_from_the_file_uses_its_key_header_and_policy() {
     let config: ClientConfig =
         toml::from_str(&FILE.replace("X-Idempotency-Key", "Idempotency-Key")).unwrap();
     server.inject(
-        idempotent_retry::mock::Fault::StatusBeforeProcessing(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-        ),
+        idempotent_retry_mock::Fault::StatusBeforeProcessing(http::StatusCode::SERVICE_UNAVAILABLE),
         3,
     );
     let client = IdempotentClient::builder().config(&config).build().unwrap();

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use idempotent_retry::mock::{Fault, MockServer};
+use idempotent_retry_mock::{Fault, MockServer};
 use support::{fast_client, final_status};
 
 /// The gap between the first two requests the server received, after one 429 that

@@ -11,10 +11,10 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
-use idempotent_retry::mock::{Fault, MockServer};
 use idempotent_retry::{
     AdaptiveRateLimit, CircuitBreaker, CircuitState, Error, IdempotencyKey, IdempotentClient,
 };
+use idempotent_retry_mock::{Fault, MockServer};
 use serde_json::json;
 use support::{fast_builder, fast_policy};
 
@@ -246,7 +246,7 @@ async fn the_rate_limiter_is_off_until_a_throttle_then_refuses_a_turn_too_far_of
 
 #[tokio::test]
 async fn the_breaker_opens_in_an_outage_and_a_probe_closes_it_after() {
-    use idempotent_retry::mock::Outage;
+    use idempotent_retry_mock::Outage;
     let server = MockServer::start().await;
     let url = server.uri();
     let client = client(breaker().break_duration(Duration::from_millis(30)), 2);
@@ -319,8 +319,8 @@ async fn a_hedges_409_is_awaited_never_returned() {
 #[tokio::test]
 async fn post_hedges_only_with_keyed_methods_and_get_hedges_by_default() {
     let server = MockServer::builder()
-        .route(idempotent_retry::mock::Route::get("/v1/items").name("items"))
-        .route(idempotent_retry::mock::Route::post("/v1/items").status(201))
+        .route(idempotent_retry_mock::Route::get("/v1/items").name("items"))
+        .route(idempotent_retry_mock::Route::post("/v1/items").status(201))
         .processing_delay(Duration::from_millis(150))
         .start()
         .await

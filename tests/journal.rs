@@ -13,8 +13,8 @@ use idempotent_retry::journal::{
     Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease,
     MemoryJournal, RecordedAnswer, RecordedRequest, Release, Resolution,
 };
-use idempotent_retry::mock::{Fault, MockServer};
 use idempotent_retry::{Error, GiveUpReason, IdempotentClient, IdempotentClientBuilder};
+use idempotent_retry_mock::{Fault, MockServer};
 use serde_json::json;
 use support::fast_builder;
 

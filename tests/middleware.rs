@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use http::{Extensions, HeaderValue};
-use idempotent_retry::mock::{Fault, MockServer as IdempotentMock};
 use idempotent_retry::{Error, IdempotencyKey, IdempotencyMiddleware, RetryPolicy};
+use idempotent_retry_mock::{Fault, MockServer as IdempotentMock};
 use reqwest::{Request, Response};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 use reqwest_retry::RetryTransientMiddleware;

@@ -1,16 +1,22 @@
-//! What the published package's docs point at: only files the package ships. The
-//! README (above its "Development" section, which is about a clone of the repository)
-//! and the rustdoc in `src/` name no path that `Cargo.toml` excludes or that does not
-//! exist, and `Cargo.toml` links the docs.
+//! What the published packages' docs point at: only files the package ships. For the
+//! client and for the mock server, the README (above its "Development" section, which is
+//! about a clone of the repository) and the rustdoc in `src/` name no path that the
+//! package's `Cargo.toml` excludes or that does not exist, and `Cargo.toml` links the
+//! docs.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests panic on purpose.
 
 use std::path::{Path, PathBuf};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
+/// The two packages: the client at the root, the mock server in `mock/`.
+fn packages() -> [PathBuf; 2] {
+    [PathBuf::from(ROOT), Path::new(ROOT).join("mock")]
+}
+
 /// The manifest's `exclude` list.
-fn excluded() -> Vec<String> {
-    let manifest: toml::Table = std::fs::read_to_string(Path::new(ROOT).join("Cargo.toml"))
+fn excluded(package: &Path) -> Vec<String> {
+    let manifest: toml::Table = std::fs::read_to_string(package.join("Cargo.toml"))
         .unwrap()
         .parse()
         .unwrap();
@@ -57,11 +63,20 @@ fn rust_files(dir: &Path, into: &mut Vec<PathBuf>) {
 
 #[test]
 fn user_docs_point_only_at_files_the_package_ships() {
-    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let mut wrong = Vec::new();
+    for package in packages() {
+        wrong.extend(wrong_paths(&package));
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Every path the package's user docs name that it does not ship.
+fn wrong_paths(package: &Path) -> Vec<String> {
+    let readme = std::fs::read_to_string(package.join("README.md")).unwrap();
     let for_users = readme.split("\n## Development").next().unwrap();
     let mut sources = vec![("README.md".to_owned(), for_users.to_owned())];
     let mut files = Vec::new();
-    rust_files(&Path::new(ROOT).join("src"), &mut files);
+    rust_files(&package.join("src"), &mut files);
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         let docs: String = text
@@ -72,18 +87,18 @@ fn user_docs_point_only_at_files_the_package_ships() {
             .join("\n");
         sources.push((file.display().to_string(), docs));
     }
-    let excluded = excluded();
+    let excluded = excluded(package);
     let mut wrong = Vec::new();
     for (source, text) in &sources {
         for path in named_paths(text) {
             if excluded.iter().any(|ex| path.starts_with(ex.as_str())) {
                 wrong.push(format!("{source}: {path} is excluded from the package"));
-            } else if !Path::new(ROOT).join(&path).exists() {
+            } else if !package.join(&path).exists() {
                 wrong.push(format!("{source}: {path} does not exist"));
             }
         }
     }
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    wrong
 }
 
 #[test]
@@ -96,10 +111,16 @@ fn the_path_finder_finds_what_it_should() {
 }
 
 #[test]
-fn the_manifest_links_the_docs() {
-    let manifest = std::fs::read_to_string(Path::new(ROOT).join("Cargo.toml")).unwrap();
-    assert!(
-        manifest.contains("documentation = \"https://docs.rs/idempotent-retry\""),
-        "Cargo.toml needs a documentation link"
-    );
+fn the_manifests_link_the_docs() {
+    for (package, name) in packages()
+        .iter()
+        .zip(["idempotent-retry", "idempotent-retry-mock"])
+    {
+        let manifest = std::fs::read_to_string(package.join("Cargo.toml")).unwrap();
+        assert!(
+            manifest.contains(&format!("documentation = \"https://docs.rs/{name}\"")),
+            "{}/Cargo.toml needs a documentation link",
+            package.display()
+        );
+    }
 }

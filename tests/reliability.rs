@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idempotent_retry::mock::{Fault, MockServer};
 use idempotent_retry::{IdempotencyKey, IdempotentClient, Jitter, RetryBudget, RetryPolicy};
+use idempotent_retry_mock::{Fault, MockServer};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use idempotent_retry::journal::{Journal, MemoryJournal, PendingOperation, Resolution};
-use idempotent_retry::mock::{Fault, MockResponse, MockServer, Route};
 use idempotent_retry::{Error, Hedging, IdempotentClient, IdempotentClientBuilder};
+use idempotent_retry_mock::{Fault, MockResponse, MockServer, Route};
 use serde_json::json;
 
 fn builder(journal: impl Journal) -> IdempotentClientBuilder {

@@ -348,31 +348,3 @@ pub async fn refusing_url() -> String {
     drop(listener);
     format!("http://127.0.0.1:{port}/charges")
 }
-
-/// A stub file in a directory of its own under the temp dir, removed on drop.
-pub struct TempStub {
-    dir: std::path::PathBuf,
-    /// The file's path, for `stubs_file`.
-    pub path: std::path::PathBuf,
-}
-
-impl TempStub {
-    /// A file `name` in a directory named after `tag` and this process.
-    pub fn new(tag: &str, name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        Self { dir, path }
-    }
-
-    /// Writes `text` as the file's whole content.
-    pub fn write(&self, text: &str) {
-        std::fs::write(&self.path, text).unwrap();
-    }
-}
-
-impl Drop for TempStub {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}

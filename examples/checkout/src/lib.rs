@@ -2,7 +2,7 @@
 //! API (payment intents, form bodies, `402` card errors), exactly once, however the
 //! network behaves. This is the code you would write; its tests (`tests/payments.rs`)
 //! run it against idempotent-retry's mock server playing that API from a stub file
-//! (`examples/stripe.toml`).
+//! (`mock/examples/stripe.toml`).
 
 use idempotent_retry::reqwest::StatusCode;
 use idempotent_retry::{Error, IdempotencyKey, IdempotentClient};

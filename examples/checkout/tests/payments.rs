@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use checkout::{ChargeError, Payments};
-use idempotent_retry::mock::{Fault, MockServer};
+use idempotent_retry_mock::{Fault, MockServer};
 use idempotent_retry::{IdempotentClient, RetryPolicy};
 
 /// A client with short delays, so the tests are quick.
@@ -22,10 +22,10 @@ fn client(max_attempts: u32) -> IdempotentClient {
         .unwrap()
 }
 
-/// The mock server playing the payments API of `examples/stripe.toml`.
+/// The mock server playing the payments API of `mock/examples/stripe.toml`.
 async fn stripe() -> MockServer {
     MockServer::builder()
-        .stubs_file(concat!(env!("CARGO_MANIFEST_DIR"), "/../stripe.toml"))
+        .stubs_file(concat!(env!("CARGO_MANIFEST_DIR"), "/../../mock/examples/stripe.toml"))
         .start()
         .await
         .unwrap()

@@ -9,12 +9,22 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark stops on any failure.
 
+#[path = "../../benches/support/load.rs"]
 mod support;
 
 use std::net::SocketAddr;
 
-use idempotent_retry::mock::MockServer;
+use idempotent_retry_mock::{MockServer, Route};
 use support::{Keys, Run, load};
+
+/// `POST /orders` played by a route whose template reads the body, as a user's stub
+/// file would: the routed counterpart of the built-in answer.
+fn orders_route() -> Route {
+    Route::post("/orders")
+        .status(201)
+        .id_prefix("ord_")
+        .body(r#"{"id": "{{id}}", "path": "/orders", "pad": "{{body.pad}}"}"#)
+}
 
 struct Target {
     name: &'static str,
@@ -66,7 +76,7 @@ async fn throughput(quick: bool, body: &str) {
     // reads the body, as a user's stub file would.
     let routed = MockServer::builder()
         .max_keys(1_000_000)
-        .route(support::orders_route())
+        .route(orders_route())
         .start()
         .await
         .unwrap();

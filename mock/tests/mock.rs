@@ -7,8 +7,8 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
-use idempotent_retry::mock::{Fault, MockServer};
 use idempotent_retry::{IdempotencyKey, RetryPolicy};
+use idempotent_retry_mock::{Fault, MockServer};
 use serde_json::{Value, json};
 use support::{fast_builder, fast_policy};
 
@@ -619,7 +619,7 @@ fn bad_builder_settings_are_errors() {
     ]);
     assert!(matches!(
         over.start_blocking(),
-        Err(idempotent_retry::mock::MockError::InvalidConfig { .. })
+        Err(idempotent_retry_mock::MockError::InvalidConfig { .. })
     ));
     assert!(
         MockServer::builder()
@@ -631,7 +631,7 @@ fn bad_builder_settings_are_errors() {
     let clash = MockServer::builder().addr(taken.address()).start_blocking();
     assert!(matches!(
         clash,
-        Err(idempotent_retry::mock::MockError::Io { .. })
+        Err(idempotent_retry_mock::MockError::Io { .. })
     ));
 }
 
@@ -930,7 +930,7 @@ async fn a_queued_fault_waits_for_a_request_the_server_processes() {
     for routed in [false, true] {
         let mut builder = MockServer::builder().require_key(true);
         if routed {
-            builder = builder.route(idempotent_retry::mock::Route::post("/orders").status(201));
+            builder = builder.route(idempotent_retry_mock::Route::post("/orders").status(201));
         }
         let server = builder.start().await.unwrap();
         let http = reqwest::Client::new();
@@ -1049,7 +1049,10 @@ async fn the_binary_logs_each_request_when_asked_and_tells_its_version() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&version.stdout).trim(),
-        format!("idempotent-mock-server {}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "idempotent-mock-server {} (idempotent-retry-mock)",
+            env!("CARGO_PKG_VERSION")
+        )
     );
 
     let refused = std::process::Command::new(env!("CARGO_BIN_EXE_idempotent-mock-server"))
@@ -1090,7 +1093,7 @@ async fn the_binary_logs_each_request_when_asked_and_tells_its_version() {
 
 #[tokio::test]
 async fn an_outage_refuses_everything_but_the_admin_api_until_it_ends() {
-    use idempotent_retry::mock::Outage;
+    use idempotent_retry_mock::Outage;
     let server = MockServer::start().await;
     let http = reqwest::Client::new();
     server.outage(
@@ -1240,7 +1243,7 @@ async fn a_stub_file_starts_the_server_in_an_outage_and_with_stalls() {
         (status, body["title"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, Some("Outage"))
     );
-    server.outage(idempotent_retry::mock::Outage::Drop, Duration::ZERO);
+    server.outage(idempotent_retry_mock::Outage::Drop, Duration::ZERO);
     assert_eq!(
         stalled_pattern(&server, 1, Duration::from_millis(30)).await,
         [true]

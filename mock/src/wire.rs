@@ -11,10 +11,10 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::template::form_to_json;
-use crate::IdempotencyKey;
+use crate::key::Key;
 
 /// The key from its header, bare or as an RFC 8941 string (`"…"`, with `\"` and `\\`).
-pub(crate) fn decode_key(value: &HeaderValue) -> Result<IdempotencyKey, String> {
+pub(crate) fn decode_key(value: &HeaderValue) -> Result<Key, String> {
     let bytes = value.as_bytes();
     let text = match bytes {
         [b'"', inner @ .., b'"'] => {
@@ -36,7 +36,7 @@ pub(crate) fn decode_key(value: &HeaderValue) -> Result<IdempotencyKey, String> 
         // Borrowed, without a copy, when the bytes are UTF-8 (every valid key is).
         _ => String::from_utf8_lossy(bytes),
     };
-    IdempotencyKey::parse(&text).map_err(|e| e.to_string())
+    Key::parse(&text)
 }
 
 /// What the created resource echoes of the request body.
@@ -183,7 +183,7 @@ mod tests {
         assert_eq!(body_kind(&HeaderMap::new()), BodyKind::Other);
     }
 
-    fn decode(bytes: &[u8]) -> Option<Result<IdempotencyKey, String>> {
+    fn decode(bytes: &[u8]) -> Option<Result<Key, String>> {
         HeaderValue::from_bytes(bytes).ok().map(|v| decode_key(&v))
     }
 
@@ -223,7 +223,7 @@ mod tests {
         #[test]
         fn decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             if let Some(Ok(key)) = decode(&bytes) {
-                prop_assert!(IdempotencyKey::parse(key.as_str()).is_ok());
+                prop_assert!(Key::parse(key.as_str()).is_ok());
             }
         }
 

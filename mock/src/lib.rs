@@ -1,6 +1,8 @@
-//! An in-process idempotent HTTP server with fault injection, to test the whole
-//! client-server loop and prove exactly-once effects (feature `mock`, off by default: test
-//! tooling, for `[dev-dependencies]`).
+//! An idempotent HTTP server with fault injection, in your test process or as the
+//! `idempotent-mock-server` binary, to test the whole client-server loop and prove
+//! exactly-once effects. Test tooling, for `[dev-dependencies]`: the companion of the
+//! [`idempotent-retry`](https://docs.rs/idempotent-retry) client, which it does not
+//! depend on (any HTTP client can drive it).
 //!
 //! Any `POST` or `PATCH` (except under `/__admin/`) is an operation that creates a
 //! resource: it answers `201` with `{"id": …, "path": …, "body": …}`. Requests with the
@@ -25,7 +27,7 @@
 //!
 //! ```
 //! use idempotent_retry::IdempotentClient;
-//! use idempotent_retry::mock::{Fault, MockServer};
+//! use idempotent_retry_mock::{Fault, MockServer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), idempotent_retry::Error> {
@@ -51,12 +53,15 @@ mod admin;
 mod auth;
 mod builder;
 mod closure;
+mod duration;
 mod error;
 mod fault;
 mod handler;
+mod key;
 mod log;
 mod outage;
 mod response;
+mod rng;
 mod route;
 mod routed;
 mod serve;
@@ -77,6 +82,7 @@ use serde::Serialize;
 pub use auth::ADMIN_TOKEN_ENV;
 pub use builder::MockServerBuilder;
 pub use closure::{MockRequest, MockResponse};
+pub use duration::parse_duration;
 pub use error::MockError;
 pub use fault::Fault;
 /// The status type [`Fault`]'s status faults take: `StatusCode::SERVICE_UNAVAILABLE`,
@@ -88,16 +94,21 @@ pub use route::{Route, RouteStats};
 
 use shared::Shared;
 
-/// Internal parsers, for the crate's `fuzzing` module.
+/// Entry points for the source repository's `cargo fuzz` targets (feature `fuzzing`). Not
+/// part of the public API: no stability promise.
 #[cfg(feature = "fuzzing")]
-pub(crate) mod fuzzing {
-    pub(crate) fn decode_key(bytes: &[u8]) -> Option<Result<crate::IdempotencyKey, String>> {
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The key header's decoding (bare or structured string): the key's text, or why
+    /// the server refuses it.
+    pub fn decode_key(bytes: &[u8]) -> Option<Result<String, String>> {
         let value = http::HeaderValue::from_bytes(bytes).ok()?;
-        Some(super::wire::decode_key(&value))
+        Some(crate::wire::decode_key(&value).map(|key| key.as_str().to_owned()))
     }
 
-    pub(crate) fn fault_request(bytes: &[u8]) -> Option<Result<(super::Fault, usize), String>> {
-        let request = serde_json::from_slice::<super::fault::FaultRequest>(bytes).ok()?;
+    /// `POST /__admin/faults` body parsing: the fault and how many times to apply it.
+    pub fn fault_request(bytes: &[u8]) -> Option<Result<(crate::Fault, usize), String>> {
+        let request = serde_json::from_slice::<crate::fault::FaultRequest>(bytes).ok()?;
         Some(request.into_fault())
     }
 }
@@ -207,7 +218,7 @@ impl MockServer {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use idempotent_retry::mock::{MockServer, Outage, StatusCode};
+    /// use idempotent_retry_mock::{MockServer, Outage, StatusCode};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
@@ -230,10 +241,10 @@ impl MockServer {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use idempotent_retry::mock::MockServer;
+    /// use idempotent_retry_mock::MockServer;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), idempotent_retry::mock::MockError> {
+    /// # async fn main() -> Result<(), idempotent_retry_mock::MockError> {
     /// let server = MockServer::start().await;
     /// server.stall(0.02, Duration::from_secs(1))?; // 2 % of requests wait a second
     /// # Ok(())
@@ -402,7 +413,7 @@ impl MockServer {
     /// is already panicking. `reset` does not clear expectations.
     ///
     /// ```
-    /// use idempotent_retry::mock::{MockServer, Route};
+    /// use idempotent_retry_mock::{MockServer, Route};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -494,3 +505,8 @@ impl Drop for MockServer {
         }
     }
 }
+
+/// The README's examples, compiled and run as doctests so that they cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use idempotent_retry::mock::{Fault, MockResponse, MockServer, Route};
+use idempotent_retry_mock::{Fault, MockResponse, MockServer, Route};
 use serde_json::{Value, json};
 use support::fast_client;
 

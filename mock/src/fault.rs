@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::response::{Body, Dropped, problem};
 use super::socket::Sabotage;
-use crate::duration::parse_duration;
+use crate::parse_duration;
 use crate::rng::SplitMix64;
 
 /// Something that goes wrong with one POST/PATCH request.
@@ -20,10 +20,10 @@ use crate::rng::SplitMix64;
 /// wire; they never make a stored key execute again.
 ///
 /// The status faults take an [`http::StatusCode`], re-exported as
-/// [`mock::StatusCode`](crate::mock::StatusCode):
+/// [`mock::StatusCode`](crate::StatusCode):
 ///
 /// ```
-/// use idempotent_retry::mock::{Fault, MockServer, StatusCode};
+/// use idempotent_retry_mock::{Fault, MockServer, StatusCode};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {

@@ -4,8 +4,8 @@
 
 mod support;
 
-use idempotent_retry::mock::{Fault, MockError, MockServer, Route};
 use idempotent_retry::{IdempotencyKey, IdempotentResponse};
+use idempotent_retry_mock::{Fault, MockError, MockServer, Route};
 use serde_json::{Value, json};
 use support::{fast_builder, fast_client};
 

@@ -17,7 +17,7 @@ use super::template::{Context, Fields, Source, Template};
 /// One route of the mock server: what requests it answers and how.
 ///
 /// ```
-/// use idempotent_retry::mock::{MockServer, Route};
+/// use idempotent_retry_mock::{MockServer, Route};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -67,7 +67,7 @@ impl Route {
     /// answers `200` with an empty body until told otherwise.
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// use idempotent_retry::reqwest::Method;
     /// let route = Route::new(Method::POST, "/v1/charges");
     /// # drop(route);
@@ -93,7 +93,7 @@ impl Route {
     /// A `POST` route: an operation (executed once per key, stored, replayed).
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// let route = Route::post("/v1/charges");
     /// # drop(route);
     /// ```
@@ -104,7 +104,7 @@ impl Route {
     /// A `PUT` route: an operation.
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// let route = Route::put("/v1/customers/{id}");
     /// # drop(route);
     /// ```
@@ -115,7 +115,7 @@ impl Route {
     /// A `PATCH` route: an operation.
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// let route = Route::patch("/v1/customers/{id}");
     /// # drop(route);
     /// ```
@@ -126,7 +126,7 @@ impl Route {
     /// A `DELETE` route: an operation.
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// let route = Route::delete("/v1/customers/{id}");
     /// # drop(route);
     /// ```
@@ -137,7 +137,7 @@ impl Route {
     /// A `GET` route: a read, answered anew every time, never stored.
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// let route = Route::get("/v1/customers/{id}").body(r#"{"id": "{{path.id}}"}"#);
     /// # drop(route);
     /// ```
@@ -148,7 +148,7 @@ impl Route {
     /// The route's name, unique, for read-back and errors (default `"METHOD path#n"`).
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// let route = Route::post("/v1/charges").name("charge");
     /// # drop(route);
     /// ```
@@ -162,7 +162,7 @@ impl Route {
     /// missing field fails it.
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// let route = Route::post("/v1/charges").when("body.source", "tok_chargeDeclined").status(402);
     /// # drop(route);
     /// ```
@@ -174,7 +174,7 @@ impl Route {
     /// The answer's status (default 200).
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// let route = Route::post("/v1/charges").status(201);
     /// # drop(route);
     /// ```
@@ -186,7 +186,7 @@ impl Route {
     /// A header of the answer; its value is a template.
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// let route = Route::post("/v1/charges").header("Request-Id", "req_{{seq}}");
     /// # drop(route);
     /// ```
@@ -199,7 +199,7 @@ impl Route {
     /// header says otherwise).
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// let route = Route::post("/v1/charges").body(r#"{"amount": {{body.amount}}}"#);
     /// # drop(route);
     /// ```
@@ -213,7 +213,7 @@ impl Route {
     /// or is stored: the key stays free, and a retry with it is answered anew.
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// let route = Route::post("/v1/charges").when("header.x-load", "high").status(429).store(false);
     /// # drop(route);
     /// ```
@@ -231,7 +231,7 @@ impl Route {
     /// `start` refuses it on a route whose answers are stored under their key.
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// let route = Route::get("/v1/exports/{id}").stream_body(256 << 20); // 256 MiB
     /// # drop(route);
     /// ```
@@ -243,7 +243,7 @@ impl Route {
     /// What `{{id}}` starts with, such as `"pi_"`.
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// let route = Route::post("/v1/charges").id_prefix("ch_").body(r#"{"id": "{{id}}"}"#);
     /// # drop(route);
     /// ```
@@ -261,7 +261,7 @@ impl Route {
     ///
     /// ```
     /// use std::sync::atomic::{AtomicU64, Ordering};
-    /// use idempotent_retry::mock::{MockResponse, Route};
+    /// use idempotent_retry_mock::{MockResponse, Route};
     ///
     /// let balance = AtomicU64::new(10_000);
     /// let route = Route::post("/v1/transfers").handler(move |request| {
@@ -289,7 +289,7 @@ impl Route {
     /// out. Both must be at least 1.
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// let route = Route::post("/v1/charges").rate_limit(100, 20);
     /// # drop(route);
     /// ```
@@ -303,7 +303,7 @@ impl Route {
     /// only the `RateLimit` fields say when to come back.
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// let route = Route::post("/v1/charges").rate_limit(100, 20).rate_limit_retry_after(false);
     /// # drop(route);
     /// ```
@@ -321,7 +321,7 @@ impl Route {
     /// still come first.
     ///
     /// ```
-    /// use idempotent_retry::mock::Route;
+    /// use idempotent_retry_mock::Route;
     /// let route = Route::post("/v1/charges").fault_rate(0.2);
     /// # drop(route);
     /// ```
@@ -333,7 +333,7 @@ impl Route {
     /// see [`fault_rate`](Self::fault_rate).
     ///
     /// ```
-    /// use idempotent_retry::mock::{Fault, Route};
+    /// use idempotent_retry_mock::{Fault, Route};
     /// let route = Route::post("/v1/charges").fault_rates([(Fault::DropAfterProcessing, 0.1)]);
     /// # drop(route);
     /// ```

@@ -62,7 +62,7 @@ fn find<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
 /// header the answer says `application/json`.
 ///
 /// ```
-/// use idempotent_retry::mock::MockResponse;
+/// use idempotent_retry_mock::MockResponse;
 /// let answer = MockResponse::json(201, &serde_json::json!({"id": "ch_1"})).header("Request-Id", "req_1");
 /// # drop(answer);
 /// ```
@@ -78,7 +78,7 @@ impl MockResponse {
     /// An answer with this status and an empty body.
     ///
     /// ```
-    /// use idempotent_retry::mock::MockResponse;
+    /// use idempotent_retry_mock::MockResponse;
     /// let answer = MockResponse::new(204);
     /// # drop(answer);
     /// ```
@@ -93,7 +93,7 @@ impl MockResponse {
     /// An answer with this status and `value` as its JSON body.
     ///
     /// ```
-    /// use idempotent_retry::mock::MockResponse;
+    /// use idempotent_retry_mock::MockResponse;
     /// let answer = MockResponse::json(402, &serde_json::json!({"error": {"code": "card_declined"}}));
     /// # drop(answer);
     /// ```
@@ -104,7 +104,7 @@ impl MockResponse {
     /// Adds a header.
     ///
     /// ```
-    /// use idempotent_retry::mock::MockResponse;
+    /// use idempotent_retry_mock::MockResponse;
     /// let answer = MockResponse::new(200).header("Content-Type", "text/plain").body("ok");
     /// # drop(answer);
     /// ```
@@ -116,7 +116,7 @@ impl MockResponse {
     /// Sets the body.
     ///
     /// ```
-    /// use idempotent_retry::mock::MockResponse;
+    /// use idempotent_retry_mock::MockResponse;
     /// let answer = MockResponse::new(200).body(r#"{"ok": true}"#);
     /// # drop(answer);
     /// ```

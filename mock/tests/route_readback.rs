@@ -4,12 +4,12 @@
 
 mod support;
 
-use idempotent_retry::mock::{Fault, MockError, MockServer, Route};
+use idempotent_retry_mock::{Fault, MockError, MockServer, Route};
 use serde_json::{Value, json};
 use support::fast_client;
 
 /// Charges and refunds: two operation routes and a read.
-fn api() -> idempotent_retry::mock::MockServerBuilder {
+fn api() -> idempotent_retry_mock::MockServerBuilder {
     MockServer::builder()
         .seed(3)
         .route(

@@ -44,10 +44,10 @@ use super::stubs::Loaded;
 ///
 /// ```
 /// use std::time::Duration;
-/// use idempotent_retry::mock::MockServer;
+/// use idempotent_retry_mock::MockServer;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), idempotent_retry::mock::MockError> {
+/// # async fn main() -> Result<(), idempotent_retry_mock::MockError> {
 /// let server = MockServer::builder()
 ///     .require_key(true)
 ///     .key_ttl(Duration::from_secs(60))
@@ -107,7 +107,7 @@ impl Default for MockServerBuilder {
             max_log_bytes: 64 * 1024 * 1024,
             log_credentials: false,
             header_read_timeout: Duration::from_secs(30),
-            key_header: Ok(HeaderName::from_static(crate::DEFAULT_KEY_HEADER)),
+            key_header: Ok(HeaderName::from_static(crate::key::DEFAULT_KEY_HEADER)),
             scope_header: Ok(http::header::AUTHORIZATION),
             seed: 0,
             rates: Vec::new(),
@@ -197,10 +197,10 @@ impl MockServerBuilder {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use idempotent_retry::mock::MockServer;
+    /// use idempotent_retry_mock::MockServer;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), idempotent_retry::mock::MockError> {
+    /// # async fn main() -> Result<(), idempotent_retry_mock::MockError> {
     /// let server = MockServer::builder()
     ///     .stall(0.02, Duration::from_secs(1))
     ///     .seed(7)
@@ -272,7 +272,7 @@ impl MockServerBuilder {
     /// [`ADMIN_TOKEN_ENV`](super::ADMIN_TOKEN_ENV) environment variable.
     ///
     /// ```
-    /// use idempotent_retry::mock::MockServer;
+    /// use idempotent_retry_mock::MockServer;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

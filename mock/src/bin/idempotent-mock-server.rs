@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use idempotent_retry::mock::{ADMIN_TOKEN_ENV, MockServer, MockServerBuilder};
-use idempotent_retry::parse_duration;
+use idempotent_retry_mock::parse_duration;
+use idempotent_retry_mock::{ADMIN_TOKEN_ENV, MockServer, MockServerBuilder};
 
 const USAGE: &str = "\
 usage: idempotent-mock-server [options]
@@ -50,7 +50,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Parsed::Version) => {
-            println!("idempotent-mock-server {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "idempotent-mock-server {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                env!("CARGO_PKG_NAME")
+            );
             ExitCode::SUCCESS
         }
         Err(message) => {

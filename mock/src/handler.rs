@@ -24,7 +24,7 @@ use super::shared::{CreatedId, Performed, Resource, Shared};
 use super::socket::Sabotage;
 use super::store::{Begin, ScopedKey, Stored};
 use super::wire::{Echo, decode_key, echo_body, fingerprint};
-use crate::IdempotencyKey;
+use crate::key::Key;
 
 /// What a step gives the next one, or the answer that ends the request early.
 pub(crate) type Step<T> = Result<T, Result<Response<Body>, Dropped>>;
@@ -154,7 +154,7 @@ async fn operation(
 /// A request as received: its head, its key as sent (decoded), its whole body.
 pub(crate) struct Received {
     pub(crate) parts: Parts,
-    pub(crate) key: Option<Result<IdempotencyKey, String>>,
+    pub(crate) key: Option<Result<Key, String>>,
     pub(crate) body: Bytes,
 }
 
@@ -193,7 +193,7 @@ pub(crate) fn log(
     path: &str,
     uri: &http::Uri,
     headers: &http::HeaderMap,
-    key: Option<&Result<IdempotencyKey, String>>,
+    key: Option<&Result<Key, String>>,
     (body, route): (&[u8], Option<&Arc<str>>),
 ) {
     let key = if shared.logging() {
@@ -301,10 +301,7 @@ pub(crate) async fn draw_fault(
 }
 
 /// A valid key, or none where the server does not require one.
-pub(crate) fn check_key(
-    shared: &Shared,
-    key: Option<Result<IdempotencyKey, String>>,
-) -> Step<Option<IdempotencyKey>> {
+pub(crate) fn check_key(shared: &Shared, key: Option<Result<Key, String>>) -> Step<Option<Key>> {
     match key {
         Some(Ok(key)) => Ok(Some(key)),
         Some(Err(reason)) => Err(Ok(problem(

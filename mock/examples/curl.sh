@@ -3,11 +3,11 @@
 # create, replay, lose an answer and retry with the same key, read back, reset.
 # Checks every answer and exits non-zero on the first surprise.
 #
-#   bash examples/curl.sh        (builds the binary if needed; needs curl)
+#   bash mock/examples/curl.sh   (builds the binary if needed; needs curl)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.." # the workspace root, where target/ is
 
-cargo build --quiet --release --features mock --bin idempotent-mock-server
+cargo build --quiet --release -p idempotent-retry-mock --bin idempotent-mock-server
 log=$(mktemp)
 target/release/idempotent-mock-server --addr 127.0.0.1:0 --require-key >"$log" 2>&1 &
 server=$!
