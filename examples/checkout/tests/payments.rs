@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use checkout::{ChargeError, Payments};
-use idempotent_retry_mock::{Fault, MockServer};
 use idempotent_retry::{IdempotentClient, RetryPolicy};
+use idempotent_retry_mock::{Fault, MockServer};
 
 /// A client with short delays, so the tests are quick.
 fn client(max_attempts: u32) -> IdempotentClient {
@@ -25,7 +25,10 @@ fn client(max_attempts: u32) -> IdempotentClient {
 /// The mock server playing the payments API of `mock/examples/stripe.toml`.
 async fn stripe() -> MockServer {
     MockServer::builder()
-        .stubs_file(concat!(env!("CARGO_MANIFEST_DIR"), "/../../mock/examples/stripe.toml"))
+        .stubs_file(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../mock/examples/stripe.toml"
+        ))
         .start()
         .await
         .unwrap()
