@@ -13,9 +13,10 @@ use crate::client::Inner;
 use crate::journal::{Journal, PendingOperation};
 use crate::journaled::{JournalSettings, LEASE_MARGIN, ResumeCredentials};
 use crate::retry::origins::{DEFAULT_MAX_ORIGINS, Origins};
+use crate::retry::settings::{RetryHook, RetrySettings, SharedClassifier};
 use crate::settings::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_SHOULD_RETRY_HEADER, RetryHook, Settings, SharedClassifier,
+    DEFAULT_SHOULD_RETRY_HEADER, Settings,
 };
 use crate::{
     Attempt, ClientConfig, Decision, Error, IdempotentClient, KeyFormat, RetryBudget, RetryPolicy,
@@ -668,12 +669,14 @@ impl IdempotentClientBuilder {
                 (http, Some(self.attempt_timeout), hedge_http)
             }
         };
+        let (settings, journal) = self.split();
         Ok(IdempotentClient {
             inner: Arc::new(Inner {
                 http,
                 http_timeout,
                 hedge_http,
-                settings: self.settings(),
+                settings,
+                journal,
             }),
         })
     }
@@ -752,14 +755,22 @@ impl IdempotentClientBuilder {
 
     /// The settings, once `check` passed (the defaults always pass it).
     pub(crate) fn settings(self) -> Settings {
-        Settings {
+        self.split().0
+    }
+
+    /// The settings and the journal's, once `check` passed.
+    fn split(self) -> (Settings, Option<Box<JournalSettings>>) {
+        let journal = self.journal.map(|journal| {
+            Box::new(JournalSettings {
+                journal,
+                seal: self.seal,
+                sensitive: self.sensitive,
+                credentials: self.credentials,
+                scope_headers: self.scope_headers,
+            })
+        });
+        let retry = RetrySettings {
             policy: self.policy,
-            attempt_timeout: self.attempt_timeout,
-            max_response_bytes: self.max_response_bytes,
-            key_header: self
-                .key_header
-                .unwrap_or_else(|_| HeaderName::from_static(DEFAULT_KEY_HEADER)),
-            key_format: self.key_format,
             should_retry_header: self.should_retry_header.unwrap_or_default(),
             origins: Origins::new(self.budget, self.max_origins),
             classifier: self.classifier,
@@ -768,16 +779,17 @@ impl IdempotentClientBuilder {
             breaker: self.breaker,
             limiter: self.limiter,
             hedging: self.hedging,
-            journal: self.journal.map(|journal| {
-                Box::new(JournalSettings {
-                    journal,
-                    seal: self.seal,
-                    sensitive: self.sensitive,
-                    credentials: self.credentials,
-                    scope_headers: self.scope_headers,
-                })
-            }),
-        }
+        };
+        let settings = Settings {
+            retry,
+            attempt_timeout: self.attempt_timeout,
+            max_response_bytes: self.max_response_bytes,
+            key_header: self
+                .key_header
+                .unwrap_or_else(|_| HeaderName::from_static(DEFAULT_KEY_HEADER)),
+            key_format: self.key_format,
+        };
+        (settings, journal)
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use reqwest::{IntoUrl, Method};
 
+use crate::journaled::JournalSettings;
 use crate::settings::Settings;
 use crate::{CircuitState, Error, IdempotentClientBuilder, IdempotentRequestBuilder};
 
@@ -38,6 +39,8 @@ pub(crate) struct Inner {
     /// hedges, or at the first hedge of a request that hedges on its own.
     pub(crate) hedge_http: OnceLock<reqwest::Client>,
     pub(crate) settings: Settings,
+    /// The operation journal and what goes with it, for requests with an operation id.
+    pub(crate) journal: Option<Box<JournalSettings>>,
 }
 
 impl Inner {
@@ -202,7 +205,7 @@ impl IdempotentClient {
     /// page.
     #[must_use]
     pub fn circuits(&self) -> Vec<(String, CircuitState)> {
-        self.inner.settings.origins.circuits()
+        self.inner.settings.retry.origins.circuits()
     }
 
     /// The journal's operations that are not completed, oldest first: pending ones, and
@@ -301,14 +304,14 @@ impl fmt::Debug for IdempotentClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &self.inner.settings;
         f.debug_struct("IdempotentClient")
-            .field("policy", &inner.policy)
+            .field("policy", &inner.retry.policy)
             .field("attempt_timeout", &inner.attempt_timeout)
             .field("max_response_bytes", &inner.max_response_bytes)
             .field("key_header", &inner.key_header)
             .field("key_format", &inner.key_format)
-            .field("budget", inner.origins.budget())
-            .field("classifier", &inner.classifier.is_some())
-            .field("on_retry", &inner.on_retry.is_some())
+            .field("budget", inner.retry.origins.budget())
+            .field("classifier", &inner.retry.classifier.is_some())
+            .field("on_retry", &inner.retry.on_retry.is_some())
             .finish_non_exhaustive()
     }
 }

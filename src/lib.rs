@@ -183,6 +183,7 @@
 //! | `http2` | yes | HTTP/2 in the default reqwest client |
 //! | `middleware` | no | `IdempotencyMiddleware`: the same safe retries as one `reqwest-middleware` 0.5 layer |
 //! | `journal-sqlite` | no | `journal::SqliteJournal`: the [operation journal](mod@journal) in one SQLite file (bundled), so exactly-once survives a crash of the process. It builds `rusqlite` 0.40 with SQLite bundled, and only one crate in a build may link SQLite (`links = "sqlite3"`): an application on another `rusqlite` gets a link conflict, so use the one re-exported as `journal::rusqlite` |
+//! | `journal-conformance` | no | `journal::conformance::check`: the rules exactly-once needs, checked against any `Journal`, for the tests of a journal on your own database |
 //! | `journal-postgres` | no | `journal::PostgresJournal`: the operation journal in PostgreSQL, shared by a fleet of workers on many machines (TLS with rustls) |
 //! | `fuzzing` | no | internal: entry points for the source repository's `cargo fuzz` targets; no API promise |
 //!

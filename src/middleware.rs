@@ -12,7 +12,7 @@ use tracing::Instrument;
 use crate::retry::classify::Outcome;
 use crate::retry::engine::{End, Ending, Engine, Transport};
 use crate::settings::Settings;
-use crate::transport::Overrides;
+use crate::retry::settings::Overrides;
 use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentClientBuilder, RetryPolicy, telemetry};
 
 /// A [`reqwest_middleware`] layer that gives each logical request one idempotency key
@@ -141,7 +141,7 @@ impl std::fmt::Debug for IdempotencyMiddleware {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let settings = &*self.settings;
         f.debug_struct("IdempotencyMiddleware")
-            .field("policy", &settings.policy)
+            .field("policy", &settings.retry.policy)
             .field("attempt_timeout", &settings.attempt_timeout)
             .field("key_header", &settings.key_header)
             .finish_non_exhaustive()
@@ -200,14 +200,16 @@ async fn pass_safe(
     next: Next<'_>,
 ) -> reqwest_middleware::Result<Response> {
     let held_back =
-        settings.breaker.is_some() || settings.limiter.is_some() || settings.origins.any_circuit();
+        settings.retry.breaker.is_some()
+            || settings.retry.limiter.is_some()
+            || settings.retry.origins.any_circuit();
     if !held_back {
         return next.run(request, extensions).await;
     }
     let once = Overrides {
         policy: Some(RetryPolicy {
             max_attempts: 1,
-            ..settings.policy
+            ..settings.retry.policy
         }),
         hedging: Some(None),
     };
@@ -221,7 +223,7 @@ async fn pass_safe(
         keep_timeout: true,
     };
     let engine = Engine::new(
-        settings,
+        &settings.retry,
         Some(&once),
         request.method(),
         request.url(),
@@ -386,7 +388,7 @@ async fn retry(
         keep_timeout: false,
     };
     let engine = Engine::new(
-        settings,
+        &settings.retry,
         None,
         request.method(),
         request.url(),

@@ -10,6 +10,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 use crate::client::Inner;
 use crate::retry::classify::Outcome;
 use crate::retry::engine::{self, Detached, End, Ending, Engine, Transport};
+use crate::retry::settings::Overrides;
 use crate::retry::hedging::Hedging;
 use crate::settings::Settings;
 use crate::{
@@ -193,40 +194,6 @@ pub(crate) struct Operation {
     pub(crate) timeout: Duration,
 }
 
-/// What one request sets for itself instead of the client's settings. Boxed where it is
-/// kept: an override is rare, and the operation's state stays small.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Overrides {
-    /// A retry policy for this request.
-    pub(crate) policy: Option<RetryPolicy>,
-    /// `Some(Some(h))`: hedge with `h`; `Some(None)`: do not hedge; `None`: as the
-    /// client does.
-    pub(crate) hedging: Option<Option<Hedging>>,
-}
-
-impl Overrides {
-    /// The policy of an operation with these overrides on a client with `settings`.
-    pub(crate) fn policy<'s>(
-        overrides: Option<&'s Self>,
-        settings: &'s Settings,
-    ) -> &'s RetryPolicy {
-        overrides
-            .and_then(|o| o.policy.as_ref())
-            .unwrap_or(&settings.policy)
-    }
-
-    /// The hedging of an operation with these overrides on a client with `settings`.
-    pub(crate) fn hedging<'s>(
-        overrides: Option<&'s Self>,
-        settings: &'s Settings,
-    ) -> Option<&'s Hedging> {
-        match overrides.and_then(|o| o.hedging.as_ref()) {
-            Some(own) => own.as_ref(),
-            None => settings.hedging.as_ref(),
-        }
-    }
-}
-
 /// What may stop an operation before an attempt: nothing, for a plain send; the
 /// journal's lease and the operation's age, for a journalled one.
 pub(crate) trait Guard: Send {
@@ -347,7 +314,7 @@ impl Operation {
             };
             let template = &self.template;
             let engine = Engine::new(
-                settings,
+                &settings.retry,
                 self.overrides.as_deref(),
                 template.method(),
                 template.url(),

@@ -1077,6 +1077,7 @@ mod interleavings {
     }
 }
 
+#[cfg(feature = "journal-conformance")]
 mod conformance {
     use super::*;
     use idempotent_retry::journal::conformance::check;

@@ -1,6 +1,7 @@
 //! A conformance check for any [`Journal`]: the rules the client relies on for
-//! exactly-once, exercised through the trait alone. Run it in your tests against your
-//! own journal; it takes about half a second (it waits for short leases to run out).
+//! exactly-once, exercised through the trait alone (feature `journal-conformance`, for
+//! your `[dev-dependencies]`). Run it in your tests against your own journal; it takes
+//! about half a second (it waits for short leases to run out).
 //!
 //! ```
 //! use idempotent_retry::journal::{MemoryJournal, conformance};

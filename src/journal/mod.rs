@@ -130,6 +130,7 @@ use bytes::Bytes;
 #[cfg(any(feature = "journal-sqlite", feature = "journal-postgres"))]
 mod blob;
 mod config;
+#[cfg(feature = "journal-conformance")]
 pub mod conformance;
 pub(crate) mod equivalent;
 mod memory;

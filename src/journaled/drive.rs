@@ -113,7 +113,7 @@ pub(super) async fn drive(
     let counted = counted.into_inner();
     // An open circuit's break is a wait for every worker, as a server's Retry-After is.
     let reopens = match &result {
-        Err(e) if e.is_circuit_open() => client.inner.settings.origins.reopens_in(&url),
+        Err(e) if e.is_circuit_open() => client.inner.settings.retry.origins.reopens_in(&url),
         _ => None,
     };
     let ending = Ending {

@@ -119,7 +119,7 @@ pub(crate) async fn send(
 ) -> Result<IdempotentResponse, Error> {
     tracing::Span::current().record("operation_id", id.as_str());
     let client = operation.client.clone();
-    let Some(js) = client.inner.settings.journal.as_deref() else {
+    let Some(js) = client.inner.journal.as_deref() else {
         return Err(Error::InvalidRequest {
             key: operation.key,
             reason: "operation_id needs a journal: IdempotentClient::builder().journal(…)".into(),

@@ -15,7 +15,6 @@ use crate::{Error, GiveUpReason, IdempotentClient};
 fn settings_of(client: &IdempotentClient) -> Result<&JournalSettings, Error> {
     client
         .inner
-        .settings
         .journal
         .as_deref()
         .ok_or_else(|| Error::InvalidConfig {

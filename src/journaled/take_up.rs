@@ -15,7 +15,8 @@ use crate::journal::{
     RecordedAnswer, RecordedRequest, Release,
 };
 use crate::telemetry::TARGET;
-use crate::transport::{Operation, Overrides};
+use crate::retry::settings::Overrides;
+use crate::transport::Operation;
 use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentResponse};
 
 /// What taking an operation up gives.
@@ -57,7 +58,7 @@ pub(super) async fn take_up(
         body: js.seal(&record.body),
         ..record.clone()
     });
-    let policy = *Overrides::policy(operation.overrides.as_deref(), settings);
+    let policy = *Overrides::policy(operation.overrides.as_deref(), &settings.retry);
     let deadline = Instant::now().checked_add(policy.deadline);
     let caller_key = (!operation.fresh_key).then(|| operation.key.clone());
     let journal_error = |key: Option<&IdempotencyKey>| {

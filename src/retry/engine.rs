@@ -23,9 +23,8 @@ use super::classify::{Attempt, Decision, Outcome, default_classifier};
 use super::hedging::Hedging;
 use super::limiter::Turn;
 use super::origins::OriginState;
-use crate::settings::Settings;
+use super::settings::{Overrides, RetrySettings as Settings};
 use crate::telemetry::{self, ErrorType};
-use crate::transport::Overrides;
 use crate::{GiveUpReason, IdempotencyKey};
 
 /// An attempt that borrows nothing, so that others can run beside it.

@@ -26,3 +26,4 @@ pub(crate) mod limiter;
 pub(crate) mod origins;
 pub(crate) mod policy;
 pub(crate) mod retry_after;
+pub(crate) mod settings;
