@@ -754,6 +754,7 @@ impl IdempotentClientBuilder {
     }
 
     /// The settings, once `check` passed (the defaults always pass it).
+    #[cfg(feature = "middleware")]
     pub(crate) fn settings(self) -> Settings {
         self.split().0
     }

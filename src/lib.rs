@@ -207,13 +207,13 @@ mod journaled;
 mod key;
 #[cfg(feature = "middleware")]
 mod middleware;
+mod operation;
 mod request;
 mod response;
 mod retry;
 mod rng;
 mod settings;
 mod telemetry;
-mod transport;
 
 pub use builder::IdempotentClientBuilder;
 pub use client::IdempotentClient;

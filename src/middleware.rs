@@ -10,9 +10,10 @@ use reqwest_middleware::{Middleware, Next};
 use tracing::Instrument;
 
 use crate::retry::classify::Outcome;
-use crate::retry::engine::{End, Ending, Engine, Transport};
-use crate::settings::Settings;
+use crate::retry::engine::Engine;
 use crate::retry::settings::Overrides;
+use crate::retry::transport::{End, Ending, Transport};
+use crate::settings::Settings;
 use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentClientBuilder, RetryPolicy, telemetry};
 
 /// A [`reqwest_middleware`] layer that gives each logical request one idempotency key
@@ -199,10 +200,9 @@ async fn pass_safe(
     extensions: &mut Extensions,
     next: Next<'_>,
 ) -> reqwest_middleware::Result<Response> {
-    let held_back =
-        settings.retry.breaker.is_some()
-            || settings.retry.limiter.is_some()
-            || settings.retry.origins.any_circuit();
+    let held_back = settings.retry.breaker.is_some()
+        || settings.retry.limiter.is_some()
+        || settings.retry.origins.any_circuit();
     if !held_back {
         return next.run(request, extensions).await;
     }

@@ -8,8 +8,8 @@ use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::operation::{Operation, Template};
 use crate::retry::settings::Overrides;
-use crate::transport::{Operation, Template};
 use crate::{Error, Hedging, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPolicy};
 
 /// One logical operation being put together. Nothing is sent until

@@ -4,11 +4,12 @@
 use http::HeaderMap;
 use tracing::warn;
 
-use super::drive::template_of;
-use super::{Held, JournalSettings, recorded_key, send};
+use super::record::{recorded_key, template_of};
+use super::send;
+use super::settings::{Held, JournalSettings};
 use crate::journal::{EntryState, JournalEntry, PendingOperation, RecordedAnswer, ResumeReport};
+use crate::operation::Operation;
 use crate::telemetry::TARGET;
-use crate::transport::Operation;
 use crate::{Error, GiveUpReason, IdempotentClient};
 
 /// Whether a client has a journal, for `pending` and `resume_pending`.

@@ -1,37 +1,52 @@
 //! Settling a driven operation's record with how it ended: completed with a final
 //! answer; needing attention with an answer about the caller; withdrawn when no attempt
-//! could have reached the server; else released, still pending.
+//! could have reached the server; else released, still pdriven.
 
 use http::StatusCode;
 use http::header::SET_COOKIE;
 use tracing::{info, warn};
 
-use super::JournalSettings;
-use super::drive::Ending;
-use crate::journal::{RecordedAnswer, Release};
+use std::time::Duration;
+
+use super::settings::JournalSettings;
+use crate::journal::{Lease, RecordedAnswer, Release};
 use crate::telemetry::TARGET;
 use crate::{Error, GiveUpReason, IdempotentResponse};
+
+/// What settling needs to know of a driven operation besides its result.
+pub(super) struct Driven<'a> {
+    pub(super) id: &'a str,
+    pub(super) lease: Lease,
+    /// Its age when taken up.
+    pub(super) age: Duration,
+    /// Whether its key was recorded before this call.
+    pub(super) resumed: bool,
+    /// Attempts the journal counted as they started.
+    pub(super) counted: u32,
+    /// When an open circuit refused it: how long until the circuit lets a probe by.
+    pub(super) reopens: Option<Duration>,
+}
 
 /// Writes how a driven operation ended: a final answer completes it; an answer about
 /// the caller (a resumed send's 401 or 403, or one the classifier called
 /// [`Unresolved`](crate::Decision::Unresolved)) leaves it needing attention with the
 /// answer; an end no attempt of which could have reached the server withdraws the
-/// record (so "not executed" stays true); anything else lets the lease go, pending.
+/// record (so "not executed" stays true); anything else lets the lease go, pdriven.
 pub(super) async fn settle(
     result: Result<IdempotentResponse, Error>,
-    ending: &Ending<'_>,
+    driven: &Driven<'_>,
     js: &JournalSettings,
 ) -> Result<IdempotentResponse, Error> {
-    let (id, lease) = (ending.id, ending.lease);
+    let (id, lease) = (driven.id, &driven.lease);
     let journal = &*js.journal;
     let response = match result {
-        Ok(response) if about_the_caller(&response, ending.resumed) => {
+        Ok(response) if about_the_caller(&response, driven.resumed) => {
             let reason = format!(
                 "a re-sent attempt was answered {}: an answer about the caller's credentials, \
                  not the operation's outcome",
                 response.status()
             );
-            return Err(attention(response, reason, ending, js).await);
+            return Err(attention(response, reason, driven, js).await);
         }
         Ok(response) => response,
         Err(Error::Failed {
@@ -43,9 +58,9 @@ pub(super) async fn settle(
                 "the classifier called its {} answer unresolved",
                 response.status()
             );
-            return Err(attention(*response, reason, ending, js).await);
+            return Err(attention(*response, reason, driven, js).await);
         }
-        Err(e) => return Err(let_go(e, ending, js).await),
+        Err(e) => return Err(let_go(e, driven, js).await),
     };
     let answer = answer_to_record(&response, js);
     match journal.complete(lease, &answer).await {
@@ -77,24 +92,24 @@ fn about_the_caller(response: &IdempotentResponse, resumed: bool) -> bool {
 async fn attention(
     response: IdempotentResponse,
     reason: String,
-    ending: &Ending<'_>,
+    driven: &Driven<'_>,
     js: &JournalSettings,
 ) -> Error {
-    let id = ending.id;
+    let id = driven.id;
     let release = Release {
-        attempts: response.attempts().saturating_sub(ending.counted),
+        attempts: response.attempts().saturating_sub(driven.counted),
         attention: Some(reason.clone()),
         answer: Some(answer_to_record(&response, js)),
         ..Release::default()
     };
-    if let Err(e) = js.journal.release(ending.lease, &release).await {
+    if let Err(e) = js.journal.release(&driven.lease, &release).await {
         warn!(target: TARGET, operation_id = %id, error = %e, "could not mark the operation as needing attention");
     }
     warn!(target: TARGET, operation_id = %id, status = response.status().as_u16(), %reason, "operation needs attention");
     Error::NeedsAttention {
         operation_id: id.to_owned(),
         key: response.idempotency_key().clone(),
-        age: ending.age,
+        age: driven.age,
         reason,
         last_response: Some(Box::new(response)),
     }
@@ -104,8 +119,8 @@ async fn attention(
 /// no attempt could have reached the server, else pending (or needing attention, for
 /// an answer too large or an operation grown too old), with the server's wait or the
 /// open circuit's.
-async fn let_go(e: Error, ending: &Ending<'_>, js: &JournalSettings) -> Error {
-    let (id, lease, counted) = (ending.id, ending.lease, ending.counted);
+async fn let_go(e: Error, driven: &Driven<'_>, js: &JournalSettings) -> Error {
+    let (id, lease, counted) = (driven.id, &driven.lease, driven.counted);
     let journal = &*js.journal;
     let reason = match &e {
         Error::Failed { reason, .. } => Some(*reason),
@@ -146,7 +161,7 @@ async fn let_go(e: Error, ending: &Ending<'_>, js: &JournalSettings) -> Error {
         not_before: e
             .retry_after()
             .filter(|wait| !wait.is_zero())
-            .or(ending.reopens),
+            .or(driven.reopens),
         answer: None,
         sent_nothing: counted == 0 && e.attempts() == 0,
     };

@@ -5,18 +5,19 @@
 
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderMap;
 use tracing::{info, warn};
 
-use super::{HELD_POLL, Held, JournalSettings, MAX_RACES, answer_of, recorded_key};
+use super::record::{answer_of, opened_answer, record_of, recorded_key};
+use super::secrets::secrets_for;
+use super::settings::{HELD_POLL, Held, JournalSettings, MAX_RACES};
 use crate::journal::equivalent::mismatch;
 use crate::journal::{
-    Claimed, EntryState, Inserted, JournalEntry, JournalError, Lease, PendingOperation,
-    RecordedAnswer, RecordedRequest, Release,
+    Claimed, EntryState, Inserted, JournalEntry, JournalError, Lease, RecordedRequest, Release,
 };
-use crate::telemetry::TARGET;
+use crate::operation::Operation;
 use crate::retry::settings::Overrides;
-use crate::transport::Operation;
+use crate::telemetry::TARGET;
 use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentResponse};
 
 /// What taking an operation up gives.
@@ -49,152 +50,240 @@ pub(super) async fn take_up(
     held: Held,
     js: &JournalSettings,
 ) -> Result<TakenUp, Error> {
-    let journal = &*js.journal;
-    let lease_duration = journal.lease_duration();
-    let settings = &operation.client.inner.settings;
-    let record = record_of(operation, js);
-    // What the journal is given: the record itself, or a copy with its body sealed.
-    let sealed = js.seal.is_some().then(|| RecordedRequest {
-        body: js.seal(&record.body),
-        ..record.clone()
-    });
-    let policy = *Overrides::policy(operation.overrides.as_deref(), &settings.retry);
-    let deadline = Instant::now().checked_add(policy.deadline);
-    let caller_key = (!operation.fresh_key).then(|| operation.key.clone());
-    let journal_error = |key: Option<&IdempotencyKey>| {
-        let id = id.to_owned();
+    let mut look = Look::new(operation, id, holder, held, js);
+    // Set once the id is known to be taken: waiting on another worker then only reads.
+    let mut taken = false;
+    loop {
+        // A new operation is the common case: one durable write records it and takes
+        // its lease. Only an id already taken is read back.
+        if !taken {
+            if let Some(lease) = look.record().await? {
+                return Ok(TakenUp::Drive(Taken {
+                    lease,
+                    age: Duration::ZERO,
+                    request: look.record,
+                    resumed: None,
+                }));
+            }
+            taken = true;
+        }
+        let Some(entry) = look.find().await? else {
+            // Removed between the two steps (housekeeping, a withdrawal): record it again.
+            taken = false;
+            look.race("the operation id keeps changing under us", &operation.key)?;
+            continue;
+        };
+        match look.claim(entry).await? {
+            Step::Done(taken_up) => return Ok(taken_up),
+            Step::Wait(wait) => tokio::time::sleep(wait).await,
+            Step::Again => {}
+        }
+    }
+}
+
+/// What one look at a recorded operation leads to.
+#[allow(clippy::large_enum_variant)] // Transient: one per look, returned at once.
+enum Step {
+    /// Taken up, or answered from the record.
+    Done(TakenUp),
+    /// Another worker holds it: look again after this wait.
+    Wait(Duration),
+    /// It changed state between our look and our write: look again now.
+    Again,
+}
+
+/// A take-up in progress: the request at hand, its record, and what its looks found.
+struct Look<'a> {
+    operation: &'a Operation,
+    id: &'a str,
+    holder: &'a str,
+    held: Held,
+    js: &'a JournalSettings,
+    record: RecordedRequest,
+    /// What the journal is given, when the caller seals bodies: a copy of the record
+    /// with its body sealed.
+    sealed: Option<RecordedRequest>,
+    /// Past it, a send stops waiting for another worker.
+    deadline: Option<Instant>,
+    /// The key the caller gave, which a recorded operation must carry.
+    caller_key: Option<IdempotencyKey>,
+    races: u32,
+    /// The secrets' values, once found: a provider is not asked again at each look
+    /// while another worker holds the operation.
+    secrets: Option<HeaderMap>,
+}
+
+impl<'a> Look<'a> {
+    fn new(
+        operation: &'a Operation,
+        id: &'a str,
+        holder: &'a str,
+        held: Held,
+        js: &'a JournalSettings,
+    ) -> Self {
+        let record = record_of(operation, js);
+        let sealed = js.seal.is_some().then(|| RecordedRequest {
+            body: js.seal(&record.body),
+            ..record.clone()
+        });
+        let settings = &operation.client.inner.settings.retry;
+        let policy = Overrides::policy(operation.overrides.as_deref(), settings);
+        Self {
+            operation,
+            id,
+            holder,
+            held,
+            js,
+            record,
+            sealed,
+            deadline: Instant::now().checked_add(policy.deadline),
+            caller_key: (!operation.fresh_key).then(|| operation.key.clone()),
+            races: 0,
+            secrets: None,
+        }
+    }
+
+    /// The error for a journal failure from here on. Every one may leave a record
+    /// behind (an ambiguous commit: the write may have landed though its answer was
+    /// lost), which a resume would send.
+    fn journal_error(&self, key: Option<&IdempotencyKey>) -> impl FnOnce(JournalError) -> Error {
+        let id = self.id.to_owned();
         let key = key.cloned();
-        // Every failure from here may leave a record behind (an ambiguous commit: the
-        // write may have landed though its answer was lost), which a resume would send.
         move |source| Error::Journal {
             operation_id: id,
             key,
             outcome_unknown: true,
             source,
         }
-    };
+    }
 
-    let mut races = 0;
-    // Set once the id is known to be taken: waiting on another worker then only reads.
-    let mut taken = false;
-    let mut found_secrets: Option<HeaderMap> = None;
-    loop {
-        // A new operation is the common case: one durable write records it and takes
-        // its lease. Only an id already taken is read back.
-        if !taken {
-            let stored = sealed.as_ref().unwrap_or(&record);
-            let inserted = journal
-                .insert(id, stored, holder, lease_duration)
-                .await
-                .map_err(journal_error(Some(&operation.key)))?;
-            if let Inserted::Recorded(lease) = inserted {
-                info!(target: TARGET, operation_id = %id, "operation recorded");
-                return Ok(TakenUp::Drive(Taken {
-                    lease,
-                    age: Duration::ZERO,
-                    request: record,
-                    resumed: None,
-                }));
-            }
-            taken = true;
+    /// Counts a race on the id (it changed between our look and our write); past
+    /// [`MAX_RACES`], the error saying what keeps changing.
+    fn race(&mut self, what: &str, key: &IdempotencyKey) -> Result<(), Error> {
+        self.races += 1;
+        if self.races > MAX_RACES {
+            return Err(self.journal_error(Some(key))(JournalError::corrupt(what)));
         }
-        let found = journal
-            .find(id)
+        Ok(())
+    }
+
+    /// Records the operation with this worker's lease; `None` if the id is taken.
+    async fn record(&self) -> Result<Option<Lease>, Error> {
+        let journal = &*self.js.journal;
+        let stored = self.sealed.as_ref().unwrap_or(&self.record);
+        let inserted = journal
+            .insert(self.id, stored, self.holder, journal.lease_duration())
             .await
-            .map_err(journal_error(Some(&operation.key)))?;
-        let found = found
-            .map(|entry| js.opened(entry))
-            .transpose()
-            .map_err(journal_error(Some(&operation.key)))?;
-        let Some(entry) = found else {
-            // Removed between the two steps (housekeeping, a withdrawal): record it again.
-            taken = false;
-            races += 1;
-            if races > MAX_RACES {
-                return Err(journal_error(Some(&operation.key))(JournalError::corrupt(
-                    "the operation id keeps changing under us",
-                )));
-            }
-            continue;
+            .map_err(self.journal_error(Some(&self.operation.key)))?;
+        let Inserted::Recorded(lease) = inserted else {
+            return Ok(None);
         };
-        let key = recorded_key(&entry.request).map_err(journal_error(None))?;
-        let scope = &js.scope_headers;
-        if let Some(reason) = mismatch(&entry.request, &record, caller_key.as_ref(), scope) {
+        info!(target: TARGET, operation_id = %self.id, "operation recorded");
+        Ok(Some(lease))
+    }
+
+    /// The operation recorded under the id, its bodies opened; `None` if there is none.
+    async fn find(&self) -> Result<Option<JournalEntry>, Error> {
+        let error = || self.journal_error(Some(&self.operation.key));
+        let found = self.js.journal.find(self.id).await.map_err(error())?;
+        found
+            .map(|entry| self.js.opened(entry))
+            .transpose()
+            .map_err(error())
+    }
+
+    /// Takes up a recorded operation: compared with the request at hand, answered from
+    /// the record when it is closed, its secrets found, then claimed.
+    async fn claim(&mut self, entry: JournalEntry) -> Result<Step, Error> {
+        let key = recorded_key(&entry.request).map_err(self.journal_error(None))?;
+        let scope = &self.js.scope_headers;
+        let caller_key = self.caller_key.as_ref();
+        if let Some(reason) = mismatch(&entry.request, &self.record, caller_key, scope) {
             return Err(Error::OperationMismatch {
-                operation_id: id.to_owned(),
+                operation_id: self.id.to_owned(),
                 key,
                 reason,
             });
         }
-        if let Some(response) = closed(&entry, &key, js)? {
-            return Ok(TakenUp::Answered(response));
+        if let Some(response) = closed(&entry, &key, self.js)? {
+            return Ok(Step::Done(TakenUp::Answered(response)));
         }
-        // Found once: a provider is not asked again at each look while another
-        // worker holds the operation.
-        let secrets = match found_secrets.take() {
+        let secrets = match self.secrets.take() {
             Some(secrets) => secrets,
-            None => secrets_for(&entry, operation.template.headers(), js)
+            None => secrets_for(&entry, self.operation.template.headers(), self.js)
                 .await
                 .map_err(|headers| Error::CredentialsMissing {
-                    operation_id: id.to_owned(),
+                    operation_id: self.id.to_owned(),
                     key: key.clone(),
                     headers,
                 })?,
         };
+        let journal = &*self.js.journal;
         let claimed = journal
-            .claim(id, holder, lease_duration)
+            .claim(self.id, self.holder, journal.lease_duration())
             .await
-            .map_err(journal_error(Some(&key)))?;
+            .map_err(self.journal_error(Some(&key)))?;
+        self.claimed(claimed, entry, key, secrets).await
+    }
+
+    /// What a claim's answer leads to: the lease (unless the operation was taken up
+    /// too often), a wait for the server's not-before or for another worker, or a race.
+    async fn claimed(
+        &mut self,
+        claimed: Claimed,
+        entry: JournalEntry,
+        key: IdempotencyKey,
+        secrets: HeaderMap,
+    ) -> Result<Step, Error> {
         match claimed {
-            Claimed::Lease(lease) if entry.resumes >= journal.max_resumes() => {
-                let reason = format!(
-                    "taken up {} times without a final answer",
-                    entry.resumes + 1
-                );
-                let release = Release {
-                    attention: Some(reason.clone()),
-                    ..Release::default()
-                };
-                journal
-                    .release(&lease, &release)
-                    .await
-                    .map_err(journal_error(Some(&key)))?;
-                warn!(target: TARGET, operation_id = %id, %reason, "operation needs attention");
-                return Err(Error::NeedsAttention {
-                    operation_id: id.to_owned(),
-                    key,
-                    age: entry.age,
-                    reason,
-                    last_response: None,
-                });
+            Claimed::Lease(lease) if entry.resumes >= self.js.journal.max_resumes() => {
+                Err(self.too_often(&lease, &entry, key).await)
             }
-            Claimed::Lease(lease) => {
-                return Ok(TakenUp::Drive(Taken {
-                    lease,
-                    age: entry.age,
-                    request: entry.request,
-                    resumed: Some(secrets),
-                }));
-            }
+            Claimed::Lease(lease) => Ok(Step::Done(TakenUp::Drive(Taken {
+                lease,
+                age: entry.age,
+                request: entry.request,
+                resumed: Some(secrets),
+            }))),
             Claimed::NotBefore { remaining } => {
-                return Err(not_sent(key, GiveUpReason::NotYet, Some(remaining)));
+                Err(not_sent(key, GiveUpReason::NotYet, Some(remaining)))
             }
             Claimed::Held { remaining, .. } => {
                 let wait = remaining.min(HELD_POLL);
-                if held == Held::Leave || deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                let late = self.deadline.is_some_and(|d| Instant::now() + wait >= d);
+                if self.held == Held::Leave || late {
                     return Err(not_sent(key, GiveUpReason::LeaseHeld, None));
                 }
-                found_secrets = Some(secrets);
-                tokio::time::sleep(wait).await;
+                self.secrets = Some(secrets);
+                Ok(Step::Wait(wait))
             }
             _ => {
-                races += 1;
-                if races > MAX_RACES {
-                    return Err(journal_error(Some(&key))(JournalError::corrupt(
-                        "the operation keeps changing state under us",
-                    )));
-                }
+                self.race("the operation keeps changing state under us", &key)?;
+                Ok(Step::Again)
             }
+        }
+    }
+
+    /// Leaves an operation taken up too often without a final answer needing attention.
+    async fn too_often(&self, lease: &Lease, entry: &JournalEntry, key: IdempotencyKey) -> Error {
+        let reason = format!(
+            "taken up {} times without a final answer",
+            entry.resumes + 1
+        );
+        let release = Release {
+            attention: Some(reason.clone()),
+            ..Release::default()
+        };
+        if let Err(e) = self.js.journal.release(lease, &release).await {
+            return self.journal_error(Some(&key))(e);
+        }
+        warn!(target: TARGET, operation_id = %self.id, %reason, "operation needs attention");
+        Error::NeedsAttention {
+            operation_id: self.id.to_owned(),
+            key,
+            age: entry.age,
+            reason,
+            last_response: None,
         }
     }
 }
@@ -237,21 +326,6 @@ fn closed(
     }
 }
 
-/// A recorded answer as a response, its body opened, if it reads.
-fn opened_answer(
-    request: &RecordedRequest,
-    answer: &RecordedAnswer,
-    key: &IdempotencyKey,
-    js: &JournalSettings,
-) -> Option<IdempotentResponse> {
-    let body = js.open(&answer.body).ok()?;
-    let answer = RecordedAnswer {
-        body,
-        ..answer.clone()
-    };
-    answer_of(request, &answer, key.clone()).ok()
-}
-
 /// An operation that was not sent by this call, its record left as it was.
 fn not_sent(key: IdempotencyKey, reason: GiveUpReason, wait: Option<Duration>) -> Error {
     Error::Failed {
@@ -263,85 +337,5 @@ fn not_sent(key: IdempotencyKey, reason: GiveUpReason, wait: Option<Duration>) -
         source: None,
         retry_after: wait,
         retry_at: wait.and_then(|w| std::time::SystemTime::now().checked_add(w)),
-    }
-}
-
-/// The values of a recorded operation's secret headers: from the request at hand, and
-/// for those it lacks, from the client's resume credentials (asked only then). `Err`
-/// with the names that have no value anywhere.
-async fn secrets_for(
-    entry: &JournalEntry,
-    at_hand: &HeaderMap,
-    js: &JournalSettings,
-) -> Result<HeaderMap, Vec<String>> {
-    let mut secrets = HeaderMap::new();
-    let mut missing = Vec::new();
-    for name in &entry.request.secret_headers {
-        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-            missing.push(name.clone());
-            continue;
-        };
-        let values: Vec<&HeaderValue> = at_hand.get_all(&name).iter().collect();
-        if values.is_empty() {
-            missing.push(name.as_str().to_owned());
-        }
-        for value in values {
-            secrets.append(name.clone(), value.clone());
-        }
-    }
-    if missing.is_empty() {
-        return Ok(secrets);
-    }
-    let Some(credentials) = &js.credentials else {
-        return Err(missing);
-    };
-    let given = credentials(&PendingOperation::from(entry.clone())).await;
-    let mut still = Vec::new();
-    for name in missing {
-        let values: Vec<&HeaderValue> = given.get_all(name.as_str()).iter().collect();
-        match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(header) if !values.is_empty() => {
-                for value in values {
-                    secrets.append(header.clone(), value.clone());
-                }
-            }
-            _ => still.push(name),
-        }
-    }
-    if still.is_empty() {
-        Ok(secrets)
-    } else {
-        Err(still)
-    }
-}
-
-/// The record of an operation: its template's bytes, secrets left out.
-fn record_of(operation: &Operation, js: &JournalSettings) -> RecordedRequest {
-    let settings = &operation.client.inner.settings;
-    let template = &operation.template;
-    let headers = template.headers();
-    let key_value = headers
-        .get(&settings.key_header)
-        .map(|v| v.as_bytes().to_vec())
-        .unwrap_or_default();
-    let mut secret_headers: Vec<String> = Vec::new();
-    for (name, value) in headers {
-        if js.is_secret(name, value) && !secret_headers.iter().any(|n| n == name.as_str()) {
-            secret_headers.push(name.as_str().to_owned());
-        }
-    }
-    RecordedRequest {
-        method: template.method().as_str().to_owned(),
-        url: template.url().as_str().to_owned(),
-        key: operation.key.as_str().to_owned(),
-        key_header: settings.key_header.as_str().to_owned(),
-        key_value,
-        headers: headers
-            .iter()
-            .filter(|(name, value)| **name != settings.key_header && !js.is_secret(name, value))
-            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-            .collect(),
-        secret_headers,
-        body: template.body().cloned().unwrap_or_default(),
     }
 }

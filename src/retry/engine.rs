@@ -11,9 +11,8 @@
 use crate::telemetry::TARGET;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use http::header::{DATE, RETRY_AFTER};
 use http::{HeaderMap, Method, StatusCode};
 use tracing::{debug, info, warn};
 
@@ -24,74 +23,9 @@ use super::hedging::Hedging;
 use super::limiter::Turn;
 use super::origins::OriginState;
 use super::settings::{Overrides, RetrySettings as Settings};
+use super::transport::{Detached, End, Ending, Transport};
 use crate::telemetry::{self, ErrorType};
 use crate::{GiveUpReason, IdempotencyKey};
-
-/// An attempt that borrows nothing, so that others can run beside it.
-pub(crate) type Detached<A> = std::pin::Pin<Box<dyn Future<Output = A> + Send + 'static>>;
-
-/// A front end's way of sending one attempt of an operation.
-pub(crate) trait Transport {
-    /// What one attempt gives back: an answer, or why there is none.
-    type Answer;
-
-    /// Sends one attempt, bounded by `timeout`.
-    fn send(&mut self, timeout: Duration) -> impl Future<Output = Self::Answer> + Send;
-
-    /// May the attempt numbered `made + 1` be sent, with this timeout? The journalled
-    /// client renews its lease and checks the operation's age here; the reason ends the
-    /// operation before the attempt. Every other front end always may.
-    fn before_attempt(
-        &mut self,
-        made: u32,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<(), GiveUpReason>> + Send {
-        let _ = (made, timeout);
-        std::future::ready(Ok(()))
-    }
-
-    /// May a hedge start now, with this timeout? Asked without waiting, so a front end
-    /// answers from what it knows (the journalled client: whether its lease, by its own
-    /// clock, covers the hedge and a margin). Every other front end always may.
-    fn may_hedge(&self, timeout: Duration) -> bool {
-        let _ = timeout;
-        true
-    }
-
-    /// One attempt as a future that borrows nothing (`hedge`: the attempt is a hedge,
-    /// which may go through its own connection pool), so that a hedge can race it;
-    /// `None` for a front end that does not hedge.
-    fn detached(&self, timeout: Duration, hedge: bool) -> Option<Detached<Self::Answer>> {
-        let _ = (timeout, hedge);
-        None
-    }
-
-    /// The answer as the engine judges it; `None` for an answer that is not the
-    /// engine's to judge (another middleware layer's own error): it ends the
-    /// operation, which may have executed, since nothing says how far the attempt got.
-    fn outcome(answer: &Self::Answer) -> Option<Outcome<'_>>;
-}
-
-/// How an operation ended, with its last answer.
-pub(crate) enum End<A> {
-    /// A final answer, for the caller.
-    Done(A),
-    /// No further attempt, for this reason; the last answer, if an attempt was made.
-    GaveUp(GiveUpReason, Option<A>),
-    /// An answer that was not the engine's to judge, for the front end to pass on.
-    Passed(A),
-}
-
-/// An operation's end and what the caller needs to know about it.
-pub(crate) struct Ending<A> {
-    pub(crate) end: End<A>,
-    /// Attempts made, the first one included.
-    pub(crate) attempts: u32,
-    /// Whether some attempt may have executed on the server.
-    pub(crate) outcome_unknown: bool,
-    /// Hedges started, counted in `attempts` too.
-    pub(crate) hedges: u32,
-}
 
 /// What to do after an attempt.
 #[derive(Debug, PartialEq)]
@@ -421,7 +355,7 @@ impl<'a> Engine<'a> {
             Outcome::Response {
                 status, headers, ..
             } => (
-                retry_after(status, headers),
+                super::retry_after::wait(status, headers),
                 should_retry(self.settings, status, headers),
             ),
             Outcome::Error(_) | Outcome::TooLarge { .. } => (None, None),
@@ -748,21 +682,6 @@ impl<A> Flights<'_, A> {
         }
         Poll::Pending
     }
-}
-
-/// The wait a non-2xx answer's `Retry-After` asks for, if it has a valid one (a 2xx
-/// answer is final: there is nothing to come back for); a malformed value is ignored
-/// (the backoff applies), with a debug event.
-pub(crate) fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
-    if status.is_success() {
-        return None;
-    }
-    let value = headers.get(RETRY_AFTER)?;
-    let hint = super::retry_after::parse(value, headers.get(DATE), SystemTime::now());
-    if hint.is_none() {
-        debug!(target: TARGET, value = ?value, "ignoring a malformed Retry-After");
-    }
-    hint
 }
 
 /// The server's own say on retrying a non-2xx answer (`Stripe-Should-Retry` unless

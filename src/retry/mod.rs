@@ -27,3 +27,4 @@ pub(crate) mod origins;
 pub(crate) mod policy;
 pub(crate) mod retry_after;
 pub(crate) mod settings;
+pub(crate) mod transport;

@@ -2,7 +2,26 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::HeaderValue;
+use http::header::{DATE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tracing::debug;
+
+use crate::telemetry::TARGET;
+
+/// The wait a non-2xx answer's `Retry-After` asks for, if it has a valid one (a 2xx
+/// answer is final: there is nothing to come back for); a malformed value is ignored
+/// (the backoff applies), with a debug event.
+pub(crate) fn wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    if status.is_success() {
+        return None;
+    }
+    let value = headers.get(RETRY_AFTER)?;
+    let hint = parse(value, headers.get(DATE), SystemTime::now());
+    if hint.is_none() {
+        debug!(target: TARGET, value = ?value, "ignoring a malformed Retry-After");
+    }
+    hint
+}
 
 /// The wait a `Retry-After` value asks for, from the moment its answer arrived.
 ///

@@ -1,6 +1,7 @@
-//! The client's transport: what one attempt sends (a copy of the operation's template)
-//! and what counts as its answer (the whole response, body included). The retry engine
-//! decides everything else.
+//! One operation of the client, checked and ready: what every attempt sends (a copy of
+//! the operation's template), what counts as an attempt's answer (the whole response,
+//! body included), and the caller's result at the end. The retry engine decides
+//! everything in between.
 
 use std::time::{Duration, SystemTime};
 
@@ -9,16 +10,14 @@ use http::{HeaderMap, Method, StatusCode, Version};
 
 use crate::client::Inner;
 use crate::retry::classify::Outcome;
-use crate::retry::engine::{self, Detached, End, Ending, Engine, Transport};
+use crate::retry::engine::Engine;
+use crate::retry::retry_after;
 use crate::retry::settings::Overrides;
-use crate::retry::hedging::Hedging;
-use crate::settings::Settings;
-use crate::{
-    Error, GiveUpReason, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPolicy,
-};
+use crate::retry::transport::{Detached, End, Ending, Transport};
+use crate::{Error, GiveUpReason, IdempotencyKey, IdempotentClient, IdempotentResponse};
 
 /// A complete response to one attempt: headers and the whole body.
-struct Received {
+pub(crate) struct Received {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
@@ -42,7 +41,7 @@ impl Received {
 }
 
 /// Why an attempt has no usable answer.
-enum Failure {
+pub(crate) enum Failure {
     /// No complete response: timeout, refused or lost connection, ...
     Transport(reqwest::Error),
     /// A response whose body passed the bound: its head, the body left unread.
@@ -50,7 +49,7 @@ enum Failure {
 }
 
 /// What is kept of an answer too long to read.
-struct Head {
+pub(crate) struct Head {
     status: StatusCode,
     headers: HeaderMap,
 }
@@ -61,7 +60,8 @@ impl From<reqwest::Error> for Failure {
     }
 }
 
-type Answer = Result<Received, Failure>;
+/// What one attempt of the client gives back.
+pub(crate) type Answer = Result<Received, Failure>;
 
 /// One attempt, from reqwest's pending response: an answer counts only once its last
 /// byte arrived, so a connection lost mid-body is a lost response like any other. The
@@ -194,37 +194,6 @@ pub(crate) struct Operation {
     pub(crate) timeout: Duration,
 }
 
-/// What may stop an operation before an attempt: nothing, for a plain send; the
-/// journal's lease and the operation's age, for a journalled one.
-pub(crate) trait Guard: Send {
-    /// Whether the attempt numbered `made + 1` may go, with this timeout.
-    fn before_attempt(
-        &mut self,
-        made: u32,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<(), GiveUpReason>> + Send;
-
-    /// Whether a hedge with this timeout may start now, beside the attempt in flight,
-    /// without waiting for anything.
-    fn may_hedge(&self, timeout: Duration) -> bool {
-        let _ = timeout;
-        true
-    }
-}
-
-/// The guard of a plain send: every attempt may go.
-pub(crate) struct Unguarded;
-
-impl Guard for Unguarded {
-    fn before_attempt(
-        &mut self,
-        _: u32,
-        _: Duration,
-    ) -> impl Future<Output = Result<(), GiveUpReason>> + Send {
-        std::future::ready(Ok(()))
-    }
-}
-
 /// One attempt of `template` through `http` (the client's pool, or its hedges'),
 /// bounded by `timeout`: a future that borrows none of its arguments.
 fn exchange(
@@ -238,26 +207,13 @@ fn exchange(
 }
 
 /// The client's side of the engine's contract: send one attempt of the template.
-struct Sender<'a, G> {
+pub(crate) struct Sender<'a> {
     client: &'a Inner,
     template: &'a Template,
-    guard: G,
 }
 
-impl<G: Guard> Transport for Sender<'_, G> {
+impl Transport for Sender<'_> {
     type Answer = Answer;
-
-    fn before_attempt(
-        &mut self,
-        made: u32,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<(), GiveUpReason>> + Send {
-        self.guard.before_attempt(made, timeout)
-    }
-
-    fn may_hedge(&self, timeout: Duration) -> bool {
-        self.guard.may_hedge(timeout)
-    }
 
     fn send(&mut self, timeout: Duration) -> impl Future<Output = Answer> + Send {
         exchange(self.client, &self.client.http, self.template, timeout)
@@ -292,38 +248,44 @@ impl<G: Guard> Transport for Sender<'_, G> {
 impl Operation {
     /// Runs the operation through the retry engine and turns its end into the
     /// caller's result.
-    pub(crate) fn run(self) -> impl Future<Output = Result<IdempotentResponse, Error>> + Send {
-        self.run_guarded(Unguarded)
-    }
-
-    /// As [`run`](Self::run), with `guard` asked before every attempt.
     #[allow(clippy::manual_async_fn)] // On purpose: see the comment inside.
-    pub(crate) fn run_guarded<G: Guard>(
-        self,
-        guard: G,
-    ) -> impl Future<Output = Result<IdempotentResponse, Error>> + Send {
+    pub(crate) fn run(self) -> impl Future<Output = Result<IdempotentResponse, Error>> + Send {
         // An async block rather than an async fn: the fn would hold `self` twice in its
         // state, as its argument and as the block's capture.
         async move {
-            let inner = &*self.client.inner;
-            let settings = &inner.settings;
-            let mut sender = Sender {
-                client: inner,
-                template: &self.template,
-                guard,
-            };
-            let template = &self.template;
-            let engine = Engine::new(
-                &settings.retry,
-                self.overrides.as_deref(),
-                template.method(),
-                template.url(),
-                &self.key,
-                self.fresh_key,
-            );
+            let (engine, mut sender) = self.start();
             let ending = engine.run(&mut sender, self.timeout).await;
-            finish(ending, self.key, settings.max_response_bytes)
+            self.finish(ending)
         }
+    }
+
+    /// The engine for this operation, and the client's transport for its attempts,
+    /// for a caller that drives the engine through a transport of its own around it.
+    pub(crate) fn start(&self) -> (Engine<'_>, Sender<'_>) {
+        let inner = &*self.client.inner;
+        let template = &self.template;
+        let engine = Engine::new(
+            &inner.settings.retry,
+            self.overrides.as_deref(),
+            template.method(),
+            template.url(),
+            &self.key,
+            self.fresh_key,
+        );
+        let sender = Sender {
+            client: inner,
+            template,
+        };
+        (engine, sender)
+    }
+
+    /// The caller's result for how the engine ended this operation.
+    pub(crate) fn finish(self, ending: Ending<Answer>) -> Result<IdempotentResponse, Error> {
+        finish(
+            ending,
+            self.key,
+            self.client.inner.settings.max_response_bytes,
+        )
     }
 }
 
@@ -374,7 +336,7 @@ fn finish(
     // Counted from now, the error's creation, right after the answer that named it.
     let retry_after = last_response
         .as_ref()
-        .and_then(|r| engine::retry_after(r.status, &r.headers));
+        .and_then(|r| retry_after::wait(r.status, &r.headers));
     let retry_at = retry_after.and_then(|wait| SystemTime::now().checked_add(wait));
     Err(Error::Failed {
         key,
