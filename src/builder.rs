@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use http::header::HeaderName;
 
-use crate::client::Inner;
+use crate::inner::Inner;
 use crate::journal::{Journal, PendingOperation};
-use crate::journaled::{JournalSettings, LEASE_MARGIN, ResumeCredentials};
+use crate::journaled::settings::{JournalSettings, LEASE_MARGIN, ResumeCredentials};
 use crate::retry::origins::{DEFAULT_MAX_ORIGINS, Origins};
 use crate::retry::settings::{RetryHook, RetrySettings, SharedClassifier};
 use crate::settings::{
@@ -650,7 +650,7 @@ impl IdempotentClientBuilder {
     pub fn build(mut self) -> Result<IdempotentClient, Error> {
         self.check()?;
         let ours = |timeout| {
-            crate::client::default_http(timeout).map_err(|source| Error::InvalidConfig {
+            crate::inner::default_http(timeout).map_err(|source| Error::InvalidConfig {
                 reason: "could not build the default reqwest client".to_owned(),
                 source: Some(source),
             })

@@ -202,6 +202,7 @@ mod client;
 mod config;
 mod duration;
 mod error;
+mod inner;
 pub mod journal;
 mod journaled;
 mod key;
@@ -213,6 +214,7 @@ mod response;
 mod retry;
 mod rng;
 mod settings;
+mod table;
 mod telemetry;
 
 pub use builder::IdempotentClientBuilder;
@@ -225,6 +227,7 @@ pub use key::{IdempotencyKey, KeyFormat};
 pub use middleware::{IdempotencyMiddleware, OperationReport};
 pub use request::IdempotentRequestBuilder;
 pub use response::IdempotentResponse;
+pub use retry::backoff::Jitter;
 pub use retry::breaker::{CircuitBreaker, CircuitState};
 pub use retry::budget::RetryBudget;
 pub use retry::classify::{
@@ -233,7 +236,7 @@ pub use retry::classify::{
 pub use retry::hedging::Hedging;
 pub use retry::limiter::AdaptiveRateLimit;
 pub use retry::origins::OriginStats;
-pub use retry::policy::{Delays, Jitter, RetryPolicy};
+pub use retry::policy::{Delays, RetryPolicy};
 pub use settings::DEFAULT_KEY_HEADER;
 pub use telemetry::TARGET as LOG_TARGET;
 

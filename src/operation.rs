@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode, Version};
 
-use crate::client::Inner;
+use crate::inner::Inner;
 use crate::retry::classify::Outcome;
 use crate::retry::engine::Engine;
 use crate::retry::retry_after;

@@ -364,7 +364,7 @@ impl IdempotentRequestBuilder {
             // when `prepare` already failed.
             match operation_id {
                 Some(id) => {
-                    let held = crate::journaled::Held::Wait;
+                    let held = crate::journaled::settings::Held::Wait;
                     Box::pin(crate::journaled::send(operation, id.into(), held).instrument(span))
                 }
                 None => Box::pin(operation.run().instrument(span)),

@@ -8,7 +8,7 @@ use super::{
     DEFAULT_COMPLETED_RETENTION, DEFAULT_LEASE_DURATION, DEFAULT_MAX_RESUME_AGE,
     DEFAULT_MAX_RESUMES, Limits,
 };
-use crate::config::{Table, duration, table, unknown, value};
+use crate::table::{Table, duration, table, unknown, value};
 
 /// The settings of a journal that can live in a configuration file, the same for
 /// every store; apply them with the store builder's `config`

@@ -10,15 +10,15 @@ mod lease;
 mod record;
 mod resume;
 mod secrets;
-mod settings;
+pub(crate) mod settings;
 mod settle;
 mod take_up;
 
 pub(crate) use resume::{pending, recorded_answer, resume_pending};
-pub(crate) use settings::{Held, JournalSettings, LEASE_MARGIN, ResumeCredentials};
 
 use crate::operation::Operation;
 use crate::{Error, IdempotentResponse};
+use settings::{Held, JournalSettings, LEASE_MARGIN};
 
 /// Sends `operation` under `id` through the client's journal, in four steps: take the
 /// operation up (record it, or find, compare and claim it), make it ready (its age
@@ -31,7 +31,7 @@ pub(crate) async fn send(
 ) -> Result<IdempotentResponse, Error> {
     tracing::Span::current().record("operation_id", id.as_str());
     let client = operation.client.clone();
-    let js = settings::of(&operation, client.inner.journal.as_deref())?;
+    let js = journal_of(&operation, client.inner.journal.as_deref())?;
     let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
     let taken = match take_up::take_up(&operation, &id, &holder, held, js).await? {
         take_up::TakenUp::Drive(taken) => taken,
@@ -40,4 +40,32 @@ pub(crate) async fn send(
     let ready = drive::ready(operation, &id, taken, js).await?;
     let (result, driven) = drive::drive(ready, &id, js).await;
     settle::settle(result, &driven, js).await
+}
+
+/// The client's journal settings, if a send under an operation id can use them: the
+/// client has a journal, and an attempt's timeout and a margin fit in its lease.
+fn journal_of<'a>(
+    operation: &Operation,
+    js: Option<&'a JournalSettings>,
+) -> Result<&'a JournalSettings, Error> {
+    let refused = |reason: String| Error::InvalidRequest {
+        key: operation.key.clone(),
+        reason,
+        source: None,
+        outcome_unknown: !operation.fresh_key,
+    };
+    let Some(js) = js else {
+        return Err(refused(
+            "operation_id needs a journal: IdempotentClient::builder().journal(…)".into(),
+        ));
+    };
+    let lease_duration = js.journal.lease_duration();
+    if operation.timeout.saturating_add(LEASE_MARGIN) >= lease_duration {
+        return Err(refused(format!(
+            "the attempt timeout ({:?}) and a {LEASE_MARGIN:?} margin must be shorter than \
+             the journal's lease_duration ({lease_duration:?})",
+            operation.timeout
+        )));
+    }
+    Ok(js)
 }

@@ -9,9 +9,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::Error;
 use crate::journal::{BodySeal, EntryState, Journal, JournalEntry, JournalError, PendingOperation};
-use crate::operation::Operation;
 
 /// Headers that are never written to a journal.
 pub(super) const SECRETS: [HeaderName; 3] = [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE];
@@ -93,32 +91,4 @@ pub(crate) enum Held {
     Wait,
     /// Leave it to its worker at once (`resume_pending`).
     Leave,
-}
-
-/// The client's journal settings, if a send under an operation id can use them: the
-/// client has a journal, and an attempt's timeout and a margin fit in its lease.
-pub(super) fn of<'a>(
-    operation: &Operation,
-    js: Option<&'a JournalSettings>,
-) -> Result<&'a JournalSettings, Error> {
-    let refused = |reason: String| Error::InvalidRequest {
-        key: operation.key.clone(),
-        reason,
-        source: None,
-        outcome_unknown: !operation.fresh_key,
-    };
-    let Some(js) = js else {
-        return Err(refused(
-            "operation_id needs a journal: IdempotentClient::builder().journal(…)".into(),
-        ));
-    };
-    let lease_duration = js.journal.lease_duration();
-    if operation.timeout.saturating_add(LEASE_MARGIN) >= lease_duration {
-        return Err(refused(format!(
-            "the attempt timeout ({:?}) and a {LEASE_MARGIN:?} margin must be shorter than \
-             the journal's lease_duration ({lease_duration:?})",
-            operation.timeout
-        )));
-    }
-    Ok(js)
 }

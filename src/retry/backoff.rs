@@ -3,8 +3,44 @@
 
 use std::time::Duration;
 
-use super::policy::{Jitter, RetryPolicy};
 use crate::rng::SplitMix64;
+
+/// How a backoff delay is randomised, after Brooker, "Exponential Backoff And Jitter"
+/// (AWS Architecture Blog, 2015). `d` is the exponential delay for the retry,
+/// `min(max_delay, initial_delay × multiplier^(n-1))`.
+///
+/// # Default
+///
+/// [`Jitter::Full`]: in Brooker's simulations it makes the fewest calls while finishing
+/// about as fast as the others, and it spreads clients that failed together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Jitter {
+    /// Exactly `d`. Clients that failed together retry together.
+    None,
+    /// Uniform in `[0, d]`.
+    #[default]
+    Full,
+    /// `d/2` plus uniform in `[0, d/2]`: never shorter than half the delay.
+    Equal,
+    /// Uniform in `[initial_delay, 3 × previous delay]`, capped at `max_delay`. Ignores
+    /// `multiplier`: growth comes from the factor 3 on the previous sleep.
+    Decorrelated,
+}
+
+/// What the generator draws from: a policy's delays and jitter.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Schedule {
+    pub(crate) initial: Duration,
+    /// The first delay after a throttling answer that named no wait.
+    pub(crate) throttled_initial: Duration,
+    pub(crate) multiplier: f64,
+    pub(crate) max: Duration,
+    pub(crate) jitter: Jitter,
+    /// `None`: a seed from the process's entropy.
+    pub(crate) seed: Option<u64>,
+}
 
 /// The unbounded delay generator behind `Delays` and the retry loop.
 #[derive(Clone, Debug)]
@@ -21,16 +57,16 @@ pub(crate) struct Backoff {
 }
 
 impl Backoff {
-    pub(crate) fn new(policy: &RetryPolicy) -> Self {
+    pub(crate) fn new(schedule: Schedule) -> Self {
         Self {
             retry: 0,
-            initial: policy.initial_delay.as_nanos() as f64,
-            throttled_initial: policy.throttled_initial_delay.as_nanos() as f64,
-            multiplier: policy.multiplier,
-            max: policy.max_delay,
-            jitter: policy.jitter,
-            previous: policy.initial_delay.min(policy.max_delay),
-            rng: policy
+            initial: schedule.initial.as_nanos() as f64,
+            throttled_initial: schedule.throttled_initial.as_nanos() as f64,
+            multiplier: schedule.multiplier,
+            max: schedule.max,
+            jitter: schedule.jitter,
+            previous: schedule.initial.min(schedule.max),
+            rng: schedule
                 .seed
                 .map_or_else(SplitMix64::from_entropy, SplitMix64::new),
         }
@@ -84,6 +120,7 @@ fn clamp(nanos: f64, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::RetryPolicy;
 
     #[test]
     fn clamp_is_total() {
@@ -102,7 +139,7 @@ mod tests {
             .throttled_initial_delay(Duration::from_millis(100))
             .max_delay(Duration::from_secs(1))
             .jitter(Jitter::None);
-        let mut backoff = Backoff::new(&policy);
+        let mut backoff = policy.backoff();
         assert_eq!(backoff.next_delay(), Duration::from_millis(10));
         assert_eq!(backoff.next_throttled_delay(), Duration::from_millis(200));
         assert_eq!(backoff.next_delay(), Duration::from_millis(40));

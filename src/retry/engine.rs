@@ -293,7 +293,7 @@ impl<'a> Engine<'a> {
         let policy = Overrides::policy(self.overrides, settings);
         let backoff = self
             .backoff
-            .get_or_insert_with(|| Box::new(Backoff::new(policy)));
+            .get_or_insert_with(|| Box::new(policy.backoff()));
         let hint = attempt.retry_after();
         let backoff_delay = if attempt.is_throttling() && hint.is_none() {
             backoff.next_throttled_delay()

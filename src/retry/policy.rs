@@ -3,32 +3,8 @@
 
 use std::time::Duration;
 
-use super::backoff::Backoff;
+use super::backoff::{Backoff, Jitter, Schedule};
 use crate::Error;
-
-/// How a backoff delay is randomised, after Brooker, "Exponential Backoff And Jitter"
-/// (AWS Architecture Blog, 2015). `d` is the exponential delay for the retry,
-/// `min(max_delay, initial_delay × multiplier^(n-1))`.
-///
-/// # Default
-///
-/// [`Jitter::Full`]: in Brooker's simulations it makes the fewest calls while finishing
-/// about as fast as the others, and it spreads clients that failed together.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Jitter {
-    /// Exactly `d`. Clients that failed together retry together.
-    None,
-    /// Uniform in `[0, d]`.
-    #[default]
-    Full,
-    /// `d/2` plus uniform in `[0, d/2]`: never shorter than half the delay.
-    Equal,
-    /// Uniform in `[initial_delay, 3 × previous delay]`, capped at `max_delay`. Ignores
-    /// `multiplier`: growth comes from the factor 3 on the previous sleep.
-    Decorrelated,
-}
 
 /// When and how often to retry: attempts, exponential delays, jitter and a deadline.
 ///
@@ -300,11 +276,23 @@ impl RetryPolicy {
     /// ```
     pub fn delays(&self) -> Delays {
         Delays {
-            backoff: Backoff::new(self),
+            backoff: self.backoff(),
             remaining: self.max_attempts.saturating_sub(1),
             slept: Duration::ZERO,
             deadline: self.deadline,
         }
+    }
+
+    /// The delay generator for this policy's schedule.
+    pub(crate) fn backoff(&self) -> Backoff {
+        Backoff::new(Schedule {
+            initial: self.initial_delay,
+            throttled_initial: self.throttled_initial_delay,
+            multiplier: self.multiplier,
+            max: self.max_delay,
+            jitter: self.jitter,
+            seed: self.seed,
+        })
     }
 }
 
