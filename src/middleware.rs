@@ -2,7 +2,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Extensions, Method};
 use reqwest::{Request, Response, ResponseBuilderExt};
@@ -229,6 +229,7 @@ async fn pass_safe(
         request.url(),
         &key,
         true,
+        Instant::now(),
     );
     let timeout = request.timeout().copied().unwrap_or(Duration::MAX);
     let ending = engine.run(&mut sender, timeout).await;
@@ -394,6 +395,7 @@ async fn retry(
         request.url(),
         &key,
         fresh_key,
+        Instant::now(),
     );
     let ending = engine.run(&mut sender, timeout).await;
     finish(ending, key, settings.max_response_bytes)

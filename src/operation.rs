@@ -3,7 +3,7 @@
 //! body included), and the caller's result at the end. The retry engine decides
 //! everything in between.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode, Version};
@@ -271,6 +271,7 @@ impl Operation {
             template.url(),
             &self.key,
             self.fresh_key,
+            Instant::now(),
         );
         let sender = Sender {
             client: inner,

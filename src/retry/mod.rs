@@ -16,15 +16,19 @@
 //!   after each attempt, reports every decision, and runs the attempt loop for any
 //!   front end that can send one attempt.
 
+pub(crate) mod admission;
 pub(crate) mod backoff;
 pub(crate) mod breaker;
 pub(crate) mod budget;
 pub(crate) mod classify;
 pub(crate) mod engine;
 pub(crate) mod hedging;
+pub(crate) mod judge;
 pub(crate) mod limiter;
 pub(crate) mod origins;
 pub(crate) mod policy;
+pub(crate) mod race;
 pub(crate) mod retry_after;
+pub(crate) mod schedule;
 pub(crate) mod settings;
 pub(crate) mod transport;
