@@ -102,3 +102,67 @@ pub(super) fn origin_in<'s>(
 ) -> &'s Arc<OriginState> {
     slot.get_or_insert_with(|| settings.origins.get(url))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, Instant};
+
+    use crate::retry::classify::Outcome;
+    use crate::retry::engine::fixture::{Setup, policy};
+    use crate::retry::transport::{End, Transport};
+    use crate::{GiveUpReason, RetryBudget};
+
+    /// A transport that counts what it is asked to send, and answers nothing useful.
+    struct Counting<'a>(&'a AtomicU32);
+
+    impl Transport for Counting<'_> {
+        type Answer = ();
+
+        async fn send(&mut self, _: Duration) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+
+        fn outcome(_: &()) -> Option<Outcome<'_>> {
+            None
+        }
+    }
+
+    #[test]
+    fn an_open_circuit_refuses_the_attempt_at_admission() {
+        let setup = Setup::new(policy(), RetryBudget::unlimited());
+        setup.settings.origins.open_circuit(&setup.url, None);
+        let t0 = Instant::now();
+        let mut engine = setup.engine(t0);
+        assert_eq!(engine.admit(t0), Err(GiveUpReason::CircuitOpen));
+        let stats = setup.settings.origins.stats(&setup.url);
+        assert_eq!(stats.refused_circuit_open, 1);
+    }
+
+    #[tokio::test]
+    async fn an_open_circuit_ends_the_operation_before_any_io() {
+        let setup = Setup::new(policy(), RetryBudget::unlimited());
+        setup.settings.origins.open_circuit(&setup.url, None);
+        let sent = AtomicU32::new(0);
+        let engine = setup.engine(Instant::now());
+        let ending = engine
+            .run(&mut Counting(&sent), Duration::from_secs(1))
+            .await;
+        assert!(matches!(
+            ending.end,
+            End::GaveUp(GiveUpReason::CircuitOpen, None)
+        ));
+        assert_eq!((ending.attempts, sent.into_inner()), (0, 0));
+        assert!(!ending.outcome_unknown, "a fresh key that never left");
+
+        // With the circuit closed, the same engine setup sends.
+        setup.settings.origins.close_circuit(&setup.url);
+        let sent = AtomicU32::new(0);
+        let engine = setup.engine(Instant::now());
+        let ending = engine
+            .run(&mut Counting(&sent), Duration::from_secs(1))
+            .await;
+        assert!(matches!(ending.end, End::Passed(())));
+        assert_eq!(sent.into_inner(), 1);
+    }
+}

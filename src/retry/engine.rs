@@ -261,3 +261,120 @@ impl<'a> Engine<'a> {
         reason
     }
 }
+
+/// An engine on made-up settings, and answers to judge, for the unit tests of the
+/// engine's parts: every decision takes its time from the test.
+#[cfg(test)]
+pub(super) mod fixture {
+    use std::time::{Duration, Instant};
+
+    use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+    use super::Engine;
+    use crate::retry::classify::Outcome;
+    use crate::retry::origins::Origins;
+    use crate::retry::settings::RetrySettings;
+    use crate::{IdempotencyKey, Jitter, RetryBudget, RetryPolicy};
+
+    /// A policy with 5 ms delays, no jitter, 5 attempts and a 10 s deadline.
+    pub(crate) fn policy() -> RetryPolicy {
+        RetryPolicy::exponential()
+            .max_attempts(5)
+            .initial_delay(Duration::from_millis(5))
+            .max_delay(Duration::from_millis(20))
+            .jitter(Jitter::None)
+            .deadline(Duration::from_secs(10))
+    }
+
+    /// What an engine borrows.
+    pub(crate) struct Setup {
+        pub(crate) settings: RetrySettings,
+        pub(crate) method: Method,
+        pub(crate) url: reqwest::Url,
+        pub(crate) key: IdempotencyKey,
+        /// An answer's headers, and the URL it came from, for [`Setup::answer`].
+        pub(crate) headers: HeaderMap,
+    }
+
+    impl Setup {
+        pub(crate) fn new(policy: RetryPolicy, budget: RetryBudget) -> Self {
+            Self {
+                settings: RetrySettings {
+                    policy,
+                    classifier: None,
+                    on_retry: None,
+                    should_retry_header: None,
+                    origins: Origins::new(budget, 16),
+                    breaker: None,
+                    hedging: None,
+                    limiter: None,
+                    log_keys: false,
+                },
+                method: Method::POST,
+                url: reqwest::Url::parse("http://127.0.0.1:1/orders").unwrap(),
+                key: IdempotencyKey::parse("fixture-key").unwrap(),
+                headers: HeaderMap::new(),
+            }
+        }
+
+        /// With `Retry-After: value` on [`Setup::answer`]'s answers.
+        pub(crate) fn retry_after(mut self, value: &str) -> Self {
+            let value = HeaderValue::from_str(value).unwrap();
+            self.headers.insert(http::header::RETRY_AFTER, value);
+            self
+        }
+
+        /// A fresh operation's engine, its deadline's clock started at `now`.
+        pub(crate) fn engine(&self, now: Instant) -> Engine<'_> {
+            Engine::new(
+                &self.settings,
+                None,
+                &self.method,
+                &self.url,
+                &self.key,
+                true,
+                now,
+            )
+        }
+
+        /// An answer with this status (and the setup's headers).
+        pub(crate) fn answer(&self, status: u16) -> Outcome<'_> {
+            Outcome::Response {
+                status: StatusCode::from_u16(status).unwrap(),
+                headers: &self.headers,
+                url: &self.url,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::fixture::{Setup, policy};
+    use crate::{GiveUpReason, RetryBudget};
+
+    #[test]
+    fn the_deadline_cuts_an_attempts_timeout() {
+        let setup = Setup::new(policy(), RetryBudget::unlimited());
+        let t0 = Instant::now();
+        let mut engine = setup.engine(t0);
+        let timeout = Duration::from_secs(5);
+        assert_eq!(engine.begin_attempt(timeout, t0), Ok(timeout));
+        let late = t0 + Duration::from_millis(8_500);
+        assert_eq!(
+            engine.begin_attempt(timeout, late),
+            Ok(Duration::from_millis(1_500)),
+            "what remains of the 10 s deadline"
+        );
+        // A first attempt always goes, even with nothing left; after one, it stops.
+        let past = t0 + Duration::from_secs(11);
+        assert_eq!(engine.begin_attempt(timeout, past), Ok(Duration::ZERO));
+        engine.made = 1;
+        assert_eq!(
+            engine.begin_attempt(timeout, past),
+            Err(GiveUpReason::DeadlineExceeded)
+        );
+    }
+}

@@ -178,3 +178,135 @@ impl<A> Flights<'_, A> {
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use http::{HeaderMap, StatusCode};
+
+    use crate::retry::classify::Outcome;
+    use crate::retry::engine::fixture::{Setup, policy};
+    use crate::retry::transport::{Detached, Transport};
+    use crate::{Hedging, RetryBudget};
+
+    /// One attempt's answer: which attempt it was (0 the first, 1 the first hedge, …).
+    struct Answer {
+        which: usize,
+        status: StatusCode,
+        headers: HeaderMap,
+        url: reqwest::Url,
+    }
+
+    /// Attempts that answer `status` after `delay` of (made-up) time, in the order
+    /// they start.
+    struct Scripted {
+        script: Mutex<VecDeque<(Duration, u16)>>,
+        started: Mutex<usize>,
+        url: reqwest::Url,
+    }
+
+    impl Scripted {
+        fn new(script: &[(u64, u16)]) -> Self {
+            Self {
+                script: Mutex::new(
+                    script
+                        .iter()
+                        .map(|&(ms, status)| (Duration::from_millis(ms), status))
+                        .collect(),
+                ),
+                started: Mutex::new(0),
+                url: reqwest::Url::parse("http://127.0.0.1:1/orders").unwrap(),
+            }
+        }
+    }
+
+    impl Transport for Scripted {
+        type Answer = Answer;
+
+        async fn send(&mut self, _: Duration) -> Answer {
+            unreachable!("a hedged operation sends detached attempts")
+        }
+
+        fn detached(&self, _: Duration, _: bool) -> Option<Detached<Answer>> {
+            let (delay, status) = self.script.lock().unwrap().pop_front()?;
+            let mut started = self.started.lock().unwrap();
+            let which = *started;
+            *started += 1;
+            let url = self.url.clone();
+            Some(Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Answer {
+                    which,
+                    status: StatusCode::from_u16(status).unwrap(),
+                    headers: HeaderMap::new(),
+                    url,
+                }
+            }))
+        }
+
+        fn outcome(answer: &Answer) -> Option<Outcome<'_>> {
+            Some(Outcome::Response {
+                status: answer.status,
+                headers: &answer.headers,
+                url: &answer.url,
+            })
+        }
+    }
+
+    /// What a race with a hedge after 100 ms ended with: the winning answer's attempt
+    /// and status, the attempts the race counted (those dropped in flight, and those
+    /// answered while a sibling flew), hedges started, and whether the operation may
+    /// have executed.
+    async fn race(script: &[(u64, u16)]) -> (usize, u16, u32, u16, bool) {
+        let setup = Setup::new(policy(), RetryBudget::unlimited());
+        let plan = Hedging::after(Duration::from_millis(100)).keyed_methods(true);
+        let mut transport = Scripted::new(script);
+        let mut engine = setup.engine(Instant::now());
+        let timeout = Duration::from_secs(5);
+        let first = transport.detached(timeout, false).unwrap();
+        let answer = engine.race(&mut transport, &plan, first, timeout).await;
+        let counted = (engine.made, engine.hedges, engine.outcome_unknown);
+        (
+            answer.which,
+            answer.status.as_u16(),
+            counted.0,
+            counted.1,
+            counted.2,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_attempt_wins_before_any_hedge() {
+        assert_eq!(race(&[(50, 201), (10, 201)]).await, (0, 201, 0, 0, false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_hedge_wins_and_the_first_counts_as_dropped_in_flight() {
+        // The first would answer at 1 s; the hedge starts at 100 ms, answers at 110 ms.
+        let (which, status, made, hedges, unknown) = race(&[(1_000, 201), (10, 201)]).await;
+        assert_eq!((which, status, hedges), (1, 201, 1));
+        assert_eq!(made, 1, "the first, dropped in flight");
+        assert!(unknown, "a dropped attempt may have executed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_409_while_the_sibling_flies_is_never_the_answer() {
+        // The first gets 409 at 150 ms (the hedge holds the key); the hedge's 201 at
+        // 400 ms is the answer.
+        let (which, status, made, hedges, _) = race(&[(150, 409), (300, 201)]).await;
+        assert_eq!((which, status, hedges), (1, 201, 1));
+        assert_eq!(made, 1, "the 409, counted as an attempt");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_both_fail_the_last_answer_is_judged() {
+        // 503 at 150 ms while the hedge flies: counted, the hedge awaited; its 503 at
+        // 200 ms ends the race, for the engine to judge (and retry).
+        let (which, status, made, hedges, unknown) = race(&[(150, 503), (100, 503)]).await;
+        assert_eq!((which, status, made, hedges), (1, 503, 1, 1));
+        assert!(unknown);
+    }
+}

@@ -127,3 +127,117 @@ fn succeeded(status: StatusCode) -> bool {
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::retry::engine::Next;
+    use crate::retry::engine::fixture::{Setup, policy};
+    use crate::{GiveUpReason, RetryBudget};
+
+    #[test]
+    fn without_retry_after_the_backoff_sets_the_wait() {
+        let setup = Setup::new(policy(), RetryBudget::unlimited());
+        let t0 = Instant::now();
+        let mut engine = setup.engine(t0);
+        assert_eq!(
+            engine.after(setup.answer(503), t0),
+            Next::Retry(Duration::from_millis(5))
+        );
+        assert_eq!(
+            engine.after(setup.answer(503), t0),
+            Next::Retry(Duration::from_millis(10))
+        );
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_and_beyond_the_cap_a_stop() {
+        let setup = Setup::new(policy(), RetryBudget::unlimited()).retry_after("2");
+        let t0 = Instant::now();
+        let mut engine = setup.engine(t0);
+        assert_eq!(
+            engine.after(setup.answer(503), t0),
+            Next::Retry(Duration::from_secs(2)),
+            "the server's 2 s, not the backoff's 5 ms"
+        );
+
+        let capped = policy().max_retry_after(Duration::from_secs(30));
+        let setup = Setup::new(capped, RetryBudget::unlimited()).retry_after("120");
+        let mut engine = setup.engine(t0);
+        assert_eq!(
+            engine.after(setup.answer(503), t0),
+            Next::GiveUp(GiveUpReason::RetryAfterTooLong),
+            "beyond the cap: stop now rather than come back early"
+        );
+        assert_eq!(engine.made, 1);
+    }
+
+    #[test]
+    fn a_wait_past_the_deadline_stops_now() {
+        let setup = Setup::new(policy(), RetryBudget::unlimited()).retry_after("2");
+        let t0 = Instant::now();
+        let mut engine = setup.engine(t0);
+        let near_the_end = t0 + Duration::from_millis(8_500);
+        assert_eq!(
+            engine.after(setup.answer(503), near_the_end),
+            Next::GiveUp(GiveUpReason::DeadlineExceeded)
+        );
+        // The same answer with the wait inside the deadline is retried.
+        let mut engine = setup.engine(t0);
+        assert_eq!(
+            engine.after(setup.answer(503), t0 + Duration::from_secs(7)),
+            Next::Retry(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn the_last_attempt_is_not_retried() {
+        let setup = Setup::new(policy().max_attempts(2), RetryBudget::unlimited());
+        let t0 = Instant::now();
+        let mut engine = setup.engine(t0);
+        assert!(matches!(
+            engine.after(setup.answer(503), t0),
+            Next::Retry(_)
+        ));
+        assert_eq!(
+            engine.after(setup.answer(503), t0),
+            Next::GiveUp(GiveUpReason::AttemptsExhausted)
+        );
+    }
+
+    #[test]
+    fn an_empty_budget_refuses_the_retry() {
+        let budget = RetryBudget::new().capacity(20).transient_cost(14);
+        let setup = Setup::new(policy(), budget);
+        let t0 = Instant::now();
+        let mut engine = setup.engine(t0);
+        assert!(matches!(
+            engine.after(setup.answer(503), t0),
+            Next::Retry(_)
+        ));
+        assert_eq!(
+            engine.after(setup.answer(503), t0),
+            Next::GiveUp(GiveUpReason::BudgetExhausted),
+            "6 tokens left, 14 needed"
+        );
+        let stats = setup.settings.origins.stats(&setup.url);
+        assert_eq!(stats.refused_budget_exhausted, 1);
+    }
+
+    #[test]
+    fn a_retried_success_refunds_what_it_cost() {
+        let budget = RetryBudget::new().capacity(20).transient_cost(14);
+        let setup = Setup::new(policy(), budget);
+        let tokens = || setup.settings.origins.stats(&setup.url).retry_tokens;
+        let t0 = Instant::now();
+        let mut engine = setup.engine(t0);
+        assert!(matches!(
+            engine.after(setup.answer(503), t0),
+            Next::Retry(_)
+        ));
+        assert_eq!(tokens(), 6);
+        assert_eq!(engine.after(setup.answer(201), t0), Next::Done);
+        assert_eq!(tokens(), 20, "the 14 it paid, back");
+    }
+}
