@@ -5,61 +5,30 @@
 //! returns. Claims run in `BEGIN IMMEDIATE` transactions; writes that name a lease are
 //! conditional on its token. The journal's clock is the machine's wall clock, shared by
 //! every process on it.
+//!
+//! Here: the builder and the statements of each [`Journal`] method. Beside it:
+//! `schema.rs` (the file, opened, checked and migrated), `writer.rs` (the thread that
+//! groups concurrent writes into one synced commit) and `rows.rs` (rows as entries).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use bytes::Bytes;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
-use super::blob::{self, decode, encode};
+mod rows;
+mod schema;
+mod writer;
+
+use super::blob::{self, encode};
 use super::owners;
 use super::{
-    Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease,
-    Limits, RecordedAnswer, RecordedRequest, Release, Resolution, fenced, limit_setters, limits_of,
+    Claimed, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease, Limits,
+    RecordedAnswer, RecordedRequest, Release, Resolution, fenced, limit_setters, limits_of,
 };
-
-/// Marks a SQLite file as this crate's journal (`PRAGMA application_id`), so that
-/// another application's database is refused rather than written into.
-const APPLICATION_ID: i32 = 0x4944_454d; // "IDEM"
-
-/// The schema this version writes; a file with a newer one is refused.
-const SCHEMA_VERSION: i32 = 2;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS operations (
-    id TEXT PRIMARY KEY NOT NULL,
-    key TEXT NOT NULL,
-    method TEXT NOT NULL,
-    url TEXT NOT NULL,
-    key_header TEXT NOT NULL,
-    key_value BLOB NOT NULL,
-    headers BLOB NOT NULL,
-    body BLOB NOT NULL,
-    created_ms INTEGER NOT NULL,
-    state INTEGER NOT NULL,
-    attention TEXT,
-    answer_status INTEGER,
-    answer_headers BLOB,
-    answer_body BLOB,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    holder TEXT,
-    token INTEGER NOT NULL,
-    expires_ms INTEGER NOT NULL,
-    not_before_ms INTEGER,
-    resumes INTEGER NOT NULL DEFAULT 0,
-    closed_ms INTEGER,
-    owner TEXT,
-    secret_headers TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS operations_open ON operations (state, created_ms);
-";
-
-const PENDING: i64 = 0;
-const COMPLETED: i64 = 1;
-const ATTENTION: i64 = 2;
-const ABANDONED: i64 = 3;
+use rows::{COLUMNS, ClaimRow, entry, find, ms, now_ms, raw, since, token};
+use schema::{ATTENTION, PENDING, open, storage};
+use writer::{Job, writer};
 
 /// Settings for a [`SqliteJournal`].
 ///
@@ -202,300 +171,6 @@ impl SqliteJournal {
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, crate::Error> {
         Self::builder(path).open().await
     }
-
-    /// Runs `work` on the writer thread, inside the next group of writes, and answers
-    /// once that group is committed (synced).
-    fn with<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Connection) -> Result<T, JournalError> + Send + 'static,
-    ) -> JournalFuture<'static, T> {
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |connection: Result<&Connection, &str>| {
-            let result = match connection {
-                Ok(connection) => work(connection),
-                Err(reason) => Err(JournalError::Storage {
-                    reason: reason.to_owned(),
-                    source: None,
-                }),
-            };
-            let reply: Reply = Box::new(move |failed_commit: Option<&str>| {
-                let result = match (result, failed_commit) {
-                    (Ok(_), Some(reason)) => Err(JournalError::Storage {
-                        reason: reason.to_owned(),
-                        source: None,
-                    }),
-                    (result, _) => result,
-                };
-                let _ = answer.send(result);
-            });
-            reply
-        });
-        let queued = self.jobs.send(job);
-        Box::pin(async move {
-            let stopped = || JournalError::Storage {
-                reason: "the journal's writer thread stopped".into(),
-                source: None,
-            };
-            queued.map_err(|_| stopped())?;
-            answered.await.map_err(|_| stopped())?
-        })
-    }
-}
-
-/// One piece of work for the writer: run on the connection (or told why it cannot be),
-/// it returns how to answer once its group is committed.
-type Job = Box<dyn FnOnce(Result<&Connection, &str>) -> Reply + Send>;
-
-/// Answers a job's caller: `None` once its group is committed, else why the commit
-/// failed.
-type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
-
-/// Most jobs committed in one group.
-const MAX_GROUP: usize = 512;
-
-/// The writer thread: takes whatever jobs are waiting (at least one), runs them in one
-/// `BEGIN IMMEDIATE` transaction, commits once, then answers each. Ends when every
-/// journal handle is gone.
-fn writer(mut connection: Connection, queue: &mpsc::Receiver<Job>) {
-    while let Ok(first) = queue.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match queue.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
-        commit_group(&mut connection, group);
-    }
-}
-
-fn commit_group(connection: &mut Connection, group: Vec<Job>) {
-    let transaction = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(transaction) => transaction,
-        Err(e) => {
-            let reason = format!("could not begin a write: {e}");
-            for job in group {
-                job(Err(&reason))(Some(&reason));
-            }
-            return;
-        }
-    };
-    // No savepoint per job: each job's writes are single statements, and SQLite undoes
-    // a failed statement by itself, so one job's failure leaves the others' writes whole.
-    let replies: Vec<Reply> = group.into_iter().map(|job| job(Ok(&transaction))).collect();
-    let failed = transaction
-        .commit()
-        .err()
-        .map(|e| format!("could not commit to the journal: {e}"));
-    for reply in replies {
-        reply(failed.as_deref());
-    }
-}
-
-fn storage(what: &'static str) -> impl Fn(rusqlite::Error) -> JournalError {
-    move |e| match e {
-        rusqlite::Error::SqliteFailure(code, _)
-            if code.code == rusqlite::ErrorCode::NotADatabase =>
-        {
-            JournalError::corrupt(format!("{what}: the file is not a SQLite database"))
-        }
-        e => JournalError::storage(what, e),
-    }
-}
-
-fn open(path: &Path, busy: Duration) -> Result<Connection, JournalError> {
-    let shown = path.display().to_string();
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    if let Some(kind) = owners::network_file_system(dir) {
-        return Err(JournalError::Storage {
-            reason: format!(
-                "{shown} is on {kind}, a network file system, where SQLite's locks do not \
-                 hold: put the journal on a local disk, or use PostgresJournal"
-            ),
-            source: None,
-        });
-    }
-    let connection = Connection::open(path)
-        .map_err(|e| JournalError::storage(format!("could not open the journal {shown}"), e))?;
-    connection
-        .busy_timeout(busy)
-        .map_err(storage("could not set the busy timeout"))?;
-    let application_id: i32 = connection
-        .pragma_query_value(None, "application_id", |row| row.get(0))
-        .map_err(storage("could not read the journal"))?;
-    let version: i32 = connection
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(storage("could not read the journal"))?;
-    let tables: i64 = connection
-        .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
-        .map_err(storage("could not read the journal"))?;
-    if application_id != APPLICATION_ID && (application_id != 0 || tables > 0) {
-        return Err(JournalError::corrupt(format!(
-            "{shown} is another application's SQLite database, not an operation journal"
-        )));
-    }
-    if version > SCHEMA_VERSION {
-        return Err(JournalError::corrupt(format!(
-            "{shown} has journal schema {version}; this version reads up to {SCHEMA_VERSION}"
-        )));
-    }
-    // WAL for concurrent readers; FULL so that a commit is synced before it returns.
-    let mode: String = connection
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(storage("could not turn on WAL"))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(JournalError::Storage {
-            reason: format!("{shown}: SQLite refused WAL mode (journal_mode is {mode})"),
-            source: None,
-        });
-    }
-    connection
-        .pragma_update(None, "synchronous", "FULL")
-        .map_err(storage("could not set synchronous=FULL"))?;
-    connection
-        .execute_batch(SCHEMA)
-        .map_err(storage("could not create the journal's schema"))?;
-    if version == 1 {
-        // Schema 2 records the names of a request's secret headers.
-        connection
-            .execute_batch(
-                "ALTER TABLE operations ADD COLUMN secret_headers TEXT NOT NULL DEFAULT ''",
-            )
-            .map_err(storage("could not migrate the journal's schema"))?;
-    }
-    connection
-        .pragma_update(None, "application_id", APPLICATION_ID)
-        .map_err(storage("could not mark the journal"))?;
-    connection
-        .pragma_update(None, "user_version", SCHEMA_VERSION)
-        .map_err(storage("could not mark the journal's schema"))?;
-    Ok(connection)
-}
-
-/// The journal's clock: milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn ms(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn since(earlier_ms: i64, now: i64) -> Duration {
-    Duration::from_millis(u64::try_from(now.saturating_sub(earlier_ms)).unwrap_or(0))
-}
-
-const COLUMNS: &str = "id, key, method, url, key_header, key_value, headers, body, created_ms, \
-     state, attention, answer_status, answer_headers, answer_body, attempts, holder, expires_ms, \
-     not_before_ms, resumes, secret_headers";
-
-/// What a claim reads: state, holder, token, lease expiry, not-before, the holder's
-/// process (its owner registration).
-type ClaimRow = (i64, Option<String>, i64, i64, Option<i64>, Option<String>);
-
-/// A row as read, before its blobs are checked.
-struct RawRow {
-    id: String,
-    request: (String, String, String, String, Vec<u8>, Vec<u8>, Vec<u8>),
-    created_ms: i64,
-    state: i64,
-    attention: Option<String>,
-    answer: (Option<i64>, Option<Vec<u8>>, Option<Vec<u8>>),
-    attempts: i64,
-    holder: Option<String>,
-    expires_ms: i64,
-    not_before_ms: Option<i64>,
-    resumes: i64,
-    secret_headers: String,
-}
-
-fn raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
-    Ok(RawRow {
-        id: row.get(0)?,
-        request: (
-            row.get(1)?,
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-            row.get(5)?,
-            row.get(6)?,
-            row.get(7)?,
-        ),
-        created_ms: row.get(8)?,
-        state: row.get(9)?,
-        attention: row.get(10)?,
-        answer: (row.get(11)?, row.get(12)?, row.get(13)?),
-        attempts: row.get(14)?,
-        holder: row.get(15)?,
-        expires_ms: row.get(16)?,
-        not_before_ms: row.get(17)?,
-        resumes: row.get(18)?,
-        secret_headers: row.get(19)?,
-    })
-}
-
-fn entry(row: RawRow, now: i64) -> Result<JournalEntry, JournalError> {
-    let (key, method, url, key_header, key_value, headers, body) = row.request;
-    let (status, answer_headers, answer_body) = row.answer;
-    let answer = blob::answer(status, answer_headers, answer_body)?;
-    let mut attention_answer = None;
-    let state = match row.state {
-        PENDING => EntryState::Pending,
-        COMPLETED => {
-            let Some(answer) = answer else {
-                return Err(JournalError::corrupt(format!(
-                    "operation {:?} is completed without its answer",
-                    row.id
-                )));
-            };
-            EntryState::Completed(answer)
-        }
-        ATTENTION => {
-            attention_answer = answer;
-            EntryState::NeedsAttention(row.attention.unwrap_or_default())
-        }
-        ABANDONED => EntryState::Abandoned(row.attention.unwrap_or_default()),
-        other => return Err(JournalError::corrupt(format!("operation state {other}"))),
-    };
-    Ok(JournalEntry {
-        request: RecordedRequest {
-            method,
-            url,
-            key,
-            key_header,
-            key_value,
-            headers: decode(&headers)?,
-            secret_headers: blob::split_names(&row.secret_headers),
-            body: Bytes::from(body),
-        },
-        state,
-        age: since(row.created_ms, now),
-        attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
-        holder: row.holder.filter(|_| row.expires_ms > now),
-        not_before: row
-            .not_before_ms
-            .filter(|at| *at > now)
-            .map(|at| since(now, at)),
-        resumes: u32::try_from(row.resumes).unwrap_or(u32::MAX),
-        answer: attention_answer,
-        id: row.id,
-    })
-}
-
-fn find(connection: &Connection, id: &str) -> Result<Option<JournalEntry>, JournalError> {
-    let read = storage("could not read an operation");
-    let row = connection
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM operations WHERE id = ?1"))
-        .map_err(&read)?
-        .query_row([id], raw)
-        .optional()
-        .map_err(&read)?;
-    row.map(|row| entry(row, now_ms())).transpose()
 }
 
 impl Journal for SqliteJournal {
@@ -820,9 +495,4 @@ impl Journal for SqliteJournal {
             Ok(removed as u64)
         })
     }
-}
-
-/// A lease's token as SQLite stores it.
-fn token(lease: &Lease) -> i64 {
-    i64::try_from(lease.token).unwrap_or(i64::MAX)
 }

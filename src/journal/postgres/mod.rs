@@ -6,74 +6,26 @@
 //! one conditional `UPDATE … RETURNING`, atomic under the row's lock; every write that
 //! names a lease is conditional on its token. The schema is created and migrated under
 //! a fleet-wide advisory lock, and a namespace keeps two applications' ids apart.
+//!
+//! Here: the builder and the statements of each [`Journal`] method. Beside it:
+//! `connection.rs` (the connections, in turn, over TLS), `schema.rs` (the table,
+//! created or migrated) and `rows.rs` (rows as entries).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
-use tokio_postgres::{Client, Row};
-use tokio_postgres_rustls::MakeRustlsConnect;
+mod connection;
+mod rows;
+mod schema;
 
-use super::blob::{self, decode, encode};
+use super::blob::{self, encode};
 use super::{
-    Claimed, EntryState, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease,
-    Limits, RecordedAnswer, RecordedRequest, Release, Resolution, fenced, limit_setters, limits_of,
+    Claimed, Inserted, Journal, JournalEntry, JournalFuture, Lease, Limits, RecordedAnswer,
+    RecordedRequest, Release, Resolution, fenced, limit_setters, limits_of,
 };
-
-/// The schema this version writes; a database with a newer one is refused.
-const SCHEMA_VERSION: i32 = 2;
-
-/// The advisory lock under which the schema is created or migrated, fleet-wide.
-const SCHEMA_LOCK: i64 = 0x4944_454d_504f_5354; // "IDEMPOST"
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS idempotent_retry_schema (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS idempotent_retry_operations (
-    namespace TEXT NOT NULL,
-    id TEXT NOT NULL,
-    key TEXT NOT NULL,
-    method TEXT NOT NULL,
-    url TEXT NOT NULL,
-    key_header TEXT NOT NULL,
-    key_value BYTEA NOT NULL,
-    headers BYTEA NOT NULL,
-    body BYTEA NOT NULL,
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    state SMALLINT NOT NULL DEFAULT 0,
-    attention TEXT,
-    answer_status INTEGER,
-    answer_headers BYTEA,
-    answer_body BYTEA,
-    attempts BIGINT NOT NULL DEFAULT 0,
-    holder TEXT,
-    token BIGINT NOT NULL DEFAULT 1,
-    expires_at TIMESTAMPTZ NOT NULL,
-    not_before TIMESTAMPTZ,
-    resumes BIGINT NOT NULL DEFAULT 0,
-    closed_at TIMESTAMPTZ,
-    PRIMARY KEY (namespace, id)
-);
--- Schema 2: the names of a request's secret headers, one a line.
-ALTER TABLE idempotent_retry_operations
-    ADD COLUMN IF NOT EXISTS secret_headers TEXT NOT NULL DEFAULT '';
-CREATE INDEX IF NOT EXISTS idempotent_retry_operations_open
-    ON idempotent_retry_operations (namespace, state, created_at);
-";
-
-/// What every read selects, ages and waits computed by the database's clock.
-const COLUMNS: &str = "id, key, method, url, key_header, key_value, headers, body, state, \
-    attention, answer_status, answer_headers, answer_body, attempts, \
-    CASE WHEN expires_at > now() THEN holder END AS live_holder, \
-    (EXTRACT(EPOCH FROM (now() - created_at)) * 1000)::BIGINT AS age_ms, \
-    (EXTRACT(EPOCH FROM (not_before - now())) * 1000)::BIGINT AS wait_ms, resumes, \
-    secret_headers";
-
-const PENDING: i16 = 0;
-const COMPLETED: i16 = 1;
-const ATTENTION: i16 = 2;
-const ABANDONED: i16 = 3;
+use connection::{Shared, tls};
+use rows::{COLUMNS, entry, millis, ms, token};
+use schema::{ATTENTION, PENDING, migrate, sql};
 
 /// Settings for a [`PostgresJournal`].
 ///
@@ -176,17 +128,6 @@ impl PostgresJournalBuilder {
     }
 }
 
-/// What the journal's clones share: where the database is, and a few connections to it,
-/// used in turn (queries from many tasks are pipelined on each; several let the server
-/// flush many commits at once), each made again if it breaks.
-struct Shared {
-    tls: MakeRustlsConnect,
-    url: String,
-    namespace: String,
-    connections: Vec<tokio::sync::Mutex<Option<Arc<Client>>>>,
-    next: std::sync::atomic::AtomicUsize,
-}
-
 /// The operation journal in PostgreSQL (feature `journal-postgres`): see
 /// [`journal`](crate::journal). Clones share its connections.
 ///
@@ -237,207 +178,6 @@ impl PostgresJournal {
     pub async fn connect(url: impl Into<String>) -> Result<Self, crate::Error> {
         Self::builder(url).connect().await
     }
-
-    /// The next connection in turn, made (again) if there is none or it broke.
-    async fn client(&self) -> Result<Arc<Client>, JournalError> {
-        let shared = &self.shared;
-        let turn = shared
-            .next
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut slot = shared.connections[turn % shared.connections.len()]
-            .lock()
-            .await;
-        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(client.clone());
-        }
-        let (client, connection) = tokio_postgres::connect(&self.shared.url, shared.tls.clone())
-            .await
-            .map_err(|e| JournalError::storage("could not connect to the journal's database", e))?;
-        // The connection's I/O runs beside the journal; it ends when the client is
-        // dropped or the server goes away (then the next call connects again).
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        client
-            .batch_execute("SET synchronous_commit = on")
-            .await
-            .map_err(sql("could not ask for synchronous commits"))?;
-        let client = Arc::new(client);
-        *slot = Some(client.clone());
-        Ok(client)
-    }
-
-    fn namespace(&self) -> &str {
-        &self.shared.namespace
-    }
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may carry a password: it stays out of debug output.
-        f.debug_struct("Shared")
-            .field("namespace", &self.namespace)
-            .field("connections", &self.connections.len())
-            .finish_non_exhaustive()
-    }
-}
-
-/// The TLS connector: the system's roots and `extra` (PEM), rustls with aws-lc-rs.
-fn tls(extra: &[Vec<u8>]) -> Result<MakeRustlsConnect, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    // A system without a certificate store still connects where TLS is not asked
-    // for, or to a server whose authority was given.
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    for pem in extra {
-        let mut found = false;
-        for cert in CertificateDer::pem_slice_iter(pem) {
-            found = true;
-            let cert =
-                cert.map_err(|e| format!("tls_root_certificate: not a PEM certificate: {e}"))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("tls_root_certificate: {e}"))?;
-        }
-        if !found {
-            return Err("tls_root_certificate: no PEM certificate in it".into());
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
-}
-
-fn sql(what: &'static str) -> impl Fn(tokio_postgres::Error) -> JournalError {
-    move |e| JournalError::storage(what, e)
-}
-
-/// Creates the schema or checks it, under the fleet-wide lock.
-async fn migrate(client: &Client) -> Result<(), JournalError> {
-    let fail = sql("could not create the journal's schema");
-    client.batch_execute("BEGIN").await.map_err(&fail)?;
-    let result = async {
-        client
-            .execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
-            .await
-            .map_err(&fail)?;
-        client.batch_execute(SCHEMA).await.map_err(&fail)?;
-        let version: Option<i32> = client
-            .query_opt("SELECT max(version) FROM idempotent_retry_schema", &[])
-            .await
-            .map_err(&fail)?
-            .and_then(|row| row.get(0));
-        match version {
-            None => {
-                client
-                    .execute(
-                        "INSERT INTO idempotent_retry_schema (version) VALUES ($1)",
-                        &[&SCHEMA_VERSION],
-                    )
-                    .await
-                    .map_err(&fail)?;
-                Ok(())
-            }
-            Some(v) if v > SCHEMA_VERSION => Err(JournalError::corrupt(format!(
-                "the database has journal schema {v}; this version reads up to {SCHEMA_VERSION}"
-            ))),
-            // Older: the schema above has just added what it lacked.
-            Some(v) if v < SCHEMA_VERSION => {
-                client
-                    .execute(
-                        "UPDATE idempotent_retry_schema SET version = $1",
-                        &[&SCHEMA_VERSION],
-                    )
-                    .await
-                    .map_err(&fail)?;
-                Ok(())
-            }
-            Some(_) => Ok(()),
-        }
-    }
-    .await;
-    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    client.batch_execute(end).await.map_err(&fail)?;
-    result
-}
-
-fn ms(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn millis(value: Option<i64>) -> Option<Duration> {
-    value
-        .filter(|ms| *ms > 0)
-        .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
-}
-
-fn entry(row: &Row) -> Result<JournalEntry, JournalError> {
-    let bad = |e: tokio_postgres::Error| JournalError::corrupt(format!("a row: {e}"));
-    let state: i16 = row.try_get("state").map_err(bad)?;
-    let status: Option<i32> = row.try_get("answer_status").map_err(bad)?;
-    let answer_headers: Option<Vec<u8>> = row.try_get("answer_headers").map_err(bad)?;
-    let answer_body: Option<Vec<u8>> = row.try_get("answer_body").map_err(bad)?;
-    let answer = blob::answer(status.map(i64::from), answer_headers, answer_body)?;
-    let mut attention_answer = None;
-    let state = match state {
-        PENDING => EntryState::Pending,
-        COMPLETED => {
-            let Some(answer) = answer else {
-                return Err(JournalError::corrupt(
-                    "a completed operation without its answer",
-                ));
-            };
-            EntryState::Completed(answer)
-        }
-        ATTENTION => {
-            attention_answer = answer;
-            EntryState::NeedsAttention(
-                row.try_get::<_, Option<String>>("attention")
-                    .map_err(bad)?
-                    .unwrap_or_default(),
-            )
-        }
-        ABANDONED => EntryState::Abandoned(
-            row.try_get::<_, Option<String>>("attention")
-                .map_err(bad)?
-                .unwrap_or_default(),
-        ),
-        other => return Err(JournalError::corrupt(format!("operation state {other}"))),
-    };
-    let headers: Vec<u8> = row.try_get("headers").map_err(bad)?;
-    let body: Vec<u8> = row.try_get("body").map_err(bad)?;
-    let attempts: i64 = row.try_get("attempts").map_err(bad)?;
-    let resumes: i64 = row.try_get("resumes").map_err(bad)?;
-    let secret_headers: String = row.try_get("secret_headers").map_err(bad)?;
-    Ok(JournalEntry {
-        id: row.try_get("id").map_err(bad)?,
-        request: RecordedRequest {
-            method: row.try_get("method").map_err(bad)?,
-            url: row.try_get("url").map_err(bad)?,
-            key: row.try_get("key").map_err(bad)?,
-            key_header: row.try_get("key_header").map_err(bad)?,
-            key_value: row.try_get("key_value").map_err(bad)?,
-            headers: decode(&headers)?,
-            secret_headers: blob::split_names(&secret_headers),
-            body: Bytes::from(body),
-        },
-        state,
-        age: millis(row.try_get("age_ms").map_err(bad)?).unwrap_or_default(),
-        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-        holder: row.try_get("live_holder").map_err(bad)?,
-        not_before: millis(row.try_get("wait_ms").map_err(bad)?),
-        resumes: u32::try_from(resumes).unwrap_or(u32::MAX),
-        answer: attention_answer,
-    })
-}
-
-fn token(lease: &Lease) -> i64 {
-    i64::try_from(lease.token).unwrap_or(i64::MAX)
 }
 
 impl Journal for PostgresJournal {
