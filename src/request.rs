@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use crate::operation::{Operation, Template};
 use crate::retry::settings::Overrides;
+use crate::settings::Settings;
 use crate::{Error, Hedging, IdempotencyKey, IdempotentClient, IdempotentResponse, RetryPolicy};
 
 /// One logical operation being put together. Nothing is sent until
@@ -422,20 +423,7 @@ impl IdempotentRequestBuilder {
             Ok(request) => request,
             Err(e) => return Err(invalid(key, "could not build the request".into(), Some(e))),
         };
-        let value = match key.header_value(settings.key_format) {
-            Ok(value) => value,
-            Err(reason) => return Err(invalid(key, reason, None)),
-        };
-        // One lookup: insert, and refuse if the caller had set the header already.
-        if request
-            .headers_mut()
-            .insert(settings.key_header.clone(), value)
-            .is_some()
-        {
-            let reason = format!(
-                "the {} header was set by hand; pass the key with .idempotency_key() instead",
-                settings.key_header
-            );
+        if let Err(reason) = insert_key(&mut request, &key, settings) {
             return Err(invalid(key, reason, None));
         }
         let body = body.map(|body| {
@@ -457,6 +445,27 @@ impl IdempotentRequestBuilder {
             timeout,
         })
     }
+}
+
+/// Puts the key in its header, in the client's form; refuses a request whose caller
+/// set that header by hand (one lookup: insert, and look at what was there).
+fn insert_key(
+    request: &mut reqwest::Request,
+    key: &IdempotencyKey,
+    settings: &Settings,
+) -> Result<(), String> {
+    let value = key.header_value(settings.key_format)?;
+    if request
+        .headers_mut()
+        .insert(settings.key_header.clone(), value)
+        .is_some()
+    {
+        return Err(format!(
+            "the {} header was set by hand; pass the key with .idempotency_key() instead",
+            settings.key_header
+        ));
+    }
+    Ok(())
 }
 
 impl fmt::Debug for IdempotentRequestBuilder {

@@ -55,29 +55,7 @@ impl<'a> Engine<'a> {
         loop {
             let event = std::future::poll_fn(|cx| flights.poll_event(cx)).await;
             let Some((which, answer)) = event else {
-                flights.hedges_left -= 1;
-                let hedge = self
-                    .hedge_timeout(timeout, Instant::now())
-                    .filter(|&t| transport.may_hedge(t));
-                match hedge {
-                    Some(hedge_timeout) => match transport.detached(hedge_timeout, true) {
-                        Some(hedge) => {
-                            self.hedges = self.hedges.saturating_add(1);
-                            debug!(target: TARGET,
-                                hedge = self.hedges,
-                                "idempotency.key" = %self.key,
-                                "hedge started"
-                            );
-                            flights.hedges.push(hedge);
-                            flights
-                                .timer
-                                .as_mut()
-                                .reset(tokio::time::Instant::now() + plan.delay);
-                        }
-                        None => flights.hedges_left = 0,
-                    },
-                    None => flights.hedges_left = 0,
-                }
+                self.start_hedge(transport, &mut flights, plan, timeout);
                 continue;
             };
             match which {
@@ -99,21 +77,57 @@ impl<'a> Engine<'a> {
             }
             // Not final, and a sibling is in flight: counted (by the rate limiter too,
             // which measures every attempt), and the sibling awaited.
-            self.made += 1;
-            match T::outcome(&answer) {
-                Some(outcome) => {
-                    let attempt = self.attempt(outcome);
-                    self.outcome_unknown |= attempt.may_have_executed();
-                    if attempt.is_throttling() {
-                        self.throttled = true;
-                        flights.hedges_left = 0;
-                    }
-                    let throttled = server_throttled(&attempt);
-                    self.tell_limiter(throttled, Instant::now());
-                }
-                None => self.outcome_unknown = true,
+            if self.count_unsettled::<T>(&answer) {
+                flights.hedges_left = 0;
             }
         }
+    }
+
+    /// Starts a hedge, if one may start now; when none may, none will.
+    fn start_hedge<T: Transport>(
+        &mut self,
+        transport: &T,
+        flights: &mut Flights<'_, T::Answer>,
+        plan: &Hedging,
+        timeout: Duration,
+    ) {
+        flights.hedges_left -= 1;
+        let hedge = self
+            .hedge_timeout(timeout, Instant::now())
+            .filter(|&t| transport.may_hedge(t))
+            .and_then(|t| transport.detached(t, true));
+        let Some(hedge) = hedge else {
+            flights.hedges_left = 0;
+            return;
+        };
+        self.hedges = self.hedges.saturating_add(1);
+        debug!(target: TARGET,
+            hedge = self.hedges,
+            "idempotency.key" = %self.key,
+            "hedge started"
+        );
+        flights.hedges.push(hedge);
+        flights
+            .timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + plan.delay);
+    }
+
+    /// Counts an answer that does not settle the race while a sibling flies; `true`
+    /// when it was throttling, after which no further hedge starts.
+    fn count_unsettled<T: Transport>(&mut self, answer: &T::Answer) -> bool {
+        self.made += 1;
+        let Some(outcome) = T::outcome(answer) else {
+            self.outcome_unknown = true;
+            return false;
+        };
+        let attempt = self.attempt(outcome);
+        self.outcome_unknown |= attempt.may_have_executed();
+        let throttling = attempt.is_throttling();
+        self.throttled |= throttling;
+        let throttled = server_throttled(&attempt);
+        self.tell_limiter(throttled, Instant::now());
+        throttling
     }
 
     /// The timeout of a hedge starting at `now`, if one may: none after a throttling answer,
