@@ -32,6 +32,8 @@ async fn read(request: Request<Incoming>) -> Result<bytes::Bytes, Response<Body>
     }
 }
 
+/// Serves one admin request: reads answered at once, writes once their JSON body is
+/// read.
 pub(crate) async fn handle(
     shared: &Shared,
     path: &str,
@@ -46,29 +48,6 @@ pub(crate) async fn handle(
             let routes: Vec<_> = shared.routes().iter().map(|r| r.to_json()).collect();
             json(StatusCode::OK, &serde_json::Value::Array(routes))
         }
-        (&Method::POST, "routes") => {
-            let body = match read(request).await {
-                Ok(body) => body,
-                Err(answer) => return answer,
-            };
-            let added = super::stubs::from_json(&body).and_then(|routes| {
-                let first = shared.routes().len();
-                let compiled = routes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, route)| Compiled::new(route, first + i, shared.config.seed))
-                    .collect::<Result<Vec<_>, String>>()?;
-                let added = compiled.len();
-                shared.add_routes(compiled).map(|total| (added, total))
-            });
-            match added {
-                Ok((added, total)) => json(
-                    StatusCode::CREATED,
-                    &json!({ "added": added, "routes": total }),
-                ),
-                Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid route", &detail),
-            }
-        }
         (&Method::GET, "stats") => match serde_json::to_value(shared.stats()) {
             Ok(stats) => json(StatusCode::OK, &stats),
             Err(e) => problem(
@@ -81,70 +60,16 @@ pub(crate) async fn handle(
             shared.reset();
             json(StatusCode::OK, &json!({ "reset": true }))
         }
-        (&Method::POST, "faults") => {
+        (&Method::POST, "routes" | "faults" | "outage" | "stall") => {
             let body = match read(request).await {
                 Ok(body) => body,
                 Err(answer) => return answer,
             };
-            let parsed = serde_json::from_slice::<FaultRequest>(&body)
-                .map_err(|e| format!("not a fault request: {e}"))
-                .and_then(|mut request| {
-                    let route = request.route.take();
-                    request
-                        .into_fault()
-                        .map(|(fault, times)| (route, fault, times))
-                });
-            match parsed {
-                Ok((None, fault, times)) => {
-                    let queued = shared.inject(fault, times);
-                    json(StatusCode::OK, &json!({ "queued": queued }))
-                }
-                Ok((Some(route), fault, times)) => match shared.select(&route) {
-                    Ok(chosen) => {
-                        let mut queued = 0;
-                        for one in &chosen {
-                            let mut faults = lock(&one.faults);
-                            faults.inject(fault.clone(), times);
-                            queued += faults.scripted.len();
-                        }
-                        json(StatusCode::OK, &json!({ "queued": queued, "route": route }))
-                    }
-                    Err(e) => problem(StatusCode::NOT_FOUND, "No such route", &e.to_string()),
-                },
-                Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid fault", &detail),
-            }
-        }
-        (&Method::POST, "outage") => {
-            let body = match read(request).await {
-                Ok(body) => body,
-                Err(answer) => return answer,
-            };
-            match outage_request(&body) {
-                Ok((outage, duration)) => {
-                    shared.outage.begin(outage, duration);
-                    let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-                    json(StatusCode::OK, &json!({ "outage_ms": ms }))
-                }
-                Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid outage", &detail),
-            }
-        }
-        (&Method::POST, "stall") => {
-            let body = match read(request).await {
-                Ok(body) => body,
-                Err(answer) => return answer,
-            };
-            match stall_request(&body).and_then(|(share, duration)| {
-                shared.stalls.set(share, duration)?;
-                Ok((share, duration))
-            }) {
-                Ok((share, duration)) => {
-                    let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-                    json(
-                        StatusCode::OK,
-                        &json!({ "stall_share": share, "stall_ms": ms }),
-                    )
-                }
-                Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid stall", &detail),
+            match path {
+                "routes" => add_routes(shared, &body),
+                "faults" => faults(shared, &body),
+                "outage" => outage(shared, &body),
+                _ => stall(shared, &body),
             }
         }
         _ => problem(
@@ -154,6 +79,88 @@ pub(crate) async fn handle(
              POST /__admin/faults, POST /__admin/outage, POST /__admin/stall or \
              POST /__admin/reset",
         ),
+    }
+}
+
+/// `POST /__admin/routes`: routes added after the others, as a stub file's.
+fn add_routes(shared: &Shared, body: &[u8]) -> Response<Body> {
+    let added = super::stubs::from_json(body).and_then(|routes| {
+        let first = shared.routes().len();
+        let compiled = routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| Compiled::new(route, first + i, shared.config.seed))
+            .collect::<Result<Vec<_>, String>>()?;
+        let added = compiled.len();
+        shared.add_routes(compiled).map(|total| (added, total))
+    });
+    match added {
+        Ok((added, total)) => json(
+            StatusCode::CREATED,
+            &json!({ "added": added, "routes": total }),
+        ),
+        Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid route", &detail),
+    }
+}
+
+/// `POST /__admin/faults`: faults queued for the next requests, or for one route's.
+fn faults(shared: &Shared, body: &[u8]) -> Response<Body> {
+    let parsed = serde_json::from_slice::<FaultRequest>(body)
+        .map_err(|e| format!("not a fault request: {e}"))
+        .and_then(|mut request| {
+            let route = request.route.take();
+            request
+                .into_fault()
+                .map(|(fault, times)| (route, fault, times))
+        });
+    match parsed {
+        Ok((None, fault, times)) => {
+            let queued = shared.inject(fault, times);
+            json(StatusCode::OK, &json!({ "queued": queued }))
+        }
+        Ok((Some(route), fault, times)) => match shared.select(&route) {
+            Ok(chosen) => {
+                let mut queued = 0;
+                for one in &chosen {
+                    let mut faults = lock(&one.faults);
+                    faults.inject(fault.clone(), times);
+                    queued += faults.scripted.len();
+                }
+                json(StatusCode::OK, &json!({ "queued": queued, "route": route }))
+            }
+            Err(e) => problem(StatusCode::NOT_FOUND, "No such route", &e.to_string()),
+        },
+        Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid fault", &detail),
+    }
+}
+
+/// `POST /__admin/outage`: the whole server down for a while.
+fn outage(shared: &Shared, body: &[u8]) -> Response<Body> {
+    match outage_request(body) {
+        Ok((outage, duration)) => {
+            shared.outage.begin(outage, duration);
+            let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+            json(StatusCode::OK, &json!({ "outage_ms": ms }))
+        }
+        Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid outage", &detail),
+    }
+}
+
+/// `POST /__admin/stall`: a share of the requests held before processing.
+fn stall(shared: &Shared, body: &[u8]) -> Response<Body> {
+    let set = stall_request(body).and_then(|(share, duration)| {
+        shared.stalls.set(share, duration)?;
+        Ok((share, duration))
+    });
+    match set {
+        Ok((share, duration)) => {
+            let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+            json(
+                StatusCode::OK,
+                &json!({ "stall_share": share, "stall_ms": ms }),
+            )
+        }
+        Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid stall", &detail),
     }
 }
 

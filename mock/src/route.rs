@@ -404,6 +404,88 @@ pub(crate) struct Compiled {
     pub(crate) stream_body: Option<u64>,
 }
 
+/// A route's own random faults, if it has rates: drawn from the server's seed and the
+/// route's name, so that adding a route changes no other route's faults.
+fn random_faults(
+    rates: &[(Fault, f64)],
+    seed: u64,
+    name: &str,
+) -> Result<Option<RandomFaults>, String> {
+    if rates.is_empty() {
+        return Ok(None);
+    }
+    RandomFaults::new(seed ^ crate::rng::fnv1a(name.as_bytes()), rates).map(Some)
+}
+
+/// A route's path as segments: `{name}` ones take any value, the others their text.
+fn segments_of(path: &str) -> Vec<Segment> {
+    path[1..]
+        .split('/')
+        .map(
+            |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(param) => Segment::Param(param.to_owned()),
+                None => Segment::Literal(s.to_owned()),
+            },
+        )
+        .collect()
+}
+
+/// A route's headers, each name checked and each value parsed as a template.
+fn header_templates(headers: &[(String, String)]) -> Result<Vec<(HeaderName, Template)>, String> {
+    headers
+        .iter()
+        .map(|(header, value)| {
+            let parsed = HeaderName::try_from(header.as_str())
+                .map_err(|e| format!("header {header:?}: {e}"))?;
+            let template = Template::header(value).map_err(|e| format!("header {header:?} {e}"))?;
+            Ok((parsed, template))
+        })
+        .collect()
+}
+
+/// Whether the fields a route's templates and conditions read can be there: every
+/// `{{path.x}}` names a `{x}` segment, and `{{id}}` (text) sits inside a string.
+fn check_fields(
+    segments: &[Segment],
+    (body, headers): (&Template, &[(HeaderName, Template)]),
+    when: &[(Source, String, String)],
+) -> Result<(), String> {
+    let params: Vec<&str> = segments
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Param(p) => Some(p.as_str()),
+            Segment::Literal(_) => None,
+        })
+        .collect();
+    let templates =
+        std::iter::once((body, "body")).chain(headers.iter().map(|(_, t)| (t, "a header")));
+    for (template, whence) in templates {
+        for (source, context) in template.fields() {
+            match source {
+                Source::Path(p) if !params.contains(&p.as_str()) => {
+                    return Err(format!(
+                        "{whence} uses {{{{path.{p}}}}}, but the path has no {{{p}}} segment"
+                    ));
+                }
+                Source::Id if context == Context::Bare => {
+                    return Err(format!(
+                        "{whence} has {{{{id}}}} outside a string: an id is text, quote it"
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    for (source, field, _) in when {
+        if let Source::Path(p) = source {
+            if !params.contains(&p.as_str()) {
+                return Err(format!("when {field:?}: the path has no {{{p}}} segment"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Why a request matched no route: the nearest route and the condition that failed.
 pub(crate) struct NoMatch(pub(crate) String);
 
@@ -421,22 +503,7 @@ impl Compiled {
         if !route.path.starts_with('/') {
             return Err(fail(format!("path {:?} must start with '/'", route.path)));
         }
-        let segments: Vec<Segment> = route.path[1..]
-            .split('/')
-            .map(
-                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                    Some(param) => Segment::Param(param.to_owned()),
-                    None => Segment::Literal(s.to_owned()),
-                },
-            )
-            .collect();
-        let params: Vec<&str> = segments
-            .iter()
-            .filter_map(|s| match s {
-                Segment::Param(p) => Some(p.as_str()),
-                Segment::Literal(_) => None,
-            })
-            .collect();
+        let segments = segments_of(&route.path);
         let status = super::response::final_status(route.status).ok_or_else(|| {
             fail(format!(
                 "status {} is not a final HTTP status",
@@ -444,16 +511,10 @@ impl Compiled {
             ))
         })?;
         let body = Template::body(&route.body).map_err(|e| fail(format!("body {e}")))?;
-        let mut headers = Vec::with_capacity(route.headers.len());
-        let mut content_type = false;
-        for (header, value) in &route.headers {
-            let parsed = HeaderName::try_from(header.as_str())
-                .map_err(|e| fail(format!("header {header:?}: {e}")))?;
-            content_type |= parsed == http::header::CONTENT_TYPE;
-            let template =
-                Template::header(value).map_err(|e| fail(format!("header {header:?} {e}")))?;
-            headers.push((parsed, template));
-        }
+        let headers = header_templates(&route.headers).map_err(&fail)?;
+        let content_type = headers
+            .iter()
+            .any(|(name, _)| name == http::header::CONTENT_TYPE);
         let when = route
             .when
             .iter()
@@ -463,42 +524,8 @@ impl Compiled {
                 Ok((source, field.clone(), value.clone()))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let templates =
-            std::iter::once((&body, "body")).chain(headers.iter().map(|(_, t)| (t, "a header")));
-        for (template, whence) in templates {
-            for (source, context) in template.fields() {
-                match source {
-                    Source::Path(p) if !params.contains(&p.as_str()) => {
-                        return Err(fail(format!(
-                            "{whence} uses {{{{path.{p}}}}}, but the path has no {{{p}}} segment"
-                        )));
-                    }
-                    Source::Id if context == Context::Bare => {
-                        return Err(fail(format!(
-                            "{whence} has {{{{id}}}} outside a string: an id is text, quote it"
-                        )));
-                    }
-                    _ => {}
-                }
-            }
-        }
-        for (source, field, _) in &when {
-            if let Source::Path(p) = source {
-                if !params.contains(&p.as_str()) {
-                    return Err(fail(format!(
-                        "when {field:?}: the path has no {{{p}}} segment"
-                    )));
-                }
-            }
-        }
-        let random = if route.rates.is_empty() {
-            None
-        } else {
-            Some(
-                RandomFaults::new(seed ^ crate::rng::fnv1a(name.as_bytes()), &route.rates)
-                    .map_err(&fail)?,
-            )
-        };
+        check_fields(&segments, (&body, &headers), &when).map_err(fail)?;
+        let random = random_faults(&route.rates, seed, &name).map_err(&fail)?;
         let throttle = route
             .rate_limit
             .map(|(per_second, burst, retry_after)| {

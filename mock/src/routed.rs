@@ -20,6 +20,7 @@ use super::handler::{
     Claim, Received, Step, check_key, claim, draw_fault, execute, log, read_back, receive,
     scope_of, spoil,
 };
+use super::key::Key;
 use super::response::{self, Body, Dropped, problem};
 use super::route::{Compiled, NoMatch, Params, find};
 use super::shared::{CreatedId, Resource, Routes, Shared};
@@ -71,7 +72,9 @@ impl RequestData {
     }
 }
 
-/// Serves one request against the routes.
+/// Serves one request against the routes: read and matched, logged, admitted by the
+/// route's rate limit, its key checked and a fault drawn; then answered as a read or
+/// executed as an operation.
 pub(crate) async fn handle(
     shared: &Arc<Shared>,
     routes: &Routes,
@@ -84,19 +87,12 @@ pub(crate) async fn handle(
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
     let Received { parts, key, body } = receive(shared, &method, &path, request).await?;
-    let json = match body_json(&parts.headers, &body) {
-        Ok(json) => json,
-        Err(detail) => {
-            let (uri, headers) = (&parts.uri, &parts.headers);
-            log(
-                shared,
-                &method,
-                &path,
-                uri,
-                headers,
-                key.as_ref(),
-                (&body, None),
-            );
+    let (uri, headers) = (parts.uri, parts.headers);
+    let data = match request_data(&uri, headers, &body) {
+        Ok(data) => data,
+        Err((headers, detail)) => {
+            let logged = (&body[..], None);
+            log(shared, &method, &path, &uri, &headers, key.as_ref(), logged);
             return Err(Ok(problem(
                 StatusCode::BAD_REQUEST,
                 "Invalid body",
@@ -104,42 +100,20 @@ pub(crate) async fn handle(
             )));
         }
     };
-    let data = RequestData {
-        body: json,
-        query: parts
-            .uri
-            .query()
-            .and_then(|q| serde_urlencoded::from_str(q).ok())
-            .unwrap_or_default(),
-        headers: parts.headers,
-        now: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    };
     let found = matched(routes, &method, &path, &data);
     let route = found.as_ref().ok().map(|(index, _)| &routes[*index]);
-    let name = route.map(|r| &r.name);
-    let uri = &parts.uri;
+    let logged = (&body[..], route.map(|r| &r.name));
     log(
         shared,
         &method,
         &path,
-        uri,
+        &uri,
         &data.headers,
         key.as_ref(),
-        (&body, name),
+        logged,
     );
     if let Some(route) = route {
-        route.count_request();
-        // Past the route's rate limit: refused before anything else, a queued fault
-        // left for a request the server processes.
-        if let Some(refusal) = route
-            .throttle
-            .as_ref()
-            .and_then(|t| t.admit(Instant::now()))
-        {
-            return Err(Ok(refusal));
-        }
+        admit(route)?;
     }
     let key = if operation {
         check_key(shared, key)?
@@ -151,23 +125,109 @@ pub(crate) async fn handle(
         Some(route) => draw_fault(shared, sabotage, Some(route)).await?,
         None => None,
     };
-
     if !operation {
-        let (route, params) = match found {
-            Ok((index, params)) => (&routes[index], params),
-            // Routes first, then a resource an operation created, then 404.
-            Err(not_found) => {
-                return match read_back(shared, &method, &path, &data.headers) {
-                    Some(answer) => Ok(spoil(sabotage, after, answer).await),
-                    None => Err(not_found),
-                };
-            }
-        };
-        let answer = answer(route, &data, (&method, &path, &params), "", 0)?;
-        route.count_execution();
-        return Ok(spoil(sabotage, after, made(route, &answer)).await);
+        let answer = read(shared, routes, found, &data, (&method, &path))?;
+        return Ok(spoil(sabotage, after, answer).await);
     }
+    let target = uri.path_and_query().map_or(path.as_str(), |p| p.as_str());
+    let fingerprint = fingerprint(&method, target, &body);
+    let request = Operation {
+        key,
+        fingerprint,
+        data,
+        method,
+        path,
+    };
+    let answer = operate(shared, routes, found, request).await?;
+    Ok(spoil(sabotage, after, answer).await)
+}
 
+/// A route's rate limit: past it, refused before anything else (a queued fault left
+/// for a request the server processes).
+fn admit(route: &Compiled) -> Step<()> {
+    route.count_request();
+    let refusal = route
+        .throttle
+        .as_ref()
+        .and_then(|t| t.admit(Instant::now()));
+    match refusal {
+        Some(refusal) => Err(Ok(refusal)),
+        None => Ok(()),
+    }
+}
+
+/// What the templates read of a request; a body that is not valid JSON or form data
+/// gives back the headers and what is wrong with it.
+fn request_data(
+    uri: &http::Uri,
+    headers: HeaderMap,
+    body: &bytes::Bytes,
+) -> Result<RequestData, (HeaderMap, String)> {
+    let json = match body_json(&headers, body) {
+        Ok(json) => json,
+        Err(detail) => return Err((headers, detail)),
+    };
+    Ok(RequestData {
+        body: json,
+        query: uri
+            .query()
+            .and_then(|q| serde_urlencoded::from_str(q).ok())
+            .unwrap_or_default(),
+        headers,
+        now: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    })
+}
+
+/// A read (GET, HEAD, …): the route's answer, made anew each time; without a route, a
+/// resource an operation created, then `404`.
+fn read(
+    shared: &Shared,
+    routes: &Routes,
+    found: Step<(usize, Params)>,
+    data: &RequestData,
+    (method, path): (&Method, &String),
+) -> Step<Response<Body>> {
+    let (route, params) = match found {
+        Ok((index, params)) => (&routes[index], params),
+        Err(not_found) => {
+            return match read_back(shared, method, path, &data.headers) {
+                Some(answer) => Ok(answer),
+                None => Err(not_found),
+            };
+        }
+    };
+    let answer = answer(route, data, (method, path, &params), "", 0)?;
+    route.count_execution();
+    Ok(made(route, &answer))
+}
+
+/// An operation as the routes execute it.
+struct Operation {
+    key: Option<Key>,
+    fingerprint: u64,
+    data: RequestData,
+    method: Method,
+    path: String,
+}
+
+/// An operation (POST, PUT, PATCH, DELETE): a stored or in-flight key answers first;
+/// then the route's answer is checked with stand-ins (a `404` or `400` here stores
+/// nothing and uses no id); then it executes, once per key, and is stored.
+async fn operate(
+    shared: &Arc<Shared>,
+    routes: &Routes,
+    found: Step<(usize, Params)>,
+    request: Operation,
+) -> Step<Response<Body>> {
+    let Operation {
+        key,
+        fingerprint,
+        data,
+        method,
+        path,
+    } = request;
     let scope = scope_of(shared, &data.headers);
     let claimed = match key {
         Some(key) => {
@@ -175,31 +235,15 @@ pub(crate) async fn handle(
                 scope: scope.clone(),
                 key: key.into_boxed_str(),
             };
-            let target = uri.path_and_query().map_or(path.as_str(), |p| p.as_str());
-            match claim(shared, scoped, fingerprint(&method, target, &body)) {
+            match claim(shared, scoped, fingerprint) {
                 Claim::Claimed(scoped) => Some(scoped),
-                Claim::Answer(answer) => return Ok(spoil(sabotage, after, answer).await),
+                Claim::Answer(answer) => return Ok(answer),
                 Claim::Early(answer) => return Err(Ok(answer)),
             }
         }
         None => None,
     };
-    // Checked with a stand-in id and seq: the real ones are drawn only for an answer
-    // that will be stored.
-    let checked = found.and_then(|(index, params)| {
-        let route = &routes[index];
-        if !route.store {
-            // Not an execution: answered as is, nothing stored, the key left free.
-            let answer = answer(route, &data, (&method, &path, &params), "", route.seq())?;
-            return Err(Ok(made(route, &answer)));
-        }
-        if route.handler.is_none() {
-            route
-                .check(&data.fields(&params, "id", 1))
-                .map_err(|detail| cannot_answer(route, &detail))?;
-        }
-        Ok((route.clone(), params))
-    });
+    let checked = checked(routes, found, &data, (&method, &path));
     let (route, params) = match checked {
         Ok(found) => found,
         Err(answer) => {
@@ -230,7 +274,30 @@ pub(crate) async fn handle(
         Ok((stored, created))
     })
     .await?;
-    Ok(spoil(sabotage, after, response::stored(&stored, false)).await)
+    Ok(response::stored(&stored, false))
+}
+
+/// The route an operation executes, its answer checked with a stand-in id and seq (the
+/// real ones are drawn only for an answer that will be stored). A route that stores
+/// nothing answers here, as is, the key left free.
+fn checked(
+    routes: &Routes,
+    found: Step<(usize, Params)>,
+    data: &RequestData,
+    (method, path): (&Method, &String),
+) -> Step<(Arc<Compiled>, Params)> {
+    let (index, params) = found?;
+    let route = &routes[index];
+    if !route.store {
+        let answer = answer(route, data, (method, path, &params), "", route.seq())?;
+        return Err(Ok(made(route, &answer)));
+    }
+    if route.handler.is_none() {
+        route
+            .check(&data.fields(&params, "id", 1))
+            .map_err(|detail| cannot_answer(route, &detail))?;
+    }
+    Ok((route.clone(), params))
 }
 
 /// The answer a route made for a request that stores nothing, its body streamed when
