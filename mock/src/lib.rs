@@ -48,6 +48,12 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Cargo features
+//!
+//! | feature | default | what it does |
+//! |---|---|---|
+//! | `fuzzing` | no | internal: entry points for the source repository's `cargo fuzz` targets; no API promise |
 
 mod admin;
 mod auth;

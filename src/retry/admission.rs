@@ -2,14 +2,12 @@
 //! refuses with no I/O) and its adaptive rate limiter (a turn now, a wait, or a
 //! refusal); and afterwards, telling both how the attempt went.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::breaker::{Admission, Verdict};
-use super::engine::Engine;
+use super::engine::{Engine, origin_in};
 use super::limiter::Turn;
 use super::origins::OriginState;
-use super::settings::RetrySettings as Settings;
 use crate::GiveUpReason;
 
 impl Engine<'_> {
@@ -91,16 +89,6 @@ impl Engine<'_> {
             }
         }
     }
-}
-
-/// The state of `url`'s origin, looked up into `slot` on first use: a function of the
-/// slot alone, so that a caller can set the engine's other fields while it holds it.
-pub(super) fn origin_in<'s>(
-    slot: &'s mut Option<Arc<OriginState>>,
-    settings: &Settings,
-    url: &reqwest::Url,
-) -> &'s Arc<OriginState> {
-    slot.get_or_insert_with(|| settings.origins.get(url))
 }
 
 #[cfg(test)]

@@ -231,7 +231,7 @@ impl<'a> Engine<'a> {
 
     /// The state of the operation's origin, looked up once.
     pub(super) fn origin(&mut self) -> &OriginState {
-        super::admission::origin_in(&mut self.origin, self.settings, self.url)
+        origin_in(&mut self.origin, self.settings, self.url)
     }
 
     /// The key for an event above debug level: only when the client was built with
@@ -260,6 +260,16 @@ impl<'a> Engine<'a> {
         );
         reason
     }
+}
+
+/// The state of `url`'s origin, looked up into `slot` on first use: a function of the
+/// slot alone, so that a caller can set the engine's other fields while it holds it.
+pub(super) fn origin_in<'s>(
+    slot: &'s mut Option<Arc<OriginState>>,
+    settings: &Settings,
+    url: &reqwest::Url,
+) -> &'s Arc<OriginState> {
+    slot.get_or_insert_with(|| settings.origins.get(url))
 }
 
 /// An engine on made-up settings, and answers to judge, for the unit tests of the

@@ -1,6 +1,13 @@
 //! The retry engine, one file per job, shared by every front end (the client's own
-//! transport and the reqwest-middleware layer):
+//! transport and the reqwest-middleware layer). It knows no front end: it reads
+//! [`settings::RetrySettings`] and drives a [`transport::Transport`].
 //!
+//! - [`transport`]: the contract with a front end, and how an operation ended;
+//! - [`settings`]: what the engine reads, and what one request overrides;
+//! - [`engine`]: one operation's state and its attempt loop, which asks, in turn,
+//!   [`admission`] (the origin's breaker and rate limiter), [`race`] (a hedged attempt),
+//!   [`judge`] (one answer: the decision, what the origin is told) and [`schedule`]
+//!   (the next attempt: backoff, `Retry-After`, deadline, budget, hook);
 //! - [`policy`]: what the caller asks for (attempts, delays, deadline);
 //! - [`backoff`]: the delay before each retry, from the policy;
 //! - [`classify`]: the *decision*, whether an attempt's outcome is worth another;
@@ -10,11 +17,8 @@
 //! - [`hedging`]: a second attempt with the same key beside a slow one;
 //! - [`limiter`]: the adaptive rate limiter of an origin, which slows sends to a
 //!   throttling one;
-//! - [`origins`]: the per-origin state (budget and circuit), bounded and shared by a
-//!   client's clones;
-//! - [`engine`]: one operation's bookkeeping, which puts the four together, decides
-//!   after each attempt, reports every decision, and runs the attempt loop for any
-//!   front end that can send one attempt.
+//! - [`origins`]: the per-origin state (budget, circuit, limiter, hedge bucket),
+//!   bounded and shared by a client's clones.
 
 pub(crate) mod admission;
 pub(crate) mod backoff;

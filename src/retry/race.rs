@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::breaker::CircuitState;
-use super::engine::Engine;
+use super::engine::{Engine, origin_in};
 use super::hedging::Hedging;
 use super::judge::server_throttled;
 use super::limiter::Turn;
@@ -40,7 +40,7 @@ impl<'a> Engine<'a> {
         timeout: Duration,
     ) -> T::Answer {
         // The origin stays in `self.origin`, looked up here: not held in the race.
-        super::admission::origin_in(&mut self.origin, self.settings, self.url)
+        origin_in(&mut self.origin, self.settings, self.url)
             .hedges
             .deposit();
         // The first attempt, and the hedges beside it: no allocation for the list

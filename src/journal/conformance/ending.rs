@@ -1,7 +1,7 @@
 //! The rules for operations that end other than by completing: attention (and a
 //! person's resolution), `Resend`, a take-up that sent nothing, withdrawal, cancel.
 
-use super::{Ids, claimed, expect_not_pending, fail, found, recorded, unauthorized};
+use super::support::{Ids, claimed, expect_not_pending, fail, found, recorded, unauthorized};
 use crate::journal::{EntryState, Journal, Lease, RecordedAnswer, Release, Resolution};
 
 /// An operation that needs attention is never claimed again, is listed by `pending`

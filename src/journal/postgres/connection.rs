@@ -8,7 +8,6 @@ use rustls_pki_types::pem::PemObject;
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::PostgresJournal;
 use super::schema::sql;
 use crate::journal::JournalError;
 
@@ -23,10 +22,10 @@ pub(super) struct Shared {
     pub(super) next: std::sync::atomic::AtomicUsize,
 }
 
-impl PostgresJournal {
+impl Shared {
     /// The next connection in turn, made (again) if there is none or it broke.
     pub(super) async fn client(&self) -> Result<Arc<Client>, JournalError> {
-        let shared = &self.shared;
+        let shared = self;
         let turn = shared
             .next
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -36,7 +35,7 @@ impl PostgresJournal {
         if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());
         }
-        let (client, connection) = tokio_postgres::connect(&self.shared.url, shared.tls.clone())
+        let (client, connection) = tokio_postgres::connect(&shared.url, shared.tls.clone())
             .await
             .map_err(|e| JournalError::storage("could not connect to the journal's database", e))?;
         // The connection's I/O runs beside the journal; it ends when the client is
@@ -51,10 +50,6 @@ impl PostgresJournal {
         let client = Arc::new(client);
         *slot = Some(client.clone());
         Ok(client)
-    }
-
-    pub(super) fn namespace(&self) -> &str {
-        &self.shared.namespace
     }
 }
 

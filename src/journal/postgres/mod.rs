@@ -115,7 +115,7 @@ impl PostgresJournalBuilder {
             limits: self.limits,
         };
         let result = async {
-            let client = journal.client().await?;
+            let client = journal.shared.client().await?;
             migrate(&client).await
         };
         result.await.map_err(|source| crate::Error::Journal {
@@ -183,14 +183,14 @@ impl PostgresJournal {
 impl Journal for PostgresJournal {
     fn find<'a>(&'a self, id: &'a str) -> JournalFuture<'a, Option<JournalEntry>> {
         Box::pin(async move {
-            let client = self.client().await?;
+            let client = self.shared.client().await?;
             let row = client
                 .query_opt(
                     &format!(
                         "SELECT {COLUMNS} FROM idempotent_retry_operations \
                          WHERE namespace = $1 AND id = $2"
                     ),
-                    &[&self.namespace(), &id],
+                    &[&self.shared.namespace.as_str(), &id],
                 )
                 .await
                 .map_err(sql("could not read an operation"))?;
@@ -206,7 +206,7 @@ impl Journal for PostgresJournal {
         lease: Duration,
     ) -> JournalFuture<'a, Inserted> {
         Box::pin(async move {
-            let client = self.client().await?;
+            let client = self.shared.client().await?;
             let inserted = client
                 .execute(
                     "INSERT INTO idempotent_retry_operations (namespace, id, key, method, url, \
@@ -215,7 +215,7 @@ impl Journal for PostgresJournal {
                      now() + $11::float8 * interval '1 millisecond', $12) \
                      ON CONFLICT (namespace, id) DO NOTHING",
                     &[
-                        &self.namespace(),
+                        &self.shared.namespace.as_str(),
                         &id,
                         &request.key,
                         &request.method,
@@ -249,7 +249,7 @@ impl Journal for PostgresJournal {
         lease: Duration,
     ) -> JournalFuture<'a, Claimed> {
         Box::pin(async move {
-            let client = self.client().await?;
+            let client = self.shared.client().await?;
             let claim = sql("could not claim the operation");
             // One statement: the row's lock makes the test and the take atomic.
             let taken = client
@@ -260,7 +260,7 @@ impl Journal for PostgresJournal {
                      AND (holder IS NULL OR expires_at <= now() OR holder = $3) \
                      AND (not_before IS NULL OR not_before <= now()) \
                      RETURNING token",
-                    &[&self.namespace(), &id, &holder, &(ms(lease) as f64)],
+                    &[&self.shared.namespace.as_str(), &id, &holder, &(ms(lease) as f64)],
                 )
                 .await
                 .map_err(&claim)?;
@@ -278,7 +278,7 @@ impl Journal for PostgresJournal {
                      (EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::BIGINT, \
                      (EXTRACT(EPOCH FROM (not_before - now())) * 1000)::BIGINT \
                      FROM idempotent_retry_operations WHERE namespace = $1 AND id = $2",
-                    &[&self.namespace(), &id],
+                    &[&self.shared.namespace.as_str(), &id],
                 )
                 .await
                 .map_err(&claim)?;
@@ -302,14 +302,14 @@ impl Journal for PostgresJournal {
 
     fn start_attempt<'a>(&'a self, lease: &'a Lease, duration: Duration) -> JournalFuture<'a, ()> {
         Box::pin(async move {
-            let client = self.client().await?;
+            let client = self.shared.client().await?;
             let changed = client
                 .execute(
                     "UPDATE idempotent_retry_operations SET attempts = attempts + 1, \
                      expires_at = now() + $4::float8 * interval '1 millisecond' \
                      WHERE namespace = $1 AND id = $2 AND token = $3 AND state = 0",
                     &[
-                        &self.namespace(),
+                        &self.shared.namespace.as_str(),
                         &lease.id,
                         &token(lease),
                         &(ms(duration) as f64),
@@ -327,14 +327,14 @@ impl Journal for PostgresJournal {
         answer: &'a RecordedAnswer,
     ) -> JournalFuture<'a, ()> {
         Box::pin(async move {
-            let client = self.client().await?;
+            let client = self.shared.client().await?;
             let changed = client
                 .execute(
                     "UPDATE idempotent_retry_operations SET state = 1, answer_status = $4, \
                      answer_headers = $5, answer_body = $6, holder = NULL, closed_at = now() \
                      WHERE namespace = $1 AND id = $2 AND token = $3 AND state = 0",
                     &[
-                        &self.namespace(),
+                        &self.shared.namespace.as_str(),
                         &lease.id,
                         &token(lease),
                         &i32::from(answer.status),
@@ -350,7 +350,7 @@ impl Journal for PostgresJournal {
 
     fn release<'a>(&'a self, lease: &'a Lease, release: &'a Release) -> JournalFuture<'a, ()> {
         Box::pin(async move {
-            let client = self.client().await?;
+            let client = self.shared.client().await?;
             let state = if release.attention.is_some() {
                 ATTENTION
             } else {
@@ -367,7 +367,7 @@ impl Journal for PostgresJournal {
                      resumes = GREATEST(resumes - $11, 0) \
                      WHERE namespace = $1 AND id = $2 AND token = $3 AND state = 0",
                     &[
-                        &self.namespace(),
+                        &self.shared.namespace.as_str(),
                         &lease.id,
                         &token(lease),
                         &i64::from(release.attempts),
@@ -388,12 +388,12 @@ impl Journal for PostgresJournal {
 
     fn withdraw<'a>(&'a self, lease: &'a Lease) -> JournalFuture<'a, ()> {
         Box::pin(async move {
-            let client = self.client().await?;
+            let client = self.shared.client().await?;
             let changed = client
                 .execute(
                     "DELETE FROM idempotent_retry_operations \
                      WHERE namespace = $1 AND id = $2 AND token = $3 AND state = 0",
-                    &[&self.namespace(), &lease.id, &token(lease)],
+                    &[&self.shared.namespace.as_str(), &lease.id, &token(lease)],
                 )
                 .await
                 .map_err(sql("could not withdraw the operation"))?;
@@ -403,14 +403,14 @@ impl Journal for PostgresJournal {
 
     fn pending(&self) -> JournalFuture<'_, Vec<JournalEntry>> {
         Box::pin(async move {
-            let client = self.client().await?;
+            let client = self.shared.client().await?;
             let rows = client
                 .query(
                     &format!(
                         "SELECT {COLUMNS} FROM idempotent_retry_operations \
                          WHERE namespace = $1 AND state IN (0, 2) ORDER BY created_at, id"
                     ),
-                    &[&self.namespace()],
+                    &[&self.shared.namespace.as_str()],
                 )
                 .await
                 .map_err(sql("could not list pending operations"))?;
@@ -422,7 +422,7 @@ impl Journal for PostgresJournal {
 
     fn resolve<'a>(&'a self, id: &'a str, resolution: &'a Resolution) -> JournalFuture<'a, bool> {
         Box::pin(async move {
-            let client = self.client().await?;
+            let client = self.shared.client().await?;
             let fail = sql("could not resolve the operation");
             // Open (pending or needing attention) and held by no live worker.
             let open = "namespace = $1 AND id = $2 AND state IN (0, 2) \
@@ -441,7 +441,7 @@ impl Journal for PostgresJournal {
                                  holder = NULL, token = token + 1, closed_at = now() WHERE {open}"
                             ),
                             &[
-                                &self.namespace(),
+                                &self.shared.namespace.as_str(),
                                 &id,
                                 &i32::from(answer.status),
                                 &encode(&answer.headers),
@@ -458,7 +458,7 @@ impl Journal for PostgresJournal {
                                  attention = $3, holder = NULL, token = token + 1, \
                                  closed_at = now() WHERE {open}"
                             ),
-                            &[&self.namespace(), &id, reason],
+                            &[&self.shared.namespace.as_str(), &id, reason],
                         )
                         .await
                 }
@@ -472,7 +472,7 @@ impl Journal for PostgresJournal {
                                  closed_at = NULL, answer_status = NULL, answer_headers = NULL, \
                                  answer_body = NULL WHERE {reopen}"
                             ),
-                            &[&self.namespace(), &id],
+                            &[&self.shared.namespace.as_str(), &id],
                         )
                         .await
                 }
@@ -484,14 +484,14 @@ impl Journal for PostgresJournal {
 
     fn cancel<'a>(&'a self, id: &'a str) -> JournalFuture<'a, bool> {
         Box::pin(async move {
-            let client = self.client().await?;
+            let client = self.shared.client().await?;
             let changed = client
                 .execute(
                     "UPDATE idempotent_retry_operations SET state = 3, \
                      attention = 'cancelled before any attempt', token = token + 1, \
                      closed_at = now() WHERE namespace = $1 AND id = $2 AND state = 0 \
                      AND holder IS NULL AND attempts = 0 AND resumes = 0",
-                    &[&self.namespace(), &id],
+                    &[&self.shared.namespace.as_str(), &id],
                 )
                 .await
                 .map_err(sql("could not cancel the operation"))?;
@@ -501,12 +501,12 @@ impl Journal for PostgresJournal {
 
     fn housekeep(&self) -> JournalFuture<'_, u64> {
         Box::pin(async move {
-            let client = self.client().await?;
+            let client = self.shared.client().await?;
             client
                 .execute(
                     "DELETE FROM idempotent_retry_operations WHERE namespace = $1 \
                      AND state IN (1, 3) AND closed_at <= now() - $2::float8 * interval '1 millisecond'",
-                    &[&self.namespace(), &(ms(self.limits.completed_retention) as f64)],
+                    &[&self.shared.namespace.as_str(), &(ms(self.limits.completed_retention) as f64)],
                 )
                 .await
                 .map_err(sql("could not remove old operations"))

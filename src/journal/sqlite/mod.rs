@@ -11,7 +11,7 @@
 //! groups concurrent writes into one synced commit) and `rows.rs` (rows as entries).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -28,7 +28,7 @@ use super::{
 };
 use rows::{COLUMNS, ClaimRow, entry, find, ms, now_ms, raw, since, token};
 use schema::{ATTENTION, PENDING, open, storage};
-use writer::{Job, writer};
+use writer::Writer;
 
 /// Settings for a [`SqliteJournal`].
 ///
@@ -104,13 +104,10 @@ impl SqliteJournalBuilder {
             source,
         };
         let (connection, reader, owner) = opened.map_err(journal_error)?;
-        let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("idempotent-retry-journal".into())
-            .spawn(move || writer(connection, &queue))
+        let writer = Writer::start(connection)
             .map_err(|e| journal_error(JournalError::storage("could not start its writer", e)))?;
         Ok(SqliteJournal {
-            jobs,
+            writer,
             reader: Arc::new(Mutex::new(reader)),
             owner: Arc::new(owner),
             limits: self.limits,
@@ -146,7 +143,7 @@ impl SqliteJournalBuilder {
 /// ```
 #[derive(Clone, Debug)]
 pub struct SqliteJournal {
-    jobs: mpsc::Sender<Job>,
+    writer: Writer,
     reader: Arc<Mutex<Connection>>,
     /// This journal's OS-locked registration, which tells other processes it lives.
     owner: Arc<owners::Owner>,
@@ -199,7 +196,7 @@ impl Journal for SqliteJournal {
     ) -> JournalFuture<'a, Inserted> {
         let (id, request, holder) = (id.to_owned(), request.clone(), holder.to_owned());
         let owner_id = self.owner.id().to_owned();
-        self.with(move |connection| {
+        self.writer.with(move |connection| {
             let now = now_ms();
             let inserted = connection
                 .prepare_cached(
@@ -242,7 +239,7 @@ impl Journal for SqliteJournal {
     ) -> JournalFuture<'a, Claimed> {
         let (id, holder) = (id.to_owned(), holder.to_owned());
         let (owner_id, owners_dir) = (self.owner.id().to_owned(), self.owner.dir().to_owned());
-        self.with(move |connection| {
+        self.writer.with(move |connection| {
             let claim = storage("could not claim the operation");
             // Inside the writer's transaction: the read and the write are one step.
             let tx = connection;
@@ -304,7 +301,7 @@ impl Journal for SqliteJournal {
 
     fn start_attempt<'a>(&'a self, lease: &'a Lease, duration: Duration) -> JournalFuture<'a, ()> {
         let lease = lease.clone();
-        self.with(move |connection| {
+        self.writer.with(move |connection| {
             let changed = connection
                 .prepare_cached(
                     "UPDATE operations SET attempts = attempts + 1, expires_ms = ?3 \
@@ -328,7 +325,7 @@ impl Journal for SqliteJournal {
         answer: &'a RecordedAnswer,
     ) -> JournalFuture<'a, ()> {
         let (lease, answer) = (lease.clone(), answer.clone());
-        self.with(move |connection| {
+        self.writer.with(move |connection| {
             let changed = connection
                 .prepare_cached(
                     "UPDATE operations SET state = 1, answer_status = ?3, answer_headers = ?4, \
@@ -352,7 +349,7 @@ impl Journal for SqliteJournal {
 
     fn release<'a>(&'a self, lease: &'a Lease, release: &'a Release) -> JournalFuture<'a, ()> {
         let (lease, release) = (lease.clone(), release.clone());
-        self.with(move |connection| {
+        self.writer.with(move |connection| {
             let state = if release.attention.is_some() {
                 ATTENTION
             } else {
@@ -391,7 +388,7 @@ impl Journal for SqliteJournal {
 
     fn withdraw<'a>(&'a self, lease: &'a Lease) -> JournalFuture<'a, ()> {
         let lease = lease.clone();
-        self.with(move |connection| {
+        self.writer.with(move |connection| {
             let changed = connection
                 .prepare_cached("DELETE FROM operations WHERE id = ?1 AND token = ?2 AND state = 0")
                 .and_then(|mut statement| statement.execute(params![lease.id, token(&lease)]))
@@ -401,7 +398,7 @@ impl Journal for SqliteJournal {
     }
 
     fn pending(&self) -> JournalFuture<'_, Vec<JournalEntry>> {
-        self.with(move |connection| {
+        self.writer.with(move |connection| {
             let read = storage("could not list pending operations");
             let mut statement = connection
                 .prepare(&format!(
@@ -422,7 +419,7 @@ impl Journal for SqliteJournal {
 
     fn resolve<'a>(&'a self, id: &'a str, resolution: &'a Resolution) -> JournalFuture<'a, bool> {
         let (id, resolution) = (id.to_owned(), resolution.clone());
-        self.with(move |connection| {
+        self.writer.with(move |connection| {
             let fail = storage("could not resolve the operation");
             let tx = connection;
             let now = now_ms();
@@ -470,7 +467,7 @@ impl Journal for SqliteJournal {
 
     fn cancel<'a>(&'a self, id: &'a str) -> JournalFuture<'a, bool> {
         let id = id.to_owned();
-        self.with(move |connection| {
+        self.writer.with(move |connection| {
             let changed = connection
                 .execute(
                     "UPDATE operations SET state = 3, attention = 'cancelled before any attempt', \
@@ -485,7 +482,7 @@ impl Journal for SqliteJournal {
 
     fn housekeep(&self) -> JournalFuture<'_, u64> {
         let retention = ms(self.limits.completed_retention);
-        self.with(move |connection| {
+        self.writer.with(move |connection| {
             let removed = connection
                 .execute(
                     "DELETE FROM operations WHERE state IN (1, 3) AND closed_ms <= ?1",

@@ -6,10 +6,24 @@ use std::sync::mpsc;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::SqliteJournal;
 use crate::journal::{JournalError, JournalFuture};
 
-impl SqliteJournal {
+/// The way to the writer thread, shared by a journal's clones.
+#[derive(Clone, Debug)]
+pub(super) struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `connection`.
+    pub(super) fn start(connection: Connection) -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("idempotent-retry-journal".into())
+            .spawn(move || writer(connection, &queue))?;
+        Ok(Self { jobs })
+    }
+
     /// Runs `work` on the writer thread, inside the next group of writes, and answers
     /// once that group is committed (synced).
     pub(super) fn with<T: Send + 'static>(
@@ -51,7 +65,7 @@ impl SqliteJournal {
 
 /// One piece of work for the writer: run on the connection (or told why it cannot be),
 /// it returns how to answer once its group is committed.
-pub(super) type Job = Box<dyn FnOnce(Result<&Connection, &str>) -> Reply + Send>;
+type Job = Box<dyn FnOnce(Result<&Connection, &str>) -> Reply + Send>;
 
 /// Answers a job's caller: `None` once its group is committed, else why the commit
 /// failed.
@@ -63,7 +77,7 @@ const MAX_GROUP: usize = 512;
 /// The writer thread: takes whatever jobs are waiting (at least one), runs them in one
 /// `BEGIN IMMEDIATE` transaction, commits once, then answers each. Ends when every
 /// journal handle is gone.
-pub(super) fn writer(mut connection: Connection, queue: &mpsc::Receiver<Job>) {
+fn writer(mut connection: Connection, queue: &mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
