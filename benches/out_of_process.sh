@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 seconds=${1:-5}
 rounds=${2:-3}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
-cargo build --quiet --release --features mock --bin idempotent-mock-server --example bench_server
+cargo build --quiet --release -p idempotent-retry-mock --bin idempotent-mock-server
+cargo build --quiet --release --example bench_server
 ticks=$(getconf CLK_TCK)
 
 declare -A pids urls

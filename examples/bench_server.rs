@@ -5,7 +5,7 @@
 //! (The idempotent mock runs as its own binary, `idempotent-mock-server`.)
 //!
 //! ```text
-//! cargo run --release --features mock --example bench_server -- wiremock|wiremock-quiet|bare
+//! cargo run --release --example bench_server -- wiremock|wiremock-quiet|bare
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark tool stops on any failure.
 

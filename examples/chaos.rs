@@ -13,7 +13,7 @@
 //! reported as such.
 //!
 //! ```text
-//! cargo run --release --features mock --example chaos -- [--ops 1000] [--fault-rate 0.3] [--seed 42] [--concurrency 32]
+//! cargo run --release --example chaos -- [--ops 1000] [--fault-rate 0.3] [--seed 42] [--concurrency 32]
 //! ```
 
 use std::io::Write;

@@ -17,7 +17,7 @@
 //! round.
 //!
 //! ```text
-//! cargo run --release --features mock,journal-sqlite --example crash -- [--ops 3000] [--kills 20] [--seed 7] [--fault-rate 0.2]
+//! cargo run --release --features journal-sqlite --example crash -- [--ops 3000] [--kills 20] [--seed 7] [--fault-rate 0.2]
 //! cargo run --release --all-features --example crash -- --postgres postgres://user@127.0.0.1/db --workers 3
 //! ```
 

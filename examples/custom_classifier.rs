@@ -3,7 +3,7 @@
 //! try), and `500` only for requests it will never accept (not worth one).
 //!
 //! ```text
-//! cargo run --features mock --example custom_classifier
+//! cargo run --example custom_classifier
 //! ```
 
 use std::time::Duration;

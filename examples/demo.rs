@@ -5,7 +5,7 @@
 //! lost response). The third attempt gets the stored result, not a second execution.
 //!
 //! ```text
-//! cargo run --features mock --example demo
+//! cargo run --example demo
 //! ```
 
 use std::process::ExitCode;

@@ -6,7 +6,7 @@
 //! memory (Linux `VmRSS`) every 100,000 requests. Client and server share the process.
 //!
 //! ```text
-//! cargo run --release --features mock --example key_flood -- [--keys 1000000] [--bound 100000]
+//! cargo run --release --example key_flood -- [--keys 1000000] [--bound 100000]
 //! ```
 
 use std::sync::Arc;

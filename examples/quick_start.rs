@@ -2,7 +2,7 @@
 //! server, whose first answer is lost on the way back.
 //!
 //! ```text
-//! cargo run --features mock --example quick_start
+//! cargo run --example quick_start
 //! ```
 
 use std::time::Duration;

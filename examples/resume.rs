@@ -8,7 +8,7 @@
 //! the order is placed once. A final answer clears the saved key.
 //!
 //! ```text
-//! cargo run --features mock --example resume
+//! cargo run --example resume
 //! ```
 
 use std::time::Duration;

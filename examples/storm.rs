@@ -13,7 +13,7 @@
 //! "executions per key" is the servers' own count.
 //!
 //! ```text
-//! cargo run --release --features mock --example storm -- [--quick] [--plot storm.svg]
+//! cargo run --release --example storm -- [--quick] [--plot storm.svg]
 //! ```
 //!
 //! `--plot FILE.svg` draws the requests per second the sick origin received over time,
