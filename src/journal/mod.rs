@@ -119,7 +119,8 @@
 //! Stores: [`MemoryJournal`] (tests, one process, no feature), `SqliteJournal`
 //! (feature `journal-sqlite`: one file, the embedded default), `PostgresJournal`
 //! (feature `journal-postgres`: a fleet of workers on many machines sharing one
-//! journal). The [`Journal`] trait lets you put it on your own database.
+//! journal). The [`Journal`] trait lets you put it on your own database, and
+//! `conformance::check` (feature `journal-conformance`) checks it keeps every rule.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -159,7 +160,8 @@ pub type JournalFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, JournalErr
 /// Where operations are recorded before they are sent. Implement it to keep the
 /// journal in your own database; every method must be atomic, and every write that
 /// names a [`Lease`] must apply only if the operation's current token is that lease's
-/// (else [`JournalError::LeaseLost`]).
+/// (else [`JournalError::LeaseLost`]). `journal::conformance::check` (feature
+/// `journal-conformance`) checks every rule against yours, in your tests.
 ///
 /// Times (`created`, lease expiry, age) are the journal's own clock: the database's,
 /// when it has one that every worker shares.

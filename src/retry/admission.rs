@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::breaker::{Admission, Verdict};
-use super::engine::{Engine, origin_in};
+use super::engine::{Engine, Now, origin_in};
 use super::limiter::Turn;
 use super::origins::OriginState;
 use crate::GiveUpReason;
@@ -66,11 +66,12 @@ impl Engine<'_> {
 
     /// Tells the origin how the attempt that ended at `now` went: its circuit, if it let
     /// the attempt through, and its rate limiter, which measures every attempt.
-    pub(super) fn tell_origin(&mut self, verdict: Verdict, throttled: bool, now: Instant) {
+    pub(super) fn tell_origin(&mut self, verdict: Verdict, throttled: bool, now: Now) {
         let probe = self.pass.take();
         if probe.is_none() && self.settings.limiter.is_none() {
             return;
         }
+        let now = now.get();
         if let Some(probe) = probe {
             let origin = self.origin.as_deref();
             if let Some(circuit) = origin.and_then(OriginState::existing_circuit) {

@@ -37,6 +37,25 @@ pub(super) enum Next {
     Retry(Duration),
 }
 
+/// The time a decision is taken at: the clock, read only if the decision needs it (a
+/// first answer that succeeds needs none), or an instant a test made up.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Now {
+    Clock,
+    // Made up only by the unit tests.
+    #[cfg_attr(not(test), allow(dead_code))]
+    At(Instant),
+}
+
+impl Now {
+    pub(super) fn get(self) -> Instant {
+        match self {
+            Now::Clock => Instant::now(),
+            Now::At(at) => at,
+        }
+    }
+}
+
 /// The state of one operation between its attempts.
 pub(crate) struct Engine<'a> {
     pub(super) settings: &'a Settings,
@@ -178,7 +197,7 @@ impl<'a> Engine<'a> {
                     self.give_up(GiveUpReason::NotRetryable);
                     break End::Passed(answer);
                 };
-                match self.after(outcome, Instant::now()) {
+                match self.after(outcome, Now::Clock) {
                     Next::Done => break End::Done(answer),
                     Next::GiveUp(reason) => break End::GaveUp(reason, Some(answer)),
                     Next::Retry(delay) => {

@@ -4,14 +4,13 @@
 //! caught), what the origin is told, and whether the operation ends here.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::Instant;
 
 use http::{HeaderMap, StatusCode};
 use tracing::debug;
 
 use super::breaker::Verdict;
 use super::classify::{Attempt, Decision, Outcome, default_classifier};
-use super::engine::{Engine, Next};
+use super::engine::{Engine, Next, Now};
 use super::retry_after;
 use super::settings::RetrySettings as Settings;
 use super::transport::Transport;
@@ -19,10 +18,10 @@ use crate::GiveUpReason;
 use crate::telemetry::{self, ErrorType, TARGET};
 
 impl<'a> Engine<'a> {
-    /// Judges one attempt's answer at `now` and decides what follows: tells the origin
+    /// Judges one attempt's answer (at `now`) and decides what follows: tells the origin
     /// how it went, ends the operation on a final answer (refunding the budget) or on
     /// one about the caller, or schedules a retry.
-    pub(super) fn after(&mut self, outcome: Outcome<'_>, now: Instant) -> Next {
+    pub(super) fn after(&mut self, outcome: Outcome<'_>, now: Now) -> Next {
         self.made += 1;
         let attempt = self.attempt(outcome);
         self.outcome_unknown |= attempt.may_have_executed();

@@ -200,6 +200,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use http::{HeaderMap, StatusCode};
+    use tokio::sync::watch;
 
     use crate::retry::classify::Outcome;
     use crate::retry::engine::fixture::{Setup, policy};
@@ -214,24 +215,26 @@ mod tests {
         url: reqwest::Url,
     }
 
-    /// Attempts that answer `status` after `delay` of (made-up) time, in the order
-    /// they start.
+    /// When a scripted attempt answers: once this many attempts have started (so the
+    /// order of answers is the script's, whatever the timers do), or never.
+    #[derive(Clone, Copy)]
+    enum When {
+        Started(usize),
+        Never,
+    }
+
+    /// Attempts that answer as scripted, in the order they start.
     struct Scripted {
-        script: Mutex<VecDeque<(Duration, u16)>>,
-        started: Mutex<usize>,
+        script: Mutex<VecDeque<(When, u16)>>,
+        started: watch::Sender<usize>,
         url: reqwest::Url,
     }
 
     impl Scripted {
-        fn new(script: &[(u64, u16)]) -> Self {
+        fn new(script: &[(When, u16)]) -> Self {
             Self {
-                script: Mutex::new(
-                    script
-                        .iter()
-                        .map(|&(ms, status)| (Duration::from_millis(ms), status))
-                        .collect(),
-                ),
-                started: Mutex::new(0),
+                script: Mutex::new(script.iter().copied().collect()),
+                started: watch::Sender::new(0),
                 url: reqwest::Url::parse("http://127.0.0.1:1/orders").unwrap(),
             }
         }
@@ -245,13 +248,16 @@ mod tests {
         }
 
         fn detached(&self, _: Duration, _: bool) -> Option<Detached<Answer>> {
-            let (delay, status) = self.script.lock().unwrap().pop_front()?;
-            let mut started = self.started.lock().unwrap();
-            let which = *started;
-            *started += 1;
+            let (when, status) = self.script.lock().unwrap().pop_front()?;
+            let which = *self.started.borrow();
+            self.started.send_modify(|n| *n += 1);
+            let mut started = self.started.subscribe();
             let url = self.url.clone();
             Some(Box::pin(async move {
-                tokio::time::sleep(delay).await;
+                match when {
+                    When::Started(n) => drop(started.wait_for(|s| *s >= n).await),
+                    When::Never => std::future::pending::<()>().await,
+                }
                 Answer {
                     which,
                     status: StatusCode::from_u16(status).unwrap(),
@@ -270,56 +276,55 @@ mod tests {
         }
     }
 
-    /// What a race with a hedge after 100 ms ended with: the winning answer's attempt
-    /// and status, the attempts the race counted (those dropped in flight, and those
-    /// answered while a sibling flew), hedges started, and whether the operation may
-    /// have executed.
-    async fn race(script: &[(u64, u16)]) -> (usize, u16, u32, u16, bool) {
+    /// What a race with one hedge after `delay` ended with: the winning answer's
+    /// attempt and status, the attempts the race counted (those dropped in flight, and
+    /// those answered while a sibling flew), hedges started, and whether the operation
+    /// may have executed.
+    async fn race(delay: u64, script: &[(When, u16)]) -> (usize, u16, u32, u16, bool) {
         let setup = Setup::new(policy(), RetryBudget::unlimited());
-        let plan = Hedging::after(Duration::from_millis(100)).keyed_methods(true);
+        let plan = Hedging::after(Duration::from_millis(delay)).keyed_methods(true);
         let mut transport = Scripted::new(script);
         let mut engine = setup.engine(Instant::now());
         let timeout = Duration::from_secs(5);
         let first = transport.detached(timeout, false).unwrap();
         let answer = engine.race(&mut transport, &plan, first, timeout).await;
         let counted = (engine.made, engine.hedges, engine.outcome_unknown);
-        (
-            answer.which,
-            answer.status.as_u16(),
-            counted.0,
-            counted.1,
-            counted.2,
-        )
+        (answer.which, answer.status.as_u16(), counted.0, counted.1, counted.2)
     }
 
-    #[tokio::test(start_paused = true)]
+    use When::{Never, Started};
+
+    #[tokio::test]
     async fn the_first_attempt_wins_before_any_hedge() {
-        assert_eq!(race(&[(50, 201), (10, 201)]).await, (0, 201, 0, 0, false));
+        let ended = race(60_000, &[(Started(1), 201), (Started(1), 201)]).await;
+        assert_eq!(ended, (0, 201, 0, 0, false));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn the_hedge_wins_and_the_first_counts_as_dropped_in_flight() {
-        // The first would answer at 1 s; the hedge starts at 100 ms, answers at 110 ms.
-        let (which, status, made, hedges, unknown) = race(&[(1_000, 201), (10, 201)]).await;
+        let ended = race(1, &[(Never, 201), (Started(2), 201)]).await;
+        let (which, status, made, hedges, unknown) = ended;
         assert_eq!((which, status, hedges), (1, 201, 1));
         assert_eq!(made, 1, "the first, dropped in flight");
         assert!(unknown, "a dropped attempt may have executed");
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_409_while_the_sibling_flies_is_never_the_answer() {
-        // The first gets 409 at 150 ms (the hedge holds the key); the hedge's 201 at
-        // 400 ms is the answer.
-        let (which, status, made, hedges, _) = race(&[(150, 409), (300, 201)]).await;
+        // Once the hedge holds the key, the first gets 409; the hedge's 201 is the
+        // answer (the first is polled first, so its 409 comes first).
+        let ended = race(1, &[(Started(2), 409), (Started(2), 201)]).await;
+        let (which, status, made, hedges, _) = ended;
         assert_eq!((which, status, hedges), (1, 201, 1));
         assert_eq!(made, 1, "the 409, counted as an attempt");
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn when_both_fail_the_last_answer_is_judged() {
-        // 503 at 150 ms while the hedge flies: counted, the hedge awaited; its 503 at
-        // 200 ms ends the race, for the engine to judge (and retry).
-        let (which, status, made, hedges, unknown) = race(&[(150, 503), (100, 503)]).await;
+        // The first's 503 while the hedge flies: counted, the hedge awaited; its 503
+        // ends the race, for the engine to judge (and retry).
+        let ended = race(1, &[(Started(2), 503), (Started(2), 503)]).await;
+        let (which, status, made, hedges, unknown) = ended;
         assert_eq!((which, status, made, hedges), (1, 503, 1, 1));
         assert!(unknown);
     }

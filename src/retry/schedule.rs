@@ -9,7 +9,7 @@ use http::StatusCode;
 use tracing::info;
 
 use super::classify::{Attempt, Outcome};
-use super::engine::{Engine, Next};
+use super::engine::{Engine, Next, Now};
 use super::settings::Overrides;
 use crate::GiveUpReason;
 use crate::telemetry::{self, ErrorType, TARGET};
@@ -24,7 +24,7 @@ impl Engine<'_> {
         &mut self,
         attempt: &Attempt<'_>,
         error_type: Option<ErrorType>,
-        now: Instant,
+        now: Now,
     ) -> Next {
         // The n-th retry always draws the n-th delay.
         let settings = self.settings;
@@ -50,7 +50,7 @@ impl Engine<'_> {
             Some(hint) => hint.max(backoff_delay),
             None => backoff_delay,
         };
-        let too_late = |d: Instant| now.checked_add(delay).is_none_or(|end| end >= d);
+        let too_late = |d: Instant| now.get().checked_add(delay).is_none_or(|end| end >= d);
         if self.deadline.is_some_and(too_late) {
             return Next::GiveUp(self.give_up(GiveUpReason::DeadlineExceeded));
         }
@@ -132,7 +132,7 @@ fn succeeded(status: StatusCode) -> bool {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use crate::retry::engine::Next;
+    use crate::retry::engine::{Next, Now};
     use crate::retry::engine::fixture::{Setup, policy};
     use crate::{GiveUpReason, RetryBudget};
 
@@ -142,11 +142,11 @@ mod tests {
         let t0 = Instant::now();
         let mut engine = setup.engine(t0);
         assert_eq!(
-            engine.after(setup.answer(503), t0),
+            engine.after(setup.answer(503), Now::At(t0)),
             Next::Retry(Duration::from_millis(5))
         );
         assert_eq!(
-            engine.after(setup.answer(503), t0),
+            engine.after(setup.answer(503), Now::At(t0)),
             Next::Retry(Duration::from_millis(10))
         );
     }
@@ -157,7 +157,7 @@ mod tests {
         let t0 = Instant::now();
         let mut engine = setup.engine(t0);
         assert_eq!(
-            engine.after(setup.answer(503), t0),
+            engine.after(setup.answer(503), Now::At(t0)),
             Next::Retry(Duration::from_secs(2)),
             "the server's 2 s, not the backoff's 5 ms"
         );
@@ -166,7 +166,7 @@ mod tests {
         let setup = Setup::new(capped, RetryBudget::unlimited()).retry_after("120");
         let mut engine = setup.engine(t0);
         assert_eq!(
-            engine.after(setup.answer(503), t0),
+            engine.after(setup.answer(503), Now::At(t0)),
             Next::GiveUp(GiveUpReason::RetryAfterTooLong),
             "beyond the cap: stop now rather than come back early"
         );
@@ -180,13 +180,13 @@ mod tests {
         let mut engine = setup.engine(t0);
         let near_the_end = t0 + Duration::from_millis(8_500);
         assert_eq!(
-            engine.after(setup.answer(503), near_the_end),
+            engine.after(setup.answer(503), Now::At(near_the_end)),
             Next::GiveUp(GiveUpReason::DeadlineExceeded)
         );
         // The same answer with the wait inside the deadline is retried.
         let mut engine = setup.engine(t0);
         assert_eq!(
-            engine.after(setup.answer(503), t0 + Duration::from_secs(7)),
+            engine.after(setup.answer(503), Now::At(t0 + Duration::from_secs(7))),
             Next::Retry(Duration::from_secs(2))
         );
     }
@@ -197,11 +197,11 @@ mod tests {
         let t0 = Instant::now();
         let mut engine = setup.engine(t0);
         assert!(matches!(
-            engine.after(setup.answer(503), t0),
+            engine.after(setup.answer(503), Now::At(t0)),
             Next::Retry(_)
         ));
         assert_eq!(
-            engine.after(setup.answer(503), t0),
+            engine.after(setup.answer(503), Now::At(t0)),
             Next::GiveUp(GiveUpReason::AttemptsExhausted)
         );
     }
@@ -213,11 +213,11 @@ mod tests {
         let t0 = Instant::now();
         let mut engine = setup.engine(t0);
         assert!(matches!(
-            engine.after(setup.answer(503), t0),
+            engine.after(setup.answer(503), Now::At(t0)),
             Next::Retry(_)
         ));
         assert_eq!(
-            engine.after(setup.answer(503), t0),
+            engine.after(setup.answer(503), Now::At(t0)),
             Next::GiveUp(GiveUpReason::BudgetExhausted),
             "6 tokens left, 14 needed"
         );
@@ -233,11 +233,11 @@ mod tests {
         let t0 = Instant::now();
         let mut engine = setup.engine(t0);
         assert!(matches!(
-            engine.after(setup.answer(503), t0),
+            engine.after(setup.answer(503), Now::At(t0)),
             Next::Retry(_)
         ));
         assert_eq!(tokens(), 6);
-        assert_eq!(engine.after(setup.answer(201), t0), Next::Done);
+        assert_eq!(engine.after(setup.answer(201), Now::At(t0)), Next::Done);
         assert_eq!(tokens(), 20, "the 14 it paid, back");
     }
 }
