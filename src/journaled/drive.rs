@@ -15,7 +15,7 @@ use super::take_up::Taken;
 use crate::journal::{Lease, Release};
 use crate::operation::Operation;
 use crate::telemetry::TARGET;
-use crate::{Error, IdempotentResponse};
+use crate::{Error, IdempotencyKey, IdempotentResponse};
 
 /// A taken-up operation ready to be driven: the operation as it will be sent, and its
 /// lease.
@@ -58,20 +58,7 @@ pub(super) async fn ready(
         Err(source) => return Err(corrupt(None, source).await),
     };
     if age.saturating_add(operation.timeout) > js.journal.max_resume_age() {
-        let reason = "older than the journal's max_resume_age";
-        let attention = Release {
-            attention: Some(reason.into()),
-            ..Release::default()
-        };
-        release(js, &lease, id, attention).await;
-        warn!(target: TARGET, operation_id = %id, age_s = age.as_secs(), "operation too old to resume");
-        return Err(Error::NeedsAttention {
-            operation_id: id.to_owned(),
-            key,
-            age,
-            reason: reason.into(),
-            last_response: None,
-        });
+        return Err(too_old(js, &lease, id, key, age).await);
     }
     // A new operation sends the request at hand, which is what was recorded; a resumed
     // one is rebuilt from its record's bytes, with the values of its secrets.
@@ -99,6 +86,33 @@ pub(super) async fn ready(
         age,
         resumed: was_resumed,
     })
+}
+
+/// Leaves an operation too old to resume needing attention: its last attempt would end
+/// past the journal's `max_resume_age`, when the server may have forgotten its key.
+async fn too_old(
+    js: &JournalSettings,
+    lease: &Lease,
+    id: &str,
+    key: IdempotencyKey,
+    age: Duration,
+) -> Error {
+    let reason = "older than the journal's max_resume_age";
+    let attention = Release {
+        attention: Some(reason.into()),
+        ..Release::default()
+    };
+    if let Err(e) = js.journal.release(lease, &attention).await {
+        warn!(target: TARGET, operation_id = %id, error = %e, "could not mark the operation as needing attention");
+    }
+    warn!(target: TARGET, operation_id = %id, age_s = age.as_secs(), "operation too old to resume");
+    Error::NeedsAttention {
+        operation_id: id.to_owned(),
+        key,
+        age,
+        reason: reason.into(),
+        last_response: None,
+    }
 }
 
 /// Lets the lease go with `release`, logging a failure (the lease then runs out).

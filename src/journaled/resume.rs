@@ -75,7 +75,6 @@ async fn listed(js: &JournalSettings) -> Result<Vec<JournalEntry>, Error> {
 /// its recorded key and bytes and the values of its secret headers from the client's
 /// resume credentials, each inside an operation span of its own.
 pub(crate) async fn resume_pending(client: &IdempotentClient) -> Result<ResumeReport, Error> {
-    use tracing::Instrument;
     let js = settings_of(client)?;
     let entries = listed(js).await?;
     let mut report = ResumeReport::default();
@@ -84,57 +83,74 @@ pub(crate) async fn resume_pending(client: &IdempotentClient) -> Result<ResumeRe
         Err(e) => warn!(target: TARGET, error = %e, "could not remove old completed operations"),
     }
     for entry in entries {
-        let id = entry.id.clone();
-        let entry = match js.opened(entry) {
-            Ok(entry) => entry,
-            Err(e) => {
-                // One unreadable record holds up no other.
-                warn!(target: TARGET, operation_id = %id, error = %e, "a recorded operation cannot be read: it needs attention");
-                report.needs_attention.push(id);
-                continue;
-            }
-        };
-        if let EntryState::NeedsAttention(_) = entry.state {
-            report.needs_attention.push(id);
-            continue;
-        }
-        let built = recorded_key(&entry.request)
-            .and_then(|key| Ok((key, template_of(&entry.request, &HeaderMap::new())?)));
-        let (key, template) = match built {
-            Ok(built) => built,
-            Err(source) => {
-                let error = Error::Journal {
-                    operation_id: id.clone(),
-                    key: None,
-                    outcome_unknown: true,
-                    source,
-                };
-                report.still_pending.push((id, error));
-                continue;
-            }
-        };
-        let span = crate::telemetry::operation_span(template.method(), template.url());
-        let operation = Operation {
-            client: client.clone(),
-            template,
-            key,
-            fresh_key: false,
-            overrides: None,
-            timeout: client.inner.settings.attempt_timeout,
-        };
-        // A holder that is gone is taken over by the claim; a live one keeps it.
-        match send(operation, id.clone(), Held::Leave)
-            .instrument(span)
-            .await
-        {
-            Ok(_) => report.completed.push(id),
-            Err(Error::NeedsAttention { .. }) => report.needs_attention.push(id),
-            Err(Error::Failed {
-                reason: GiveUpReason::LeaseHeld | GiveUpReason::LeaseLost,
-                ..
-            }) => report.held_elsewhere.push(id),
-            Err(e) => report.still_pending.push((id, e)),
-        }
+        resume_one(client, js, entry, &mut report).await;
     }
     Ok(report)
+}
+
+/// Resumes one listed operation and says in `report` how it ended. One unreadable
+/// record holds up no other.
+async fn resume_one(
+    client: &IdempotentClient,
+    js: &JournalSettings,
+    entry: JournalEntry,
+    report: &mut ResumeReport,
+) {
+    use tracing::Instrument;
+    let id = entry.id.clone();
+    let entry = match js.opened(entry) {
+        Ok(entry) => entry,
+        Err(e) => {
+            warn!(target: TARGET, operation_id = %id, error = %e, "a recorded operation cannot be read: it needs attention");
+            report.needs_attention.push(id);
+            return;
+        }
+    };
+    if let EntryState::NeedsAttention(_) = entry.state {
+        report.needs_attention.push(id);
+        return;
+    }
+    let operation = match operation_of(client, &entry) {
+        Ok(operation) => operation,
+        Err(error) => {
+            report.still_pending.push((id, error));
+            return;
+        }
+    };
+    let template = &operation.template;
+    let span = crate::telemetry::operation_span(template.method(), template.url());
+    // A holder that is gone is taken over by the claim; a live one keeps it.
+    match send(operation, id.clone(), Held::Leave)
+        .instrument(span)
+        .await
+    {
+        Ok(_) => report.completed.push(id),
+        Err(Error::NeedsAttention { .. }) => report.needs_attention.push(id),
+        Err(Error::Failed {
+            reason: GiveUpReason::LeaseHeld | GiveUpReason::LeaseLost,
+            ..
+        }) => report.held_elsewhere.push(id),
+        Err(e) => report.still_pending.push((id, e)),
+    }
+}
+
+/// A recorded operation as one to send again: its recorded key and bytes (the values
+/// of its secrets are found when it is taken up).
+fn operation_of(client: &IdempotentClient, entry: &JournalEntry) -> Result<Operation, Error> {
+    let built = recorded_key(&entry.request)
+        .and_then(|key| Ok((key, template_of(&entry.request, &HeaderMap::new())?)));
+    let (key, template) = built.map_err(|source| Error::Journal {
+        operation_id: entry.id.clone(),
+        key: None,
+        outcome_unknown: true,
+        source,
+    })?;
+    Ok(Operation {
+        client: client.clone(),
+        template,
+        key,
+        fresh_key: false,
+        overrides: None,
+        timeout: client.inner.settings.attempt_timeout,
+    })
 }

@@ -289,7 +289,13 @@ mod tests {
         let first = transport.detached(timeout, false).unwrap();
         let answer = engine.race(&mut transport, &plan, first, timeout).await;
         let counted = (engine.made, engine.hedges, engine.outcome_unknown);
-        (answer.which, answer.status.as_u16(), counted.0, counted.1, counted.2)
+        (
+            answer.which,
+            answer.status.as_u16(),
+            counted.0,
+            counted.1,
+            counted.2,
+        )
     }
 
     use When::{Never, Started};

@@ -132,8 +132,8 @@ fn succeeded(status: StatusCode) -> bool {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use crate::retry::engine::{Next, Now};
     use crate::retry::engine::fixture::{Setup, policy};
+    use crate::retry::engine::{Next, Now};
     use crate::{GiveUpReason, RetryBudget};
 
     #[test]
