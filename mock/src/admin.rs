@@ -48,6 +48,14 @@ pub(crate) async fn handle(
             let routes: Vec<_> = shared.routes().iter().map(|r| r.to_json()).collect();
             json(StatusCode::OK, &serde_json::Value::Array(routes))
         }
+        (&Method::GET, "keys") => match serde_json::to_value(shared.keys()) {
+            Ok(keys) => json(StatusCode::OK, &keys),
+            Err(e) => problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Keys failed",
+                &e.to_string(),
+            ),
+        },
         (&Method::GET, "stats") => match serde_json::to_value(shared.stats()) {
             Ok(stats) => json(StatusCode::OK, &stats),
             Err(e) => problem(
@@ -75,7 +83,8 @@ pub(crate) async fn handle(
         _ => problem(
             StatusCode::NOT_FOUND,
             "No such admin endpoint",
-            "use GET /__admin/stats, GET /__admin/requests, GET or POST /__admin/routes, \
+            "use GET /__admin/stats, GET /__admin/requests, GET /__admin/keys, \
+             GET or POST /__admin/routes, \
              POST /__admin/faults, POST /__admin/outage, POST /__admin/stall or \
              POST /__admin/reset",
         ),

@@ -14,6 +14,7 @@ use super::route::{Compiled, Route};
 use super::serve::serve;
 use super::shared::{Config, Shared};
 use super::stubs::Loaded;
+use super::upstream::Upstream;
 
 /// Settings for a [`MockServer`].
 ///
@@ -83,6 +84,8 @@ pub struct MockServerBuilder {
     log_requests: bool,
     outage: Option<(super::Outage, Duration)>,
     stall: Option<(f64, Duration)>,
+    upstream: Option<String>,
+    id_pointer: Option<String>,
 }
 
 /// Where routes come from, in the order given.
@@ -117,11 +120,49 @@ impl Default for MockServerBuilder {
             log_requests: false,
             outage: None,
             stall: None,
+            upstream: None,
+            id_pointer: None,
         }
     }
 }
 
 impl MockServerBuilder {
+    /// Proxy mode: every request that is not `/__admin/*` is forwarded to the server
+    /// at `url` (`http://` or `https://`; its path, if any, prefixes every request's),
+    /// and its answer passed back as it came. The server then stores and replays
+    /// nothing itself: faults act on either side of the upstream (a *before
+    /// processing* one without forwarding, an *after processing* one on the upstream's
+    /// answer once it has finished), and [`MockServer::keys`](crate::MockServer::keys)
+    /// tells, per key, what the upstream answered and whether it executed a key twice.
+    ///
+    /// ```no_run
+    /// use idempotent_retry_mock::{Fault, MockServer};
+    ///
+    /// # async fn run() -> Result<(), idempotent_retry_mock::MockError> {
+    /// let proxy = MockServer::builder()
+    ///     .upstream("http://127.0.0.1:8080")
+    ///     .id_pointer("/id")
+    ///     .start()
+    ///     .await?;
+    /// proxy.inject(Fault::DropAfterProcessing, 1);
+    /// // ... point your client at proxy.uri(), then:
+    /// assert_eq!(proxy.stats().diverged_keys, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn upstream(mut self, url: impl Into<String>) -> Self {
+        self.upstream = Some(url.into());
+        self
+    }
+
+    /// Proxy mode: where an upstream answer's JSON body names the resource it created
+    /// (a JSON pointer, `/id` or `/data/id`), so that two answers to one key are
+    /// compared by resource rather than by body.
+    pub fn id_pointer(mut self, pointer: impl Into<String>) -> Self {
+        self.id_pointer = Some(pointer.into());
+        self
+    }
+
     /// Rate-limited answers carry `Retry-After` as an HTTP-date, with the answer's `Date`
     /// beside it (whole seconds both), instead of delay-seconds: to test that a client
     /// reads the date against `Date` and never comes back early.
@@ -378,7 +419,8 @@ impl MockServerBuilder {
                 .map_err(|reason| MockError::InvalidConfig { reason })?;
         }
         self.checked_admin_token()?;
-        let (_, from_files) = self.compiled_routes()?;
+        let (routes, from_files) = self.compiled_routes()?;
+        self.proxy_setting(&routes)?;
         self.stall_setting(&from_files).map(drop)
     }
 
@@ -430,12 +472,62 @@ impl MockServerBuilder {
         Ok((compiled, from_files))
     }
 
+    /// The upstream of proxy mode, checked; an id pointer without an upstream, or
+    /// routes beside one (not served in proxy mode yet), is an error.
+    fn proxy_setting(&self, routes: &[Compiled]) -> Result<Option<Upstream>, MockError> {
+        let config_error = |reason: String| MockError::InvalidConfig { reason };
+        let Some(url) = &self.upstream else {
+            if self.id_pointer.is_some() {
+                return Err(config_error(
+                    "id_pointer is for proxy mode: set upstream too".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        if !routes.is_empty() {
+            return Err(config_error(
+                "routes and an upstream together: proxy mode forwards every request and \
+                 plays no routes yet"
+                    .into(),
+            ));
+        }
+        Upstream::new(url, self.id_pointer.clone())
+            .map(Some)
+            .map_err(config_error)
+    }
+
+    /// The listening socket, its address, and the runtime that will serve it.
+    fn bound(
+        addr: SocketAddr,
+        threads: usize,
+    ) -> Result<(std::net::TcpListener, SocketAddr, tokio::runtime::Runtime), MockError> {
+        let io_error = |reason: &str| {
+            let reason = reason.to_owned();
+            move |source| MockError::Io { reason, source }
+        };
+        let listener = std::net::TcpListener::bind(addr).map_err(io_error("could not bind"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io_error("could not configure the socket"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io_error("could not read the bound address"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("idempotent-mock-server")
+            .enable_all()
+            .build()
+            .map_err(io_error("could not start its runtime"))?;
+        Ok((listener, addr, runtime))
+    }
+
     /// Starts the server.
     ///
     /// # Errors
     ///
     /// [`MockError::InvalidConfig`] for fault rates outside `[0, 1]` or adding up past 1,
-    /// or an invalid key header; [`MockError::Io`] if the address cannot be bound.
+    /// an invalid key header, or an upstream that is not an `http(s)` URL;
+    /// [`MockError::Io`] if the address cannot be bound.
     pub async fn start(self) -> Result<MockServer, MockError> {
         self.start_blocking()
     }
@@ -451,6 +543,7 @@ impl MockServerBuilder {
         let stall = self.stall_setting(&from_files)?;
         let outage = self.outage.or(from_files.outage);
         let admin_token = self.checked_admin_token()?;
+        let upstream = self.proxy_setting(&routes)?;
         let key_header = self.key_header.map_err(config_error)?;
         let scope_header = self.scope_header.map_err(config_error)?;
         let random = if self.rates.is_empty() {
@@ -462,20 +555,7 @@ impl MockServerBuilder {
             let reason = reason.to_owned();
             move |source| MockError::Io { reason, source }
         };
-        let listener =
-            std::net::TcpListener::bind(self.addr).map_err(io_error("could not bind"))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(io_error("could not configure the socket"))?;
-        let addr = listener
-            .local_addr()
-            .map_err(io_error("could not read the bound address"))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(self.threads.max(1))
-            .thread_name("idempotent-mock-server")
-            .enable_all()
-            .build()
-            .map_err(io_error("could not start its runtime"))?;
+        let (listener, addr, runtime) = Self::bound(self.addr, self.threads)?;
 
         let shared = Arc::new(Shared::new(
             Config {
@@ -493,6 +573,7 @@ impl MockServerBuilder {
                 seed: self.seed,
                 admin_token,
                 log_requests: self.log_requests,
+                upstream,
             },
             Faults {
                 scripted: Default::default(),

@@ -222,6 +222,18 @@ pub(crate) enum After {
 }
 
 impl After {
+    /// The fault's name, as `POST /__admin/faults` spells it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            After::Status(_) => "status_after_processing",
+            After::Delay(_) => "delay_after_processing",
+            After::Drop => "drop_after_processing",
+            After::Reset => "reset_after_processing",
+            After::Truncate => "truncate_after_processing",
+            After::Garbage => "garbage_after_processing",
+        }
+    }
+
     /// What becomes of the answer the request earned.
     pub(crate) async fn spoil(
         self,

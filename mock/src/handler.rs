@@ -47,6 +47,12 @@ pub(crate) async fn handle(
     if let Some(outage) = shared.outage.now() {
         return during(&shared, &method, &path, outage, &request);
     }
+    if let Some(upstream) = &shared.config.upstream {
+        let proxied = super::proxy::handle(&shared, &sabotage, upstream, method, path, request);
+        return match proxied.await {
+            Ok(answer) | Err(answer) => answer,
+        };
+    }
     let routes = shared.routes();
     if !routes.is_empty() {
         let wire = (&*sabotage, request);

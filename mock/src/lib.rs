@@ -64,8 +64,10 @@ mod error;
 mod fault;
 mod handler;
 mod key;
+mod keys;
 mod log;
 mod outage;
+mod proxy;
 mod response;
 mod rng;
 mod route;
@@ -78,6 +80,7 @@ mod store;
 mod stubs;
 mod template;
 mod throttle;
+mod upstream;
 mod wire;
 
 use std::net::SocketAddr;
@@ -94,6 +97,7 @@ pub use fault::Fault;
 /// The status type [`Fault`]'s status faults take: `StatusCode::SERVICE_UNAVAILABLE`,
 /// or `StatusCode::from_u16(503)`.
 pub use http::StatusCode;
+pub use keys::{Exchange, KeyReport, Verdict};
 pub use log::ReceivedRequest;
 pub use outage::Outage;
 pub use route::{Route, RouteStats};
@@ -152,6 +156,9 @@ pub struct Stats {
     pub faults_queued: usize,
     /// Keys executed more than once. Must be empty.
     pub duplicates: Vec<String>,
+    /// Proxy mode: keys the upstream answered with two different successes, that is
+    /// executed twice (see [`MockServer::keys`]). Must be 0.
+    pub diverged_keys: usize,
     /// Requests held back by a stall before processing (see [`MockServer::stall`]).
     pub stalled: u64,
     /// Each route's figures, in route order (empty without routes).
@@ -316,6 +323,15 @@ impl MockServer {
     #[must_use]
     pub fn duplicate_details(&self) -> Vec<Duplicate> {
         self.shared.duplicate_details()
+    }
+
+    /// Proxy mode ([`MockServerBuilder::upstream`]): per key and scope, each request
+    /// forwarded to the upstream and what it answered, with a verdict on whether the
+    /// upstream honoured the key ([`Verdict::Diverged`]: it executed twice). Sorted by
+    /// key; empty without an upstream. `GET /__admin/keys` gives the same.
+    #[must_use]
+    pub fn keys(&self) -> Vec<KeyReport> {
+        self.shared.keys()
     }
 
     /// The requests received, oldest first, with their headers and bodies (the most

@@ -41,6 +41,8 @@ pub(crate) struct Config {
     pub(crate) log_requests: bool,
     /// Required on `/__admin/*` when set.
     pub(crate) admin_token: Option<super::auth::AdminToken>,
+    /// Proxy mode: the server every request is forwarded to.
+    pub(crate) upstream: Option<super::upstream::Upstream>,
 }
 
 /// Read-back data beyond the store: the request log and the keys that executed twice.
@@ -114,13 +116,15 @@ pub(crate) struct Shared {
     pub(crate) outage: super::outage::OutageWindow,
     /// The share of requests that stall before processing, if any.
     pub(crate) stalls: super::stall::Stalls,
+    /// Proxy mode: what the upstream did with each key.
+    key_book: Mutex<super::keys::KeyBook>,
 }
 
 /// Locks, recovering the data if a panicking thread poisoned the lock: every critical
 /// section here leaves the data consistent, so a poison flag carries no information.
 /// A scope as read-back shows it: never the credential itself, only its scheme (the
 /// first word, when it has one) and a short digest, enough to tell two apart.
-fn scope_label(scope: Option<&Bytes>) -> String {
+pub(crate) fn scope_label(scope: Option<&Bytes>) -> String {
     use std::hash::{BuildHasher, BuildHasherDefault};
     let Some(scope) = scope else {
         return "(no scope header)".into();
@@ -148,6 +152,7 @@ impl Shared {
     pub(crate) fn new(config: Config, faults: Faults, routes: Vec<Compiled>) -> Self {
         let log = Log::new(config.max_log, config.max_log_bytes, config.log_credentials);
         let stalls = super::stall::Stalls::new(config.seed);
+        let max_keys = config.max_keys;
         Self {
             store: Mutex::new(Store::new(config.key_ttl, config.max_keys)),
             config,
@@ -166,7 +171,28 @@ impl Shared {
             next_id: AtomicU64::new(1),
             outage: super::outage::OutageWindow::new(Instant::now()),
             stalls,
+            key_book: Mutex::new(super::keys::KeyBook::new(max_keys)),
         }
+    }
+
+    /// Milliseconds since the key book started, for an exchange's time.
+    pub(crate) fn key_book_ms(&self) -> u64 {
+        lock(&self.key_book).now_ms()
+    }
+
+    /// Writes one proxied exchange under its key and scope.
+    pub(crate) fn record_exchange(
+        &self,
+        key: String,
+        scope: String,
+        exchange: super::keys::Exchange,
+    ) {
+        lock(&self.key_book).record(key, scope, exchange);
+    }
+
+    /// What the upstream did with each key, in proxy mode.
+    pub(crate) fn keys(&self) -> Vec<super::keys::KeyReport> {
+        lock(&self.key_book).reports()
     }
 
     pub(crate) fn executions(&self) -> u64 {
@@ -262,6 +288,7 @@ impl Shared {
                     .map(|r| lock(&r.faults).scripted.len())
                     .sum::<usize>(),
             duplicates: self.duplicates(),
+            diverged_keys: lock(&self.key_book).diverged(),
             stalled: self.stalls.stalled(),
             routes: self.routes().iter().map(|r| r.stats()).collect(),
         }
@@ -296,6 +323,7 @@ impl Shared {
             book.duplicates.clear();
         }
         *lock(&self.resources) = Resources::default();
+        lock(&self.key_book).clear();
         for counter in [
             &self.executions,
             &self.requests,

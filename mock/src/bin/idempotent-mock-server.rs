@@ -23,6 +23,12 @@ usage: idempotent-mock-server [options]
   --stubs FILE             play your API: routes from a TOML or JSON stub file
                            (repeatable; tried in the order given), and optionally
                            an [outage] and [stall] from the start
+  --upstream URL           proxy mode: forward every request to your own server
+                           at URL and pass its answers back, faults applied on
+                           either side; GET /__admin/keys tells per key what it
+                           answered and whether it executed a key twice
+  --id-pointer POINTER     proxy mode: where an answer's JSON names the resource
+                           it created (a JSON pointer, such as /id)
   --admin-token TOKEN      require `Authorization: Bearer TOKEN` on /__admin/*;
                            needed when --addr is not loopback (better: set it in
                            the IDEMPOTENT_MOCK_ADMIN_TOKEN environment variable,
@@ -35,7 +41,7 @@ usage: idempotent-mock-server [options]
 
 Durations are a number and a unit: 250ms, 1.5s, 5m, 24h, 2h 30m.
 Admin: GET /__admin/stats (with a per-route section), GET /__admin/requests (the log,
-headers and bodies), GET and POST /__admin/routes (list, add at run time),
+headers and bodies), GET /__admin/keys (proxy mode: per key, what the upstream did), GET and POST /__admin/routes (list, add at run time),
 POST /__admin/faults (optional \"route\": a name or \"METHOD /path\"), POST /__admin/outage
 ({\"status\": 503, \"duration\": \"5s\"}), POST /__admin/stall ({\"share\": 0.02, \"duration\": \"1s\"}),
 POST /__admin/reset.";
@@ -149,6 +155,8 @@ fn parse(
                 builder.threads(threads)
             }
             "--stubs" => builder.stubs_file(value()?),
+            "--upstream" => builder.upstream(value()?),
+            "--id-pointer" => builder.id_pointer(value()?),
             "--check" => {
                 check = true;
                 builder
@@ -219,6 +227,14 @@ mod tests {
             "--check",
         ]);
         assert!(matches!(parsed, Ok(Parsed::Check(_))));
+        let proxy = args(&[
+            "--upstream",
+            "http://127.0.0.1:8080",
+            "--id-pointer",
+            "/id",
+            "--check",
+        ]);
+        assert!(matches!(proxy, Ok(Parsed::Check(_))));
         assert!(matches!(args(&["--help"]), Ok(Parsed::Help)));
         assert!(matches!(args(&["-V"]), Ok(Parsed::Version)));
         assert!(matches!(args(&["--version"]), Ok(Parsed::Version)));

@@ -1,0 +1,109 @@
+//! One request in proxy mode, as named steps: received (the body read within
+//! `max_body_bytes`) and logged; a fault drawn, and a *before processing* one acts
+//! without forwarding anything; forwarded to the upstream; the exchange written in the
+//! key book; the upstream's answer passed back as it came, or spoiled by an *after
+//! processing* fault once the upstream has finished.
+
+// As in the handler: a step's early answer is a whole response, moved once to hyper.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::handler::{Received, Step, draw_fault, log, receive, scope_of, spoil};
+use super::keys::{Exchange, digest, resource_id};
+use super::response::{Body, Dropped, problem};
+use super::shared::{Shared, scope_label};
+use super::socket::Sabotage;
+use super::upstream::{Answered, Upstream};
+
+/// The largest upstream answer passed on: far above any API's answer.
+const MAX_ANSWER_BYTES: usize = 16 << 20;
+
+/// Serves one request by forwarding it to the upstream.
+pub(crate) async fn handle(
+    shared: &Arc<Shared>,
+    sabotage: &Sabotage,
+    upstream: &Upstream,
+    method: Method,
+    path: String,
+    request: Request<Incoming>,
+) -> Step<Result<Response<Body>, Dropped>> {
+    let Received { parts, key, body } = receive(shared, &method, &path, request).await?;
+    let (uri, headers) = (&parts.uri, &parts.headers);
+    log(
+        shared,
+        &method,
+        &path,
+        uri,
+        headers,
+        key.as_ref(),
+        (&body, None),
+    );
+    let after = draw_fault(shared, sabotage, None).await?;
+    let at_ms = shared.key_book_ms();
+    let body_digest = digest(&body);
+    let forwarded = upstream
+        .forward(&method, uri, headers, body, MAX_ANSWER_BYTES)
+        .await;
+    let key_value = headers.get(&shared.config.key_header);
+    if let Some(key) = key_value.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()) {
+        let exchange = exchange(
+            upstream,
+            &forwarded,
+            at_ms,
+            body_digest,
+            after.map(|a| a.name()),
+        );
+        let scope = scope_label(scope_of(shared, headers).as_ref());
+        shared.record_exchange(key, scope, exchange);
+    }
+    match forwarded {
+        Ok(answered) => Ok(spoil(sabotage, after, passed_back(answered)).await),
+        Err(reason) => Err(Ok(problem(
+            StatusCode::BAD_GATEWAY,
+            "Upstream failed",
+            &format!("the upstream gave no answer: {reason}"),
+        ))),
+    }
+}
+
+/// What the key book keeps of one exchange.
+fn exchange(
+    upstream: &Upstream,
+    forwarded: &Result<Answered, String>,
+    at_ms: u64,
+    body_digest: String,
+    fault: Option<&'static str>,
+) -> Exchange {
+    let (answered, error) = match forwarded {
+        Ok(answered) => (Some(answered), None),
+        Err(reason) => (None, Some(reason.clone())),
+    };
+    let replayed = answered
+        .and_then(|a| a.headers.get("idempotent-replayed"))
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let pointer = upstream.id_pointer.as_deref();
+    Exchange {
+        at_ms,
+        body_digest,
+        status: answered.map(|a| a.status.as_u16()),
+        answer_digest: answered.map(|a| digest(&a.body)),
+        replayed,
+        resource_id: answered
+            .zip(pointer)
+            .and_then(|(a, p)| resource_id(&a.body, p)),
+        fault: fault.map(str::to_owned),
+        error,
+    }
+}
+
+/// The upstream's answer, as the proxy's own.
+fn passed_back(answered: Answered) -> Response<Body> {
+    let mut response = Response::new(Body::full(answered.body));
+    *response.status_mut() = answered.status;
+    *response.headers_mut() = answered.headers;
+    response
+}
