@@ -81,6 +81,7 @@ mod stubs;
 mod template;
 mod throttle;
 mod upstream;
+mod verify;
 mod wire;
 
 use std::net::SocketAddr;
@@ -101,6 +102,7 @@ pub use keys::{Exchange, KeyReport, Verdict};
 pub use log::ReceivedRequest;
 pub use outage::Outage;
 pub use route::{Route, RouteStats};
+pub use verify::{Check, CheckResult, Outcome, Verifier, VerifyReport};
 
 use shared::Shared;
 

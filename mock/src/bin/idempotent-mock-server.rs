@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use idempotent_retry_mock::parse_duration;
-use idempotent_retry_mock::{ADMIN_TOKEN_ENV, MockServer, MockServerBuilder};
+use idempotent_retry_mock::{ADMIN_TOKEN_ENV, MockServer, MockServerBuilder, Verifier};
 
 const USAGE: &str = "\
 usage: idempotent-mock-server [options]
@@ -39,6 +39,10 @@ usage: idempotent-mock-server [options]
   -V, --version            the version
   -h, --help               this text
 
+idempotent-mock-server verify --upstream URL --route \"POST /path\" [options]
+                           check that your server honours idempotency keys
+                           (idempotent-mock-server verify --help)
+
 Durations are a number and a unit: 250ms, 1.5s, 5m, 24h, 2h 30m.
 Admin: GET /__admin/stats (with a per-route section), GET /__admin/requests (the log,
 headers and bodies), GET /__admin/keys (proxy mode: per key, what the upstream did), GET and POST /__admin/routes (list, add at run time),
@@ -46,9 +50,34 @@ POST /__admin/faults (optional \"route\": a name or \"METHOD /path\"), POST /__a
 ({\"status\": 503, \"duration\": \"5s\"}), POST /__admin/stall ({\"share\": 0.02, \"duration\": \"1s\"}),
 POST /__admin/reset.";
 
+/// The `verify` subcommand's usage.
+const VERIFY_USAGE: &str = "\
+usage: idempotent-mock-server verify --upstream URL --route \"POST /v1/orders\" [options]
+
+Checks that the server at URL honours idempotency keys, through its normal API only:
+replay, lost answer, concurrent duplicates, payload mismatch, missing key, scope,
+malformed key (replay after expiry: out of scope). One line per check with its
+evidence, then a table. Exit status 0 only if every required check passes.
+
+  --upstream URL             the server to check
+  --route \"METHOD /path\"     the request every check sends
+  --body TEXT                its body
+  --header NAME:VALUE        a header every request carries (repeatable)
+  --id-pointer POINTER       where an answer's JSON names its resource (/id)
+  --key-header NAME          the key's header (default Idempotency-Key)
+  --other-authorization V    another caller's Authorization, for the scope check
+  --concurrency N            requests at once in the concurrency check (default 8)
+  --seed N                   seeds the keys
+  --json FILE                also write the report as JSON";
+
 fn main() -> ExitCode {
     let token = std::env::var(ADMIN_TOKEN_ENV).ok();
-    match parse(std::env::args().skip(1), token) {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("verify") {
+        args.next();
+        return verify(args);
+    }
+    match parse(args, token) {
         Ok(Parsed::Serve(builder)) => run(builder),
         Ok(Parsed::Check(builder)) => check(&builder),
         Ok(Parsed::Help) => {
@@ -95,6 +124,97 @@ fn run(builder: MockServerBuilder) -> ExitCode {
     // The server runs on its own threads; this one only has to stay alive.
     loop {
         std::thread::park();
+    }
+}
+
+/// The verifier and where its JSON report goes, from `verify`'s arguments.
+fn verify_args(
+    mut args: impl Iterator<Item = String>,
+) -> Result<(Verifier, Option<String>), String> {
+    let (mut upstream, mut route, mut json) = (None, None, None);
+    let mut settings: Vec<(String, String)> = Vec::new();
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err("help".into());
+        }
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--upstream" => upstream = Some(value),
+            "--route" => route = Some(value),
+            "--json" => json = Some(value),
+            "--body"
+            | "--header"
+            | "--id-pointer"
+            | "--key-header"
+            | "--other-authorization"
+            | "--concurrency"
+            | "--seed" => settings.push((flag, value)),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    let upstream = upstream.ok_or("--upstream URL is needed")?;
+    let route = route.ok_or("--route \"METHOD /path\" is needed")?;
+    let mut verifier = Verifier::new(upstream, route);
+    for (flag, value) in settings {
+        verifier = match flag.as_str() {
+            "--body" => verifier.body(value),
+            "--header" => {
+                let (name, text) = value
+                    .split_once(':')
+                    .ok_or_else(|| format!("--header {value:?}: NAME:VALUE"))?;
+                verifier.header(name.trim(), text.trim())
+            }
+            "--id-pointer" => verifier.id_pointer(value),
+            "--key-header" => verifier.key_header(value),
+            "--other-authorization" => verifier.other_authorization(value),
+            "--concurrency" => verifier.concurrency(number(&flag, &value)?),
+            _ => verifier.seed(number(&flag, &value)?),
+        };
+    }
+    Ok((verifier, json))
+}
+
+/// `verify`: runs the suite and prints its report.
+fn verify(args: impl Iterator<Item = String>) -> ExitCode {
+    let (verifier, json) = match verify_args(args) {
+        Ok(parsed) => parsed,
+        Err(help) if help == "help" => {
+            println!("{VERIFY_USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("idempotent-mock-server verify: {message}\n\n{VERIFY_USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let report = match runtime.map(|r| r.block_on(verifier.run())) {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => {
+            eprintln!("idempotent-mock-server verify: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("idempotent-mock-server verify: could not start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{report}");
+    if let Some(path) = json {
+        let written = serde_json::to_string_pretty(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|text| std::fs::write(&path, text).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("idempotent-mock-server verify: could not write {path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
