@@ -134,6 +134,9 @@ impl MockServerBuilder {
     /// processing* one without forwarding, an *after processing* one on the upstream's
     /// answer once it has finished), and [`MockServer::keys`](crate::MockServer::keys)
     /// tells, per key, what the upstream answered and whether it executed a key twice.
+    /// Routes, matched by method and path alone, bring their own faults and rate
+    /// limits; their answers are not used. The upstream's answer is read whole (up to
+    /// 16 MiB) before it is passed on, so that a fault can act on it.
     ///
     /// ```no_run
     /// use idempotent_retry_mock::{Fault, MockServer};
@@ -419,8 +422,8 @@ impl MockServerBuilder {
                 .map_err(|reason| MockError::InvalidConfig { reason })?;
         }
         self.checked_admin_token()?;
-        let (routes, from_files) = self.compiled_routes()?;
-        self.proxy_setting(&routes)?;
+        let (_, from_files) = self.compiled_routes()?;
+        self.proxy_setting()?;
         self.stall_setting(&from_files).map(drop)
     }
 
@@ -472,9 +475,9 @@ impl MockServerBuilder {
         Ok((compiled, from_files))
     }
 
-    /// The upstream of proxy mode, checked; an id pointer without an upstream, or
-    /// routes beside one (not served in proxy mode yet), is an error.
-    fn proxy_setting(&self, routes: &[Compiled]) -> Result<Option<Upstream>, MockError> {
+    /// The upstream of proxy mode, checked; an id pointer without an upstream is an
+    /// error.
+    fn proxy_setting(&self) -> Result<Option<Upstream>, MockError> {
         let config_error = |reason: String| MockError::InvalidConfig { reason };
         let Some(url) = &self.upstream else {
             if self.id_pointer.is_some() {
@@ -484,13 +487,6 @@ impl MockServerBuilder {
             }
             return Ok(None);
         };
-        if !routes.is_empty() {
-            return Err(config_error(
-                "routes and an upstream together: proxy mode forwards every request and \
-                 plays no routes yet"
-                    .into(),
-            ));
-        }
         Upstream::new(url, self.id_pointer.clone())
             .map(Some)
             .map_err(config_error)
@@ -543,7 +539,7 @@ impl MockServerBuilder {
         let stall = self.stall_setting(&from_files)?;
         let outage = self.outage.or(from_files.outage);
         let admin_token = self.checked_admin_token()?;
-        let upstream = self.proxy_setting(&routes)?;
+        let upstream = self.proxy_setting()?;
         let key_header = self.key_header.map_err(config_error)?;
         let scope_header = self.scope_header.map_err(config_error)?;
         let random = if self.rates.is_empty() {

@@ -1,5 +1,7 @@
 //! One request in proxy mode, as named steps: received (the body read within
-//! `max_body_bytes`) and logged; a fault drawn, and a *before processing* one acts
+//! `max_body_bytes`), matched to a route by method and path (for its faults and rate
+//! limit; a route here needs no answer) and logged; a fault drawn, and a *before
+//! processing* one acts
 //! without forwarding anything; forwarded to the upstream; the exchange written in the
 //! key book; the upstream's answer passed back as it came, or spoiled by an *after
 //! processing* fault once the upstream has finished.
@@ -8,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -33,16 +36,24 @@ pub(crate) async fn handle(
 ) -> Step<Result<Response<Body>, Dropped>> {
     let Received { parts, key, body } = receive(shared, &method, &path, request).await?;
     let (uri, headers) = (&parts.uri, &parts.headers);
-    log(
-        shared,
-        &method,
-        &path,
-        uri,
-        headers,
-        key.as_ref(),
-        (&body, None),
-    );
-    let after = draw_fault(shared, sabotage, None).await?;
+    // A route, matched by method and path alone, brings its own faults and rate limit.
+    let routes = shared.routes();
+    let route = routes
+        .iter()
+        .find(|r| r.path_params(&method, &path).is_some());
+    let logged = (&body[..], route.map(|r| &r.name));
+    log(shared, &method, &path, uri, headers, key.as_ref(), logged);
+    if let Some(route) = route {
+        route.count_request();
+        let refusal = route
+            .throttle
+            .as_ref()
+            .and_then(|t| t.admit(Instant::now()));
+        if let Some(refusal) = refusal {
+            return Err(Ok(refusal));
+        }
+    }
+    let after = draw_fault(shared, sabotage, route.map(|r| &**r)).await?;
     let at_ms = shared.key_book_ms();
     let body_digest = digest(&body);
     let forwarded = upstream

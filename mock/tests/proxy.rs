@@ -206,12 +206,45 @@ async fn bad_proxy_settings_are_refused_before_start() {
             .id_pointer("id"),
     );
     assert!(pointer.contains("starts with '/'"), "{pointer}");
-    let routes = refused(
-        MockServer::builder()
-            .upstream("http://127.0.0.1:1")
-            .route(Route::post("/orders")),
+}
+
+#[tokio::test]
+async fn routes_bring_their_own_faults_and_rate_limits_in_proxy_mode() {
+    let upstream = MockServer::start().await;
+    let proxy = MockServer::builder()
+        .upstream(upstream.uri())
+        .route(Route::post("/orders").name("orders"))
+        .route(Route::post("/limited").rate_limit(1, 1))
+        .start()
+        .await
+        .unwrap();
+    proxy
+        .inject_route(
+            "orders",
+            Fault::StatusAfterProcessing(StatusCode::BAD_GATEWAY),
+            1,
+        )
+        .unwrap();
+    // Another path takes no route and no fault.
+    let (status, _, _) = post(&format!("{}/other", proxy.uri()), "k-other").await;
+    assert_eq!(status, 201);
+    let (status, _, _) = post(&format!("{}/orders", proxy.uri()), "k-orders").await;
+    assert_eq!(status, 502, "the route's fault, after the upstream ran it");
+    assert_eq!(upstream.executions_for("k-orders"), 1);
+    assert_eq!(proxy.route_stats("orders").unwrap().requests, 1);
+
+    let url = format!("{}/limited", proxy.uri());
+    assert_eq!(post(&url, "k-l1").await.0, 201);
+    assert_eq!(
+        post(&url, "k-l2").await.0,
+        429,
+        "past the route's rate limit"
     );
-    assert!(routes.contains("routes"), "{routes}");
+    assert_eq!(
+        upstream.executions_for("k-l2"),
+        0,
+        "refused before forwarding"
+    );
 }
 
 #[tokio::test]
