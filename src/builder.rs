@@ -11,7 +11,9 @@ use http::header::HeaderName;
 
 use crate::inner::Inner;
 use crate::journal::{Journal, PendingOperation};
-use crate::journaled::settings::{JournalSettings, LEASE_MARGIN, ResumeCredentials};
+use crate::journaled::settings::{
+    DEFAULT_RESUME_CONCURRENCY, JournalSettings, LEASE_MARGIN, ResumeCredentials,
+};
 use crate::retry::origins::{DEFAULT_MAX_ORIGINS, Origins};
 use crate::retry::settings::{RetryHook, RetrySettings, SharedClassifier};
 use crate::settings::{
@@ -64,6 +66,7 @@ pub struct IdempotentClientBuilder {
     bad_header_name: Option<String>,
     credentials: Option<ResumeCredentials>,
     scope_headers: Vec<HeaderName>,
+    resume_concurrency: usize,
     seal: Option<Arc<dyn crate::journal::BodySeal>>,
     log_keys: bool,
     breaker: Option<CircuitBreaker>,
@@ -97,6 +100,7 @@ impl IdempotentClientBuilder {
             bad_header_name: None,
             credentials: None,
             scope_headers: vec![HeaderName::from_static("stripe-account")],
+            resume_concurrency: DEFAULT_RESUME_CONCURRENCY,
             seal: None,
             log_keys: false,
             breaker: None,
@@ -581,6 +585,26 @@ impl IdempotentClientBuilder {
         self
     }
 
+    /// How many pending operations [`resume_pending`](IdempotentClient::resume_pending)
+    /// (and the resumer) send at once, oldest first, each under its own lease: 16
+    /// unless set. 1 resumes them one at a time.
+    ///
+    /// ```
+    /// use idempotent_retry::IdempotentClient;
+    /// use idempotent_retry::journal::MemoryJournal;
+    ///
+    /// let client = IdempotentClient::builder()
+    ///     .journal(MemoryJournal::new())
+    ///     .resume_concurrency(4)
+    ///     .build()?;
+    /// # drop(client);
+    /// # Ok::<(), idempotent_retry::Error>(())
+    /// ```
+    pub fn resume_concurrency(mut self, operations: usize) -> Self {
+        self.resume_concurrency = operations;
+        self
+    }
+
     /// Takes every setting a [`ClientConfig`] holds (retry policy, attempt timeout,
     /// answer bound, key header and form, should-retry field, retry budget, origins,
     /// circuit breaker, adaptive rate limit, hedging), for example one read from a
@@ -614,7 +638,9 @@ impl IdempotentClientBuilder {
             hedging,
             sensitive_headers,
             scope_headers,
+            resume_concurrency,
         } = config;
+        self.resume_concurrency = *resume_concurrency;
         self.policy = *retry_policy;
         self.attempt_timeout = *attempt_timeout;
         self.max_response_bytes = *max_response_bytes;
@@ -696,6 +722,9 @@ impl IdempotentClientBuilder {
         if self.max_origins == 0 {
             return Err(config("max_origins must be at least 1"));
         }
+        if self.resume_concurrency == 0 {
+            return Err(config("resume_concurrency must be at least 1"));
+        }
         if let Some(reason) = &self.bad_header_name {
             return Err(config(reason.clone()));
         }
@@ -768,6 +797,7 @@ impl IdempotentClientBuilder {
                 sensitive: self.sensitive,
                 credentials: self.credentials,
                 scope_headers: self.scope_headers,
+                resume_concurrency: self.resume_concurrency,
             })
         });
         let retry = RetrySettings {

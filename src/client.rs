@@ -192,9 +192,10 @@ impl IdempotentClient {
         crate::journaled::recorded_answer(self, operation_id).await
     }
 
-    /// Sends every pending operation that no live worker holds again, one after the
-    /// other, each with its recorded key and bytes, and the values of its secret
-    /// headers from
+    /// Sends every pending operation that no live worker holds again, oldest first and
+    /// up to [`resume_concurrency`](crate::IdempotentClientBuilder::resume_concurrency)
+    /// at once (16 unless set), each under its own lease, with its recorded key and
+    /// bytes, and the values of its secret headers from
     /// [`resume_credentials`](crate::IdempotentClientBuilder::resume_credentials) (an
     /// operation whose secrets have no value is not sent: it stays pending, reported
     /// with [`Error::CredentialsMissing`](crate::Error::CredentialsMissing)); call it

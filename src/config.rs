@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::de::{Deserialize, Deserializer, MapAccess};
 
+use crate::journaled::settings::DEFAULT_RESUME_CONCURRENCY;
 use crate::retry::origins::DEFAULT_MAX_ORIGINS;
 use crate::settings::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEY_HEADER, DEFAULT_MAX_RESPONSE_BYTES,
@@ -68,6 +69,7 @@ use crate::{AdaptiveRateLimit, CircuitBreaker, Hedging, KeyFormat, RetryBudget, 
 /// | `retry_budget` | table, see [`RetryBudget`] (`capacity`, `transient_cost`, `throttling_cost`, `success_refund`; all costs 0 turns it off) | [`RetryBudget::default`] |
 /// | `sensitive_headers` | list of header names, never journalled (besides `Authorization`, `Proxy-Authorization`, `Cookie`) | `[]` |
 /// | `scope_headers` | list of header names whose values scope a journalled operation (besides `Stripe-Account`) | `[]` |
+/// | `resume_concurrency` | integer, at least 1: pending operations `resume_pending` sends at once | `16` |
 ///
 /// The journal's own settings (lease, resume age, resumes, retention) are a
 /// [`JournalConfig`](crate::journal::JournalConfig), given to the journal's builder.
@@ -103,6 +105,9 @@ pub struct ClientConfig {
     /// Headers whose values scope a journalled operation besides `Stripe-Account`
     /// ([`scope_header`](crate::IdempotentClientBuilder::scope_header)).
     pub scope_headers: Vec<HeaderName>,
+    /// Pending operations `resume_pending` sends at once
+    /// ([`resume_concurrency`](crate::IdempotentClientBuilder::resume_concurrency)).
+    pub resume_concurrency: usize,
 }
 
 impl Default for ClientConfig {
@@ -121,6 +126,7 @@ impl Default for ClientConfig {
             hedging: None,
             sensitive_headers: Vec::new(),
             scope_headers: Vec::new(),
+            resume_concurrency: DEFAULT_RESUME_CONCURRENCY,
         }
     }
 }
@@ -359,6 +365,7 @@ impl Table for ClientConfig {
         "hedging",
         "sensitive_headers",
         "scope_headers",
+        "resume_concurrency",
     ];
 
     fn set<'de, A: MapAccess<'de>>(
@@ -382,6 +389,7 @@ impl Table for ClientConfig {
             hedging,
             sensitive_headers,
             scope_headers,
+            resume_concurrency,
         } = self;
         match field {
             "retry_policy" => *retry_policy = nested(map, path)?,
@@ -399,6 +407,7 @@ impl Table for ClientConfig {
             "hedging" => *hedging = Some(nested(map, path)?),
             "sensitive_headers" => *sensitive_headers = header_names(map, path)?,
             "scope_headers" => *scope_headers = header_names(map, path)?,
+            "resume_concurrency" => *resume_concurrency = value(map, path)?,
             other => return Err(unknown(other, Self::FIELDS)),
         }
         Ok(())
@@ -410,6 +419,9 @@ impl Table for ClientConfig {
         }
         if self.max_origins == 0 {
             return Err("max_origins: must be at least 1".to_owned());
+        }
+        if self.resume_concurrency == 0 {
+            return Err("resume_concurrency: must be at least 1".to_owned());
         }
         Ok(())
     }

@@ -738,3 +738,220 @@ async fn one_record_that_does_not_open_holds_up_no_other_resume() {
     assert_eq!(report.needs_attention, ["unreadable"], "{report:?}");
     assert_eq!(server.executions(), 1, "the unreadable one was not sent");
 }
+
+/// A journal that gauges a resume: how many leases are held at once, and it holds the
+/// attempts that start until `gate` of them are in flight together (so a resume that
+/// sent one at a time would wait here forever).
+struct Gauged {
+    inner: MemoryJournal,
+    held: AtomicUsize,
+    most: AtomicUsize,
+    gate: tokio::sync::Barrier,
+}
+
+impl Gauged {
+    fn let_go(&self) {
+        self.held.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+mod gauged {
+    use super::*;
+    use idempotent_retry::journal::{
+        Claimed, Inserted, JournalEntry, JournalFuture, Lease, RecordedAnswer, RecordedRequest,
+        Release,
+    };
+
+    impl Journal for Gauged {
+        fn find<'a>(&'a self, id: &'a str) -> JournalFuture<'a, Option<JournalEntry>> {
+            self.inner.find(id)
+        }
+        fn insert<'a>(
+            &'a self,
+            id: &'a str,
+            request: &'a RecordedRequest,
+            holder: &'a str,
+            lease: Duration,
+        ) -> JournalFuture<'a, Inserted> {
+            self.inner.insert(id, request, holder, lease)
+        }
+        fn claim<'a>(
+            &'a self,
+            id: &'a str,
+            holder: &'a str,
+            lease: Duration,
+        ) -> JournalFuture<'a, Claimed> {
+            Box::pin(async move {
+                let claimed = self.inner.claim(id, holder, lease).await?;
+                if let Claimed::Lease(_) = claimed {
+                    let held = self.held.fetch_add(1, Ordering::SeqCst) + 1;
+                    self.most.fetch_max(held, Ordering::SeqCst);
+                }
+                Ok(claimed)
+            })
+        }
+        fn start_attempt<'a>(
+            &'a self,
+            lease: &'a Lease,
+            duration: Duration,
+        ) -> JournalFuture<'a, ()> {
+            Box::pin(async move {
+                self.inner.start_attempt(lease, duration).await?;
+                self.gate.wait().await;
+                Ok(())
+            })
+        }
+        fn withdraw<'a>(&'a self, lease: &'a Lease) -> JournalFuture<'a, ()> {
+            self.let_go();
+            self.inner.withdraw(lease)
+        }
+        fn complete<'a>(
+            &'a self,
+            lease: &'a Lease,
+            answer: &'a RecordedAnswer,
+        ) -> JournalFuture<'a, ()> {
+            self.let_go();
+            self.inner.complete(lease, answer)
+        }
+        fn release<'a>(&'a self, lease: &'a Lease, release: &'a Release) -> JournalFuture<'a, ()> {
+            self.let_go();
+            self.inner.release(lease, release)
+        }
+        fn pending(&self) -> JournalFuture<'_, Vec<JournalEntry>> {
+            self.inner.pending()
+        }
+        fn resolve<'a>(
+            &'a self,
+            id: &'a str,
+            resolution: &'a Resolution,
+        ) -> JournalFuture<'a, bool> {
+            self.inner.resolve(id, resolution)
+        }
+        fn cancel<'a>(&'a self, id: &'a str) -> JournalFuture<'a, bool> {
+            self.inner.cancel(id)
+        }
+        fn housekeep(&self) -> JournalFuture<'_, u64> {
+            self.inner.housekeep()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_pending_sends_up_to_its_concurrency_at_once_each_under_its_lease() {
+    let server = MockServer::start().await;
+    let journal = MemoryJournal::new();
+    let first = builder(journal.clone()).build().unwrap();
+    server.inject(Fault::DropAfterProcessing, 20);
+    for n in 0..20 {
+        let lost = first
+            .post_idempotent(format!("{}/orders", server.uri()))
+            .operation_id(format!("op-{n:02}"))
+            .json(&json!({ "n": n }))
+            .send()
+            .await;
+        assert!(lost.is_err());
+    }
+    assert_eq!(server.executions(), 20);
+
+    let gauged = Arc::new(Gauged {
+        inner: journal,
+        held: AtomicUsize::new(0),
+        most: AtomicUsize::new(0),
+        gate: tokio::sync::Barrier::new(4),
+    });
+    let client = builder(SharedJournal(gauged.clone()))
+        .resume_concurrency(4)
+        .build()
+        .unwrap();
+    // Four at a time pass the gate together; one at a time would wait there forever.
+    let report = tokio::time::timeout(Duration::from_secs(20), client.resume_pending())
+        .await
+        .expect("a resume that sends one at a time never passes the gate")
+        .unwrap();
+    assert_eq!(report.completed.len(), 20, "{report:?}");
+    assert_eq!(
+        gauged.most.load(Ordering::SeqCst),
+        4,
+        "never more than 4 leases"
+    );
+    assert_eq!(server.executions(), 20, "each resumed once, replayed");
+    assert!(server.duplicates().is_empty());
+
+    let refused = builder(MemoryJournal::new()).resume_concurrency(0).build();
+    assert!(
+        refused
+            .unwrap_err()
+            .to_string()
+            .contains("resume_concurrency")
+    );
+}
+
+/// A journal shared by the test and the client.
+struct SharedJournal(Arc<Gauged>);
+
+mod shared_journal {
+    use super::*;
+    use idempotent_retry::journal::{
+        Claimed, Inserted, JournalEntry, JournalFuture, Lease, RecordedAnswer, RecordedRequest,
+        Release,
+    };
+
+    impl Journal for SharedJournal {
+        fn find<'a>(&'a self, id: &'a str) -> JournalFuture<'a, Option<JournalEntry>> {
+            self.0.find(id)
+        }
+        fn insert<'a>(
+            &'a self,
+            id: &'a str,
+            request: &'a RecordedRequest,
+            holder: &'a str,
+            lease: Duration,
+        ) -> JournalFuture<'a, Inserted> {
+            self.0.insert(id, request, holder, lease)
+        }
+        fn claim<'a>(
+            &'a self,
+            id: &'a str,
+            holder: &'a str,
+            lease: Duration,
+        ) -> JournalFuture<'a, Claimed> {
+            self.0.claim(id, holder, lease)
+        }
+        fn start_attempt<'a>(
+            &'a self,
+            lease: &'a Lease,
+            duration: Duration,
+        ) -> JournalFuture<'a, ()> {
+            self.0.start_attempt(lease, duration)
+        }
+        fn withdraw<'a>(&'a self, lease: &'a Lease) -> JournalFuture<'a, ()> {
+            self.0.withdraw(lease)
+        }
+        fn complete<'a>(
+            &'a self,
+            lease: &'a Lease,
+            answer: &'a RecordedAnswer,
+        ) -> JournalFuture<'a, ()> {
+            self.0.complete(lease, answer)
+        }
+        fn release<'a>(&'a self, lease: &'a Lease, release: &'a Release) -> JournalFuture<'a, ()> {
+            self.0.release(lease, release)
+        }
+        fn pending(&self) -> JournalFuture<'_, Vec<JournalEntry>> {
+            self.0.pending()
+        }
+        fn resolve<'a>(
+            &'a self,
+            id: &'a str,
+            resolution: &'a Resolution,
+        ) -> JournalFuture<'a, bool> {
+            self.0.resolve(id, resolution)
+        }
+        fn cancel<'a>(&'a self, id: &'a str) -> JournalFuture<'a, bool> {
+            self.0.cancel(id)
+        }
+        fn housekeep(&self) -> JournalFuture<'_, u64> {
+            self.0.housekeep()
+        }
+    }
+}

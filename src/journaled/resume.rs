@@ -1,6 +1,9 @@
 //! What the journal holds, for the client: the pending operations, a recorded answer,
 //! and resuming every pending operation.
 
+use std::pin::Pin;
+use std::task::Poll;
+
 use http::HeaderMap;
 use tracing::warn;
 
@@ -71,9 +74,10 @@ async fn listed(js: &JournalSettings) -> Result<Vec<JournalEntry>, Error> {
     })
 }
 
-/// Sends every pending operation that no worker holds again, one at a time, each with
-/// its recorded key and bytes and the values of its secret headers from the client's
-/// resume credentials, each inside an operation span of its own.
+/// Sends every pending operation that no worker holds again, oldest first, up to the
+/// client's `resume_concurrency` at once, each with its recorded key and bytes and the
+/// values of its secret headers from the client's resume credentials, each under its
+/// own lease and inside an operation span of its own.
 pub(crate) async fn resume_pending(client: &IdempotentClient) -> Result<ResumeReport, Error> {
     let js = settings_of(client)?;
     let entries = listed(js).await?;
@@ -82,40 +86,80 @@ pub(crate) async fn resume_pending(client: &IdempotentClient) -> Result<ResumeRe
         Ok(removed) => report.removed = removed,
         Err(e) => warn!(target: TARGET, error = %e, "could not remove old completed operations"),
     }
-    for entry in entries {
-        resume_one(client, js, entry, &mut report).await;
-    }
+    let resumes = entries
+        .into_iter()
+        .map(|entry| resume_one(client, js, entry));
+    at_most(js.resume_concurrency, resumes, |resumed| match resumed {
+        Resumed::Completed(id) => report.completed.push(id),
+        Resumed::Attention(id) => report.needs_attention.push(id),
+        Resumed::HeldElsewhere(id) => report.held_elsewhere.push(id),
+        Resumed::StillPending(id, error) => report.still_pending.push((id, error)),
+    })
+    .await;
     Ok(report)
 }
 
-/// Resumes one listed operation and says in `report` how it ended. One unreadable
-/// record holds up no other.
+/// How one resumed operation ended, for the report.
+enum Resumed {
+    Completed(String),
+    Attention(String),
+    HeldElsewhere(String),
+    StillPending(String, Error),
+}
+
+/// Runs `futures` in their order, at most `limit` at a time, and hands each output to
+/// `each` as it comes.
+async fn at_most<F: Future>(
+    limit: usize,
+    mut futures: impl Iterator<Item = F>,
+    mut each: impl FnMut(F::Output),
+) {
+    let mut running: Vec<Pin<Box<F>>> = Vec::with_capacity(limit);
+    loop {
+        while running.len() < limit.max(1) {
+            match futures.next() {
+                Some(future) => running.push(Box::pin(future)),
+                None => break,
+            }
+        }
+        if running.is_empty() {
+            return;
+        }
+        let output = std::future::poll_fn(|cx| {
+            for i in 0..running.len() {
+                if let Poll::Ready(output) = running[i].as_mut().poll(cx) {
+                    drop(running.swap_remove(i));
+                    return Poll::Ready(output);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        each(output);
+    }
+}
+
+/// Resumes one listed operation. One unreadable record holds up no other.
 async fn resume_one(
     client: &IdempotentClient,
     js: &JournalSettings,
     entry: JournalEntry,
-    report: &mut ResumeReport,
-) {
+) -> Resumed {
     use tracing::Instrument;
     let id = entry.id.clone();
     let entry = match js.opened(entry) {
         Ok(entry) => entry,
         Err(e) => {
             warn!(target: TARGET, operation_id = %id, error = %e, "a recorded operation cannot be read: it needs attention");
-            report.needs_attention.push(id);
-            return;
+            return Resumed::Attention(id);
         }
     };
     if let EntryState::NeedsAttention(_) = entry.state {
-        report.needs_attention.push(id);
-        return;
+        return Resumed::Attention(id);
     }
     let operation = match operation_of(client, &entry) {
         Ok(operation) => operation,
-        Err(error) => {
-            report.still_pending.push((id, error));
-            return;
-        }
+        Err(error) => return Resumed::StillPending(id, error),
     };
     let template = &operation.template;
     let span = crate::telemetry::operation_span(template.method(), template.url());
@@ -124,13 +168,13 @@ async fn resume_one(
         .instrument(span)
         .await
     {
-        Ok(_) => report.completed.push(id),
-        Err(Error::NeedsAttention { .. }) => report.needs_attention.push(id),
+        Ok(_) => Resumed::Completed(id),
+        Err(Error::NeedsAttention { .. }) => Resumed::Attention(id),
         Err(Error::Failed {
             reason: GiveUpReason::LeaseHeld | GiveUpReason::LeaseLost,
             ..
-        }) => report.held_elsewhere.push(id),
-        Err(e) => report.still_pending.push((id, e)),
+        }) => Resumed::HeldElsewhere(id),
+        Err(e) => Resumed::StillPending(id, e),
     }
 }
 

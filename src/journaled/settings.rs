@@ -21,6 +21,9 @@ pub(super) const HELD_POLL: Duration = Duration::from_millis(50);
 /// tolerated before giving up.
 pub(super) const MAX_RACES: u32 = 8;
 
+/// Pending operations `resume_pending` sends at once unless told otherwise.
+pub(crate) const DEFAULT_RESUME_CONCURRENCY: usize = 16;
+
 /// What a lease must cover beyond an attempt's timeout: the time to record its answer.
 pub(crate) const LEASE_MARGIN: Duration = Duration::from_secs(1);
 
@@ -45,6 +48,8 @@ pub(crate) struct JournalSettings {
     /// Headers whose values scope an operation at its server (an account): a request
     /// under a recorded id must carry the recorded values.
     pub(crate) scope_headers: Vec<HeaderName>,
+    /// Pending operations `resume_pending` sends at once.
+    pub(crate) resume_concurrency: usize,
 }
 
 impl JournalSettings {
