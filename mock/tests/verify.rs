@@ -86,7 +86,17 @@ impl Server {
         if self.bug == Bug::NoStore {
             return answer(201, self.create(), false);
         }
-        let found = self.store.lock().unwrap().get(&slot).cloned();
+        // The correct server claims the key atomically: the look and the claim under
+        // one lock. The two planted races look first and write later.
+        let atomic = !matches!(self.bug, Bug::CheckThenInsert | Bug::StoreAfterSend);
+        let found = {
+            let mut store = self.store.lock().unwrap();
+            let found = store.get(&slot).cloned();
+            if found.is_none() && atomic {
+                store.insert(slot.clone(), Entry::InFlight);
+            }
+            found
+        };
         match found {
             Some(Entry::Done {
                 body: stored,
@@ -123,10 +133,7 @@ impl Server {
                 return answer(201, text, false);
             }
             _ => {
-                self.store
-                    .lock()
-                    .unwrap()
-                    .insert(slot.clone(), Entry::InFlight);
+                // Claimed already, in `handle`: the work.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
