@@ -3,6 +3,7 @@
 //! key. Bounded: at most `max_keys` keys and [`MAX_EXCHANGES`] exchanges a key.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::time::Instant;
 
@@ -72,7 +73,8 @@ pub(crate) struct KeyBook {
     keys: BTreeMap<(String, String), Vec<Exchange>>,
 }
 
-/// A short, stable digest of some bytes, for read-back (not for security).
+/// A short, stable digest of some bytes, for read-back (not for security): 16 hex
+/// digits, the first 8 of which tell two apart in a report.
 pub(crate) fn digest(bytes: &[u8]) -> String {
     let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(bytes);
     format!("{hash:016x}")
@@ -98,22 +100,27 @@ impl KeyBook {
         }
     }
 
-    /// Milliseconds since the server started.
-    pub(crate) fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Records an exchange under a key in a scope; past `max_keys` keys, a new key is
-    /// not recorded, and past [`MAX_EXCHANGES`], neither is a key's exchange.
-    pub(crate) fn record(&mut self, key: String, scope: String, exchange: Exchange) {
+    /// Records an exchange forwarded at `forwarded`, under a key in a scope; past
+    /// `max_keys` keys, a new key is not recorded, and past [`MAX_EXCHANGES`], neither
+    /// is a key's exchange.
+    pub(crate) fn record(
+        &mut self,
+        key: String,
+        scope: String,
+        forwarded: Instant,
+        mut exchange: Exchange,
+    ) {
+        let since = forwarded.saturating_duration_since(self.started);
+        exchange.at_ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
         let full = self.keys.len() >= self.max_keys;
-        match self.keys.get_mut(&(key.clone(), scope.clone())) {
-            Some(exchanges) if exchanges.len() < MAX_EXCHANGES => exchanges.push(exchange),
-            Some(_) => {}
-            None if !full => {
-                self.keys.insert((key, scope), vec![exchange]);
+        match self.keys.entry((key, scope)) {
+            Entry::Occupied(mut exchanges) if exchanges.get().len() < MAX_EXCHANGES => {
+                exchanges.get_mut().push(exchange);
             }
-            None => {}
+            Entry::Vacant(slot) if !full => {
+                slot.insert(vec![exchange]);
+            }
+            Entry::Occupied(_) | Entry::Vacant(_) => {}
         }
     }
 
@@ -217,12 +224,13 @@ mod tests {
     #[test]
     fn the_book_is_bounded() {
         let mut book = KeyBook::new(2);
+        let now = Instant::now();
         for key in ["k1", "k2", "k3"] {
-            book.record(key.into(), "s".into(), answer(201, key));
+            book.record(key.into(), "s".into(), now, answer(201, key));
         }
         assert_eq!(book.reports().len(), 2);
         for _ in 0..MAX_EXCHANGES + 5 {
-            book.record("k1".into(), "s".into(), answer(201, "k1"));
+            book.record("k1".into(), "s".into(), now, answer(201, "k1"));
         }
         assert_eq!(book.reports()[0].exchanges.len(), MAX_EXCHANGES);
     }

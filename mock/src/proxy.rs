@@ -54,22 +54,20 @@ pub(crate) async fn handle(
         }
     }
     let after = draw_fault(shared, sabotage, route.map(|r| &**r)).await?;
-    let at_ms = shared.key_book_ms();
-    let body_digest = digest(&body);
+    // Only a request with a key is written in the key book.
+    let sent_key = headers
+        .get(&shared.config.key_header)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let body_digest = sent_key.as_ref().map(|_| digest(&body));
+    let forwarded_at = Instant::now();
     let forwarded = upstream
         .forward(&method, uri, headers, body, MAX_ANSWER_BYTES)
         .await;
-    let key_value = headers.get(&shared.config.key_header);
-    if let Some(key) = key_value.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()) {
-        let exchange = exchange(
-            upstream,
-            &forwarded,
-            at_ms,
-            body_digest,
-            after.map(|a| a.name()),
-        );
+    if let Some((key, body_digest)) = sent_key.zip(body_digest) {
+        let fault = after.map(|a| a.name());
+        let exchange = exchange(upstream, &forwarded, body_digest, fault);
         let scope = scope_label(scope_of(shared, headers).as_ref());
-        shared.record_exchange(key, scope, exchange);
+        shared.record_exchange(key, scope, forwarded_at, exchange);
     }
     match forwarded {
         Ok(answered) => Ok(spoil(sabotage, after, passed_back(answered)).await),
@@ -85,7 +83,6 @@ pub(crate) async fn handle(
 fn exchange(
     upstream: &Upstream,
     forwarded: &Result<Answered, String>,
-    at_ms: u64,
     body_digest: String,
     fault: Option<&'static str>,
 ) -> Exchange {
@@ -98,7 +95,8 @@ fn exchange(
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let pointer = upstream.id_pointer.as_deref();
     Exchange {
-        at_ms,
+        // Set by the key book, from the time the request was forwarded.
+        at_ms: 0,
         body_digest,
         status: answered.map(|a| a.status.as_u16()),
         answer_digest: answered.map(|a| digest(&a.body)),

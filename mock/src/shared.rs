@@ -125,20 +125,19 @@ pub(crate) struct Shared {
 /// A scope as read-back shows it: never the credential itself, only its scheme (the
 /// first word, when it has one) and a short digest, enough to tell two apart.
 pub(crate) fn scope_label(scope: Option<&Bytes>) -> String {
-    use std::hash::{BuildHasher, BuildHasherDefault};
     let Some(scope) = scope else {
         return "(no scope header)".into();
     };
-    let digest = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-        .hash_one(&scope[..]);
+    let digest = super::keys::digest(scope);
+    let digest = digest.get(..8).unwrap_or(&digest);
     let scheme = std::str::from_utf8(scope)
         .ok()
         .and_then(|s| s.split_once(' '))
         .map(|(scheme, _)| scheme)
         .filter(|s| s.len() <= 16 && s.bytes().all(|b| b.is_ascii_alphanumeric()));
     match scheme {
-        Some(scheme) => format!("{scheme} #{:08x}", digest >> 32),
-        None => format!("#{:08x}", digest >> 32),
+        Some(scheme) => format!("{scheme} #{digest}"),
+        None => format!("#{digest}"),
     }
 }
 
@@ -175,19 +174,15 @@ impl Shared {
         }
     }
 
-    /// Milliseconds since the key book started, for an exchange's time.
-    pub(crate) fn key_book_ms(&self) -> u64 {
-        lock(&self.key_book).now_ms()
-    }
-
-    /// Writes one proxied exchange under its key and scope.
+    /// Writes one proxied exchange, forwarded at `forwarded`, under its key and scope.
     pub(crate) fn record_exchange(
         &self,
         key: String,
         scope: String,
+        forwarded: Instant,
         exchange: super::keys::Exchange,
     ) {
-        lock(&self.key_book).record(key, scope, exchange);
+        lock(&self.key_book).record(key, scope, forwarded, exchange);
     }
 
     /// What the upstream did with each key, in proxy mode.

@@ -263,7 +263,7 @@ impl Verifier {
     /// that is not an `http(s)` URL, or a header that is not one; nothing is sent then.
     pub async fn run(self) -> Result<VerifyReport, MockError> {
         let run = Run::new(self)?;
-        let mut checks = vec![
+        let checks = vec![
             run.replay().await,
             run.lost_answer().await,
             run.concurrent().await,
@@ -271,13 +271,12 @@ impl Verifier {
             run.missing_key().await,
             run.scope().await,
             run.malformed().await,
+            Run::result(
+                Check::ReplayAfterExpiry,
+                Outcome::NotApplicable,
+                "out of scope: it needs the server's key TTL to pass",
+            ),
         ];
-        checks.push(CheckResult {
-            check: Check::ReplayAfterExpiry,
-            outcome: Outcome::NotApplicable,
-            required: false,
-            evidence: "out of scope: it needs the server's key TTL to pass".into(),
-        });
         Ok(VerifyReport {
             upstream: run.settings.upstream.clone(),
             checks,
@@ -289,6 +288,9 @@ impl Verifier {
 struct Run {
     settings: Verifier,
     method: Method,
+    /// The route's path, as every check sends it (to the server, or to a proxy).
+    path: String,
+    /// The server's URL for it.
     url: String,
     headers: http::HeaderMap,
     key_header: HeaderName,
@@ -336,6 +338,7 @@ impl Run {
         Ok(Self {
             method,
             url,
+            path: path.to_owned(),
             headers,
             key_header,
             client,
@@ -383,9 +386,7 @@ impl Run {
             .await
             .map_err(|e| format!("no body: {e}"))?;
         let pointer = self.settings.id_pointer.as_deref();
-        let identity = pointer
-            .and_then(|p| resource_id(&body, p))
-            .unwrap_or_else(|| format!("body #{}", short(&digest(&body))));
+        let identity = identity(pointer.and_then(|p| resource_id(&body, p)), &digest(&body));
         Ok(Seen {
             status,
             identity,
@@ -402,15 +403,16 @@ impl Run {
         CheckResult {
             check,
             outcome,
-            required: check != Check::MissingKey,
+            required: !matches!(check, Check::MissingKey | Check::ReplayAfterExpiry),
             evidence: evidence.into(),
         }
     }
 }
 
-/// The first eight characters of a digest, enough to tell answers apart in a report.
-fn short(digest: &str) -> &str {
-    digest.get(..8).unwrap_or(digest)
+/// What an answer is compared by: the resource it names, else its body's digest
+/// (the first eight characters, enough to tell answers apart in a report).
+fn identity(resource_id: Option<String>, body_digest: &str) -> String {
+    resource_id.unwrap_or_else(|| format!("body #{}", body_digest.get(..8).unwrap_or(body_digest)))
 }
 
 mod checks;

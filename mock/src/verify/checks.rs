@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Check, CheckResult, Outcome, Run, Seen, short};
+use super::{Check, CheckResult, Outcome, Run, Seen, identity};
 use crate::{Fault, MockServer};
 
 /// Tries at a key still in flight (`409`) before a check gives up waiting.
@@ -62,10 +62,7 @@ impl Run {
             Err(e) => return fail(format!("could not start the proxy: {e}")),
         };
         proxy.inject(Fault::DropAfterProcessing, 1);
-        let path = self
-            .url
-            .trim_start_matches(self.settings.upstream.trim_end_matches('/'));
-        let url = format!("{}{path}", proxy.uri());
+        let url = format!("{}{}", proxy.uri(), self.path);
         let key = self.key("lost-answer");
         if self
             .send_to(&url, Some(&key), &self.settings.body, None)
@@ -86,11 +83,7 @@ impl Run {
         let Some(lost) = lost.filter(|l| l.status.is_some()) else {
             return fail("the server gave no answer to the first request".into());
         };
-        let answered = lost.answer_digest.unwrap_or_default();
-        let lost_identity = lost
-            .resource_id
-            .clone()
-            .unwrap_or_else(|| format!("body #{}", short(&answered)));
+        let lost_identity = identity(lost.resource_id, &lost.answer_digest.unwrap_or_default());
         let evidence = format!(
             "lost: {} {lost_identity}; retry: {retry}",
             lost.status.unwrap_or_default()
