@@ -745,7 +745,8 @@ async fn one_record_that_does_not_open_holds_up_no_other_resume() {
 struct Gauged {
     inner: MemoryJournal,
     held: AtomicUsize,
-    most: AtomicUsize,
+    /// The most leases held at once, shared with the test.
+    most: Arc<AtomicUsize>,
     gate: tokio::sync::Barrier,
 }
 
@@ -853,27 +854,21 @@ async fn resume_pending_sends_up_to_its_concurrency_at_once_each_under_its_lease
     }
     assert_eq!(server.executions(), 20);
 
-    let gauged = Arc::new(Gauged {
+    let most = Arc::new(AtomicUsize::new(0));
+    let gauged = Gauged {
         inner: journal,
         held: AtomicUsize::new(0),
-        most: AtomicUsize::new(0),
+        most: most.clone(),
         gate: tokio::sync::Barrier::new(4),
-    });
-    let client = builder(SharedJournal(gauged.clone()))
-        .resume_concurrency(4)
-        .build()
-        .unwrap();
+    };
+    let client = builder(gauged).resume_concurrency(4).build().unwrap();
     // Four at a time pass the gate together; one at a time would wait there forever.
     let report = tokio::time::timeout(Duration::from_secs(20), client.resume_pending())
         .await
         .expect("a resume that sends one at a time never passes the gate")
         .unwrap();
     assert_eq!(report.completed.len(), 20, "{report:?}");
-    assert_eq!(
-        gauged.most.load(Ordering::SeqCst),
-        4,
-        "never more than 4 leases"
-    );
+    assert_eq!(most.load(Ordering::SeqCst), 4, "never more than 4 leases");
     assert_eq!(server.executions(), 20, "each resumed once, replayed");
     assert!(server.duplicates().is_empty());
 
@@ -884,74 +879,4 @@ async fn resume_pending_sends_up_to_its_concurrency_at_once_each_under_its_lease
             .to_string()
             .contains("resume_concurrency")
     );
-}
-
-/// A journal shared by the test and the client.
-struct SharedJournal(Arc<Gauged>);
-
-mod shared_journal {
-    use super::*;
-    use idempotent_retry::journal::{
-        Claimed, Inserted, JournalEntry, JournalFuture, Lease, RecordedAnswer, RecordedRequest,
-        Release,
-    };
-
-    impl Journal for SharedJournal {
-        fn find<'a>(&'a self, id: &'a str) -> JournalFuture<'a, Option<JournalEntry>> {
-            self.0.find(id)
-        }
-        fn insert<'a>(
-            &'a self,
-            id: &'a str,
-            request: &'a RecordedRequest,
-            holder: &'a str,
-            lease: Duration,
-        ) -> JournalFuture<'a, Inserted> {
-            self.0.insert(id, request, holder, lease)
-        }
-        fn claim<'a>(
-            &'a self,
-            id: &'a str,
-            holder: &'a str,
-            lease: Duration,
-        ) -> JournalFuture<'a, Claimed> {
-            self.0.claim(id, holder, lease)
-        }
-        fn start_attempt<'a>(
-            &'a self,
-            lease: &'a Lease,
-            duration: Duration,
-        ) -> JournalFuture<'a, ()> {
-            self.0.start_attempt(lease, duration)
-        }
-        fn withdraw<'a>(&'a self, lease: &'a Lease) -> JournalFuture<'a, ()> {
-            self.0.withdraw(lease)
-        }
-        fn complete<'a>(
-            &'a self,
-            lease: &'a Lease,
-            answer: &'a RecordedAnswer,
-        ) -> JournalFuture<'a, ()> {
-            self.0.complete(lease, answer)
-        }
-        fn release<'a>(&'a self, lease: &'a Lease, release: &'a Release) -> JournalFuture<'a, ()> {
-            self.0.release(lease, release)
-        }
-        fn pending(&self) -> JournalFuture<'_, Vec<JournalEntry>> {
-            self.0.pending()
-        }
-        fn resolve<'a>(
-            &'a self,
-            id: &'a str,
-            resolution: &'a Resolution,
-        ) -> JournalFuture<'a, bool> {
-            self.0.resolve(id, resolution)
-        }
-        fn cancel<'a>(&'a self, id: &'a str) -> JournalFuture<'a, bool> {
-            self.0.cancel(id)
-        }
-        fn housekeep(&self) -> JournalFuture<'_, u64> {
-            self.0.housekeep()
-        }
-    }
 }

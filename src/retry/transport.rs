@@ -18,9 +18,10 @@ pub(crate) trait Transport {
     /// Sends one attempt, bounded by `timeout`.
     fn send(&mut self, timeout: Duration) -> impl Future<Output = Self::Answer> + Send;
 
-    /// May the attempt numbered `made + 1` be sent, with this timeout? The journalled
-    /// client renews its lease and checks the operation's age here; the reason ends the
-    /// operation before the attempt. Every other front end always may.
+    /// May the attempt numbered `made + 1` be sent, with this timeout? A wrapper around
+    /// another transport answers here (the journal's lease, `journaled/lease.rs`,
+    /// renews the lease and checks the operation's age); the reason ends the operation
+    /// before the attempt. A plain front end always may.
     fn before_attempt(
         &mut self,
         made: u32,
@@ -30,9 +31,9 @@ pub(crate) trait Transport {
         std::future::ready(Ok(()))
     }
 
-    /// May a hedge start now, with this timeout? Asked without waiting, so a front end
-    /// answers from what it knows (the journalled client: whether its lease, by its own
-    /// clock, covers the hedge and a margin). Every other front end always may.
+    /// May a hedge start now, with this timeout? Asked without waiting, so a transport
+    /// answers from what it knows (the journal's lease: whether it covers the hedge and
+    /// a margin, by the worker's own clock). A plain front end always may.
     fn may_hedge(&self, timeout: Duration) -> bool {
         let _ = timeout;
         true
