@@ -1443,7 +1443,7 @@ async fn an_open_circuit_refuses_a_journalled_operation_and_a_resume_says_it_may
     assert!(server.duplicates().is_empty());
 }
 
-/// A proxy in front of PostgreSQL that lets the operation's INSERT reach the server and
+/// A proxy in front of PostgreSQL that lets the operation's record reach the server and
 /// commit, then drops the connection before the reply: the ambiguous commit. Returns
 /// its port.
 #[cfg(feature = "journal-postgres")]
@@ -1459,20 +1459,18 @@ async fn commit_then_cut(upstream: u16) -> u16 {
                     return;
                 };
                 let (mut buf_c, mut buf_s) = (vec![0u8; 65536], vec![0u8; 65536]);
-                // The INSERT is prepared first (its text), then executed (no text):
-                // the execution is the next message the client sends after it.
-                let (mut prepared, mut executed) = (false, false);
+                // The group writer's connection prepares the INSERT when it connects;
+                // on that connection, the first reply that says a transaction
+                // committed is the one the client never hears.
+                let mut writer = false;
                 loop {
                     tokio::select! {
                         read = client.read(&mut buf_c) => {
                             let Ok(n @ 1..) = read else { return };
                             let chunk = &buf_c[..n];
-                            if prepared && !executed {
-                                executed = true;
-                            }
                             let insert = b"INSERT INTO idempotent_retry_operations";
                             if chunk.windows(insert.len()).any(|w| w == insert) {
-                                prepared = true;
+                                writer = true;
                             }
                             if server.write_all(chunk).await.is_err() {
                                 return;
@@ -1480,9 +1478,8 @@ async fn commit_then_cut(upstream: u16) -> u16 {
                         }
                         read = server.read(&mut buf_s) => {
                             let Ok(n @ 1..) = read else { return };
-                            if executed {
-                                // The server answered the INSERT: it committed. The
-                                // client never hears it.
+                            let committed = b"COMMIT\0";
+                            if writer && buf_s[..n].windows(committed.len()).any(|w| w == committed) {
                                 return;
                             }
                             if client.write_all(&buf_s[..n]).await.is_err() {

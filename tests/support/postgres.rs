@@ -15,6 +15,8 @@ pub struct Cluster {
     /// With `start_tls`: the PEM certificate of the authority that signed the server's
     /// certificate (for 127.0.0.1), to trust.
     pub certificate: Option<Vec<u8>>,
+    /// The server's options, to start it again with them.
+    options: String,
 }
 
 /// The directory with `initdb` and `pg_ctl`: `pg_config --bindir`, or the newest
@@ -229,7 +231,41 @@ impl Cluster {
             bin,
             dir,
             certificate,
+            options,
         })
+    }
+}
+
+impl Cluster {
+    /// Stops the server at once, as if it crashed, and starts it again on the same
+    /// port (it recovers from its log). Blocks until it accepts connections.
+    pub fn restart(&self) {
+        let data = self.dir.join("data");
+        let data = data.to_str().unwrap();
+        let log = self.dir.join("server.log");
+        let stop = run(
+            &self.bin,
+            "pg_ctl",
+            &["-D", data, "-m", "immediate", "stop"],
+        );
+        assert!(stop.status.success(), "pg_ctl stop: {stop:?}");
+        // Started as at first, with its log file (or the server would hold this call's
+        // output pipes open).
+        let start = run(
+            &self.bin,
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-o",
+                &self.options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        assert!(start.status.success(), "pg_ctl start: {start:?}");
     }
 }
 

@@ -11,12 +11,40 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::schema::sql;
 use crate::journal::JournalError;
 
-/// What the journal's clones share: where the database is, and a few connections to it,
-/// used in turn (queries from many tasks are pipelined on each; several let the server
-/// flush many commits at once), each made again if it breaks.
-pub(super) struct Shared {
+/// Where the database is and how to reach it.
+#[derive(Clone)]
+pub(super) struct Target {
     pub(super) tls: MakeRustlsConnect,
     pub(super) url: String,
+}
+
+impl Target {
+    /// A new connection, its I/O running beside the journal, asking for synchronous
+    /// commits.
+    pub(super) async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::connect(&self.url, self.tls.clone()).await?;
+        // The connection's I/O ends when the client is dropped or the server goes away
+        // (then the next call connects again).
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client.batch_execute("SET synchronous_commit = on").await?;
+        Ok(client)
+    }
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: it stays out of debug output.
+        f.debug_struct("Target").finish_non_exhaustive()
+    }
+}
+
+/// What the journal's clones share: where the database is, and a few connections for
+/// every statement but the group writer's, used in turn (queries from many tasks are
+/// pipelined on each), each made again if it breaks.
+pub(super) struct Shared {
+    pub(super) target: Target,
     pub(super) namespace: String,
     pub(super) connections: Vec<tokio::sync::Mutex<Option<Arc<Client>>>>,
     pub(super) next: std::sync::atomic::AtomicUsize,
@@ -25,29 +53,17 @@ pub(super) struct Shared {
 impl Shared {
     /// The next connection in turn, made (again) if there is none or it broke.
     pub(super) async fn client(&self) -> Result<Arc<Client>, JournalError> {
-        let shared = self;
-        let turn = shared
-            .next
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut slot = shared.connections[turn % shared.connections.len()]
-            .lock()
-            .await;
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut slot = self.connections[turn % self.connections.len()].lock().await;
         if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());
         }
-        let (client, connection) = tokio_postgres::connect(&shared.url, shared.tls.clone())
-            .await
-            .map_err(|e| JournalError::storage("could not connect to the journal's database", e))?;
-        // The connection's I/O runs beside the journal; it ends when the client is
-        // dropped or the server goes away (then the next call connects again).
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        client
-            .batch_execute("SET synchronous_commit = on")
-            .await
-            .map_err(sql("could not ask for synchronous commits"))?;
-        let client = Arc::new(client);
+        let client = Arc::new(
+            self.target
+                .connect()
+                .await
+                .map_err(sql("could not connect to the journal's database"))?,
+        );
         *slot = Some(client.clone());
         Ok(client)
     }
@@ -55,7 +71,6 @@ impl Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may carry a password: it stays out of debug output.
         f.debug_struct("Shared")
             .field("namespace", &self.namespace)
             .field("connections", &self.connections.len())

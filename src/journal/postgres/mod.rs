@@ -2,14 +2,17 @@
 //! of workers on many machines.
 //!
 //! Every time is the database's (`now()`), the one clock the whole fleet shares. Writes
-//! are committed with `synchronous_commit = on`: synced before they return. A claim is
+//! are committed with `synchronous_commit = on`: synced before they return. A process's
+//! records, attempts and completions share commits: the writes waiting at one moment
+//! are committed together, each still fenced on its own. A claim is
 //! one conditional `UPDATE … RETURNING`, atomic under the row's lock; every write that
 //! names a lease is conditional on its token. The schema is created and migrated under
 //! a fleet-wide advisory lock, and a namespace keeps two applications' ids apart.
 //!
 //! Here: the builder and the statements of each [`Journal`] method. Beside it:
-//! `connection.rs` (the connections, in turn, over TLS), `schema.rs` (the table,
-//! created or migrated) and `rows.rs` (rows as entries).
+//! `writer.rs` (the group writer: records, attempts, completions), `connection.rs` (the
+//! connections, in turn, over TLS), `schema.rs` (the table, created or migrated) and
+//! `rows.rs` (rows as entries).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,15 +20,17 @@ use std::time::Duration;
 mod connection;
 mod rows;
 mod schema;
+mod writer;
 
 use super::blob::{self, encode};
 use super::{
-    Claimed, Inserted, Journal, JournalEntry, JournalFuture, Lease, Limits, RecordedAnswer,
-    RecordedRequest, Release, Resolution, fenced, limit_setters, limits_of,
+    Claimed, Inserted, Journal, JournalEntry, JournalError, JournalFuture, Lease, Limits,
+    RecordedAnswer, RecordedRequest, Release, Resolution, fenced, limit_setters, limits_of,
 };
-use connection::{Shared, tls};
+use connection::{Shared, Target, tls};
 use rows::{COLUMNS, entry, millis, ms, token};
 use schema::{ATTENTION, PENDING, migrate, sql};
+use writer::{Record, Write, Writer};
 
 /// Settings for a [`PostgresJournal`].
 ///
@@ -37,7 +42,7 @@ use schema::{ATTENTION, PENDING, migrate, sql};
 /// | `max_resume_age` | 20 h ([`DEFAULT_MAX_RESUME_AGE`](super::DEFAULT_MAX_RESUME_AGE)) |
 /// | `max_resumes` | 20 ([`DEFAULT_MAX_RESUMES`](super::DEFAULT_MAX_RESUMES)) |
 /// | `completed_retention` | 7 days ([`DEFAULT_COMPLETED_RETENTION`](super::DEFAULT_COMPLETED_RETENTION)) |
-/// | `connections` | 8, used in turn: the server flushes the commits of many at once |
+/// | `connections` | 8, used in turn for reads, claims and releases; records, attempts and completions go through one more, the group writer's |
 /// | TLS | as the URL's `sslmode` says (`prefer` by default), verified against the system's roots and any `tls_root_certificate` |
 /// | `namespace` | `""`: set one per application sharing a database |
 ///
@@ -83,7 +88,9 @@ impl PostgresJournalBuilder {
         self
     }
 
-    /// How many connections the journal uses in turn (at least 1).
+    /// How many connections the journal uses in turn for reads, claims and releases (at
+    /// least 1). Records, attempts and completions go through one more connection, the
+    /// group writer's, on a thread of its own.
     pub fn connections(mut self, connections: usize) -> Self {
         self.connections = connections;
         self
@@ -102,10 +109,19 @@ impl PostgresJournalBuilder {
             reason,
             source: None,
         })?;
+        let target = Target { tls, url: self.url };
+        let writer = Writer::start(target.clone(), self.namespace.clone()).map_err(|e| {
+            crate::Error::Journal {
+                operation_id: String::new(),
+                key: None,
+                outcome_unknown: false,
+                source: JournalError::storage("could not start the journal's writer thread", e),
+            }
+        })?;
         let journal = PostgresJournal {
+            writer: Arc::new(writer),
             shared: Arc::new(Shared {
-                tls,
-                url: self.url,
+                target,
                 namespace: self.namespace,
                 connections: (0..self.connections.max(1))
                     .map(|_| tokio::sync::Mutex::new(None))
@@ -154,6 +170,7 @@ impl PostgresJournalBuilder {
 #[derive(Clone, Debug)]
 pub struct PostgresJournal {
     shared: Arc<Shared>,
+    writer: Arc<Writer>,
     limits: Limits,
 }
 
@@ -206,32 +223,40 @@ impl Journal for PostgresJournal {
         lease: Duration,
     ) -> JournalFuture<'a, Inserted> {
         Box::pin(async move {
-            let client = self.shared.client().await?;
-            let inserted = client
-                .execute(
-                    "INSERT INTO idempotent_retry_operations (namespace, id, key, method, url, \
-                     key_header, key_value, headers, body, holder, expires_at, secret_headers) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                     now() + $11::float8 * interval '1 millisecond', $12) \
-                     ON CONFLICT (namespace, id) DO NOTHING",
-                    &[
-                        &self.shared.namespace.as_str(),
-                        &id,
-                        &request.key,
-                        &request.method,
-                        &request.url,
-                        &request.key_header,
-                        &request.key_value,
-                        &encode(&request.headers),
-                        &&request.body[..],
-                        &holder,
-                        &(ms(lease) as f64),
-                        &blob::join_names(&request.secret_headers),
-                    ],
-                )
-                .await
-                .map_err(sql("could not record the operation"))?;
-            Ok(if inserted == 1 {
+            // PostgreSQL's text holds no NUL character: refused here, before the write
+            // joins a group it would make fail.
+            let texts = [
+                id,
+                &request.key,
+                &request.method,
+                &request.url,
+                &request.key_header,
+            ];
+            if texts.iter().any(|text| text.contains('\0')) {
+                return Err(JournalError::Storage {
+                    reason: format!(
+                        "operation {id:?}: PostgreSQL cannot store a NUL character in its id, key, method or URL"
+                    ),
+                    source: None,
+                });
+            }
+            let recorded = self
+                .writer
+                .write(Write::Record(Record {
+                    id: id.to_owned(),
+                    key: request.key.clone(),
+                    method: request.method.clone(),
+                    url: request.url.clone(),
+                    key_header: request.key_header.clone(),
+                    key_value: request.key_value.clone(),
+                    headers: encode(&request.headers),
+                    body: request.body.to_vec(),
+                    holder: holder.to_owned(),
+                    lease_ms: ms(lease) as f64,
+                    secret_headers: blob::join_names(&request.secret_headers),
+                }))
+                .await?;
+            Ok(if recorded {
                 Inserted::Recorded(Lease {
                     id: id.to_owned(),
                     token: 1,
@@ -302,22 +327,15 @@ impl Journal for PostgresJournal {
 
     fn start_attempt<'a>(&'a self, lease: &'a Lease, duration: Duration) -> JournalFuture<'a, ()> {
         Box::pin(async move {
-            let client = self.shared.client().await?;
-            let changed = client
-                .execute(
-                    "UPDATE idempotent_retry_operations SET attempts = attempts + 1, \
-                     expires_at = now() + $4::float8 * interval '1 millisecond' \
-                     WHERE namespace = $1 AND id = $2 AND token = $3 AND state = 0",
-                    &[
-                        &self.shared.namespace.as_str(),
-                        &lease.id,
-                        &token(lease),
-                        &(ms(duration) as f64),
-                    ],
-                )
-                .await
-                .map_err(sql("could not count the attempt and renew the lease"))?;
-            fenced(changed, lease)
+            let counted = self
+                .writer
+                .write(Write::Attempt {
+                    id: lease.id.clone(),
+                    token: token(lease),
+                    lease_ms: ms(duration) as f64,
+                })
+                .await?;
+            fenced(u64::from(counted), lease)
         })
     }
 
@@ -327,24 +345,17 @@ impl Journal for PostgresJournal {
         answer: &'a RecordedAnswer,
     ) -> JournalFuture<'a, ()> {
         Box::pin(async move {
-            let client = self.shared.client().await?;
-            let changed = client
-                .execute(
-                    "UPDATE idempotent_retry_operations SET state = 1, answer_status = $4, \
-                     answer_headers = $5, answer_body = $6, holder = NULL, closed_at = now() \
-                     WHERE namespace = $1 AND id = $2 AND token = $3 AND state = 0",
-                    &[
-                        &self.shared.namespace.as_str(),
-                        &lease.id,
-                        &token(lease),
-                        &i32::from(answer.status),
-                        &encode(&answer.headers),
-                        &&answer.body[..],
-                    ],
-                )
-                .await
-                .map_err(sql("could not record the answer"))?;
-            fenced(changed, lease)
+            let recorded = self
+                .writer
+                .write(Write::Complete {
+                    id: lease.id.clone(),
+                    token: token(lease),
+                    status: i32::from(answer.status),
+                    headers: encode(&answer.headers),
+                    body: answer.body.to_vec(),
+                })
+                .await?;
+            fenced(u64::from(recorded), lease)
         })
     }
 

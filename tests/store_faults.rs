@@ -1,0 +1,320 @@
+//! Faults of the journal's own store: PostgreSQL restarted with 64 operations in
+//! flight, a statement timeout on a claim, every connection slot taken; SQLite's disk
+//! full during a group of writes. Each ends with a typed error; nothing is sent for an
+//! operation whose record did not commit, nothing is sent twice and nothing is lost.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests panic on purpose.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use idempotent_retry::journal::{EntryState, Journal};
+use idempotent_retry::{Error, GiveUpReason, IdempotentClient};
+use idempotent_retry_mock::MockServer;
+use serde_json::json;
+
+/// Sends operation `n` (id `op-{n}`) to `url`.
+async fn charge(
+    client: IdempotentClient,
+    url: String,
+    n: usize,
+) -> Result<idempotent_retry::IdempotentResponse, Error> {
+    client
+        .post_idempotent(url)
+        .operation_id(format!("op-{n}"))
+        .json(&json!({ "n": n }))
+        .send()
+        .await
+}
+
+/// What the journal says of every operation, and that it holds every key the server
+/// executed (nothing lost), the server executing none twice.
+async fn every_sent_key_is_recorded(
+    journal: &impl Journal,
+    server: &MockServer,
+    ops: usize,
+) -> Vec<Option<EntryState>> {
+    let mut recorded_keys = HashSet::new();
+    let mut states = Vec::new();
+    for n in 0..ops {
+        let entry = journal.find(&format!("op-{n}")).await.unwrap();
+        if let Some(entry) = &entry {
+            recorded_keys.insert(entry.request.key.clone());
+        }
+        states.push(entry.map(|e| e.state));
+    }
+    for request in server.requests() {
+        let key = request.key.expect("every request carries its key");
+        assert!(
+            recorded_keys.contains(&key),
+            "{key} was sent but not recorded"
+        );
+    }
+    assert!(server.duplicates().is_empty(), "{:?}", server.duplicates());
+    states
+}
+
+#[cfg(feature = "journal-postgres")]
+mod postgres {
+    use super::*;
+    use idempotent_retry::journal::PostgresJournal;
+    use support::postgres::Cluster;
+
+    /// 64 workers, each sending its operations one after another, and PostgreSQL
+    /// stopped at once (as if it crashed) and started again while they run. Each
+    /// operation ends completed, or with an error and either recorded as pending with
+    /// its key or never sent; a resume then completes every recorded one, each executed
+    /// once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_with_64_in_flight_loses_nothing_and_sends_nothing_twice() {
+        let Some(cluster) = Cluster::start("restart") else {
+            return;
+        };
+        let server = MockServer::builder()
+            .processing_delay(Duration::from_millis(2))
+            .start()
+            .await
+            .unwrap();
+        let url = format!("{}/v1/charges", server.uri());
+        let journal = PostgresJournal::builder(&cluster.url)
+            .lease_duration(Duration::from_millis(2500))
+            .connect()
+            .await
+            .unwrap();
+        let client = support::fast_builder()
+            .attempt_timeout(Duration::from_secs(1))
+            .journal(journal.clone())
+            .build()
+            .unwrap();
+        let (workers, each) = (64, 20);
+        let ops = workers * each;
+        let tasks: Vec<_> = (0..workers)
+            .map(|worker| {
+                let (client, url) = (client.clone(), url.clone());
+                tokio::spawn(async move {
+                    let mut outcomes = Vec::new();
+                    for n in worker * each..(worker + 1) * each {
+                        outcomes.push(charge(client.clone(), url.clone(), n).await);
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        // Restart once the operations are under way: the writes in flight then, and
+        // those tried while the server is down, fail.
+        for _ in 0..1000 {
+            if server.executions() >= 64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(server.executions() >= 64, "the operations got under way");
+        let _cluster = tokio::task::spawn_blocking(move || {
+            cluster.restart();
+            cluster
+        })
+        .await
+        .unwrap();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.extend(task.await.unwrap());
+        }
+        let mut failed = 0;
+        for e in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+            // The journal's own failure, before or between attempts.
+            assert!(
+                matches!(
+                    e,
+                    Error::Journal { .. }
+                        | Error::Failed {
+                            reason: GiveUpReason::JournalFailed,
+                            ..
+                        }
+                ),
+                "{e:?}"
+            );
+            failed += 1;
+        }
+        assert!(failed > 0, "the restart cut some operations short");
+        let states = every_sent_key_is_recorded(&journal, &server, ops).await;
+        for (n, (outcome, state)) in outcomes.iter().zip(&states).enumerate() {
+            match (outcome, state) {
+                // Answered; if its answer could not be recorded, it stays pending and
+                // a resume gets the server's replay.
+                (Ok(_), Some(EntryState::Completed(_) | EntryState::Pending)) => {}
+                // Recorded and maybe sent (resumed below), or never recorded and so
+                // never sent (every sent key is recorded).
+                (Err(_), Some(EntryState::Pending | EntryState::Completed(_)) | None) => {}
+                other => panic!("op-{n}: {other:?}"),
+            }
+        }
+        // A resume (again while another worker's lease runs out) completes each
+        // recorded one; none executes twice.
+        let mut pending = journal.pending().await.unwrap().len();
+        println!(
+            "restart: {failed} of {ops} operations failed, {pending} left pending, {} recorded",
+            states.iter().filter(|s| s.is_some()).count()
+        );
+        for _ in 0..50 {
+            if pending == 0 {
+                break;
+            }
+            client.resume_pending().await.unwrap();
+            pending = journal.pending().await.unwrap().len();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(pending, 0, "every recorded operation completed");
+        let states = every_sent_key_is_recorded(&journal, &server, ops).await;
+        let recorded = states.iter().filter(|s| s.is_some()).count() as u64;
+        assert_eq!(server.executions(), recorded);
+    }
+}
+
+#[cfg(feature = "journal-postgres")]
+mod postgres_sessions {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    use super::*;
+    use idempotent_retry::journal::{
+        Claimed, Inserted, JournalError, Lease, PostgresJournal, RecordedRequest,
+    };
+    use support::postgres::Cluster;
+
+    /// A request as a resume would send it, to `url`.
+    fn request(url: &str) -> RecordedRequest {
+        let key = uuid::Uuid::new_v4().to_string();
+        RecordedRequest {
+            method: "POST".into(),
+            url: url.into(),
+            key_value: key.clone().into_bytes(),
+            key,
+            key_header: "idempotency-key".into(),
+            headers: vec![("content-type".into(), b"application/json".to_vec())],
+            secret_headers: Vec::new(),
+            body: bytes::Bytes::from_static(b"{\"amount\":1}"),
+        }
+    }
+
+    /// A second session on the database, outside the journal.
+    async fn session(url: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    /// Records `id` under `holder`'s lease.
+    async fn record(journal: &PostgresJournal, id: &str, holder: &str, lease: Duration) -> Lease {
+        match journal
+            .insert(id, &request("http://127.0.0.1:9/"), holder, lease)
+            .await
+        {
+            Ok(Inserted::Recorded(lease)) => lease,
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+
+    /// Polls each future once (each queues its write), then runs them all to the end.
+    async fn queued_then_joined<T>(
+        mut futures: Vec<Pin<Box<dyn Future<Output = T> + Send + '_>>>,
+        queued: impl Future<Output = ()>,
+    ) -> Vec<T> {
+        std::future::poll_fn(|cx| {
+            for future in &mut futures {
+                assert!(
+                    future.as_mut().poll(cx).is_pending(),
+                    "nothing answered yet"
+                );
+            }
+            Poll::Ready(())
+        })
+        .await;
+        queued.await;
+        let mut outputs = Vec::new();
+        for future in futures {
+            outputs.push(future.await);
+        }
+        outputs
+    }
+
+    /// 31 writes committed in one group, one of them under a lease another worker has
+    /// taken over: that one is refused (lease lost), the 30 others commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_lease_in_a_group_fails_only_its_own_write() {
+        let Some(cluster) = Cluster::start("fenced-group") else {
+            return;
+        };
+        let journal = PostgresJournal::connect(&cluster.url).await.unwrap();
+        let long = Duration::from_secs(30);
+        let mut leases = Vec::new();
+        for n in 0..30 {
+            leases.push(record(&journal, &format!("op-{n}"), "me", long).await);
+        }
+        // op-stale's lease runs out and another worker takes it over.
+        let stale = record(&journal, "op-stale", "me", Duration::from_millis(1)).await;
+        for _ in 0..500 {
+            if matches!(
+                journal.claim("op-stale", "other", long).await.unwrap(),
+                Claimed::Lease(_)
+            ) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // The writer is held up on a row another session has locked, while the 31
+        // writes queue behind it: they then go in one group.
+        let blocker = record(&journal, "op-blocker", "me", long).await;
+        let other = session(&cluster.url).await;
+        other
+            .batch_execute(
+                "BEGIN; SELECT 1 FROM idempotent_retry_operations WHERE id = 'op-blocker' FOR UPDATE",
+            )
+            .await
+            .unwrap();
+        let held = {
+            let journal = journal.clone();
+            tokio::spawn(async move { journal.start_attempt(&blocker, long).await })
+        };
+        let watcher = session(&cluster.url).await;
+        for _ in 0..1000 {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let writes: Vec<Pin<Box<dyn Future<Output = Result<(), JournalError>> + Send + '_>>> =
+            std::iter::once(&stale)
+                .chain(&leases)
+                .map(|lease| journal.start_attempt(lease, long))
+                .collect();
+        let outcomes = queued_then_joined(writes, async {
+            other.batch_execute("COMMIT").await.unwrap();
+        })
+        .await;
+        held.await.unwrap().unwrap();
+        assert!(
+            matches!(&outcomes[0], Err(JournalError::LeaseLost { id, .. }) if id == "op-stale"),
+            "{:?}",
+            outcomes[0]
+        );
+        for (n, outcome) in outcomes[1..].iter().enumerate() {
+            assert!(outcome.is_ok(), "op-{n}: {outcome:?}");
+            let entry = journal.find(&format!("op-{n}")).await.unwrap().unwrap();
+            assert_eq!(entry.attempts, 1, "op-{n}");
+        }
+        let entry = journal.find("op-stale").await.unwrap().unwrap();
+        assert_eq!(entry.attempts, 0, "the refused write left op-stale alone");
+    }
+}
