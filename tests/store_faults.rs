@@ -179,7 +179,7 @@ mod postgres_sessions {
 
     use super::*;
     use idempotent_retry::journal::{
-        Claimed, Inserted, JournalError, Lease, PostgresJournal, RecordedRequest,
+        Claimed, Inserted, JournalError, JournalFuture, Lease, PostgresJournal, RecordedRequest,
     };
     use support::postgres::Cluster;
 
@@ -294,11 +294,10 @@ mod postgres_sessions {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let writes: Vec<Pin<Box<dyn Future<Output = Result<(), JournalError>> + Send + '_>>> =
-            std::iter::once(&stale)
-                .chain(&leases)
-                .map(|lease| journal.start_attempt(lease, long))
-                .collect();
+        let writes: Vec<JournalFuture<'_, ()>> = std::iter::once(&stale)
+            .chain(&leases)
+            .map(|lease| journal.start_attempt(lease, long))
+            .collect();
         let outcomes = queued_then_joined(writes, async {
             other.batch_execute("COMMIT").await.unwrap();
         })
@@ -316,5 +315,123 @@ mod postgres_sessions {
         }
         let entry = journal.find("op-stale").await.unwrap().unwrap();
         assert_eq!(entry.attempts, 0, "the refused write left op-stale alone");
+    }
+
+    /// A claim that waits on a row another session has locked, under the server's
+    /// statement timeout: the resume reports it still pending with the journal's typed
+    /// error and sends nothing; once the row is free, it sends once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_statement_timeout_on_a_claim_sends_nothing() {
+        let Some(cluster) = Cluster::start("timeout") else {
+            return;
+        };
+        let server = MockServer::start().await;
+        let url = format!("{}/v1/charges", server.uri());
+        // Every statement of this journal's sessions may run for 200 ms at most.
+        let timed = format!("{}?options=-c%20statement_timeout%3D200", cluster.url);
+        let journal = PostgresJournal::connect(&timed).await.unwrap();
+        let gone = Duration::from_millis(1);
+        let Ok(Inserted::Recorded(_)) = journal
+            .insert("op-slow", &request(&url), "gone", gone)
+            .await
+        else {
+            panic!("recorded");
+        };
+        for _ in 0..500 {
+            if journal
+                .find("op-slow")
+                .await
+                .unwrap()
+                .unwrap()
+                .holder
+                .is_none()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let other = session(&cluster.url).await;
+        other
+            .batch_execute(
+                "BEGIN; SELECT 1 FROM idempotent_retry_operations WHERE id = 'op-slow' FOR UPDATE",
+            )
+            .await
+            .unwrap();
+        let claim = journal
+            .claim("op-slow", "me", Duration::from_secs(30))
+            .await;
+        let Err(JournalError::Storage {
+            source: Some(source),
+            ..
+        }) = &claim
+        else {
+            panic!("{claim:?}");
+        };
+        assert!(
+            format!("{source:?}").contains("statement timeout"),
+            "{source:?}"
+        );
+        let client = support::fast_builder()
+            .journal(journal.clone())
+            .build()
+            .unwrap();
+        let report = client.resume_pending().await.unwrap();
+        assert!(report.completed.is_empty(), "{report:?}");
+        assert!(
+            matches!(&report.still_pending[..], [(id, Error::Journal { .. })] if id == "op-slow"),
+            "{report:?}"
+        );
+        assert!(server.requests().is_empty(), "nothing sent");
+        other.batch_execute("COMMIT").await.unwrap();
+        let report = client.resume_pending().await.unwrap();
+        assert_eq!(report.completed, ["op-slow"]);
+        assert_eq!(server.executions(), 1);
+    }
+
+    /// Every connection slot of the server taken: a send that needs a new connection
+    /// fails with the journal's typed error and sends nothing; once slots are free again,
+    /// the same operation runs, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_connection_slot_taken_sends_nothing() {
+        let Some(cluster) = Cluster::start("crowded") else {
+            return;
+        };
+        let server = MockServer::start().await;
+        let url = format!("{}/v1/charges", server.uri());
+        // Connected (one session, for the schema); the group writer connects at its
+        // first write.
+        let journal = PostgresJournal::builder(&cluster.url)
+            .connections(1)
+            .connect()
+            .await
+            .unwrap();
+        let client = support::fast_builder().journal(journal).build().unwrap();
+        let mut crowd = Vec::new();
+        for _ in 0..100 {
+            match tokio_postgres::connect(&cluster.url, tokio_postgres::NoTls).await {
+                Ok((session, connection)) => {
+                    tokio::spawn(connection);
+                    crowd.push(session);
+                }
+                Err(_) => break,
+            }
+        }
+        assert!(crowd.len() < 100, "the server ran out of connection slots");
+        let err = charge(client.clone(), url.clone(), 1).await.unwrap_err();
+        assert!(matches!(err, Error::Journal { .. }), "{err:?}");
+        assert!(format!("{err:?}").contains("too many clients"), "{err:?}");
+        assert!(server.requests().is_empty(), "nothing sent");
+        drop(crowd);
+        // The crowd's sessions end in the server's own time.
+        let mut outcome = Err(err);
+        for _ in 0..100 {
+            outcome = charge(client.clone(), url.clone(), 1).await;
+            if outcome.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        outcome.unwrap();
+        assert_eq!(server.executions(), 1);
     }
 }
