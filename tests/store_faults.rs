@@ -435,3 +435,112 @@ mod postgres_sessions {
         assert_eq!(server.executions(), 1);
     }
 }
+
+#[cfg(feature = "journal-sqlite")]
+mod sqlite {
+    use super::*;
+    use idempotent_retry::journal::SqliteJournal;
+
+    /// Set in the child run of the full-disk test.
+    const CHILD: &str = "IDEMPOTENT_RETRY_FULL_DISK_CHILD";
+
+    /// The journal's files may not grow past this many KiB (`ulimit -f`).
+    const LIMIT_KIB: u32 = 2048;
+
+    /// The disk fills while groups of 32 operations with 16 KiB bodies are written:
+    /// every caller whose write did not commit gets the journal's typed error, nothing
+    /// is sent for an operation that is not recorded, and nothing twice.
+    ///
+    /// It runs this test again in a child process whose files may not grow past
+    /// `LIMIT_KIB` (SIGXFSZ ignored, so a write past it fails as on a full disk).
+    #[test]
+    fn a_full_disk_during_a_group_fails_each_caller_and_sends_nothing_unrecorded() {
+        if std::env::var_os(CHILD).is_some() {
+            return full_disk();
+        }
+        let test =
+            "sqlite::a_full_disk_during_a_group_fails_each_caller_and_sends_nothing_unrecorded";
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "trap '' XFSZ; ulimit -f {LIMIT_KIB}; exec \"$0\" --exact {test} --nocapture"
+            ))
+            .arg(std::env::current_exe().unwrap())
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "the child run failed");
+        assert!(stdout.contains("full disk:"), "the child ran the test");
+    }
+
+    fn full_disk() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let dir = std::env::temp_dir().join(format!("idempotent-retry-full-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let server = MockServer::start().await;
+            let url = format!("{}/v1/charges", server.uri());
+            let journal = SqliteJournal::open(dir.join("journal.db")).await.unwrap();
+            let client = support::fast_builder().journal(journal.clone()).build().unwrap();
+            let padding = "x".repeat(16 * 1024);
+            let (mut done, mut failed, mut rounds) = (0, 0, 0);
+            let mut first_error = None;
+            // Groups until well past the first failure (bounded: the limit is reached
+            // within about 128 operations).
+            while rounds < 40 && failed < 64 {
+                let tasks: Vec<_> = (0..32)
+                    .map(|i| {
+                        let n = rounds * 32 + i;
+                        let (client, url, padding) = (client.clone(), url.clone(), padding.clone());
+                        tokio::spawn(async move {
+                            client
+                                .post_idempotent(url)
+                                .operation_id(format!("op-{n}"))
+                                .json(&json!({ "n": n, "padding": padding }))
+                                .send()
+                                .await
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    match task.await.unwrap() {
+                        Ok(_) => done += 1,
+                        Err(e) => {
+                            assert!(
+                                matches!(
+                                    e,
+                                    Error::Journal { .. }
+                                        | Error::Failed {
+                                            reason: GiveUpReason::JournalFailed,
+                                            ..
+                                        }
+                                ),
+                                "{e:?}"
+                            );
+                            failed += 1;
+                            first_error.get_or_insert_with(|| format!("{e}"));
+                        }
+                    }
+                }
+                rounds += 1;
+            }
+            assert!(done > 0, "some operations were recorded before the disk filled");
+            assert!(failed > 0, "the disk filled");
+            // Reading needs no room: every key sent is recorded, none sent twice.
+            let states = every_sent_key_is_recorded(&journal, &server, rounds * 32).await;
+            let recorded = states.iter().filter(|s| s.is_some()).count();
+            println!(
+                "full disk: {done} answered, {failed} failed with the journal's error, {recorded} recorded, {} sent; the first error: {}",
+                server.executions(),
+                first_error.unwrap_or_default()
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+        });
+    }
+}
