@@ -3,9 +3,10 @@
 //! commits; a throwaway cluster started here when PostgreSQL is installed), at 1 and 64
 //! operations in flight, against the in-process mock server.
 //!
-//! Every journalled operation writes twice (its record before the first attempt, its
-//! answer after the last), each synced to disk, so the disk's sync rate bounds it unless
-//! writes are committed in groups.
+//! Every journalled operation writes three times (its record, its first attempt, its
+//! answer), each synced to disk, so the disk's sync rate bounds it unless writes are
+//! committed in groups. A last row runs three processes at once against the one
+//! PostgreSQL cluster, 64 operations in flight each, as a small fleet does.
 //!
 //! ```text
 //! cargo bench --all-features --bench journal            # full run
@@ -84,8 +85,68 @@ fn builder() -> IdempotentClientBuilder {
         .retry_budget(RetryBudget::unlimited())
 }
 
+/// Set in the processes of the fleet row: the cluster's URL.
+const FLEET: &str = "IDEMPOTENT_RETRY_BENCH_FLEET";
+
+/// One process of the fleet row: 64 operations in flight against the cluster at `url`,
+/// its own mock server; prints its operations per second.
+fn fleet_member(url: String, ops: u64) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let server = MockServer::builder()
+            .max_keys(1_000_000)
+            .max_log(0)
+            .start()
+            .await
+            .unwrap();
+        let journal = PostgresJournal::connect(url).await.unwrap();
+        let client = builder().journal(journal).build().unwrap();
+        let target = format!("{}/orders", server.uri());
+        let round = u64::from(std::process::id()) * 1_000;
+        let row = run(&client, &target, (ops, 64), Some(round)).await;
+        assert!(server.duplicates().is_empty());
+        println!("{:.0} {:.2}", row.rate, row.p99.as_secs_f64() * 1e3);
+    });
+}
+
+/// The fleet row: three processes at once, each [`fleet_member`]; their total operations
+/// per second (over the wall time of all three) and the worst p99.
+fn fleet(url: &str, ops: u64) -> (f64, f64) {
+    let started = Instant::now();
+    let members: Vec<_> = (0..3)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .env(FLEET, url)
+                .env("IDEMPOTENT_RETRY_BENCH_OPS", ops.to_string())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut p99: f64 = 0.0;
+    for member in members {
+        let out = member.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut fields = text.split_whitespace().skip(1);
+        p99 = p99.max(fields.next().unwrap().parse().unwrap());
+    }
+    ((3 * ops) as f64 / started.elapsed().as_secs_f64(), p99)
+}
+
 fn main() {
     let quick = support::quick();
+    if let Ok(url) = std::env::var(FLEET) {
+        let ops = std::env::var("IDEMPOTENT_RETRY_BENCH_OPS")
+            .unwrap()
+            .parse()
+            .unwrap();
+        return fleet_member(url, ops);
+    }
     let ops: u64 = if quick { 300 } else { 5_000 };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -148,5 +209,11 @@ fn main() {
             println!("\n(PostgreSQL is not installed here: its rows are missing.)");
         }
     });
+    if let Some(cluster) = &cluster {
+        let (rate, p99) = fleet(&cluster.url, ops);
+        println!(
+            "\n| PostgreSQL, 3 processes at once | 64 each | {rate:.0} in all | | | {p99:.2} (worst) |"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -281,7 +281,7 @@ impl Journal for PostgresJournal {
                 .query_opt(
                     "UPDATE idempotent_retry_operations SET holder = $3, token = token + 1, \
                      resumes = resumes + 1, expires_at = now() + $4::float8 * interval '1 millisecond' \
-                     WHERE namespace = $1 AND id = $2 AND state = 0 \
+                     WHERE namespace = $1 AND id = $2 AND state + 0 = 0 \
                      AND (holder IS NULL OR expires_at <= now() OR holder = $3) \
                      AND (not_before IS NULL OR not_before <= now()) \
                      RETURNING token",
@@ -376,7 +376,7 @@ impl Journal for PostgresJournal {
                      not_before = now() + $7::float8 * interval '1 millisecond', \
                      answer_status = $8, answer_headers = $9, answer_body = $10, \
                      resumes = GREATEST(resumes - $11, 0) \
-                     WHERE namespace = $1 AND id = $2 AND token = $3 AND state = 0",
+                     WHERE namespace = $1 AND id = $2 AND token = $3 AND state + 0 = 0",
                     &[
                         &self.shared.namespace.as_str(),
                         &lease.id,
@@ -403,7 +403,7 @@ impl Journal for PostgresJournal {
             let changed = client
                 .execute(
                     "DELETE FROM idempotent_retry_operations \
-                     WHERE namespace = $1 AND id = $2 AND token = $3 AND state = 0",
+                     WHERE namespace = $1 AND id = $2 AND token = $3 AND state + 0 = 0",
                     &[&self.shared.namespace.as_str(), &lease.id, &token(lease)],
                 )
                 .await
@@ -436,11 +436,11 @@ impl Journal for PostgresJournal {
             let client = self.shared.client().await?;
             let fail = sql("could not resolve the operation");
             // Open (pending or needing attention) and held by no live worker.
-            let open = "namespace = $1 AND id = $2 AND state IN (0, 2) \
+            let open = "namespace = $1 AND id = $2 AND state + 0 IN (0, 2) \
                         AND (holder IS NULL OR expires_at <= now())";
             // Resend also reopens an operation completed with an answer that is not 2xx.
             let reopen = "namespace = $1 AND id = $2 AND (holder IS NULL OR expires_at <= now()) \
-                          AND (state IN (0, 2) OR (state = 1 \
+                          AND (state + 0 IN (0, 2) OR (state + 0 = 1 \
                           AND (answer_status < 200 OR answer_status >= 300)))";
             let changed = match resolution {
                 Resolution::Completed(answer) => {
@@ -500,7 +500,7 @@ impl Journal for PostgresJournal {
                 .execute(
                     "UPDATE idempotent_retry_operations SET state = 3, \
                      attention = 'cancelled before any attempt', token = token + 1, \
-                     closed_at = now() WHERE namespace = $1 AND id = $2 AND state = 0 \
+                     closed_at = now() WHERE namespace = $1 AND id = $2 AND state + 0 = 0 \
                      AND holder IS NULL AND attempts = 0 AND resumes = 0",
                     &[&self.shared.namespace.as_str(), &id],
                 )

@@ -45,6 +45,10 @@ CREATE INDEX IF NOT EXISTS idempotent_retry_operations_open
     ON idempotent_retry_operations (namespace, state, created_at);
 ";
 
+// Statements about one operation test its state as `state + 0`, which no index serves:
+// they find their row by the primary key alone, never by walking this index of open
+// operations (all of a namespace's pending rows).
+
 pub(super) const PENDING: i16 = 0;
 pub(super) const COMPLETED: i16 = 1;
 pub(super) const ATTENTION: i16 = 2;
