@@ -28,6 +28,18 @@ async fn charge(
         .await
 }
 
+/// Whether `e` is the journal's own failure, before or between attempts.
+fn journals_own(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Journal { .. }
+            | Error::Failed {
+                reason: GiveUpReason::JournalFailed,
+                ..
+            }
+    )
+}
+
 /// What the journal says of every operation, and that it holds every key the server
 /// executed (nothing lost), the server executing none twice.
 async fn every_sent_key_is_recorded(
@@ -122,18 +134,7 @@ mod postgres {
         }
         let mut failed = 0;
         for e in outcomes.iter().filter_map(|o| o.as_ref().err()) {
-            // The journal's own failure, before or between attempts.
-            assert!(
-                matches!(
-                    e,
-                    Error::Journal { .. }
-                        | Error::Failed {
-                            reason: GiveUpReason::JournalFailed,
-                            ..
-                        }
-                ),
-                "{e:?}"
-            );
+            assert!(journals_own(e), "{e:?}");
             failed += 1;
         }
         assert!(failed > 0, "the restart cut some operations short");
@@ -512,17 +513,7 @@ mod sqlite {
                     match task.await.unwrap() {
                         Ok(_) => done += 1,
                         Err(e) => {
-                            assert!(
-                                matches!(
-                                    e,
-                                    Error::Journal { .. }
-                                        | Error::Failed {
-                                            reason: GiveUpReason::JournalFailed,
-                                            ..
-                                        }
-                                ),
-                                "{e:?}"
-                            );
+                            assert!(journals_own(&e), "{e:?}");
                             failed += 1;
                             first_error.get_or_insert_with(|| format!("{e}"));
                         }
