@@ -435,6 +435,29 @@ mod postgres_sessions {
         outcome.unwrap();
         assert_eq!(server.executions(), 1);
     }
+
+    /// An operation id PostgreSQL cannot store (a NUL character) is refused before any
+    /// I/O, with the journal's typed error, and fails no other write of its group.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_id_postgres_cannot_store_fails_alone() {
+        let Some(cluster) = Cluster::start("nul") else {
+            return;
+        };
+        let journal = PostgresJournal::connect(&cluster.url).await.unwrap();
+        let url = "http://127.0.0.1:9/";
+        let lease = Duration::from_secs(30);
+        let (first, second) = (request(url), request(url));
+        let (bad, good) = tokio::join!(
+            journal.insert("op\0bad", &first, "me", lease),
+            journal.insert("op-good", &second, "me", lease),
+        );
+        let Err(JournalError::Storage { reason, .. }) = &bad else {
+            panic!("{bad:?}");
+        };
+        assert!(reason.contains("NUL"), "{reason}");
+        assert!(matches!(good, Ok(Inserted::Recorded(_))), "{good:?}");
+        assert!(journal.find("op-good").await.unwrap().is_some());
+    }
 }
 
 #[cfg(feature = "journal-sqlite")]

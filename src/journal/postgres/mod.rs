@@ -231,11 +231,12 @@ impl Journal for PostgresJournal {
                 &request.method,
                 &request.url,
                 &request.key_header,
+                holder,
             ];
             if texts.iter().any(|text| text.contains('\0')) {
                 return Err(JournalError::Storage {
                     reason: format!(
-                        "operation {id:?}: PostgreSQL cannot store a NUL character in its id, key, method or URL"
+                        "operation {id:?}: PostgreSQL cannot store a NUL character in its id, key, method, URL or holder"
                     ),
                     source: None,
                 });
