@@ -145,7 +145,16 @@ impl PostgresJournalBuilder {
 }
 
 /// The operation journal in PostgreSQL (feature `journal-postgres`): see
-/// [`journal`](crate::journal). Clones share its connections.
+/// [`journal`](crate::journal). Clones share its connections and its group writer (a
+/// thread of its own), through which every record, attempt and completion of the
+/// process is committed, many in one transaction.
+///
+/// A row that another session keeps locked (an operator's open transaction) holds up
+/// the group writer until it is released, and with it every journalled send of the
+/// process. To bound that wait, give the sessions a `lock_timeout` or
+/// `statement_timeout` in the URL (`?options=-c%20lock_timeout%3D5s`): a group that
+/// times out fails each of its writes with [`JournalError`](super::JournalError), and
+/// nothing is sent for an operation whose record did not commit.
 ///
 /// ```no_run
 /// use idempotent_retry::IdempotentClient;
