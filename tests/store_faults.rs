@@ -436,6 +436,52 @@ mod postgres_sessions {
         assert_eq!(server.executions(), 1);
     }
 
+    /// A row another session keeps locked holds up the group writer only as long as
+    /// the URL's `lock_timeout` allows: the write on it fails with the journal's typed
+    /// error, and the writes queued behind it then commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lock_timeout_bounds_a_wait_of_the_group_writer() {
+        let Some(cluster) = Cluster::start("lock-timeout") else {
+            return;
+        };
+        let timed = format!("{}?options=-c%20lock_timeout%3D200", cluster.url);
+        let journal = PostgresJournal::connect(&timed).await.unwrap();
+        let long = Duration::from_secs(30);
+        let locked = record(&journal, "op-locked", "me", long).await;
+        let free = record(&journal, "op-free", "me", long).await;
+        let other = session(&cluster.url).await;
+        other
+            .batch_execute(
+                "BEGIN; SELECT 1 FROM idempotent_retry_operations WHERE id = 'op-locked' FOR UPDATE",
+            )
+            .await
+            .unwrap();
+        let (stuck, behind) = tokio::join!(
+            journal.start_attempt(&locked, long),
+            journal.start_attempt(&free, long)
+        );
+        let Err(JournalError::Storage {
+            source: Some(source),
+            ..
+        }) = &stuck
+        else {
+            panic!("{stuck:?}");
+        };
+        assert!(format!("{source:?}").contains("lock timeout"), "{source:?}");
+        // Behind it (or in its group, which failed as a whole): committed, or refused
+        // with the same typed error and then written.
+        if behind.is_err() {
+            journal.start_attempt(&free, long).await.unwrap();
+        }
+        assert_eq!(journal.find("op-free").await.unwrap().unwrap().attempts, 1);
+        assert_eq!(
+            journal.find("op-locked").await.unwrap().unwrap().attempts,
+            0
+        );
+        other.batch_execute("COMMIT").await.unwrap();
+        journal.start_attempt(&locked, long).await.unwrap();
+    }
+
     /// An operation id PostgreSQL cannot store (a NUL character) is refused before any
     /// I/O, with the journal's typed error, and fails no other write of its group.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
