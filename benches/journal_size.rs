@@ -52,6 +52,8 @@ async fn completed(journal: Arc<impl Journal>, ops: usize) {
                 headers: vec![("content-type".into(), b"application/json".to_vec())],
                 secret_headers: vec!["authorization".into()],
                 body: request_body.into(),
+                // What the client records: a SHA-256 of the body.
+                fingerprint: Some(bytes::Bytes::from_static(&[0x5a; 32])),
             };
             let id = format!("order-{n}/charge");
             let lease = Duration::from_secs(30);

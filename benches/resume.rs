@@ -46,6 +46,7 @@ async fn abandoned(journal: &Arc<impl Journal>, url: &str, ops: usize) {
                 headers: vec![("content-type".into(), b"application/json".to_vec())],
                 secret_headers: Vec::new(),
                 body: format!("{{\"n\":{n}}}").into(),
+                fingerprint: None,
             };
             let id = format!("resume-{n}");
             let inserted = journal

@@ -243,6 +243,27 @@ pub enum Error {
         reason: String,
     },
 
+    /// A completed operation whose answer is no longer kept: the journal keeps only its
+    /// tombstone (key, fingerprint, final status and headers) past its `keep_answers`.
+    /// Nothing was sent: the operation ran once and is not run again, under its key or
+    /// any other. [`may_have_executed`](Error::may_have_executed) reads the status as
+    /// for [`Error::Status`].
+    #[error(
+        "operation {operation_id:?} completed ({status}), but its answer is no longer kept \
+         (keep_answers); nothing was sent"
+    )]
+    #[non_exhaustive]
+    AnswerExpired {
+        /// The caller's operation id.
+        operation_id: String,
+        /// The operation's key.
+        key: IdempotencyKey,
+        /// The final answer's status.
+        status: StatusCode,
+        /// The final answer's headers (a `Location`, say).
+        headers: Box<http::HeaderMap>,
+    },
+
     /// A URL given to a client method (such as
     /// [`circuit_state`](crate::IdempotentClient::circuit_state)) is not an absolute URL.
     #[error("{url:?} is not a URL: {reason}")]
@@ -394,7 +415,8 @@ impl Error {
             | Self::OperationMismatch { key, .. }
             | Self::NeedsAttention { key, .. }
             | Self::CredentialsMissing { key, .. }
-            | Self::Abandoned { key, .. } => Some(key),
+            | Self::Abandoned { key, .. }
+            | Self::AnswerExpired { key, .. } => Some(key),
             Self::Journal { key, .. } => key.as_ref(),
             #[cfg(feature = "middleware")]
             Self::MiddlewareLayer { key, .. } => Some(key),
@@ -425,7 +447,9 @@ impl Error {
     #[must_use]
     pub fn may_have_executed(&self) -> bool {
         match self {
-            Self::Decode { status, .. } | Self::Status { status, .. } => {
+            Self::Decode { status, .. }
+            | Self::Status { status, .. }
+            | Self::AnswerExpired { status, .. } => {
                 !status.is_client_error() || *status == StatusCode::CONFLICT
             }
             _ => self.is_outcome_unknown(),
@@ -508,7 +532,9 @@ impl Error {
     #[must_use]
     pub fn headers(&self) -> Option<&http::HeaderMap> {
         match self {
-            Self::ResponseTooLarge { headers, .. } => Some(headers),
+            Self::ResponseTooLarge { headers, .. } | Self::AnswerExpired { headers, .. } => {
+                Some(&**headers)
+            }
             _ => self.last_response().map(IdempotentResponse::headers),
         }
     }
@@ -570,13 +596,15 @@ impl Error {
     }
 
     /// The status of the last answer, when there was one: the last attempt's for
-    /// [`Error::Failed`], the final answer's for [`Error::Decode`].
+    /// [`Error::Failed`], the final answer's for [`Error::Decode`] and
+    /// [`Error::AnswerExpired`].
     #[must_use]
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             Self::Decode { status, .. }
             | Self::Status { status, .. }
-            | Self::ResponseTooLarge { status, .. } => Some(*status),
+            | Self::ResponseTooLarge { status, .. }
+            | Self::AnswerExpired { status, .. } => Some(*status),
             _ => self.last_response().map(IdempotentResponse::status),
         }
     }

@@ -171,6 +171,11 @@ async fn sealed_bodies_are_never_stored_plain(journal: impl Journal + Clone) {
     let stored = journal.find("sealed").await.unwrap().unwrap();
     assert!(stored.request.body.starts_with(b"TOY"), "sealed");
     assert!(!String::from_utf8_lossy(&stored.request.body).contains("4242"));
+    let fingerprint = stored.request.fingerprint.unwrap();
+    assert!(
+        fingerprint.starts_with(b"TOY"),
+        "a guessable body's hash is sealed too"
+    );
 
     // Opened with the wrong key, it is refused, never sent with a wrong body.
     let err = send(sealed(0x33)).await.unwrap_err();
@@ -569,6 +574,7 @@ async fn a_dead_workers_lease_is_taken_over_when_it_runs_out(journal: impl Journ
         headers: vec![("content-type".into(), b"application/json".to_vec())],
         secret_headers: Vec::new(),
         body: bytes::Bytes::from_static(br#"{"amount":600}"#),
+        fingerprint: None,
     };
     let Inserted::Recorded(dead) = journal
         .insert(
@@ -968,6 +974,7 @@ mod interleavings {
             headers: vec![("content-type".into(), b"application/json".to_vec())],
             secret_headers: Vec::new(),
             body: bytes::Bytes::from(body.to_string()),
+            fingerprint: None,
         };
         let dead_lease = Duration::from_millis(40);
         let take = || async {
@@ -1307,6 +1314,7 @@ mod os_locks {
             headers: Vec::new(),
             secret_headers: Vec::new(),
             body: bytes::Bytes::new(),
+            fingerprint: None,
         }
     }
 

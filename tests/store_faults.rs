@@ -196,6 +196,7 @@ mod postgres_sessions {
             headers: vec![("content-type".into(), b"application/json".to_vec())],
             secret_headers: Vec::new(),
             body: bytes::Bytes::from_static(b"{\"amount\":1}"),
+            fingerprint: None,
         }
     }
 

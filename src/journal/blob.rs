@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use super::{JournalError, RecordedAnswer};
+use super::{EntryState, JournalError, RecordedAnswer};
 
 /// Header names as one column: one a line (a header name holds no line break).
 pub(crate) fn join_names(names: &[String]) -> String {
@@ -24,18 +24,38 @@ pub(crate) fn split_names(column: &str) -> Vec<String> {
 /// An answer from its columns (status, header blob, body), when all three are set.
 pub(crate) fn answer(
     status: Option<i64>,
-    headers: Option<Vec<u8>>,
+    headers: Option<&[u8]>,
     body: Option<Vec<u8>>,
 ) -> Result<Option<RecordedAnswer>, JournalError> {
     let (Some(status), Some(headers), Some(body)) = (status, headers, body) else {
         return Ok(None);
     };
     Ok(Some(RecordedAnswer {
-        status: u16::try_from(status)
-            .map_err(|_| JournalError::corrupt(format!("status {status}")))?,
-        headers: decode(&headers)?,
+        status: status_of(status)?,
+        headers: decode(headers)?,
         body: Bytes::from(body),
     }))
+}
+
+/// The tombstone of a completed operation past `keep_answers`, from its status and
+/// header columns.
+pub(crate) fn expired(
+    status: Option<i64>,
+    headers: Option<&[u8]>,
+) -> Result<EntryState, JournalError> {
+    let (Some(status), Some(headers)) = (status, headers) else {
+        return Err(JournalError::corrupt(
+            "an expired answer without its status and headers",
+        ));
+    };
+    Ok(EntryState::AnswerExpired {
+        status: status_of(status)?,
+        headers: decode(headers)?,
+    })
+}
+
+fn status_of(status: i64) -> Result<u16, JournalError> {
+    u16::try_from(status).map_err(|_| JournalError::corrupt(format!("status {status}")))
 }
 
 /// The headers as one blob.

@@ -30,6 +30,7 @@ use crate::table::{Table, duration, table, unknown, value};
 /// | `max_resume_age` | `"20h"` | below the 24 h for which Stripe keeps keys: a resume never reaches a server that forgot the key |
 /// | `max_resumes` | `20` | enough to ride out hours of restarts and outages |
 /// | `completed_retention` | `"7d"` | far beyond any server's key lifetime: a re-run within it gets the recorded answer without I/O |
+/// | `keep_answers` | unset: as long as `completed_retention` | a re-run gets the whole answer for as long as the record is kept; set it shorter to keep only tombstones (status, headers, key, fingerprint) after it |
 ///
 /// ```
 /// use idempotent_retry::journal::{JournalConfig, MemoryJournal};
@@ -57,6 +58,9 @@ pub struct JournalConfig {
     pub max_resumes: u32,
     /// How long a completed operation is kept.
     pub completed_retention: Duration,
+    /// How long a completed operation keeps its answer's body; after it, and until
+    /// `completed_retention`, only a tombstone. `None`: as long as it is kept.
+    pub keep_answers: Option<Duration>,
 }
 
 impl Default for JournalConfig {
@@ -66,6 +70,7 @@ impl Default for JournalConfig {
             max_resume_age: DEFAULT_MAX_RESUME_AGE,
             max_resumes: DEFAULT_MAX_RESUMES,
             completed_retention: DEFAULT_COMPLETED_RETENTION,
+            keep_answers: None,
         }
     }
 }
@@ -78,12 +83,14 @@ impl From<&JournalConfig> for Limits {
             max_resume_age,
             max_resumes,
             completed_retention,
+            keep_answers,
         } = *config;
         Limits {
             lease_duration,
             max_resume_age,
             max_resumes,
             completed_retention,
+            keep_answers,
         }
     }
 }
@@ -95,6 +102,7 @@ impl Table for JournalConfig {
         "max_resume_age",
         "max_resumes",
         "completed_retention",
+        "keep_answers",
     ];
 
     fn set<'de, A: MapAccess<'de>>(
@@ -109,12 +117,14 @@ impl Table for JournalConfig {
             max_resume_age,
             max_resumes,
             completed_retention,
+            keep_answers,
         } = self;
         match field {
             "lease_duration" => *lease_duration = duration(map, path)?,
             "max_resume_age" => *max_resume_age = duration(map, path)?,
             "max_resumes" => *max_resumes = value(map, path)?,
             "completed_retention" => *completed_retention = duration(map, path)?,
+            "keep_answers" => *keep_answers = Some(duration(map, path)?),
             other => return Err(unknown(other, Self::FIELDS)),
         }
         Ok(())
@@ -126,6 +136,12 @@ impl Table for JournalConfig {
         }
         if self.max_resume_age.is_zero() {
             return Err("max_resume_age: must be greater than zero".into());
+        }
+        if self
+            .keep_answers
+            .is_some_and(|keep| keep > self.completed_retention)
+        {
+            return Err("keep_answers: must not exceed completed_retention".into());
         }
         Ok(())
     }
@@ -145,7 +161,7 @@ mod tests {
     fn every_field_reads_and_every_error_names_its_field() {
         let config: JournalConfig = serde_json::from_str(
             r#"{"lease_duration": "15s", "max_resume_age": "12h", "max_resumes": 3,
-                "completed_retention": "48h"}"#,
+                "completed_retention": "48h", "keep_answers": "1h"}"#,
         )
         .unwrap();
         assert_eq!(
@@ -155,6 +171,7 @@ mod tests {
                 max_resume_age: Duration::from_secs(12 * 3600),
                 max_resumes: 3,
                 completed_retention: Duration::from_secs(48 * 3600),
+                keep_answers: Some(Duration::from_secs(3600)),
             }
         );
         let empty: JournalConfig = serde_json::from_str("{}").unwrap();
@@ -164,6 +181,7 @@ mod tests {
             (r#"{"max_resume_age": "soon"}"#, "max_resume_age"),
             (r#"{"max_resumes": -1}"#, "max_resumes"),
             (r#"{"lease": "30s"}"#, "lease"),
+            (r#"{"keep_answers": "8d"}"#, "keep_answers"),
         ] {
             let err = serde_json::from_str::<JournalConfig>(text).unwrap_err();
             assert!(err.to_string().contains(field), "{text}: {err}");

@@ -2,12 +2,17 @@
 //! method, URL and key, the same body (JSON compared as JSON, numbers exactly as
 //! written), and the same values of the headers that scope an operation (an account
 //! header such as `Stripe-Account`: another account's answer must never be returned).
+//!
+//! Bodies compare by their fingerprint, a SHA-256 of the body, so a completed record can
+//! drop its body and still tell a re-run of the same request from another request.
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use http::HeaderName;
 use http::header::CONTENT_TYPE;
 use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
 
 use super::RecordedRequest;
 use crate::IdempotencyKey;
@@ -36,7 +41,7 @@ pub(crate) fn mismatch(
             return Some(format!("header {name} differs from the recorded one"));
         }
     }
-    if !same_body(recorded, now) {
+    if fingerprint_of(recorded) != fingerprint_of(now) {
         return Some("the body differs from the recorded one".into());
     }
     None
@@ -52,26 +57,41 @@ fn values<'r>(request: &'r RecordedRequest, name: &HeaderName) -> Vec<&'r [u8]> 
         .collect()
 }
 
-/// Bodies compare as JSON when both are JSON (key order and spacing aside, numbers
-/// exactly as written), else as bytes.
-fn same_body(recorded: &RecordedRequest, now: &RecordedRequest) -> bool {
-    if recorded.body == now.body {
-        return true;
+/// A request's fingerprint: the one recorded with it, or else (a record written before
+/// fingerprints were) the one its body gives.
+fn fingerprint_of(request: &RecordedRequest) -> Bytes {
+    request
+        .fingerprint
+        .clone()
+        .unwrap_or_else(|| fingerprint(request))
+}
+
+/// The fingerprint of a request's body: SHA-256 of the body read as JSON when the
+/// request says it is JSON and it parses (key order and spacing aside, numbers exactly
+/// as written), else of its bytes. Two bodies have the same fingerprint exactly when
+/// they are the same request body.
+pub(crate) fn fingerprint(request: &RecordedRequest) -> Bytes {
+    let mut hasher = Sha256::new();
+    match is_json(request).then(|| Canonical::of(&request.body)) {
+        Some(Some(json)) => {
+            hasher.update(b"json\0");
+            json.feed(&mut hasher);
+        }
+        _ => {
+            hasher.update(b"bytes\0");
+            hasher.update(&request.body);
+        }
     }
-    let is_json = |r: &RecordedRequest| {
-        r.headers.iter().any(|(n, v)| {
-            n.as_str() == CONTENT_TYPE.as_str()
-                && std::str::from_utf8(v)
-                    .is_ok_and(|v| v.trim_start().to_ascii_lowercase().contains("json"))
-        })
-    };
-    if !(is_json(recorded) && is_json(now)) {
-        return false;
-    }
-    match (Canonical::of(&recorded.body), Canonical::of(&now.body)) {
-        (Some(a), Some(b)) => a == b,
-        _ => false,
-    }
+    Bytes::copy_from_slice(&hasher.finalize())
+}
+
+/// Whether the request's `Content-Type` says JSON.
+fn is_json(request: &RecordedRequest) -> bool {
+    request.headers.iter().any(|(n, v)| {
+        n.as_str() == CONTENT_TYPE.as_str()
+            && std::str::from_utf8(v)
+                .is_ok_and(|v| v.trim_start().to_ascii_lowercase().contains("json"))
+    })
 }
 
 /// JSON with its numbers kept as written: `20.0`, `20` and `19.999999999999999` are
@@ -117,6 +137,37 @@ impl Canonical {
             _ => Self::Scalar(text.to_owned()),
         })
     }
+
+    /// Feeds the value to a hash, each part tagged and each text and list preceded by
+    /// its length: no two values feed the same bytes.
+    fn feed(&self, hasher: &mut Sha256) {
+        match self {
+            Self::String(s) => tagged(hasher, b's', s.as_bytes()),
+            Self::Scalar(s) => tagged(hasher, b'n', s.as_bytes()),
+            Self::Object(fields) => {
+                hasher.update([b'o']);
+                hasher.update((fields.len() as u64).to_le_bytes());
+                for (name, value) in fields {
+                    tagged(hasher, b'k', name.as_bytes());
+                    value.feed(hasher);
+                }
+            }
+            Self::Array(items) => {
+                hasher.update([b'a']);
+                hasher.update((items.len() as u64).to_le_bytes());
+                for item in items {
+                    item.feed(hasher);
+                }
+            }
+        }
+    }
+}
+
+/// A tag, a length and the bytes, into a hash.
+fn tagged(hasher: &mut Sha256, tag: u8, bytes: &[u8]) {
+    hasher.update([tag]);
+    hasher.update((bytes.len() as u64).to_le_bytes());
+    hasher.update(bytes);
 }
 
 #[cfg(test)]
@@ -134,6 +185,7 @@ mod tests {
             headers: vec![("content-type".into(), b"application/json".to_vec())],
             secret_headers: Vec::new(),
             body: Bytes::copy_from_slice(body.as_bytes()),
+            fingerprint: None,
         }
     }
 
@@ -160,6 +212,41 @@ mod tests {
         assert!(!same(r#"{"a": 1}"#, r#"{"a": 1, "b": 2}"#));
         assert!(!same(r#"[1, 2]"#, r#"[2, 1]"#));
         assert!(!same(r#"{"a": 1"#, r#"{"a": 1}"#), "not JSON: bytes differ");
+    }
+
+    #[test]
+    fn a_completed_record_compares_by_its_fingerprint_alone() {
+        let shrunk = |body: &str| {
+            let mut request = json(body);
+            request.fingerprint = Some(fingerprint(&request));
+            request.body = Bytes::new();
+            request
+        };
+        let recorded = shrunk(r#"{"amount": 20, "currency": "eur"}"#);
+        let rerun = json(r#"{"currency":"eur","amount":20}"#);
+        assert!(mismatch(&recorded, &rerun, None, &[]).is_none());
+        let other = json(r#"{"currency":"eur","amount":20.0}"#);
+        assert!(mismatch(&recorded, &other, None, &[]).is_some());
+        assert!(
+            mismatch(&recorded, &json(""), None, &[]).is_some(),
+            "the dropped body is not read as an empty one"
+        );
+    }
+
+    #[test]
+    fn json_and_bytes_fingerprints_never_meet() {
+        let mut bytes = json(r#"{"a":1}"#);
+        bytes.headers.clear();
+        assert_ne!(fingerprint(&bytes), fingerprint(&json(r#"{"a":1}"#)));
+        assert_eq!(fingerprint(&json("[1]")).len(), 32);
+        assert_ne!(
+            fingerprint(&json(r#"["ab"]"#)),
+            fingerprint(&json(r#"["a","b"]"#))
+        );
+        assert_ne!(
+            fingerprint(&json(r#"{"a":"1"}"#)),
+            fingerprint(&json(r#"{"a":1}"#))
+        );
     }
 
     #[test]

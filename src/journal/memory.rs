@@ -2,6 +2,8 @@
 //! across its own retries and restarts of its tasks (not of the process).
 
 use std::collections::HashMap;
+
+use bytes::Bytes;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -120,6 +122,23 @@ impl MemoryJournal {
         self
     }
 
+    /// How long a completed operation keeps its answer's body (default: as long as
+    /// it is kept). After it, housekeeping leaves a tombstone (key, fingerprint, final
+    /// status and headers), and a later `send()` with its id is
+    /// [`Error::AnswerExpired`](crate::Error::AnswerExpired).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_retry::journal::MemoryJournal;
+    /// let journal = MemoryJournal::new().keep_answers(Duration::from_secs(3600));
+    /// # drop(journal);
+    /// ```
+    #[must_use]
+    pub fn keep_answers(mut self, keep: Duration) -> Self {
+        self.limits.keep_answers = Some(keep);
+        self
+    }
+
     /// Takes every setting a [`JournalConfig`](super::JournalConfig) holds.
     ///
     /// ```
@@ -151,6 +170,27 @@ impl MemoryJournal {
         rows.get_mut(&lease.id)
             .filter(|row| row.token == lease.token && row.state == EntryState::Pending)
             .ok_or_else(|| JournalError::lease_lost(lease.id.clone()))
+    }
+}
+
+impl Row {
+    /// Completed with `answer`. After a 2xx answer nothing sends the request again (any
+    /// other may be reopened by [`Resolution::Resend`]): its body goes where its
+    /// fingerprint stands for it.
+    fn completed(&mut self, answer: &RecordedAnswer, now: Instant) {
+        self.state = EntryState::Completed(answer.clone());
+        self.closed = Some(now);
+        if (200..300).contains(&answer.status) {
+            self.drop_body();
+        }
+    }
+
+    /// The request's body dropped, if its fingerprint stands for it (a record without
+    /// one, from a writer that does not compute it, keeps its body to compare with).
+    fn drop_body(&mut self) {
+        if self.request.fingerprint.is_some() {
+            self.request.body = Bytes::new();
+        }
     }
 }
 
@@ -261,9 +301,8 @@ impl Journal for MemoryJournal {
     ) -> JournalFuture<'a, ()> {
         let mut rows = self.rows();
         let completed = Self::leased(&mut rows, lease).map(|row| {
-            row.state = EntryState::Completed(answer.clone());
+            row.completed(answer, Instant::now());
             row.holder = None;
-            row.closed = Some(Instant::now());
         });
         Box::pin(async move { completed })
     }
@@ -305,7 +344,9 @@ impl Journal for MemoryJournal {
             .filter(|(_, row)| {
                 !matches!(
                     row.state,
-                    EntryState::Completed(_) | EntryState::Abandoned(_)
+                    EntryState::Completed(_)
+                        | EntryState::Abandoned(_)
+                        | EntryState::AnswerExpired { .. }
                 )
             })
             .map(|(id, row)| entry(id, row, now))
@@ -327,10 +368,7 @@ impl Journal for MemoryJournal {
                 row.token += 1;
                 row.holder = None;
                 match resolution {
-                    Resolution::Completed(answer) => {
-                        row.state = EntryState::Completed(answer.clone());
-                        row.closed = Some(now);
-                    }
+                    Resolution::Completed(answer) => row.completed(answer, now),
                     Resolution::Abandoned(reason) => {
                         row.state = EntryState::Abandoned(reason.clone());
                         row.closed = Some(now);
@@ -374,6 +412,7 @@ impl Journal for MemoryJournal {
     fn housekeep(&self) -> JournalFuture<'_, u64> {
         let now = Instant::now();
         let retention = self.limits.completed_retention;
+        let keep_answers = self.limits.keep_answers();
         let mut rows = self.rows();
         let before = rows.len();
         rows.retain(|_, row| {
@@ -381,6 +420,21 @@ impl Journal for MemoryJournal {
                 .is_none_or(|closed| now.saturating_duration_since(closed) < retention)
         });
         let removed = (before - rows.len()) as u64;
+        for row in rows.values_mut() {
+            let past = |keep: Duration| {
+                row.closed
+                    .is_some_and(|closed| now.saturating_duration_since(closed) >= keep)
+            };
+            if let (EntryState::Completed(answer), Some(keep)) = (&row.state, keep_answers) {
+                if past(keep) {
+                    row.state = EntryState::AnswerExpired {
+                        status: answer.status,
+                        headers: answer.headers.clone(),
+                    };
+                    row.drop_body();
+                }
+            }
+        }
         Box::pin(async move { Ok(removed) })
     }
 }

@@ -287,7 +287,7 @@ pub(crate) fn resolvable(state: &EntryState, resolution: &Resolution) -> bool {
         EntryState::Completed(answer) => {
             matches!(resolution, Resolution::Resend) && !(200..300).contains(&answer.status)
         }
-        EntryState::Abandoned(_) => false,
+        EntryState::Abandoned(_) | EntryState::AnswerExpired { .. } => false,
     }
 }
 
@@ -309,6 +309,7 @@ pub(crate) struct Limits {
     pub(crate) max_resume_age: Duration,
     pub(crate) max_resumes: u32,
     pub(crate) completed_retention: Duration,
+    pub(crate) keep_answers: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -317,13 +318,29 @@ impl Default for Limits {
     }
 }
 
-#[cfg(any(feature = "journal-sqlite", feature = "journal-postgres"))]
 impl Limits {
+    /// How long a completed record keeps its answer's body before housekeeping leaves
+    /// only its tombstone; `None` when it keeps it until the record is removed.
+    pub(crate) fn keep_answers(&self) -> Option<Duration> {
+        self.keep_answers
+            .filter(|keep| *keep < self.completed_retention)
+    }
+
     /// Why these limits cannot work, if they cannot.
+    #[cfg(any(feature = "journal-sqlite", feature = "journal-postgres"))]
     pub(crate) fn check(&self) -> Result<(), crate::Error> {
         if self.lease_duration.is_zero() || self.max_resume_age.is_zero() {
             return Err(crate::Error::InvalidConfig {
                 reason: "lease_duration and max_resume_age must be greater than zero".into(),
+                source: None,
+            });
+        }
+        if self
+            .keep_answers
+            .is_some_and(|keep| keep > self.completed_retention)
+        {
+            return Err(crate::Error::InvalidConfig {
+                reason: "keep_answers must not exceed completed_retention".into(),
                 source: None,
             });
         }
@@ -361,6 +378,17 @@ macro_rules! limit_setters {
         /// (default 7 days).
         pub fn completed_retention(mut self, retention: std::time::Duration) -> Self {
             self.limits.completed_retention = retention;
+            self
+        }
+
+        /// How long a completed operation keeps its answer's body (default: as long as
+        /// `completed_retention`). After it, housekeeping leaves a tombstone (key,
+        /// fingerprint, final status and headers) until `completed_retention`, and a
+        /// later `send()` with its id is
+        /// [`Error::AnswerExpired`](crate::Error::AnswerExpired). It must not exceed
+        /// `completed_retention`.
+        pub fn keep_answers(mut self, keep: std::time::Duration) -> Self {
+            self.limits.keep_answers = Some(keep);
             self
         }
 
@@ -453,8 +481,15 @@ pub struct RecordedRequest {
     /// The names (never the values) of the secret headers the request carried, in
     /// lower case: a re-send goes out only when each has a value at hand.
     pub secret_headers: Vec<String>,
-    /// The body.
+    /// The body. Empty in a record completed with a 2xx answer: a store may drop it
+    /// then, since nothing sends it again, and the fingerprint stands for it.
     pub body: Bytes,
+    /// The body's fingerprint (SHA-256; a JSON body read as JSON, so key order and
+    /// spacing do not count), computed by the client when it records the operation and
+    /// sealed like the body when bodies are sealed. A later `send()` under the same id
+    /// compares it, not the body, with the request at hand. `None` in a record written
+    /// before fingerprints were: the body's own is computed then.
+    pub fingerprint: Option<Bytes>,
 }
 
 /// A final answer as recorded: what a later `send()` with the same id returns without
@@ -497,6 +532,17 @@ pub enum EntryState {
     NeedsAttention(String),
     /// Closed by a person without an answer, for this reason: never sent again.
     Abandoned(String),
+    /// Completed, and past the store's `keep_answers`: a tombstone that keeps the final
+    /// status and headers (and the request's key and fingerprint), not the answer's
+    /// body. A later `send()` with its id is
+    /// [`Error::AnswerExpired`](crate::Error::AnswerExpired): never sent again, never
+    /// under a new key.
+    AnswerExpired {
+        /// The final answer's status code.
+        status: u16,
+        /// The final answer's headers, in order.
+        headers: Vec<(String, Vec<u8>)>,
+    },
 }
 
 /// One operation in the journal.

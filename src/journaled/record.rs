@@ -7,6 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 use super::settings::JournalSettings;
 use crate::IdempotencyKey;
 use crate::IdempotentResponse;
+use crate::journal::equivalent::fingerprint;
 use crate::journal::{JournalError, RecordedAnswer, RecordedRequest};
 use crate::operation::{Operation, Template};
 
@@ -25,7 +26,7 @@ pub(super) fn record_of(operation: &Operation, js: &JournalSettings) -> Recorded
             secret_headers.push(name.as_str().to_owned());
         }
     }
-    RecordedRequest {
+    let mut record = RecordedRequest {
         method: template.method().as_str().to_owned(),
         url: template.url().as_str().to_owned(),
         key: operation.key.as_str().to_owned(),
@@ -38,7 +39,10 @@ pub(super) fn record_of(operation: &Operation, js: &JournalSettings) -> Recorded
             .collect(),
         secret_headers,
         body: template.body().cloned().unwrap_or_default(),
-    }
+        fingerprint: None,
+    };
+    record.fingerprint = Some(fingerprint(&record));
+    record
 }
 
 /// What every re-send of `request` sends: exactly its recorded bytes, with the values

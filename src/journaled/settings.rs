@@ -80,7 +80,14 @@ impl JournalSettings {
     /// An entry as read, its bodies opened.
     pub(super) fn opened(&self, mut entry: JournalEntry) -> Result<JournalEntry, JournalError> {
         if self.seal.is_some() {
-            entry.request.body = self.open(&entry.request.body)?;
+            // A body the store dropped (a completed record's) is empty; a sealed body
+            // never is.
+            if !entry.request.body.is_empty() {
+                entry.request.body = self.open(&entry.request.body)?;
+            }
+            if let Some(fingerprint) = &entry.request.fingerprint {
+                entry.request.fingerprint = Some(self.open(fingerprint)?);
+            }
             if let EntryState::Completed(answer) = &mut entry.state {
                 answer.body = self.open(&answer.body)?;
             }

@@ -13,7 +13,8 @@ use super::secrets::secrets_for;
 use super::settings::{HELD_POLL, Held, JournalSettings, MAX_RACES};
 use crate::journal::equivalent::mismatch;
 use crate::journal::{
-    Claimed, EntryState, Inserted, JournalEntry, JournalError, Lease, RecordedRequest, Release,
+    Claimed, EntryState, Inserted, JournalEntry, JournalError, Lease, RecordedAnswer,
+    RecordedRequest, Release,
 };
 use crate::operation::Operation;
 use crate::retry::settings::Overrides;
@@ -124,6 +125,7 @@ impl<'a> Look<'a> {
         let record = record_of(operation, js);
         let sealed = js.seal.is_some().then(|| RecordedRequest {
             body: js.seal(&record.body),
+            fingerprint: record.fingerprint.as_ref().map(|f| js.seal(f)),
             ..record.clone()
         });
         let settings = &operation.client.inner.settings.retry;
@@ -323,6 +325,36 @@ fn closed(
             key: key.clone(),
             reason: reason.clone(),
         }),
+        EntryState::AnswerExpired { status, headers } => Err(expired(entry, key, *status, headers)),
+    }
+}
+
+/// The error for a completed operation past `keep_answers`; a status or header the
+/// record cannot hold as one is corruption.
+fn expired(
+    entry: &JournalEntry,
+    key: &IdempotencyKey,
+    status: u16,
+    headers: &[(String, Vec<u8>)],
+) -> Error {
+    let answer = RecordedAnswer {
+        status,
+        headers: headers.to_vec(),
+        body: bytes::Bytes::new(),
+    };
+    match answer_of(&entry.request, &answer, key.clone()) {
+        Ok(response) => Error::AnswerExpired {
+            operation_id: entry.id.clone(),
+            key: key.clone(),
+            status: response.status,
+            headers: Box::new(response.headers),
+        },
+        Err(source) => Error::Journal {
+            operation_id: entry.id.clone(),
+            key: Some(key.clone()),
+            outcome_unknown: true,
+            source,
+        },
     }
 }
 

@@ -1,7 +1,9 @@
 //! The rules for operations that end other than by completing: attention (and a
 //! person's resolution), `Resend`, a take-up that sent nothing, withdrawal, cancel.
 
-use super::support::{Ids, claimed, expect_not_pending, fail, found, recorded, unauthorized};
+use super::support::{
+    Ids, claimed, expect_not_pending, fail, found, recorded, request, unauthorized,
+};
 use crate::journal::{EntryState, Journal, Lease, RecordedAnswer, Release, Resolution};
 
 /// An operation that needs attention is never claimed again, is listed by `pending`
@@ -87,9 +89,9 @@ pub(super) async fn resending(
         "a reopened operation must be found",
     )
     .await?;
-    if entry.state != EntryState::Pending || entry.request.key != "k-2" {
+    if entry.state != EntryState::Pending || entry.request != request("k-2") {
         return Err(format!(
-            "Resend must leave it pending under its key, not {:?}",
+            "Resend must leave it pending under its key, its body whole, not {:?}",
             entry.state
         ));
     }

@@ -19,11 +19,13 @@
 mod ending;
 mod support;
 
-use super::{Claimed, EntryState, Inserted, Journal, Lease, RecordedAnswer, Release};
+use super::{
+    Claimed, EntryState, Inserted, Journal, Lease, RecordedAnswer, RecordedRequest, Release,
+};
 use ending::{attention, cancelling, quiet_take_up, resending, withdrawing};
 use support::{
     Ids, LONG, PAST_SHORT, SHORT, claimed, created, expect_not_pending, fail, fenced, found,
-    recorded, request,
+    recorded, recorded_as, request,
 };
 
 /// Runs every rule against `journal`; the error names the first one broken.
@@ -38,6 +40,7 @@ pub async fn check(journal: &dyn Journal) -> Result<(), String> {
     let second = leases(journal, &ids, &first).await?;
     fencing(journal, &ids, &first, &answer).await?;
     completing(journal, &ids, &second, &answer).await?;
+    unfingerprinted(journal, &ids, &answer).await?;
     let lease = releasing(journal, &ids).await?;
     attention(journal, &ids, &lease).await?;
     resending(journal, &ids, &answer).await?;
@@ -178,11 +181,44 @@ async fn completing(
             entry.state
         ));
     }
+    // A store may drop the body after a 2xx answer; the rest stays, fingerprint first.
+    let original = request("k-1");
+    let kept = RecordedRequest {
+        body: original.body.clone(),
+        ..entry.request.clone()
+    };
+    if kept != original || !(entry.request.body.is_empty() || entry.request.body == original.body) {
+        return Err("complete must keep the request (its body may go), fingerprint and all".into());
+    }
     expect_not_pending(journal, &ids.id("op")).await?;
     fenced(
         journal.release(second, &Release::default()).await,
         "release after complete",
     )?;
+    Ok(())
+}
+
+/// A record without a fingerprint (from a writer that computes none) keeps its body
+/// when it completes: a later call compares its own body with it.
+async fn unfingerprinted(
+    journal: &dyn Journal,
+    ids: &Ids,
+    answer: &RecordedAnswer,
+) -> Result<(), String> {
+    let original = RecordedRequest {
+        fingerprint: None,
+        ..request("k-plain")
+    };
+    let id = ids.id("plain");
+    let lease = recorded_as(journal, &id, &original).await?;
+    journal
+        .complete(&lease, answer)
+        .await
+        .map_err(|e| fail("complete", e))?;
+    let entry = found(journal, &id, "a completed operation must be found").await?;
+    if entry.request != original {
+        return Err("complete must keep a body that no fingerprint stands for".into());
+    }
     Ok(())
 }
 

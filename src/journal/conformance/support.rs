@@ -61,12 +61,23 @@ pub(crate) fn request(key: &str) -> RecordedRequest {
         ],
         secret_headers: vec!["authorization".into(), "x-api-key".into()],
         body: Bytes::from_static(b"{\"amount\":100}"),
+        // Opaque to a store: kept as given, and past the body's own life.
+        fingerprint: Some(Bytes::from_static(&[0x5a; 32])),
     }
 }
 
 /// A new operation under `id`, recorded with a long lease.
 pub(crate) async fn recorded(journal: &dyn Journal, id: &str) -> Result<Lease, String> {
-    match journal.insert(id, &request("k-2"), "worker-c", LONG).await {
+    recorded_as(journal, id, &request("k-2")).await
+}
+
+/// A new operation under `id` for `request`, recorded with a long lease.
+pub(crate) async fn recorded_as(
+    journal: &dyn Journal,
+    id: &str,
+    request: &RecordedRequest,
+) -> Result<Lease, String> {
+    match journal.insert(id, request, "worker-c", LONG).await {
         Ok(Inserted::Recorded(lease)) => Ok(lease),
         Ok(other) => Err(format!("a new id must be recorded, not {other:?}")),
         Err(e) => Err(format!("insert: the journal failed: {e}")),

@@ -264,6 +264,7 @@ impl Journal for PostgresJournal {
                     holder: holder.to_owned(),
                     lease_ms: ms(lease) as f64,
                     secret_headers: blob::join_names(&request.secret_headers),
+                    fingerprint: request.fingerprint.as_ref().map(|f| f.to_vec()),
                 }))
                 .await?;
             Ok(if recorded {
@@ -459,7 +460,9 @@ impl Journal for PostgresJournal {
                             &format!(
                                 "UPDATE idempotent_retry_operations SET state = 1, \
                                  answer_status = $3, answer_headers = $4, answer_body = $5, \
-                                 holder = NULL, token = token + 1, closed_at = now() WHERE {open}"
+                                 holder = NULL, token = token + 1, closed_at = now(), \
+                                 body = CASE WHEN $3 BETWEEN 200 AND 299 AND fingerprint IS NOT NULL \
+                                 THEN ''::bytea ELSE body END WHERE {open}"
                             ),
                             &[
                                 &self.shared.namespace.as_str(),
@@ -523,14 +526,30 @@ impl Journal for PostgresJournal {
     fn housekeep(&self) -> JournalFuture<'_, u64> {
         Box::pin(async move {
             let client = self.shared.client().await?;
-            client
+            let fail = sql("could not remove old operations");
+            let namespace = self.shared.namespace.as_str();
+            let retention = ms(self.limits.completed_retention) as f64;
+            let removed = client
                 .execute(
                     "DELETE FROM idempotent_retry_operations WHERE namespace = $1 \
-                     AND state IN (1, 3) AND closed_at <= now() - $2::float8 * interval '1 millisecond'",
-                    &[&self.shared.namespace.as_str(), &(ms(self.limits.completed_retention) as f64)],
+                     AND state IN (1, 3, 4) \
+                     AND closed_at <= now() - $2::float8 * interval '1 millisecond'",
+                    &[&namespace, &retention],
                 )
                 .await
-                .map_err(sql("could not remove old operations"))
+                .map_err(&fail)?;
+            if let Some(keep) = self.limits.keep_answers() {
+                client
+                    .execute(
+                        "UPDATE idempotent_retry_operations SET state = 4, answer_body = NULL, \
+                         body = CASE WHEN fingerprint IS NULL THEN body ELSE ''::bytea END WHERE namespace = $1 AND state = 1 \
+                         AND closed_at <= now() - $2::float8 * interval '1 millisecond'",
+                        &[&namespace, &(ms(keep) as f64)],
+                    )
+                    .await
+                    .map_err(&fail)?;
+            }
+            Ok(removed)
         })
     }
 }

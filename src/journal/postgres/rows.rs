@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio_postgres::Row;
 
-use super::schema::{ABANDONED, ATTENTION, COMPLETED, PENDING};
+use super::schema::{ABANDONED, ATTENTION, COMPLETED, EXPIRED, PENDING};
 use crate::journal::blob::{self, decode};
 use crate::journal::{EntryState, JournalEntry, JournalError, Lease, RecordedRequest};
 
@@ -15,7 +15,7 @@ pub(super) const COLUMNS: &str = "id, key, method, url, key_header, key_value, h
     CASE WHEN expires_at > now() THEN holder END AS live_holder, \
     (EXTRACT(EPOCH FROM (now() - created_at)) * 1000)::BIGINT AS age_ms, \
     (EXTRACT(EPOCH FROM (not_before - now())) * 1000)::BIGINT AS wait_ms, resumes, \
-    secret_headers";
+    secret_headers, fingerprint";
 
 pub(super) fn ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
@@ -33,7 +33,8 @@ pub(super) fn entry(row: &Row) -> Result<JournalEntry, JournalError> {
     let status: Option<i32> = row.try_get("answer_status").map_err(bad)?;
     let answer_headers: Option<Vec<u8>> = row.try_get("answer_headers").map_err(bad)?;
     let answer_body: Option<Vec<u8>> = row.try_get("answer_body").map_err(bad)?;
-    let answer = blob::answer(status.map(i64::from), answer_headers, answer_body)?;
+    let status = status.map(i64::from);
+    let answer = blob::answer(status, answer_headers.as_deref(), answer_body)?;
     let mut attention_answer = None;
     let state = match state {
         PENDING => EntryState::Pending,
@@ -58,6 +59,7 @@ pub(super) fn entry(row: &Row) -> Result<JournalEntry, JournalError> {
                 .map_err(bad)?
                 .unwrap_or_default(),
         ),
+        EXPIRED => blob::expired(status, answer_headers.as_deref())?,
         other => return Err(JournalError::corrupt(format!("operation state {other}"))),
     };
     let headers: Vec<u8> = row.try_get("headers").map_err(bad)?;
@@ -76,6 +78,10 @@ pub(super) fn entry(row: &Row) -> Result<JournalEntry, JournalError> {
             headers: decode(&headers)?,
             secret_headers: blob::split_names(&secret_headers),
             body: Bytes::from(body),
+            fingerprint: row
+                .try_get::<_, Option<Vec<u8>>>("fingerprint")
+                .map_err(bad)?
+                .map(Bytes::from),
         },
         state,
         age: millis(row.try_get("age_ms").map_err(bad)?).unwrap_or_default(),

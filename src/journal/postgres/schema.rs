@@ -6,7 +6,7 @@ use tokio_postgres::Client;
 use crate::journal::JournalError;
 
 /// The schema this version writes; a database with a newer one is refused.
-pub(super) const SCHEMA_VERSION: i32 = 2;
+pub(super) const SCHEMA_VERSION: i32 = 3;
 
 /// The advisory lock under which the schema is created or migrated, fleet-wide.
 pub(super) const SCHEMA_LOCK: i64 = 0x4944_454d_504f_5354; // "IDEMPOST"
@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS idempotent_retry_operations (
 -- Schema 2: the names of a request's secret headers, one a line.
 ALTER TABLE idempotent_retry_operations
     ADD COLUMN IF NOT EXISTS secret_headers TEXT NOT NULL DEFAULT '';
+-- Schema 3: the request's fingerprint, which outlives a completed record's body.
+ALTER TABLE idempotent_retry_operations ADD COLUMN IF NOT EXISTS fingerprint BYTEA;
 CREATE INDEX IF NOT EXISTS idempotent_retry_operations_open
     ON idempotent_retry_operations (namespace, state, created_at);
 ";
@@ -53,6 +55,8 @@ pub(super) const PENDING: i16 = 0;
 pub(super) const COMPLETED: i16 = 1;
 pub(super) const ATTENTION: i16 = 2;
 pub(super) const ABANDONED: i16 = 3;
+/// Completed, past `keep_answers`: the answer's body is gone, its status and headers kept.
+pub(super) const EXPIRED: i16 = 4;
 
 pub(super) fn sql(what: &'static str) -> impl Fn(tokio_postgres::Error) -> JournalError {
     move |e| JournalError::storage(what, e)

@@ -55,6 +55,7 @@ pub(super) struct Record {
     pub(super) holder: String,
     pub(super) lease_ms: f64,
     pub(super) secret_headers: String,
+    pub(super) fingerprint: Option<Vec<u8>>,
 }
 
 impl Write {
@@ -230,7 +231,7 @@ impl Prepared {
         let client = &self.client;
         match write {
             Write::Record(r) => {
-                let params: [&(dyn ToSql + Sync); 12] = [
+                let params: [&(dyn ToSql + Sync); 13] = [
                     namespace,
                     &r.id,
                     &r.key,
@@ -243,6 +244,7 @@ impl Prepared {
                     &r.holder,
                     &r.lease_ms,
                     &r.secret_headers,
+                    &r.fingerprint,
                 ];
                 Box::pin(client.execute_raw(&self.record, params))
             }
@@ -312,9 +314,9 @@ async fn in_order(mut futures: Vec<Sql<'_>>) -> Vec<Result<u64, tokio_postgres::
 
 /// A new operation's record, with the caller's lease; nothing if the id is taken.
 const RECORD: &str = "INSERT INTO idempotent_retry_operations (namespace, id, key, method, url, \
-    key_header, key_value, headers, body, holder, expires_at, secret_headers) \
+    key_header, key_value, headers, body, holder, expires_at, secret_headers, fingerprint) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-    now() + $11::float8 * interval '1 millisecond', $12) \
+    now() + $11::float8 * interval '1 millisecond', $12, $13) \
     ON CONFLICT (namespace, id) DO NOTHING";
 
 /// One more attempt counted, the lease renewed.
@@ -322,7 +324,10 @@ const ATTEMPT: &str = "UPDATE idempotent_retry_operations SET attempts = attempt
     expires_at = now() + $4::float8 * interval '1 millisecond' \
     WHERE namespace = $1 AND id = $2 AND token = $3 AND state + 0 = 0";
 
-/// The final answer recorded, the lease let go.
+/// The final answer recorded, the lease let go; after a 2xx answer, the request's body
+/// dropped when its fingerprint stands for it (nothing sends it again).
 const COMPLETE: &str = "UPDATE idempotent_retry_operations SET state = 1, answer_status = $4, \
-    answer_headers = $5, answer_body = $6, holder = NULL, closed_at = now() \
+    answer_headers = $5, answer_body = $6, holder = NULL, closed_at = now(), \
+    body = CASE WHEN $4 BETWEEN 200 AND 299 AND fingerprint IS NOT NULL THEN ''::bytea \
+    ELSE body END \
     WHERE namespace = $1 AND id = $2 AND token = $3 AND state + 0 = 0";

@@ -201,8 +201,9 @@ impl Journal for SqliteJournal {
             let inserted = connection
                 .prepare_cached(
                     "INSERT INTO operations (id, key, method, url, key_header, key_value, headers, \
-                     body, created_ms, state, holder, token, expires_ms, owner, secret_headers) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, 1, ?11, ?12, ?13) \
+                     body, created_ms, state, holder, token, expires_ms, owner, secret_headers, \
+                     fingerprint) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, 1, ?11, ?12, ?13, ?14) \
                      ON CONFLICT (id) DO NOTHING",
                 )
                 .and_then(|mut statement| {
@@ -220,6 +221,7 @@ impl Journal for SqliteJournal {
                         now.saturating_add(ms(lease)),
                         owner_id,
                         blob::join_names(&request.secret_headers),
+                        request.fingerprint.as_deref(),
                     ])
                 })
                 .map_err(storage("could not record the operation"))?;
@@ -329,7 +331,9 @@ impl Journal for SqliteJournal {
             let changed = connection
                 .prepare_cached(
                     "UPDATE operations SET state = 1, answer_status = ?3, answer_headers = ?4, \
-                     answer_body = ?5, holder = NULL, closed_ms = ?6 \
+                     answer_body = ?5, holder = NULL, closed_ms = ?6, \
+                     body = CASE WHEN ?3 BETWEEN 200 AND 299 AND fingerprint IS NOT NULL \
+                     THEN x'' ELSE body END \
                      WHERE id = ?1 AND token = ?2 AND state = 0",
                 )
                 .and_then(|mut statement| {
@@ -433,7 +437,10 @@ impl Journal for SqliteJournal {
                     &format!(
                         "UPDATE operations SET state = 1, answer_status = ?3, \
                          answer_headers = ?4, answer_body = ?5, holder = NULL, \
-                         token = token + 1, closed_ms = ?2 WHERE {open}"
+                         token = token + 1, closed_ms = ?2, \
+                         body = CASE WHEN ?3 BETWEEN 200 AND 299 AND fingerprint IS NOT NULL \
+                     THEN x'' ELSE body END \
+                         WHERE {open}"
                     ),
                     params![
                         id,
@@ -482,13 +489,26 @@ impl Journal for SqliteJournal {
 
     fn housekeep(&self) -> JournalFuture<'_, u64> {
         let retention = ms(self.limits.completed_retention);
+        let keep_answers = self.limits.keep_answers().map(ms);
         self.writer.with(move |connection| {
+            let fail = storage("could not remove old operations");
+            let now = now_ms();
             let removed = connection
                 .execute(
-                    "DELETE FROM operations WHERE state IN (1, 3) AND closed_ms <= ?1",
-                    [now_ms().saturating_sub(retention)],
+                    "DELETE FROM operations WHERE state IN (1, 3, 4) AND closed_ms <= ?1",
+                    [now.saturating_sub(retention)],
                 )
-                .map_err(storage("could not remove old operations"))?;
+                .map_err(&fail)?;
+            if let Some(keep) = keep_answers {
+                connection
+                    .execute(
+                        "UPDATE operations SET state = 4, answer_body = NULL, \
+                         body = CASE WHEN fingerprint IS NULL THEN body ELSE x'' END \
+                         WHERE state = 1 AND closed_ms <= ?1",
+                        [now.saturating_sub(keep)],
+                    )
+                    .map_err(&fail)?;
+            }
             Ok(removed as u64)
         })
     }

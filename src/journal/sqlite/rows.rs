@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension};
 
-use super::schema::{ABANDONED, ATTENTION, COMPLETED, PENDING, storage};
+use super::schema::{ABANDONED, ATTENTION, COMPLETED, EXPIRED, PENDING, storage};
 use crate::journal::blob::{self, decode};
 use crate::journal::{EntryState, JournalEntry, JournalError, Lease, RecordedRequest};
 
@@ -26,7 +26,7 @@ pub(super) fn since(earlier_ms: i64, now: i64) -> Duration {
 
 pub(super) const COLUMNS: &str = "id, key, method, url, key_header, key_value, headers, body, created_ms, \
      state, attention, answer_status, answer_headers, answer_body, attempts, holder, expires_ms, \
-     not_before_ms, resumes, secret_headers";
+     not_before_ms, resumes, secret_headers, fingerprint";
 
 /// What a claim reads: state, holder, token, lease expiry, not-before, the holder's
 /// process (its owner registration).
@@ -46,6 +46,7 @@ pub(super) struct RawRow {
     not_before_ms: Option<i64>,
     resumes: i64,
     secret_headers: String,
+    fingerprint: Option<Vec<u8>>,
 }
 
 pub(super) fn raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -70,13 +71,14 @@ pub(super) fn raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         not_before_ms: row.get(17)?,
         resumes: row.get(18)?,
         secret_headers: row.get(19)?,
+        fingerprint: row.get(20)?,
     })
 }
 
 pub(super) fn entry(row: RawRow, now: i64) -> Result<JournalEntry, JournalError> {
     let (key, method, url, key_header, key_value, headers, body) = row.request;
     let (status, answer_headers, answer_body) = row.answer;
-    let answer = blob::answer(status, answer_headers, answer_body)?;
+    let answer = blob::answer(status, answer_headers.as_deref(), answer_body)?;
     let mut attention_answer = None;
     let state = match row.state {
         PENDING => EntryState::Pending,
@@ -94,6 +96,7 @@ pub(super) fn entry(row: RawRow, now: i64) -> Result<JournalEntry, JournalError>
             EntryState::NeedsAttention(row.attention.unwrap_or_default())
         }
         ABANDONED => EntryState::Abandoned(row.attention.unwrap_or_default()),
+        EXPIRED => blob::expired(status, answer_headers.as_deref())?,
         other => return Err(JournalError::corrupt(format!("operation state {other}"))),
     };
     Ok(JournalEntry {
@@ -106,6 +109,7 @@ pub(super) fn entry(row: RawRow, now: i64) -> Result<JournalEntry, JournalError>
             headers: decode(&headers)?,
             secret_headers: blob::split_names(&row.secret_headers),
             body: Bytes::from(body),
+            fingerprint: row.fingerprint.map(Bytes::from),
         },
         state,
         age: since(row.created_ms, now),

@@ -13,7 +13,7 @@ use crate::journal::{JournalError, owners};
 pub(super) const APPLICATION_ID: i32 = 0x4944_454d; // "IDEM"
 
 /// The schema this version writes; a file with a newer one is refused.
-pub(super) const SCHEMA_VERSION: i32 = 2;
+pub(super) const SCHEMA_VERSION: i32 = 3;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS operations (
@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS operations (
     resumes INTEGER NOT NULL DEFAULT 0,
     closed_ms INTEGER,
     owner TEXT,
-    secret_headers TEXT NOT NULL DEFAULT ''
+    secret_headers TEXT NOT NULL DEFAULT '',
+    fingerprint BLOB
 );
 CREATE INDEX IF NOT EXISTS operations_open ON operations (state, created_ms);
 ";
@@ -48,6 +49,8 @@ pub(super) const PENDING: i64 = 0;
 pub(super) const COMPLETED: i64 = 1;
 pub(super) const ATTENTION: i64 = 2;
 pub(super) const ABANDONED: i64 = 3;
+/// Completed, past `keep_answers`: the answer's body is gone, its status and headers kept.
+pub(super) const EXPIRED: i64 = 4;
 
 pub(super) fn storage(what: &'static str) -> impl Fn(rusqlite::Error) -> JournalError {
     move |e| match e {
@@ -115,13 +118,22 @@ pub(super) fn open(path: &Path, busy: Duration) -> Result<Connection, JournalErr
     connection
         .execute_batch(SCHEMA)
         .map_err(storage("could not create the journal's schema"))?;
-    if version == 1 {
+    // A new file (version 0) was just created whole; an older one gains what it lacks.
+    let migrations = [
         // Schema 2 records the names of a request's secret headers.
-        connection
-            .execute_batch(
-                "ALTER TABLE operations ADD COLUMN secret_headers TEXT NOT NULL DEFAULT ''",
-            )
-            .map_err(storage("could not migrate the journal's schema"))?;
+        (
+            2,
+            "ALTER TABLE operations ADD COLUMN secret_headers TEXT NOT NULL DEFAULT ''",
+        ),
+        // Schema 3 records the request's fingerprint, which outlives a completed body.
+        (3, "ALTER TABLE operations ADD COLUMN fingerprint BLOB"),
+    ];
+    for (to, statement) in migrations {
+        if (1..to).contains(&version) {
+            connection
+                .execute_batch(statement)
+                .map_err(storage("could not migrate the journal's schema"))?;
+        }
     }
     connection
         .pragma_update(None, "application_id", APPLICATION_ID)
