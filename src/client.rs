@@ -174,7 +174,7 @@ impl IdempotentClient {
     /// The answer recorded for an operation, by its id, without any I/O to its server:
     /// a completed operation's final answer, or the answer that made an operation need
     /// attention (a resumed send's 401, say); `None` when there is neither (pending,
-    /// abandoned, or no such id). Bodies sealed with
+    /// abandoned, past `keep_answers`, or no such id). Bodies sealed with
     /// [`seal_bodies`](crate::IdempotentClientBuilder::seal_bodies) come back opened.
     /// This is the way to an answer recorded for a request whose shape the application
     /// no longer sends (see [`journal`](crate::journal), "Deploying a new request

@@ -193,7 +193,10 @@ pub trait Journal: Send + Sync + 'static {
     /// is never listed as unsent.
     fn start_attempt<'a>(&'a self, lease: &'a Lease, duration: Duration) -> JournalFuture<'a, ()>;
 
-    /// Records the final answer and lets the lease go.
+    /// Records the final answer and lets the lease go. After a 2xx answer a store may
+    /// drop the request's body if the request has a fingerprint (nothing sends it
+    /// again, and the fingerprint stands for it); it keeps every other field, and the
+    /// whole body of a request without one.
     fn complete<'a>(
         &'a self,
         lease: &'a Lease,
@@ -244,9 +247,12 @@ pub trait Journal: Send + Sync + 'static {
     /// attempt may have reached the server: resolve it instead, knowing that).
     fn cancel<'a>(&'a self, id: &'a str) -> JournalFuture<'a, bool>;
 
-    /// Deletes completed and abandoned operations closed more than
+    /// Deletes completed and abandoned operations (and tombstones) closed more than
     /// [`completed_retention`](Self::completed_retention) ago that no worker holds;
-    /// returns how many. The client calls it from
+    /// returns how many. A store with a `keep_answers` setting also turns an operation
+    /// completed longer ago than that into a tombstone
+    /// ([`EntryState::AnswerExpired`]: the answer's body and the request's go, the key,
+    /// fingerprint, final status and headers stay). The client calls it from
     /// [`resume_pending`](crate::IdempotentClient::resume_pending), so the journal never
     /// grows without bound.
     fn housekeep(&self) -> JournalFuture<'_, u64>;

@@ -42,6 +42,7 @@ use writer::{Record, Write, Writer};
 /// | `max_resume_age` | 20 h ([`DEFAULT_MAX_RESUME_AGE`](super::DEFAULT_MAX_RESUME_AGE)) |
 /// | `max_resumes` | 20 ([`DEFAULT_MAX_RESUMES`](super::DEFAULT_MAX_RESUMES)) |
 /// | `completed_retention` | 7 days ([`DEFAULT_COMPLETED_RETENTION`](super::DEFAULT_COMPLETED_RETENTION)) |
+/// | `keep_answers` | as long as `completed_retention`: a re-run gets the whole answer while the record is kept |
 /// | `connections` | 8, used in turn for reads, claims and releases; records, attempts and completions go through one more, the group writer's |
 /// | TLS | as the URL's `sslmode` says (`prefer` by default), verified against the system's roots and any `tls_root_certificate` |
 /// | `namespace` | `""`: set one per application sharing a database |

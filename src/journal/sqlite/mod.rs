@@ -40,6 +40,7 @@ use writer::Writer;
 /// | `max_resume_age` | 20 h ([`DEFAULT_MAX_RESUME_AGE`](super::DEFAULT_MAX_RESUME_AGE), below Stripe's 24 h) |
 /// | `max_resumes` | 20 ([`DEFAULT_MAX_RESUMES`](super::DEFAULT_MAX_RESUMES)) |
 /// | `completed_retention` | 7 days ([`DEFAULT_COMPLETED_RETENTION`](super::DEFAULT_COMPLETED_RETENTION)) |
+/// | `keep_answers` | as long as `completed_retention`: a re-run gets the whole answer while the record is kept |
 /// | `busy_timeout` | 5 s waiting for another process's write |
 ///
 /// ```no_run
