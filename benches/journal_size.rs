@@ -2,6 +2,9 @@
 //! through each journal (a 200-byte JSON request, a 300-byte JSON answer), then bytes per
 //! operation: SQLite's file (its log checkpointed, as when the last handle closes), and
 //! PostgreSQL's table with its indexes and TOAST (after `VACUUM FULL`: the live rows).
+//! Each store twice: with whole answers kept (the default), and with `keep_answers`
+//! passed and housekeeping run, so that every record is a tombstone; SQLite also after
+//! `VACUUM` (space a deleted or shrunk row frees is reused, not given back).
 //!
 //! ```text
 //! cargo bench --all-features --bench journal_size            # 100,000 operations
@@ -92,53 +95,103 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let cluster = postgres::Cluster::start("size");
     println!("### Bytes on disk per completed operation ({ops} operations)\n");
-    println!("| journal | bytes | bytes per operation |");
-    println!("|---|---:|---:|");
-    let path = dir.join("size.db");
-    runtime.block_on(async {
-        let sqlite = Arc::new(SqliteJournal::open(&path).await.unwrap());
-        completed(sqlite, ops).await;
-    });
-    // Every handle is gone: the last connection checkpoints the log into the file.
+    println!("| journal | completed records keep | bytes | bytes per operation |");
+    println!("|---|---|---:|---:|");
+    for tombstones in [false, true] {
+        let kept = if tombstones {
+            "a tombstone (`keep_answers` passed, housekept)"
+        } else {
+            "the answer (default)"
+        };
+        let path = dir.join(format!("size-{tombstones}.db"));
+        runtime.block_on(async {
+            let mut builder = SqliteJournal::builder(&path);
+            if tombstones {
+                builder = builder.keep_answers(Duration::ZERO);
+            }
+            let sqlite = Arc::new(builder.open().await.unwrap());
+            completed(sqlite.clone(), ops).await;
+            if tombstones {
+                sqlite.housekeep().await.unwrap();
+            }
+        });
+        row("SQLite (file and log)", kept, closed_size(&path), ops);
+        let vacuumed = rusqlite::Connection::open(&path).unwrap();
+        vacuumed.execute_batch("VACUUM").unwrap();
+        drop(vacuumed);
+        let kept_vacuumed = format!("{kept}, after `VACUUM`");
+        row("SQLite (file)", &kept_vacuumed, closed_size(&path), ops);
+        if let Some(cluster) = &cluster {
+            let namespace = format!("size-{tombstones}");
+            let bytes = runtime.block_on(postgres_size(&cluster.url, &namespace, tombstones, ops));
+            row(
+                "PostgreSQL (table, indexes, TOAST, after `VACUUM FULL`)",
+                kept,
+                bytes,
+                ops,
+            );
+        }
+    }
+    if cluster.is_none() {
+        println!("\n(PostgreSQL is not installed here: its rows are missing.)");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The SQLite file's size once every handle is gone (the last connection checkpoints
+/// the log into the file), with any log left.
+fn closed_size(path: &std::path::Path) -> u64 {
     let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
-    let mut bytes = std::fs::metadata(&path).unwrap().len();
     for _ in 0..500 {
         if !wal.exists() {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    bytes += std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-    row("SQLite (file and log)", bytes, ops);
-    if let Some(cluster) = &cluster {
-        runtime.block_on(async {
-            let pg = Arc::new(PostgresJournal::connect(cluster.url.clone()).await.unwrap());
-            completed(pg, ops).await;
-            let (session, connection) =
-                tokio_postgres::connect(&cluster.url, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-            tokio::spawn(connection);
-            session
-                .batch_execute("VACUUM FULL idempotent_retry_operations")
-                .await
-                .unwrap();
-            let bytes: i64 = session
-                .query_one(
-                    "SELECT pg_total_relation_size('idempotent_retry_operations')",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            row("PostgreSQL (table, indexes, TOAST)", bytes as u64, ops);
-        });
-    } else {
-        println!("\n(PostgreSQL is not installed here: its row is missing.)");
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::metadata(path).unwrap().len() + std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0)
 }
 
-fn row(journal: &str, bytes: u64, ops: usize) {
-    println!("| {journal} | {bytes} | {:.0} |", bytes as f64 / ops as f64);
+/// The table's size after `ops` operations in `namespace` (alone in the table: the
+/// rows before are deleted), housekept into tombstones if `tombstones`.
+async fn postgres_size(url: &str, namespace: &str, tombstones: bool, ops: usize) -> u64 {
+    let mut builder = PostgresJournal::builder(url).namespace(namespace);
+    if tombstones {
+        builder = builder.keep_answers(Duration::ZERO);
+    }
+    let pg = Arc::new(builder.connect().await.unwrap());
+    let (session, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    session
+        .execute(
+            "DELETE FROM idempotent_retry_operations WHERE namespace <> $1",
+            &[&namespace],
+        )
+        .await
+        .unwrap();
+    completed(pg.clone(), ops).await;
+    if tombstones {
+        pg.housekeep().await.unwrap();
+    }
+    session
+        .batch_execute("VACUUM FULL idempotent_retry_operations")
+        .await
+        .unwrap();
+    let bytes: i64 = session
+        .query_one(
+            "SELECT pg_total_relation_size('idempotent_retry_operations')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    bytes as u64
+}
+
+fn row(journal: &str, kept: &str, bytes: u64, ops: usize) {
+    println!(
+        "| {journal} | {kept} | {bytes} | {:.0} |",
+        bytes as f64 / ops as f64
+    );
 }
