@@ -40,14 +40,10 @@ async fn a_completed_record_keeps_its_fingerprint_not_its_body(journal: impl Jou
     let server = MockServer::start().await;
     let client = client(journal.clone());
     let url = format!("{}/v1/charges", server.uri());
-    let first = send(
-        &client,
-        &url,
-        "order-1",
-        r#"{"amount": 100, "currency": "eur"}"#,
-    )
-    .await
-    .unwrap();
+    let order = |json: &'static str| send(&client, &url, "order-1", json);
+    let first = order(r#"{"amount": 100, "currency": "eur"}"#)
+        .await
+        .unwrap();
     assert_eq!(first.status(), 201);
     let key = first.idempotency_key().clone();
     let answer = first.bytes().await.unwrap();
@@ -56,24 +52,11 @@ async fn a_completed_record_keeps_its_fingerprint_not_its_body(journal: impl Jou
     assert_eq!(entry.request.fingerprint.map(|f| f.len()), Some(32));
 
     // The same request with its fields in another order: the recorded answer, no I/O.
-    let again = send(
-        &client,
-        &url,
-        "order-1",
-        r#"{"currency":"eur","amount":100}"#,
-    )
-    .await
-    .unwrap();
+    let again = order(r#"{"currency":"eur","amount":100}"#).await.unwrap();
     assert_eq!((again.attempts(), again.idempotency_key()), (0, &key));
     assert_eq!(again.bytes().await.unwrap(), answer);
     // Another amount under the same id is refused before I/O.
-    let other = send(
-        &client,
-        &url,
-        "order-1",
-        r#"{"amount": 100.0, "currency": "eur"}"#,
-    )
-    .await;
+    let other = order(r#"{"amount": 100.0, "currency": "eur"}"#).await;
     assert!(
         matches!(other, Err(Error::OperationMismatch { .. })),
         "{other:?}"
