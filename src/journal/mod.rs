@@ -4,11 +4,16 @@
 //! process dies. With one, [`send`](crate::IdempotentRequestBuilder::send) of a request
 //! that has an [`operation_id`](crate::IdempotentRequestBuilder::operation_id) first
 //! records the operation durably (id, key, the exact key header, method, URL, the
-//! headers that define the request, body, created time), *then* sends it. Run the same
-//! code again after a crash and the same id finds the record: a completed operation
-//! returns its recorded answer without any I/O, a pending one is re-sent with its
-//! recorded key and exactly its recorded bytes, and a different request under the same id
-//! is refused before any I/O.
+//! headers that define the request, body and its fingerprint, created time), *then*
+//! sends it. Run the same code again after a crash and the same id finds the record: a
+//! completed operation returns its recorded answer without any I/O, a pending one is
+//! re-sent with its recorded key and exactly its recorded bytes, and a different request
+//! under the same id is refused before any I/O.
+//!
+//! A completed record shrinks: after a 2xx answer it keeps the request's fingerprint,
+//! not its body; past the store's `keep_answers` (default: never), housekeeping leaves a
+//! tombstone (key, fingerprint, final status and headers) until `completed_retention`,
+//! and a re-run gets [`Error::AnswerExpired`](crate::Error::AnswerExpired), nothing sent.
 //!
 //! ```no_run
 //! use idempotent_retry::IdempotentClient;
