@@ -137,10 +137,7 @@ impl Table for JournalConfig {
         if self.max_resume_age.is_zero() {
             return Err("max_resume_age: must be greater than zero".into());
         }
-        if self
-            .keep_answers
-            .is_some_and(|keep| keep > self.completed_retention)
-        {
+        if Limits::from(self).answers_outlive_records() {
             return Err("keep_answers: must not exceed completed_retention".into());
         }
         Ok(())

@@ -185,6 +185,17 @@ impl Row {
         }
     }
 
+    /// A completed operation's tombstone: its final status and headers, no bodies.
+    fn expire(&mut self) {
+        if let EntryState::Completed(answer) = &mut self.state {
+            self.state = EntryState::AnswerExpired {
+                status: answer.status,
+                headers: std::mem::take(&mut answer.headers),
+            };
+            self.drop_body();
+        }
+    }
+
     /// The request's body dropped, if its fingerprint stands for it (a record without
     /// one, from a writer that does not compute it, keeps its body to compare with).
     fn drop_body(&mut self) {
@@ -420,20 +431,13 @@ impl Journal for MemoryJournal {
                 .is_none_or(|closed| now.saturating_duration_since(closed) < retention)
         });
         let removed = (before - rows.len()) as u64;
-        for row in rows.values_mut() {
-            let past = |keep: Duration| {
-                row.closed
-                    .is_some_and(|closed| now.saturating_duration_since(closed) >= keep)
-            };
-            if let (EntryState::Completed(answer), Some(keep)) = (&row.state, keep_answers) {
-                if past(keep) {
-                    row.state = EntryState::AnswerExpired {
-                        status: answer.status,
-                        headers: answer.headers.clone(),
-                    };
-                    row.drop_body();
-                }
-            }
+        if let Some(keep) = keep_answers {
+            rows.values_mut()
+                .filter(|row| {
+                    row.closed
+                        .is_some_and(|closed| now.saturating_duration_since(closed) >= keep)
+                })
+                .for_each(Row::expire);
         }
         Box::pin(async move { Ok(removed) })
     }

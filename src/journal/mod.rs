@@ -337,6 +337,13 @@ impl Limits {
             .filter(|keep| *keep < self.completed_retention)
     }
 
+    /// Whether `keep_answers` is longer than `completed_retention`: an answer cannot be
+    /// kept past its record.
+    pub(crate) fn answers_outlive_records(&self) -> bool {
+        self.keep_answers
+            .is_some_and(|keep| keep > self.completed_retention)
+    }
+
     /// Why these limits cannot work, if they cannot.
     #[cfg(any(feature = "journal-sqlite", feature = "journal-postgres"))]
     pub(crate) fn check(&self) -> Result<(), crate::Error> {
@@ -346,10 +353,7 @@ impl Limits {
                 source: None,
             });
         }
-        if self
-            .keep_answers
-            .is_some_and(|keep| keep > self.completed_retention)
-        {
+        if self.answers_outlive_records() {
             return Err(crate::Error::InvalidConfig {
                 reason: "keep_answers must not exceed completed_retention".into(),
                 source: None,
